@@ -1,0 +1,52 @@
+# The two set-up commands: `make serve` and `make test`. Both create .venv and install what they need.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# onnxruntime and onnxruntime-gpu share one folder and break each other: pick exactly one.
+ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo onnx)
+EXTRAS := torch,$(ORT_EXTRA),samples,dev
+STAMP := $(VENV)/.installed-$(ORT_EXTRA)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve build test lint typecheck check bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	# torch==2.13.0 is pinned in the extras; on these machines pip takes the CPU wheel from disk.
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+build: install
+	$(BIN)/slserve build
+
+# Until the gateway lands, the main job loads every function and runs one inference each.
+serve: build
+	$(BIN)/slserve invoke
+
+lint: install
+	$(BIN)/ruff check src samples tests benchmarks
+	$(BIN)/ruff format --check src samples tests benchmarks
+
+typecheck: install
+	$(BIN)/mypy
+
+test: install lint typecheck
+	$(BIN)/python -m pytest -q
+
+check: test
+
+bench: build
+	$(BIN)/python benchmarks/snapshot_restore.py
+
+clean:
+	rm -rf .slserve

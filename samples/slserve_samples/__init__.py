@@ -1,0 +1,1 @@
+"""Sample model sources for slserve's functions/ (MiniLM, a 1 GB MLP, a small ONNX classifier)."""

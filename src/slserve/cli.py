@@ -1,0 +1,170 @@
+"""`slserve ...`: build, inspect, verify and invoke functions."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from slserve.errors import SlserveError
+from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+console = Console()
+err_console = Console(stderr=True)
+
+FunctionsDir = Annotated[
+    Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS", help="Folder with one folder per function")
+]
+ArtifactsDir = Annotated[
+    Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS", help="Artifact store (blobs, refs, builds)")
+]
+DEFAULT_FUNCTIONS = Path("functions")
+DEFAULT_ARTIFACTS = Path(".slserve/artifacts")
+
+
+def _store(artifacts: Path):  # type: ignore[no-untyped-def]
+    from slserve.snapshot import ArtifactStore
+
+    return ArtifactStore(artifacts)
+
+
+def _select(functions: Path, names: list[str] | None) -> list[FunctionDef]:
+    if names:
+        return [load_function(functions / n) for n in names]
+    found = discover_functions(functions)
+    if not found:
+        raise SlserveError(f"{functions}: no function folders with a {SPEC_FILENAME}; try `slserve init NAME`")
+    return found
+
+
+@app.command()
+def build(
+    names: Annotated[list[str] | None, typer.Argument(help="Functions to build (default: all)")] = None,
+    functions: FunctionsDir = DEFAULT_FUNCTIONS,
+    artifacts: ArtifactsDir = DEFAULT_ARTIFACTS,
+    force: Annotated[bool, typer.Option(help="Rebuild even when nothing changed")] = False,
+) -> None:
+    """Turn functions into immutable, content-addressed artifacts. Unchanged functions are no-ops."""
+    from slserve.build import build_function
+
+    store = _store(artifacts)
+    table = Table("function", "framework", "artifact", "weights", "tensors", "result", "seconds")
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console, transient=True) as progress:
+        for fdef in _select(functions, names):
+            task = progress.add_task(fdef.name)
+            started = time.perf_counter()
+
+            def report(step: str, task: TaskID = task, name: str = fdef.name) -> None:
+                progress.update(task, description=f"{name}: {step}")
+
+            result = build_function(fdef, store, force=force, report=report)
+            progress.remove_task(task)
+            m = result.artifact.manifest
+            table.add_row(
+                fdef.name,
+                m.spec.framework.value,
+                result.artifact.digest[:12],
+                f"{m.weight_bytes / 1e6:,.1f} MB",
+                str(len(m.tensors)),
+                "cached" if result.cached else "built",
+                f"{time.perf_counter() - started:.1f}",
+            )
+    console.print(table)
+
+
+@app.command()
+def init(
+    name: Annotated[str, typer.Argument(help="Function name (lowercase, digits, '-')")],
+    functions: FunctionsDir = DEFAULT_FUNCTIONS,
+) -> None:
+    """Write a commented function.toml template to functions/NAME/."""
+    from slserve.templates import function_template
+
+    target = functions / name
+    if (target / SPEC_FILENAME).exists():
+        raise SlserveError(f"{target / SPEC_FILENAME} exists already; edit it or pick another name")
+    target.mkdir(parents=True, exist_ok=True)
+    (target / SPEC_FILENAME).write_text(function_template(name))
+    load_function(target)  # the template itself must parse
+    console.print(f"wrote {target / SPEC_FILENAME}; edit [source] and [signature], then `slserve build {name}`")
+
+
+@app.command()
+def inspect(name: str, artifacts: ArtifactsDir = DEFAULT_ARTIFACTS) -> None:
+    """Print a function's current manifest."""
+    artifact = _store(artifacts).current(name)
+    console.print_json(artifact.manifest.model_dump_json())
+
+
+@app.command()
+def verify(
+    names: Annotated[list[str] | None, typer.Argument(help="Functions (default: all built)")] = None,
+    artifacts: ArtifactsDir = DEFAULT_ARTIFACTS,
+    full: Annotated[bool, typer.Option(help="Re-hash every blob, ignoring verification markers")] = False,
+) -> None:
+    """Check every blob of the functions' artifacts against its sha256."""
+    store = _store(artifacts)
+    for name in names or store.functions():
+        artifact = store.current(name)
+        artifact.verify(full=full)
+        console.print(f"{name}: {artifact.digest[:12]} ok ({len(artifact.manifest.unique_blobs())} blobs)")
+
+
+@app.command()
+def invoke(
+    names: Annotated[list[str] | None, typer.Argument(help="Functions (default: all built)")] = None,
+    inputs: Annotated[str | None, typer.Option("--input", help='JSON object, e.g. {"text": ["hi"]}')] = None,
+    artifacts: ArtifactsDir = DEFAULT_ARTIFACTS,
+    device: Annotated[str | None, typer.Option(help="cpu or cuda (default: from the spec)")] = None,
+) -> None:
+    """Load functions in this process and run one inference each (the signature's example input by default)."""
+    from slserve.runtime import example_inputs, load_runtime
+    from slserve.runtime.tensors import NUMPY_OF
+
+    store = _store(artifacts)
+    for name in names or store.functions():
+        artifact = store.current(name)
+        spec = artifact.manifest.spec
+        started = time.perf_counter()
+        runtime = load_runtime(artifact, device=device)
+        loaded = time.perf_counter()
+        if inputs:
+            raw = json.loads(inputs)
+            types = {t.name: NUMPY_OF[t.datatype] for t in spec.signature.inputs}
+            feeds = {k: np.asarray(v, dtype=types.get(k)) for k, v in raw.items()}
+        else:
+            feeds = example_inputs(spec.signature)
+        outputs = runtime.infer(feeds)
+        done = time.perf_counter()
+        shown = {k: _preview(v) for k, v in outputs.items()}
+        console.print(
+            f"[bold]{name}[/] ({spec.framework.value} on {runtime.device}): load {1e3 * (loaded - started):.0f} ms, "
+            f"first call {1e3 * (done - loaded):.0f} ms -> {shown}"
+        )
+
+
+def _preview(arr: np.ndarray) -> str:
+    flat = arr.reshape(-1)
+    head = ", ".join(f"{v:.4g}" if isinstance(v, float | np.floating) else str(v) for v in flat[:4])
+    return f"{arr.dtype}{list(arr.shape)} [{head}{', …' if flat.size > 4 else ''}]"
+
+
+def main() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        app()
+    except SlserveError as e:
+        err_console.print(f"[red]error[/] ({e.code}): {e.message}")
+        raise SystemExit(2) from None

@@ -1,0 +1,117 @@
+"""The Runtime protocol and what every adapter shares: import references, processors, output naming."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+from slserve.errors import InferenceFailed, InvalidInput, SpecError
+from slserve.runtime.tensors import check_inputs
+from slserve.snapshot import Artifact
+from slserve.spec import FunctionSpec
+
+Tensors = dict[str, np.ndarray]
+
+
+@runtime_checkable
+class Runtime(Protocol):
+    """A loaded function: infer on a batch of already-validated inputs."""
+
+    spec: FunctionSpec
+    device: str
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Run the model on `inputs` (first dim = batch) and return the signature's outputs."""
+        ...
+
+
+class Processor(Protocol):
+    """Maps the signature's tensors to the graph's inputs, and the graph's outputs back (e.g. a tokenizer)."""
+
+    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors: ...
+
+
+class IdentityProcessor:
+    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        return dict(inputs)
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors:
+        return dict(outputs)
+
+
+def import_ref(ref: str) -> Callable[..., Any]:
+    """Resolve 'package.module:attribute'."""
+    module_name, _, attr = ref.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise SpecError(f"cannot import {module_name!r} (from {ref!r}): {e}") from None
+    try:
+        obj: Callable[..., Any] = getattr(module, attr)
+    except AttributeError:
+        raise SpecError(f"{module_name!r} has no attribute {attr!r} (from {ref!r})") from None
+    return obj
+
+
+def make_processor(spec: FunctionSpec, assets: Mapping[str, Path]) -> Processor:
+    if spec.processor is None:
+        return IdentityProcessor()
+    processor: Processor = import_ref(spec.processor.factory)(dict(assets))
+    return processor
+
+
+def name_outputs(spec: FunctionSpec, produced: object, graph_names: Sequence[str] = ()) -> Tensors:
+    """Name a graph's outputs: a dict keeps its names; a tensor or tuple takes the graph's output names, or
+    the signature's outputs in order."""
+    if isinstance(produced, Mapping):
+        return {str(k): v for k, v in produced.items()}
+    values: list[np.ndarray] = list(produced) if isinstance(produced, list | tuple) else [produced]  # type: ignore[list-item]
+    names = list(graph_names) or [t.name for t in spec.signature.outputs]
+    if len(values) != len(names):
+        raise InferenceFailed(f"the model returned {len(values)} output(s), the signature names {len(names)}")
+    return dict(zip(names, values, strict=True))
+
+
+class RuntimeBase:
+    """Validation, processing and output checks around an adapter's `_run`."""
+
+    spec: FunctionSpec
+    device: str
+    processor: Processor
+
+    def infer(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        checked = check_inputs(self.spec.signature, inputs)
+        feeds = self.processor.preprocess(checked)
+        try:
+            produced = self._run(feeds)
+        except InvalidInput:
+            raise
+        except Exception as e:  # the model's own failure: report it, keep serving
+            raise InferenceFailed(f"{self.spec.model.name}: the model raised {type(e).__name__}: {e}") from e
+        outputs = self.processor.postprocess(produced)
+        wanted = [t.name for t in self.spec.signature.outputs]
+        missing = [n for n in wanted if n not in outputs]
+        if missing:
+            raise InferenceFailed(f"{self.spec.model.name}: the model did not produce output(s) {missing}")
+        return {n: outputs[n] for n in wanted}
+
+    def _run(self, feeds: Tensors) -> Tensors:
+        raise NotImplementedError
+
+
+def load_runtime(artifact: Artifact, device: str | None = None) -> Runtime:
+    """Load the artifact with the adapter for its framework. Imports the framework only when needed."""
+    framework = artifact.manifest.spec.framework.value
+    if framework == "torch":
+        from slserve.runtime.torch_runtime import TorchRuntime
+
+        return TorchRuntime.load(artifact, device=device)
+    from slserve.runtime.onnx_runtime import OnnxRuntime
+
+    return OnnxRuntime.load(artifact, device=device)

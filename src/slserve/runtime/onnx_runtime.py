@@ -1,0 +1,102 @@
+"""The ONNX Runtime adapter: the session's initializers are the snapshot's mapped tensors (no copy).
+
+The artifact's graphs keep every initializer as external data; `add_external_initializers` hands ORT the
+mapped arrays instead. For the CPU provider the artifact also carries a graph ORT already optimized at build
+time (`graph.opt-cpu.onnx`, its tensors prefixed `opt-cpu/`), which saves that work at every cold start.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+from pathlib import Path
+from typing import Any, Self
+
+import numpy as np
+
+from slserve.errors import RuntimeUnavailable
+from slserve.runtime.base import RuntimeBase, Tensors, make_processor, name_outputs
+from slserve.runtime.device import choose_device
+from slserve.snapshot import Artifact
+from slserve.spec import FunctionSpec
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+OPTIMIZED_CPU_GRAPH = "graph.opt-cpu.onnx"
+OPTIMIZED_CPU_PREFIX = "opt-cpu/"
+GRAPH = "graph.onnx"
+
+
+def check_single_install() -> None:
+    """onnxruntime and onnxruntime-gpu share one package folder; with both installed, one silently breaks."""
+    found = []
+    for dist in ("onnxruntime", "onnxruntime-gpu"):
+        try:
+            importlib.metadata.version(dist)
+            found.append(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    if len(found) > 1:
+        raise RuntimeUnavailable(
+            "both onnxruntime and onnxruntime-gpu are installed and overwrite each other; "
+            "uninstall both, then install exactly one (extra 'onnx' on CPU hosts, 'gpu' on CUDA hosts)"
+        )
+    if not found:
+        raise RuntimeUnavailable("ONNX Runtime is not installed: pip install 'slserve[onnx]' (or [gpu])")
+
+
+def session_options(threads: int) -> Any:
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Pre-packing copies every MatMul weight into a private buffer: N instances would hold N copies of
+    # weights that are otherwise shared through the page cache.
+    so.add_session_config_entry("session.disable_prepacking", "1")
+    return so
+
+
+class OnnxRuntime(RuntimeBase):
+    def __init__(
+        self, spec: FunctionSpec, session: Any, device: str, keepalive: list[Any], assets: dict[str, Path]
+    ) -> None:
+        self.spec = spec
+        self.session = session
+        self.device = device
+        self.providers: list[str] = session.get_providers()
+        self._keepalive = keepalive  # the mapped arrays ORT reads from must outlive the session
+        self._output_names = [o.name for o in session.get_outputs()]
+        self.processor = make_processor(spec, assets)
+
+    @classmethod
+    def load(cls, artifact: Artifact, device: str | None = None) -> Self:
+        check_single_install()
+        import onnxruntime as ort
+
+        spec = artifact.manifest.spec
+        chosen = choose_device(spec, device, CUDA in ort.get_available_providers())
+        providers = [CUDA, CPU] if chosen == "cuda" else [CPU]
+        optimized = chosen == "cpu" and OPTIMIZED_CPU_GRAPH in artifact.manifest.files
+        graph, prefix = (OPTIMIZED_CPU_GRAPH, OPTIMIZED_CPU_PREFIX) if optimized else (GRAPH, "")
+
+        so = session_options(spec.resources.threads)
+        if optimized:
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+        arrays = {
+            name.removeprefix(prefix): arr
+            for name, arr in artifact.map_tensors().items()
+            if (name.startswith(OPTIMIZED_CPU_PREFIX) if prefix else not name.startswith(OPTIMIZED_CPU_PREFIX))
+        }
+        values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
+        so.add_external_initializers(list(arrays), values)
+        session = ort.InferenceSession(str(artifact.file_path(graph)), so, providers=providers)
+        got = session.get_providers()
+        if chosen == "cuda" and CUDA not in got:
+            raise RuntimeUnavailable(f"{spec.model.name}: asked for CUDA but ONNX Runtime gave providers {got}")
+        return cls(spec, session, "cuda" if CUDA in got else "cpu", [arrays, values], artifact.asset_paths())
+
+    def _run(self, feeds: Tensors) -> Tensors:
+        wanted = {i.name for i in self.session.get_inputs()}
+        produced: list[np.ndarray] = self.session.run(None, {k: v for k, v in feeds.items() if k in wanted})
+        return name_outputs(self.spec, produced, self._output_names)

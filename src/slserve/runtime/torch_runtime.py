@@ -1,0 +1,118 @@
+"""The torch adapter: the module is built on the meta device and its weights assigned from the mapped snapshot.
+
+Nothing is copied on the CPU: each parameter is a tensor over the blob's copy-on-write mapping.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+import torch
+
+from slserve.errors import ArtifactCorrupt, SpecError
+from slserve.runtime.base import RuntimeBase, Tensors, import_ref, make_processor, name_outputs
+from slserve.runtime.device import choose_device
+from slserve.snapshot import Artifact
+from slserve.spec import FunctionSpec
+
+TORCH_DTYPES: dict[str, torch.dtype] = {
+    "float64": torch.float64,
+    "float32": torch.float32,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "int64": torch.int64,
+    "int32": torch.int32,
+    "int16": torch.int16,
+    "int8": torch.int8,
+    "uint8": torch.uint8,
+    "bool": torch.bool,
+}
+
+
+def build_skeleton(spec: FunctionSpec) -> torch.nn.Module:
+    """The module's architecture with no storage behind it."""
+    assert spec.source.factory is not None
+    factory = import_ref(spec.source.factory)
+    with torch.device("meta"):
+        module = factory()
+    if not isinstance(module, torch.nn.Module):
+        raise SpecError(f"{spec.source.factory} returned {type(module).__name__}, expected a torch.nn.Module")
+    return module
+
+
+def assign_tensors(module: torch.nn.Module, tensors: Mapping[str, torch.Tensor]) -> None:
+    """Put each named tensor in place of the module's parameter or buffer of that name (no copy)."""
+    params = dict(module.named_parameters(remove_duplicate=False))
+    buffers = dict(module.named_buffers(remove_duplicate=False))
+    unknown = sorted(set(tensors) - set(params) - set(buffers))
+    if unknown:
+        raise ArtifactCorrupt(f"snapshot tensors {unknown[:5]} do not exist in the module; rebuild the function")
+    for name, value in tensors.items():
+        owner_name, _, leaf = name.rpartition(".")
+        owner = module.get_submodule(owner_name)
+        if name in params:
+            owner._parameters[leaf] = torch.nn.Parameter(value, requires_grad=False)
+        else:
+            owner._buffers[leaf] = value
+    left = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise ArtifactCorrupt(f"the snapshot has no values for {left[:5]}; rebuild the function")
+
+
+def torch_tensors(artifact: Artifact) -> dict[str, torch.Tensor]:
+    """Zero-copy torch views of the artifact's mapped weights."""
+    arrays = artifact.map_tensors()
+    out: dict[str, torch.Tensor] = {}
+    for name, arr in arrays.items():
+        t = torch.from_numpy(arr)
+        dtype = TORCH_DTYPES[artifact.manifest.tensors[name].dtype]
+        out[name] = t.view(dtype) if t.dtype != dtype else t
+    return out
+
+
+class TorchRuntime(RuntimeBase):
+    def __init__(
+        self, spec: FunctionSpec, module: torch.nn.Module, device: str, processor_assets: dict[str, Path]
+    ) -> None:
+        self.spec = spec
+        self.module = module
+        self.device = device
+        self.processor = make_processor(spec, processor_assets)
+        params = inspect.signature(module.forward).parameters
+        # Decided once: a forward whose parameters name the graph inputs gets keywords (any order), others
+        # (nn.Sequential's `input`) get the inputs in signature order.
+        self._by_keyword = not any(p.kind is p.VAR_POSITIONAL for p in params.values()) and all(
+            p.kind is not p.POSITIONAL_ONLY for p in params.values()
+        )
+        self._params = set(params)
+
+    @classmethod
+    def load(cls, artifact: Artifact, device: str | None = None) -> Self:
+        spec = artifact.manifest.spec
+        chosen = choose_device(spec, device, torch.cuda.is_available())
+        torch.set_num_threads(spec.resources.threads)
+        module = build_skeleton(spec)
+        assign_tensors(module, torch_tensors(artifact))
+        module.eval()
+        if chosen == "cuda":
+            module.to("cuda")
+        return cls(spec, module, chosen, artifact.asset_paths())
+
+    def _run(self, feeds: Tensors) -> Tensors:
+        args = {k: self._to_torch(v) for k, v in feeds.items()}
+        with torch.inference_mode():
+            if self._by_keyword and set(args) <= self._params:
+                produced = self.module(**args)
+            else:
+                produced = self.module(*args.values())
+        named = name_outputs(self.spec, produced)
+        return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in named.items()}
+
+    def _to_torch(self, arr: np.ndarray) -> object:
+        if arr.dtype == object:
+            return arr  # BYTES reach the module as they are (it tokenizes or decodes them itself)
+        return torch.from_numpy(arr).to(self.device, non_blocking=True)

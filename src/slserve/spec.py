@@ -1,0 +1,219 @@
+"""Function specs: what `functions/<name>/function.toml` declares, validated once at the edge.
+
+Everything inside slserve passes these typed objects around, never raw dicts.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from slserve.errors import SpecError
+
+SPEC_FILENAME = "function.toml"
+_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+_IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+class Datatype(StrEnum):
+    """Open Inference Protocol v2 tensor datatypes."""
+
+    BOOL = "BOOL"
+    UINT8 = "UINT8"
+    UINT16 = "UINT16"
+    UINT32 = "UINT32"
+    UINT64 = "UINT64"
+    INT8 = "INT8"
+    INT16 = "INT16"
+    INT32 = "INT32"
+    INT64 = "INT64"
+    FP16 = "FP16"
+    FP32 = "FP32"
+    FP64 = "FP64"
+    BYTES = "BYTES"
+
+
+class Framework(StrEnum):
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Strict):
+    name: Annotated[str, Field(min_length=1, max_length=128)]
+    datatype: Datatype
+    shape: list[int] = Field(description="Dimensions; -1 marks a variable one. The first is the batch dim.")
+
+    @field_validator("shape")
+    @classmethod
+    def _dims(cls, shape: list[int]) -> list[int]:
+        if not shape:
+            raise ValueError("needs at least one dimension (the first is the batch dimension, use -1)")
+        bad = [d for d in shape if d == 0 or d < -1]
+        if bad:
+            raise ValueError(f"dimensions must be positive or -1 (variable), got {bad}")
+        return shape
+
+
+class Signature(_Strict):
+    inputs: list[TensorSpec] = Field(min_length=1)
+    outputs: list[TensorSpec] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Self:
+        for side in ("inputs", "outputs"):
+            names = [t.name for t in getattr(self, side)]
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise ValueError(f"{side} names must be unique, repeated: {dupes}")
+        return self
+
+    def input(self, name: str) -> TensorSpec:
+        return next(t for t in self.inputs if t.name == name)
+
+
+class ModelRef(_Strict):
+    name: Annotated[str, Field(pattern=_NAME)]
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")] = "1"
+    description: str = ""
+
+
+class Source(_Strict):
+    """Where the model comes from at build time.
+
+    torch: `factory` builds the module's architecture; it is called on the meta device at load time, so it must
+    not read weights itself. Weights come from `weights` (a safetensors file) or, without it, from the factory's
+    own initialisation under `seed` (deterministic synthetic models).
+    onnx: `path` (an .onnx file in the function folder) or `export` (a callable returning an onnx ModelProto).
+    """
+
+    framework: Framework
+    factory: Annotated[str | None, Field(pattern=_IMPORT_REF)] = None
+    weights: str | None = None
+    weights_prefix: str = ""
+    seed: int = 0
+    path: str | None = None
+    export: Annotated[str | None, Field(pattern=_IMPORT_REF)] = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Self:
+        if self.framework is Framework.TORCH:
+            if self.factory is None:
+                raise ValueError("framework 'torch' needs factory = 'package.module:function'")
+            if self.path or self.export:
+                raise ValueError("'path' and 'export' are for framework 'onnx'; torch uses factory (+ weights)")
+        else:
+            if (self.path is None) == (self.export is None):
+                raise ValueError("framework 'onnx' needs exactly one of path = 'model.onnx' or export = 'mod:fn'")
+            if self.factory or self.weights:
+                raise ValueError("'factory' and 'weights' are for framework 'torch'; onnx uses path or export")
+        return self
+
+
+class Processor(_Strict):
+    """Optional pre/post-processing around the graph, e.g. a tokenizer: signature tensors <-> graph tensors."""
+
+    factory: Annotated[str, Field(pattern=_IMPORT_REF)]
+    assets: list[str] = Field(default_factory=list, description="Files copied into the artifact for it")
+
+
+class Resources(_Strict):
+    memory_mb: Annotated[int, Field(ge=64, le=1_048_576)] = 2048
+    gpu: str | None = Field(default=None, description="GPU type such as 'T4', 'A10G', 'H100'; none = CPU")
+    threads: Annotated[int, Field(ge=1, le=256)] = 1
+
+
+class Scaling(_Strict):
+    min_instances: Annotated[int, Field(ge=0)] = 0
+    max_instances: Annotated[int, Field(ge=1)] = 4
+    target_concurrency: Annotated[int, Field(ge=1)] = 8
+    idle_seconds: Annotated[float, Field(gt=0)] = 60.0
+
+    @model_validator(mode="after")
+    def _bounds(self) -> Self:
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances ({self.min_instances}) exceeds max_instances ({self.max_instances})")
+        return self
+
+
+class Batching(_Strict):
+    max_batch_size: Annotated[int, Field(ge=1, le=4096)] = 1
+    max_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
+
+
+class FunctionSpec(_Strict):
+    model: ModelRef
+    source: Source
+    signature: Signature
+    processor: Processor | None = None
+    tier: Annotated[str, Field(pattern=_NAME)] = "standard"
+    resources: Resources = Resources()
+    scaling: Scaling = Scaling()
+    batching: Batching = Batching()
+
+    @property
+    def framework(self) -> Framework:
+        return self.source.framework
+
+
+class FunctionDef(BaseModel):
+    """A spec together with where it lives: the function's name is its folder's name."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    directory: Path
+    spec: FunctionSpec
+
+    @property
+    def spec_path(self) -> Path:
+        return self.directory / SPEC_FILENAME
+
+
+def _format_errors(path: Path, err: ValidationError) -> str:
+    lines = [f"{path}: {err.error_count()} problem(s)"]
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown field (check its spelling and section)"
+        elif e["type"] == "missing":
+            msg = "required field is missing"
+        got = e.get("input")
+        shown = "" if e["type"] in ("missing", "extra_forbidden") or isinstance(got, dict) else f" (got {got!r})"
+        lines.append(f"  {where}: {msg}{shown}")
+    return "\n".join(lines)
+
+
+def load_function(directory: Path) -> FunctionDef:
+    """Parse `directory/function.toml`; every problem is reported with file, field and what was expected."""
+    path = directory / SPEC_FILENAME
+    name = directory.name
+    if not re.match(_NAME, name):
+        raise SpecError(f"{directory}: function folder names must match {_NAME} (lowercase, digits, '-')")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: not found; create one with `slserve init {name}`") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from None
+    try:
+        spec = FunctionSpec.model_validate(raw)
+    except ValidationError as e:
+        raise SpecError(_format_errors(path, e)) from None
+    return FunctionDef(name=name, directory=directory.resolve(), spec=spec)
+
+
+def discover_functions(root: Path) -> list[FunctionDef]:
+    """Every function under `root` (one folder each), sorted by name."""
+    if not root.is_dir():
+        raise SpecError(f"{root}: functions directory not found (pass --functions DIR)")
+    return [load_function(d) for d in sorted(root.iterdir()) if (d / SPEC_FILENAME).is_file()]

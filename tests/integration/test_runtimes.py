@@ -1,0 +1,139 @@
+"""Both runtimes on every sample, against references computed without slserve."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from slserve.errors import InvalidInput, RuntimeUnavailable
+from slserve.runtime import load_runtime
+from slserve.runtime.onnx_runtime import OnnxRuntime, check_single_install
+
+SENTENCES = [
+    "A man is eating food.",
+    "The new movie is awesome!",
+    "Les chats dorment beaucoup.",  # not English
+    "数据库连接失败",  # not Latin script
+    "",  # empty
+    "  lots   of    whitespace\tand\nnewlines  ",
+    "emoji 🚀🔥 and punctuation?!…",
+    " ".join(["a very long sentence that goes past the 256-token limit"] * 40),  # truncated at 256 tokens
+]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))
+
+
+@pytest.fixture(scope="module")
+def sentence_transformers_reference() -> np.ndarray:
+    from sentence_transformers import SentenceTransformer
+
+    from slserve_samples.minilm import model_dir
+
+    model = SentenceTransformer(str(model_dir()), device="cpu")
+    return np.asarray(model.encode(SENTENCES, normalize_embeddings=True, batch_size=len(SENTENCES)))
+
+
+def test_minilm_torch_matches_sentence_transformers(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
+    runtime = load_runtime(build_sample("minilm"))
+    out = runtime.infer({"text": np.array(SENTENCES, dtype=object)})["embedding"]
+    assert out.shape == (len(SENTENCES), 384) and out.dtype == np.float32
+    assert _cosine(out, sentence_transformers_reference).min() > 0.9999
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+    assert runtime.device == "cpu"
+
+
+def test_minilm_onnx_agrees_with_torch(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
+    torch_out = load_runtime(build_sample("minilm")).infer({"text": np.array(SENTENCES, dtype=object)})
+    onnx_rt = load_runtime(build_sample("minilm-onnx"))
+    assert isinstance(onnx_rt, OnnxRuntime) and onnx_rt.providers == ["CPUExecutionProvider"]
+    onnx_out = onnx_rt.infer({"text": np.array(SENTENCES, dtype=object)})
+    assert _cosine(onnx_out["embedding"], torch_out["embedding"]).min() > 0.9999
+    assert _cosine(onnx_out["embedding"], sentence_transformers_reference).min() > 0.9999
+
+
+def test_minilm_one_sentence_equals_its_row_in_a_batch(build_sample) -> None:  # type: ignore[no-untyped-def]
+    runtime = load_runtime(build_sample("minilm-onnx"))
+    batch = runtime.infer({"text": np.array(SENTENCES[:3], dtype=object)})["embedding"]
+    single = runtime.infer({"text": np.array(SENTENCES[1:2], dtype=object)})["embedding"]
+    assert _cosine(single[0], batch[1]) > 0.99999
+
+
+def test_classifier_matches_onnxruntime_on_the_exported_model(build_sample) -> None:  # type: ignore[no-untyped-def]
+    import onnxruntime as ort
+
+    from slserve_samples.classifier import dataset, export_onnx
+
+    x, y = dataset(n_per_class=50, seed=7)
+    reference = ort.InferenceSession(export_onnx().SerializeToString(), providers=["CPUExecutionProvider"])
+    ref_probs, ref_labels = reference.run(None, {"features": x})
+    out = load_runtime(build_sample("classifier")).infer({"features": x})
+    np.testing.assert_allclose(out["probabilities"], ref_probs, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(out["label"], ref_labels)
+    assert (out["label"] == y).mean() > 0.9  # it learned the clusters
+
+
+def test_big_mlp_matches_a_plain_torch_module(build_sample) -> None:  # type: ignore[no-untyped-def]
+    from slserve_samples.big_mlp import build
+
+    artifact = build_sample("big-mlp")
+    assert 0.9e9 < artifact.manifest.weight_bytes < 1.2e9
+    torch.manual_seed(artifact.manifest.spec.source.seed)
+    reference = build().eval()
+    x = np.random.default_rng(0).standard_normal((3, 1024)).astype(np.float32)
+    with torch.inference_mode():
+        expected = reference(torch.from_numpy(x)).numpy()
+    del reference
+    out = load_runtime(artifact).infer({"x": x})["y"]
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({}, "missing input(s) ['features']"),
+        ({"features": np.zeros((1, 4), np.float32), "extra": np.zeros(1)}, "unknown input(s) ['extra']"),
+        ({"features": np.zeros((1, 4), np.float64)}, "datatype FP64 does not match the signature's FP32"),
+        ({"features": np.zeros((1, 5), np.float32)}, "shape [1, 5] does not match the signature's [-1, 4]"),
+        ({"features": np.zeros(4, np.float32)}, "shape [4] does not match"),
+        ({"features": np.array(["a"], dtype=object)}, "datatype BYTES does not match"),
+    ],
+)
+def test_bad_inputs_are_typed_errors(build_sample, inputs, message) -> None:  # type: ignore[no-untyped-def]
+    runtime = load_runtime(build_sample("classifier"))
+    with pytest.raises(InvalidInput) as info:
+        runtime.infer(inputs)
+    assert message in info.value.message
+    assert info.value.status == 400
+    assert runtime.infer({"features": np.zeros((2, 4), np.float32)})["label"].shape == (2,)  # still serving
+
+
+def test_bytes_input_must_be_text(build_sample) -> None:  # type: ignore[no-untyped-def]
+    runtime = load_runtime(build_sample("minilm-onnx"))
+    with pytest.raises(InvalidInput, match="element 1 is int"):
+        runtime.infer({"text": np.array(["ok", 3], dtype=object)})
+    with pytest.raises(InvalidInput, match="shape"):
+        runtime.infer({"text": np.array([["a"]], dtype=object)})
+
+
+def test_cuda_request_on_a_cpu_host_is_a_clear_error(build_sample) -> None:  # type: ignore[no-untyped-def]
+    if torch.cuda.is_available():
+        pytest.skip("this host has CUDA")
+    with pytest.raises(RuntimeUnavailable, match="no usable CUDA"):
+        load_runtime(build_sample("classifier"), device="cuda")
+
+
+def test_exactly_one_onnxruntime_distribution_is_installed() -> None:
+    check_single_install()  # the environment `make` built must never hold both wheels
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_minilm_on_cuda_matches_cpu(build_sample) -> None:  # type: ignore[no-untyped-def]
+    text = {"text": np.array(SENTENCES, dtype=object)}
+    cpu = load_runtime(build_sample("minilm"), device="cpu").infer(text)["embedding"]
+    gpu_rt = load_runtime(build_sample("minilm"), device="cuda")
+    assert gpu_rt.device == "cuda"
+    assert _cosine(gpu_rt.infer(text)["embedding"], cpu).min() > 0.9999

@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tests.conftest import FUNCTIONS, SMALL_MLP_TOML, write_function
+
+from slserve.errors import SpecError
+from slserve.spec import Datatype, Framework, discover_functions, load_function
+from slserve.templates import function_template
+
+
+def test_every_sample_parses() -> None:
+    found = {f.name: f for f in discover_functions(FUNCTIONS)}
+    assert set(found) == {"big-mlp", "classifier", "minilm", "minilm-onnx"}
+    minilm = found["minilm"].spec
+    assert minilm.framework is Framework.TORCH
+    assert minilm.signature.inputs[0].datatype is Datatype.BYTES
+    assert minilm.signature.outputs[0].shape == [-1, 384]
+    assert found["minilm-onnx"].spec.model == minilm.model  # one model version, two functions
+    assert found["classifier"].spec.scaling.min_instances == 0  # scale-to-zero by default
+
+
+def test_defaults(tmp_path: Path) -> None:
+    spec = load_function(write_function(tmp_path, "m", SMALL_MLP_TOML.format(version="1", seed=0))).spec
+    assert spec.tier == "standard"
+    assert (spec.scaling.min_instances, spec.scaling.max_instances) == (0, 4)
+    assert spec.batching.max_batch_size == 1
+    assert spec.resources.gpu is None
+
+
+def test_init_template_parses(tmp_path: Path) -> None:
+    d = write_function(tmp_path, "new-fn", function_template("new-fn"))
+    assert load_function(d).spec.model.name == "new-fn"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (("[model]", "[model]\ncolour = 'red'"), "model.colour: unknown field"),
+        (('datatype = "FP32"', 'datatype = "FLOAT"'), "signature.inputs.0.datatype"),
+        (("shape = [-1, 16]", "shape = [-1, 0]"), "dimensions must be positive or -1"),
+        (("shape = [-1, 16]", "shape = []"), "needs at least one dimension"),
+        (('framework = "torch"', 'framework = "tensorflow"'), "source.framework"),
+        (('factory = "slserve_samples.big_mlp:build_small"', ""), "needs factory"),
+        (('factory = "slserve_samples.big_mlp:build_small"', 'factory = "no colon"'), "source.factory"),
+        (('name = "small-mlp"', 'name = "Small MLP"'), "model.name"),
+        (('version = "1"', 'version = "1"\n[scaling]\nmin_instances = 5\nmax_instances = 2'), "exceeds"),
+        (('name = "y"', 'name = "x"\n[[signature.outputs]]\nname = "x"'), "signature.outputs"),
+    ],
+)
+def test_bad_fields_name_file_and_field(tmp_path: Path, edit: tuple[str, str], expected: str) -> None:
+    toml = SMALL_MLP_TOML.format(version="1", seed=0).replace(*edit, 1)
+    d = write_function(tmp_path, "bad", toml)
+    with pytest.raises(SpecError) as info:
+        load_function(d)
+    assert str(d / "function.toml") in info.value.message
+    assert expected in info.value.message
+
+
+def test_onnx_needs_exactly_one_source(tmp_path: Path) -> None:
+    toml = SMALL_MLP_TOML.format(version="1", seed=0).replace(
+        'framework = "torch"\nfactory = "slserve_samples.big_mlp:build_small"',
+        'framework = "onnx"\npath = "m.onnx"\nexport = "a.b:c"',
+    )
+    with pytest.raises(SpecError, match="exactly one of path"):
+        load_function(write_function(tmp_path, "two", toml))
+
+
+def test_not_toml_and_missing(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="not valid TOML"):
+        load_function(write_function(tmp_path, "broken", "[model\nname="))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="slserve init empty"):
+        load_function(tmp_path / "empty")
+    with pytest.raises(SpecError, match="function folder names"):
+        load_function(write_function(tmp_path, "Bad_Name", SMALL_MLP_TOML))
