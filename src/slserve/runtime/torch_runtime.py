@@ -82,13 +82,11 @@ class TorchRuntime(RuntimeBase):
         self.module = module
         self.device = device
         self.processor = make_processor(spec, processor_assets)
-        params = inspect.signature(module.forward).parameters
-        # Decided once: a forward whose parameters name the graph inputs gets keywords (any order), others
-        # (nn.Sequential's `input`) get the inputs in signature order.
-        self._by_keyword = not any(p.kind is p.VAR_POSITIONAL for p in params.values()) and all(
-            p.kind is not p.POSITIONAL_ONLY for p in params.values()
-        )
-        self._params = set(params)
+        # A forward whose parameters name the graph's inputs gets them by keyword; others (nn.Sequential's
+        # `input`) get them by position, in signature order.
+        self._keywords = {
+            name for name, p in inspect.signature(module.forward).parameters.items() if p.kind is not p.POSITIONAL_ONLY
+        }
 
     @classmethod
     def load(cls, artifact: Artifact, device: str | None = None) -> Self:
@@ -105,10 +103,7 @@ class TorchRuntime(RuntimeBase):
     def _run(self, feeds: Tensors) -> Tensors:
         args = {k: self._to_torch(v) for k, v in feeds.items()}
         with torch.inference_mode():
-            if self._by_keyword and set(args) <= self._params:
-                produced = self.module(**args)
-            else:
-                produced = self.module(*args.values())
+            produced = self.module(**args) if args.keys() <= self._keywords else self.module(*args.values())
         named = name_outputs(self.spec, produced)
         return {k: v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v for k, v in named.items()}
 

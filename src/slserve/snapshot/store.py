@@ -34,7 +34,7 @@ class Artifact:
     def name(self) -> str:
         return self.manifest.function
 
-    def map_tensors(self, *, populate: bool = False) -> dict[str, np.ndarray]:
+    def map_tensors(self) -> dict[str, np.ndarray]:
         """Every weight as a numpy array over a copy-on-write mapping of its blob: no bytes are copied.
 
         Tensors that share a blob (tied weights) share one mapping.
@@ -43,7 +43,7 @@ class Artifact:
         views: dict[str, memoryview] = {}
         for name, t in self.manifest.tensors.items():
             if t.digest not in views:
-                mm = self.store.blobs.map(t.digest, t.nbytes, f"{self.name}: tensor {name!r}", populate=populate)
+                mm = self.store.blobs.map(t.digest, t.nbytes, f"{self.name}: tensor {name!r}")
                 views[t.digest] = memoryview(mm)[: t.nbytes]
             arr = np.frombuffer(views[t.digest], dtype=t.numpy_dtype())
             mapped[name] = arr.reshape(t.shape)
