@@ -137,3 +137,14 @@ def test_minilm_on_cuda_matches_cpu(build_sample) -> None:  # type: ignore[no-un
     gpu_rt = load_runtime(build_sample("minilm"), device="cuda")
     assert gpu_rt.device == "cuda"
     assert _cosine(gpu_rt.infer(text)["embedding"], cpu).min() > 0.9999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_minilm_onnx_on_cuda_really_gets_the_cuda_provider(build_sample) -> None:  # type: ignore[no-untyped-def]
+    runtime = load_runtime(build_sample("minilm-onnx"), device="cuda")
+    assert isinstance(runtime, OnnxRuntime)
+    assert runtime.providers[0] == "CUDAExecutionProvider"  # what the session got, not what the wheel lists
+    text = {"text": np.array(SENTENCES, dtype=object)}
+    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text)["embedding"]
+    assert _cosine(runtime.infer(text)["embedding"], cpu).min() > 0.9999

@@ -1,0 +1,76 @@
+"""`slserve build`: a function folder becomes an immutable, content-addressed, verified artifact."""
+
+from __future__ import annotations
+
+import platform
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import slserve
+from slserve.build.key import build_key, library_versions, source_digests
+from slserve.build.locations import resolve_location
+from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
+from slserve.spec import Framework, FunctionDef
+
+Report = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    artifact: Artifact
+    cached: bool
+
+
+def build_function(
+    fdef: FunctionDef, store: ArtifactStore, *, force: bool = False, report: Report = lambda _: None
+) -> BuildResult:
+    """Build `fdef` into `store` and point the function's ref at it. Unchanged inputs reuse the cached
+    artifact without importing a framework."""
+    report("hashing inputs")
+    sources = source_digests(fdef)
+    key = build_key(fdef, sources)
+    if not force and (cached := store.cached_build(key)) is not None:
+        report("verifying cached artifact")
+        cached.verify()
+        store.set_ref(fdef.name, cached.digest)
+        return BuildResult(cached, cached=True)
+
+    files: dict[str, FileEntry] = {}
+    if fdef.spec.framework is Framework.TORCH:
+        from slserve.build.torch_build import snapshot_torch
+
+        report("snapshotting torch weights")
+        tensors: dict[str, TensorEntry] = snapshot_torch(fdef, store.blobs)
+    else:
+        from slserve.build.onnx_build import snapshot_onnx
+
+        report("snapshotting ONNX graph and initializers")
+        tensors, files = snapshot_onnx(fdef, store.blobs)
+    if fdef.spec.processor:
+        report("storing assets")
+        for location in fdef.spec.processor.assets:
+            path = resolve_location(location, fdef.directory)
+            digest, size = store.blobs.put_file(path)
+            files[f"assets/{path.name}"] = FileEntry(digest=digest, size=size)
+
+    manifest = Manifest(
+        function=fdef.name,
+        spec=fdef.spec,
+        tensors=tensors,
+        files=files,
+        build=BuildInfo(
+            build_key=key,
+            slserve=slserve.__version__,
+            python=platform.python_version(),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            host=socket.gethostname(),
+            libraries=library_versions(),
+            source_files=sources,
+        ),
+    )
+    artifact = store.save(manifest)
+    store.record_build(key, artifact.digest)
+    store.set_ref(fdef.name, artifact.digest)
+    return BuildResult(artifact, cached=False)
