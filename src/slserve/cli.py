@@ -15,6 +15,7 @@ from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElaps
 from rich.table import Table
 
 from slserve.errors import SlserveError
+from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -31,9 +32,7 @@ DEFAULT_FUNCTIONS = Path("functions")
 DEFAULT_ARTIFACTS = Path(".slserve/artifacts")
 
 
-def _store(artifacts: Path):  # type: ignore[no-untyped-def]
-    from slserve.snapshot import ArtifactStore
-
+def _store(artifacts: Path) -> ArtifactStore:
     return ArtifactStore(artifacts)
 
 
