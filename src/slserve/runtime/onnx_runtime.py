@@ -83,11 +83,9 @@ class OnnxRuntime(RuntimeBase):
         so = session_options(spec.resources.threads)
         if optimized:
             so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        arrays = {
-            name.removeprefix(prefix): arr
-            for name, arr in artifact.map_tensors().items()
-            if (name.startswith(OPTIMIZED_CPU_PREFIX) if prefix else not name.startswith(OPTIMIZED_CPU_PREFIX))
-        }
+        # Each graph has its own initializers: map only the chosen graph's.
+        names = [n for n in artifact.manifest.tensors if n.startswith(OPTIMIZED_CPU_PREFIX) == optimized]
+        arrays = {name.removeprefix(prefix): arr for name, arr in artifact.map_tensors(names).items()}
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
         so.add_external_initializers(list(arrays), values)
         session = ort.InferenceSession(str(artifact.file_path(graph)), so, providers=providers)

@@ -11,6 +11,7 @@ Layout under the store root (default `.slserve/artifacts`):
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -34,14 +35,17 @@ class Artifact:
     def name(self) -> str:
         return self.manifest.function
 
-    def map_tensors(self) -> dict[str, np.ndarray]:
-        """Every weight as a numpy array over a copy-on-write mapping of its blob: no bytes are copied.
+    def map_tensors(self, names: Iterable[str] | None = None) -> dict[str, np.ndarray]:
+        """The weights (all, or those in `names`) as numpy arrays over copy-on-write mappings of their blobs:
+        no bytes are copied.
 
         Tensors that share a blob (tied weights) share one mapping.
         """
         mapped: dict[str, np.ndarray] = {}
         views: dict[str, memoryview] = {}
-        for name, t in self.manifest.tensors.items():
+        tensors = self.manifest.tensors
+        for name in tensors if names is None else names:
+            t = tensors[name]
             if t.digest not in views:
                 mm = self.store.blobs.map(t.digest, t.nbytes, f"{self.name}: tensor {name!r}")
                 views[t.digest] = memoryview(mm)[: t.nbytes]
