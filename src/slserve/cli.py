@@ -1,4 +1,4 @@
-"""`slserve ...`: build, inspect, verify and invoke functions."""
+"""`slserve ...`: build, inspect, verify and invoke functions; serve them behind the gateway."""
 
 from __future__ import annotations
 
@@ -150,6 +150,63 @@ def invoke(
             f"[bold]{name}[/] ({spec.framework.value} on {runtime.device}): load {1e3 * (loaded - started):.0f} ms, "
             f"first call {1e3 * (done - loaded):.0f} ms -> {shown}"
         )
+
+
+@app.command()
+def serve(
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port (default 8080)")] = None,
+    functions: Annotated[Path | None, typer.Option(help="Functions folder (default functions/)")] = None,
+    artifacts: Annotated[Path | None, typer.Option(help="Artifact store (default .slserve/artifacts)")] = None,
+    config: Annotated[Path | None, typer.Option(help="Config file (default slserve.toml if present)")] = None,
+) -> None:
+    """Run the gateway with every function behind it, each at zero instances until called."""
+    from slserve.server import serve as run_server
+    from slserve.settings import load_settings
+
+    if config is not None:
+        if not config.is_file():
+            raise SlserveError(f"config file {config} not found")
+        os.environ["SLSERVE_CONFIG"] = str(config)
+    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts)
+    run_server(settings)
+
+
+@app.command()
+def status(
+    url: Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")] = "http://127.0.0.1:8080",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+) -> None:
+    """Show each function's instances (starting, idle, busy), queue depth and cold starts."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url.rstrip('/')}/slserve/functions", timeout=5) as response:
+            doc = json.loads(response.read())
+    except (urllib.error.URLError, OSError) as e:
+        raise SlserveError(f"cannot reach the gateway at {url} ({e}); is `slserve serve` running?") from None
+    if as_json:
+        console.print_json(data=doc)
+        return
+    table = Table("function", "version", "tier", "instances", "queued", "in flight", "cold starts", "served", "note")
+    for f in doc["functions"]:
+        states: dict[str, int] = {}
+        for inst in f["instances"]:
+            states[inst["state"]] = states.get(inst["state"], 0) + 1
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0 (scaled to zero)"
+        table.add_row(
+            f["name"],
+            f["version"],
+            f["tier"],
+            shown,
+            str(f["queued"]),
+            str(f["in_flight"]),
+            str(f["cold_starts"]),
+            str(f["served"]),
+            f["error"] or "",
+        )
+    console.print(table)
 
 
 def _preview(arr: np.ndarray) -> str:

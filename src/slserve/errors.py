@@ -78,3 +78,46 @@ class RuntimeUnavailable(SlserveError):
 
     status = 503
     code = "runtime_unavailable"
+
+
+class PayloadTooLarge(SlserveError):
+    status = 413
+    code = "payload_too_large"
+
+
+class Overloaded(SlserveError):
+    """The function's queue is full: the client should retry after `retry_after` seconds."""
+
+    status = 429
+    code = "overloaded"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class InstanceFailed(SlserveError):
+    """A function instance died or failed twice while serving the request."""
+
+    status = 502
+    code = "instance_failed"
+
+
+class ShuttingDown(SlserveError):
+    status = 503
+    code = "shutting_down"
+
+
+def error_from_wire(status: int, code: str, message: str) -> SlserveError:
+    """Rebuild an error that crossed a process boundary as (status, code, message)."""
+    for cls in _all_errors(SlserveError):
+        if cls.code == code and cls.status == status:
+            return cls(message)
+    return InferenceFailed(message)
+
+
+def _all_errors(cls: type[SlserveError]) -> list[type[SlserveError]]:
+    out = [cls]
+    for sub in cls.__subclasses__():
+        out.extend(_all_errors(sub))
+    return out

@@ -136,6 +136,7 @@ class Scaling(_Strict):
     max_instances: Annotated[int, Field(ge=1)] = 4
     target_concurrency: Annotated[int, Field(ge=1)] = 8
     idle_seconds: Annotated[float, Field(gt=0)] = 60.0
+    queue_size: Annotated[int, Field(ge=0, description="requests that may wait for an instance; more get 429")] = 1024
 
     @model_validator(mode="after")
     def _bounds(self) -> Self:

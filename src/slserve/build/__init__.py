@@ -71,6 +71,18 @@ def build_function(
         ),
     )
     artifact = store.save(manifest)
+    if fdef.spec.batching.max_batch_size > 1:
+        report("measuring the exact-batching floor")
+        info = manifest.build.model_copy(update={"batch_min_rows": _batch_min_rows(artifact)})
+        artifact = store.save(manifest.model_copy(update={"build": info}))
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)
     return BuildResult(artifact, cached=False)
+
+
+def _batch_min_rows(artifact: Artifact) -> int:
+    from slserve.runtime.base import load_runtime
+    from slserve.runtime.batching import measure_min_rows
+
+    runtime = load_runtime(artifact, device="cpu")
+    return measure_min_rows(runtime, artifact.manifest.spec.batching.max_batch_size)

@@ -28,6 +28,18 @@ class Runtime(Protocol):
         """Run the model on `inputs` (first dim = batch) and return the signature's outputs."""
         ...
 
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """One request's inputs, checked and preprocessed into graph feeds (raises InvalidInput)."""
+        ...
+
+    def run(self, feeds: Tensors) -> Tensors:
+        """One model call on feeds batched along the first dimension."""
+        ...
+
+    def finish(self, produced: Mapping[str, np.ndarray]) -> Tensors:
+        """One request's graph outputs, postprocessed into the signature's outputs."""
+        ...
+
 
 class Processor(Protocol):
     """Maps the signature's tensors to the graph's inputs, and the graph's outputs back (e.g. a tokenizer)."""
@@ -86,14 +98,23 @@ class RuntimeBase:
     processor: Processor
 
     def infer(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        checked = check_inputs(self.spec.signature, inputs)
-        feeds = self.processor.preprocess(checked)
+        return self.finish(self.run(self.prepare(inputs)))
+
+    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+        """Check one request's inputs against the signature and turn them into the graph's feeds."""
+        return self.processor.preprocess(check_inputs(self.spec.signature, inputs))
+
+    def run(self, feeds: Tensors) -> Tensors:
+        """The model call on feeds whose first dimension is the batch (one request's or several merged)."""
         try:
-            produced = self._run(feeds)
+            return self._run(feeds)
         except InvalidInput:
             raise
         except Exception as e:  # the model's own failure: report it, keep serving
             raise InferenceFailed(f"{self.spec.model.name}: the model raised {type(e).__name__}: {e}") from e
+
+    def finish(self, produced: Mapping[str, np.ndarray]) -> Tensors:
+        """Graph outputs -> the signature's outputs, for one request."""
         outputs = self.processor.postprocess(produced)
         wanted = [t.name for t in self.spec.signature.outputs]
         missing = [n for n in wanted if n not in outputs]

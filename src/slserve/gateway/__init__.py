@@ -1,0 +1,1 @@
+"""The API gateway: protocols in front of the platform."""

@@ -1,0 +1,185 @@
+"""The gateway: one ASGI app in front of every function. It speaks protocols; the platform runs functions."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import slserve
+from slserve.errors import ModelNotFound, PayloadTooLarge, SlserveError
+from slserve.gateway.openapi import openapi_document
+from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.platform.base import InferResult, Platform
+from slserve.settings import ServeSettings
+from slserve.spec import FunctionDef
+
+log = logging.getLogger("slserve.gateway")
+PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
+
+
+def json_response(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(content), status, headers, media_type="application/json")
+
+
+def error_response(error: SlserveError) -> Response:
+    headers = {}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return json_response(error.to_dict(), error.status, headers)
+
+
+class Gateway:
+    def __init__(self, platform: Platform, settings: ServeSettings) -> None:
+        self.platform = platform
+        self.settings = settings
+
+    def function(self, model: str, version: str | None) -> FunctionDef:
+        fdef = self.platform.functions().get(model)
+        if fdef is None:
+            known = sorted(self.platform.functions())
+            raise ModelNotFound(f"unknown model {model!r}; this server has {known}")
+        if version is not None and version != fdef.spec.model.version:
+            raise ModelNotFound(f"model {model!r} has no version {version!r}; it serves {fdef.spec.model.version!r}")
+        return fdef
+
+    # --- health and metadata -------------------------------------------------------------------------------
+
+    async def live(self, request: Request) -> Response:
+        return json_response({"live": True})
+
+    async def ready(self, request: Request) -> Response:
+        ready = self.platform.ready()
+        return json_response({"ready": ready}, 200 if ready else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return json_response({"name": "slserve", "version": slserve.__version__, "extensions": ["binary_tensor_data"]})
+
+    async def models(self, request: Request) -> Response:
+        return json_response({"models": [model_metadata(f) for f in self.platform.functions().values()]})
+
+    async def model_metadata(self, request: Request) -> Response:
+        fdef = self.function(request.path_params["model"], request.path_params.get("version"))
+        return json_response(model_metadata(fdef))
+
+    async def model_ready(self, request: Request) -> Response:
+        fdef = self.function(request.path_params["model"], request.path_params.get("version"))
+        status = next(s for s in self.platform.status() if s.name == fdef.name)
+        ready = status.artifact is not None and self.platform.ready()
+        return json_response({"name": fdef.name, "ready": ready}, 200 if ready else 503)
+
+    async def functions_status(self, request: Request) -> Response:
+        return json_response({"functions": [s.to_dict() for s in self.platform.status()]})
+
+    async def openapi(self, request: Request) -> Response:
+        return json_response(openapi_document())
+
+    # --- inference -----------------------------------------------------------------------------------------
+
+    async def infer(self, request: Request) -> Response:
+        model = request.path_params["model"]
+        fdef = self.function(model, request.path_params.get("version"))
+        body = await self.read_body(request)
+        v2 = parse_infer(fdef, body, request.headers.get(HEADER_LENGTH))
+        result = await self.platform.infer(v2.request)
+        content, headers = encode_infer(result, model, v2)
+        headers.update(result_headers(result))
+        return Response(content, 200, headers)
+
+    async def read_body(self, request: Request) -> bytes:
+        limit = self.settings.max_body_bytes
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (max_body_mb)")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the {limit}-byte limit (max_body_mb)")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+
+def result_headers(result: InferResult) -> dict[str, str]:
+    headers = {
+        "x-slserve-function": result.function,
+        "x-slserve-version": result.version,
+        "x-slserve-instance": result.instance,
+        "x-slserve-queue-ms": f"{result.queue_ms:.2f}",
+        "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
+        "x-slserve-batch-size": str(result.batch_size),
+    }
+    if result.cold_start_ms is not None:
+        headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
+    return headers
+
+
+def model_metadata(fdef: FunctionDef) -> dict[str, Any]:
+    spec = fdef.spec
+    return {
+        "name": fdef.name,
+        "versions": [spec.model.version],
+        "platform": PLATFORMS[spec.framework.value],
+        "inputs": [t.model_dump(mode="json") for t in spec.signature.inputs],
+        "outputs": [t.model_dump(mode="json") for t in spec.signature.outputs],
+    }
+
+
+async def _slserve_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, SlserveError)
+    return error_response(exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    message = {404: f"no route {request.url.path}; see GET /openapi.json", 405: f"{request.method} is not allowed here"}
+    return json_response({"error": message.get(exc.status_code, exc.detail)}, exc.status_code)
+
+
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+    return json_response({"error": f"internal error ({type(exc).__name__}); the server logged it"}, 500)
+
+
+def build_app(platform: Platform, settings: ServeSettings) -> Starlette:
+    gw = Gateway(platform, settings)
+    model = "/v2/models/{model}"
+    versioned = "/v2/models/{model}/versions/{version}"
+    routes = [
+        Route("/v2/health/live", gw.live),
+        Route("/v2/health/ready", gw.ready),
+        Route("/v2", gw.server_metadata),
+        Route("/v2/models", gw.models),
+        Route(model, gw.model_metadata),
+        Route(versioned, gw.model_metadata),
+        Route(f"{model}/ready", gw.model_ready),
+        Route(f"{versioned}/ready", gw.model_ready),
+        Route(f"{model}/infer", gw.infer, methods=["POST"]),
+        Route(f"{versioned}/infer", gw.infer, methods=["POST"]),
+        Route("/slserve/functions", gw.functions_status),
+        Route("/openapi.json", gw.openapi),
+    ]
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await platform.start()
+        try:
+            yield
+        finally:
+            await platform.stop(settings.drain_seconds)
+
+    return Starlette(
+        routes=routes,
+        lifespan=lifespan,
+        exception_handlers={SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error},
+    )

@@ -1,0 +1,201 @@
+"""The Open Inference Protocol v2 (KServe / Triton) on the wire: JSON tensors and the binary tensor extension.
+
+Decoding goes straight from the body into numpy buffers (binary data is viewed in place, never copied) and is
+checked against the function's signature here, so a malformed request never reaches an instance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from slserve.errors import InvalidInput
+from slserve.platform.base import InferRequest, InferResult
+from slserve.platform.wire import datatype_of_array, tensor_from_payload, tensor_payload
+from slserve.runtime.tensors import NUMPY_OF, check_inputs
+from slserve.spec import Datatype, FunctionDef
+
+HEADER_LENGTH = "inference-header-content-length"
+_JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+
+
+@dataclass
+class V2Request:
+    request: InferRequest
+    id: str | None
+    binary_outputs: set[str]  # outputs to return as binary data
+
+
+def _fail(message: str) -> InvalidInput:
+    return InvalidInput(message)
+
+
+def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    if datatype is Datatype.BYTES:
+        flat = _flatten(data)
+        if len(flat) != count:
+            raise _fail(f"input {name!r}: {len(flat)} elements in data for shape {shape} ({count} expected)")
+        out = np.empty(count, dtype=object)
+        for i, v in enumerate(flat):
+            if not isinstance(v, str):
+                raise _fail(f"input {name!r}: element {i} is {type(v).__name__}; BYTES data in JSON are strings")
+            out[i] = v.encode()
+        return out.reshape(shape)
+    try:
+        arr = np.asarray(data)
+    except ValueError:
+        raise _fail(f"input {name!r}: data is ragged (nested lists of unequal length)") from None
+    target = NUMPY_OF[datatype]
+    if arr.size != count:
+        raise _fail(f"input {name!r}: {arr.size} elements in data for shape {shape} ({count} expected)")
+    if arr.size and arr.dtype.kind not in "biuf":
+        raise _fail(
+            f"input {name!r}: data must be numbers for datatype {datatype.value}, got {arr.dtype.kind!r} values"
+        )
+    if target.kind in "iu" and arr.dtype.kind == "f":
+        raise _fail(f"input {name!r}: datatype {datatype.value} needs integers, data has fractional numbers")
+    if target.kind == "b" and arr.size and arr.dtype.kind != "b":
+        raise _fail(f"input {name!r}: datatype BOOL needs true/false values")
+    cast = arr.astype(target)
+    if target.kind in "iu" and arr.size and not np.array_equal(cast, arr):
+        raise _fail(f"input {name!r}: values out of range for {datatype.value}")
+    return cast.reshape(shape)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if not isinstance(data, list):
+        return [data]
+    out: list[Any] = []
+    for v in data:
+        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    return out
+
+
+def _shape(value: Any, name: str) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
+        raise _fail(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
+    return value
+
+
+def _datatype(value: Any, name: str) -> Datatype:
+    try:
+        return Datatype(value)
+    except ValueError:
+        allowed = ", ".join(d.value for d in Datatype)
+        raise _fail(f"input {name!r}: unknown datatype {value!r}; use one of {allowed}") from None
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[len(view) :]
+    try:
+        n = int(header_length)
+    except ValueError:
+        raise _fail(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
+    if not 0 < n <= len(body):
+        raise _fail(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
+    return view[:n], view[n:]
+
+
+def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2Request:
+    header, binary = split_body(body, header_length)
+    try:
+        doc = orjson.loads(header)
+    except orjson.JSONDecodeError as e:
+        raise _fail(f"the request's JSON is malformed: {e}") from None
+    if not isinstance(doc, dict):
+        raise _fail("the request body must be a JSON object with an 'inputs' list")
+    raw_inputs = doc.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _fail("'inputs' must be a non-empty list of tensors ({name, datatype, shape, data})")
+    inputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for i, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+            raise _fail(f"inputs[{i}] must be an object with a string 'name'")
+        name = raw["name"]
+        if name in inputs:
+            raise _fail(f"input {name!r} appears twice")
+        datatype, shape = _datatype(raw.get("datatype"), name), _shape(raw.get("shape"), name)
+        params = raw.get("parameters") or {}
+        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        if size is not None:
+            if not isinstance(size, int) or size < 0:
+                raise _fail(f"input {name!r}: binary_data_size must be a non-negative integer")
+            if offset + size > len(binary):
+                raise _fail(
+                    f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
+                    f"({len(binary) - offset} bytes left); check Inference-Header-Content-Length"
+                )
+            inputs[name] = tensor_from_payload(datatype, shape, binary[offset : offset + size], name)
+            offset += size
+        elif "data" in raw:
+            inputs[name] = _json_tensor(raw["data"], datatype, shape, name)
+        else:
+            raise _fail(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+    if offset != len(binary):
+        raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
+    checked = check_inputs(fdef.spec.signature, inputs)
+    outputs, binary_outputs = _requested_outputs(fdef, doc)
+    request_id = doc.get("id")
+    return V2Request(
+        InferRequest(fdef.name, checked, outputs, None if request_id is None else str(request_id)),
+        None if request_id is None else str(request_id),
+        binary_outputs,
+    )
+
+
+def _requested_outputs(fdef: FunctionDef, doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+    known = [t.name for t in fdef.spec.signature.outputs]
+    params = doc.get("parameters") or {}
+    binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
+    raw = doc.get("outputs")
+    if raw is None:
+        return None, set(known) if binary_all else set()
+    if not isinstance(raw, list):
+        raise _fail("'outputs' must be a list of {name, parameters}")
+    names: list[str] = []
+    binary: set[str] = set()
+    for i, out in enumerate(raw):
+        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
+            raise _fail(f"outputs[{i}] must be an object with a string 'name'")
+        if out["name"] not in known:
+            raise _fail(f"unknown output {out['name']!r}; this function returns {known}")
+        names.append(out["name"])
+        out_params = out.get("parameters") or {}
+        if binary_all or (isinstance(out_params, dict) and out_params.get("binary_data")):
+            binary.add(out["name"])
+    return names, binary
+
+
+def encode_infer(result: InferResult, model: str, v2: V2Request) -> tuple[bytes, dict[str, str]]:
+    """The response body and its content headers (JSON, or JSON header + binary tensors)."""
+    outputs: list[dict[str, Any]] = []
+    blobs: list[bytes | memoryview] = []
+    for name, arr in result.outputs.items():
+        datatype = datatype_of_array(arr)
+        entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": list(arr.shape)}
+        if name in v2.binary_outputs:
+            data = tensor_payload(arr)
+            entry["parameters"] = {"binary_data_size": len(data) if isinstance(data, bytes) else data.nbytes}
+            blobs.append(data)
+        elif datatype is Datatype.BYTES:
+            entry["data"] = [bytes(v).decode("utf-8", errors="replace") for v in arr.reshape(-1)]
+        elif datatype is Datatype.FP16:
+            entry["data"] = arr.reshape(-1).astype(np.float32)
+        else:
+            entry["data"] = arr.reshape(-1)
+        outputs.append(entry)
+    doc: dict[str, Any] = {"model_name": model, "model_version": result.version, "outputs": outputs}
+    if v2.id is not None:
+        doc["id"] = v2.id
+    header = orjson.dumps(doc, option=_JSON_OPTS)
+    if not blobs:
+        return header, {"content-type": "application/json"}
+    body = b"".join([header, *blobs])
+    return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}

@@ -1,0 +1,73 @@
+"""What the gateway asks of a platform (local process pool today; AWS Lambda and Modal later)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from slserve.spec import FunctionDef
+
+
+@dataclass
+class InferRequest:
+    """One decoded, signature-checked request for one function."""
+
+    function: str
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None = None  # requested output names; None = all
+    id: str | None = None
+
+
+@dataclass
+class InferResult:
+    outputs: dict[str, np.ndarray]
+    function: str
+    version: str
+    instance: str
+    queue_ms: float
+    compute_ms: float
+    batch_size: int
+    cold_start_ms: float | None = None  # set when the request waited for an instance to start
+
+
+@dataclass
+class FunctionStatus:
+    name: str
+    model: str
+    version: str
+    framework: str
+    tier: str
+    artifact: str | None
+    instances: list[dict[str, Any]] = field(default_factory=list)
+    queued: int = 0
+    in_flight: int = 0
+    cold_starts: int = 0
+    served: int = 0
+    failed: int = 0
+    error: str | None = None  # why the function cannot serve (not built, failed to start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class Platform(Protocol):
+    """Runs functions. The gateway decodes and validates; a platform only executes."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, drain_seconds: float) -> None:
+        """Stop taking requests, finish the accepted ones (up to `drain_seconds`), then stop every instance."""
+        ...
+
+    def functions(self) -> Mapping[str, FunctionDef]: ...
+
+    def ready(self) -> bool:
+        """Whether every function can take requests now (instances may still be at zero)."""
+        ...
+
+    async def infer(self, request: InferRequest) -> InferResult: ...
+
+    def status(self) -> list[FunctionStatus]: ...

@@ -1,0 +1,50 @@
+"""The autoscaling policy: a pure function from what a pool looks like now to what it should do.
+
+No clocks, no processes: the pool passes `now` and a snapshot, and applies the decision.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from slserve.spec import Scaling
+
+
+@dataclass(frozen=True)
+class InstanceLoad:
+    id: int
+    in_flight: int
+    idle_since: float | None  # when it last became idle; None while busy
+
+
+@dataclass(frozen=True)
+class ScaleDecision:
+    start: int = 0
+    stop: list[int] = field(default_factory=list)
+
+
+def desired_instances(scaling: Scaling, demand: int) -> int:
+    """Enough instances that each carries at most `target_concurrency` requests, within [min, max]."""
+    wanted = math.ceil(demand / scaling.target_concurrency)
+    return max(scaling.min_instances, min(scaling.max_instances, wanted))
+
+
+def decide(scaling: Scaling, ready: Sequence[InstanceLoad], starting: int, queued: int, now: float) -> ScaleDecision:
+    """Scale up at once to cover the demand (requests in flight + queued), counting instances already
+    starting; scale down only instances idle for `idle_seconds`, longest-idle first, never below what the
+    demand and `min_instances` need."""
+    demand = sum(i.in_flight for i in ready) + queued
+    desired = desired_instances(scaling, demand)
+    start = max(0, desired - len(ready) - starting)
+    idle = sorted(
+        (
+            i
+            for i in ready
+            if i.in_flight == 0 and i.idle_since is not None and now - i.idle_since >= scaling.idle_seconds
+        ),
+        key=lambda i: (i.idle_since, i.id),
+    )
+    surplus = max(0, len(ready) + starting - desired)
+    return ScaleDecision(start=start, stop=[i.id for i in idle[:surplus]])

@@ -1,0 +1,180 @@
+"""A function instance: one OS process forked from its family's template, serving one function's requests.
+
+The loop is single-threaded and never idles on purpose: it blocks for the first request, takes every other
+request already waiting on the socket, runs them as exact batches (`runtime.batching`), answers, and repeats.
+Requests that arrive while the model runs form the next batch by themselves, so at concurrency 1 nothing
+waits; `max_delay_ms` is spent waiting for more only while traffic is concurrent (the last batch held more
+than one request).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from slserve.errors import SlserveError
+from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, error_meta, frame_length
+from slserve.runtime.base import Runtime, load_runtime
+from slserve.runtime.batching import merge, plan_batches, split
+from slserve.runtime.tensors import example_inputs
+from slserve.snapshot import ArtifactStore
+
+
+@dataclass(frozen=True)
+class InstanceConfig:
+    function: str
+    artifacts: Path
+    digest: str
+    device: str | None = None
+
+
+class Connection:
+    """Frames over a blocking unix socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        self.closed = False
+
+    def receive(self, timeout: float | None) -> list[Message]:
+        """Whatever complete messages arrive within `timeout` (None: block for at least one)."""
+        messages = self._parse()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not messages and not self.closed:
+            wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._fill(wait):
+                break
+            messages = self._parse()
+        while not self.closed and self._fill(0.0):  # and everything already waiting
+            messages.extend(self._parse())
+        return messages
+
+    def _fill(self, timeout: float | None) -> bool:
+        readable, _, _ = select.select([self.sock], [], [], timeout)
+        if not readable:
+            return False
+        data = self.sock.recv(1 << 20)
+        if not data:
+            self.closed = True
+            return False
+        self.buf += data
+        return True
+
+    def _parse(self) -> list[Message]:
+        out: list[Message] = []
+        pos = 0
+        while len(self.buf) - pos >= FRAME_PREFIX:
+            n = frame_length(self.buf[pos : pos + FRAME_PREFIX])
+            if len(self.buf) - pos - FRAME_PREFIX < n:
+                break
+            body = bytes(self.buf[pos + FRAME_PREFIX : pos + FRAME_PREFIX + n])
+            out.append(decode(body))
+            pos += FRAME_PREFIX + n
+        if pos:
+            del self.buf[:pos]
+        return out
+
+    def send(self, msg: Message) -> None:
+        parts = [memoryview(p).cast("B") for p in encode(msg)]
+        while parts:
+            sent = self.sock.sendmsg(parts)
+            while parts and sent >= parts[0].nbytes:
+                sent -= parts[0].nbytes
+                parts.pop(0)
+            if parts and sent:
+                parts[0] = parts[0][sent:]
+
+
+class InstanceLoop:
+    def __init__(self, conn: Connection, runtime: Runtime, max_batch: int, max_delay_ms: float, min_rows: int) -> None:
+        self.conn = conn
+        self.runtime = runtime
+        self.max_batch = max_batch
+        self.max_delay = max_delay_ms / 1000.0
+        self.min_rows = min_rows if max_batch > 1 else 1
+        self.last_batch = 1
+
+    def run(self) -> None:
+        while not self.conn.closed:
+            messages = self.conn.receive(None)
+            requests = [m for m in messages if m.kind is Kind.INFER]
+            if self.max_batch > 1 and self.max_delay > 0 and self.last_batch > 1:
+                deadline = time.monotonic() + self.max_delay
+                while len(requests) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    more = self.conn.receive(left)
+                    messages.extend(more)
+                    requests.extend(m for m in more if m.kind is Kind.INFER)
+            if requests:
+                self.serve(requests)
+            if any(m.kind is Kind.STOP for m in messages):
+                return
+
+    def serve(self, requests: list[Message]) -> None:
+        prepared: list[tuple[Message, dict[str, np.ndarray]]] = []
+        for msg in requests:
+            try:
+                prepared.append((msg, self.runtime.prepare(msg.tensors)))
+            except SlserveError as e:
+                self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
+        feeds = [f for _, f in prepared]
+        groups = plan_batches(feeds, self.max_batch) if self.max_batch > 1 else [[i] for i in range(len(feeds))]
+        self.last_batch = max((len(g) for g in groups), default=1)
+        for group in groups:
+            self._run_group([prepared[i] for i in group])
+
+    def _run_group(self, items: list[tuple[Message, dict[str, np.ndarray]]]) -> None:
+        start = time.perf_counter()
+        try:
+            merged, counts = merge([f for _, f in items], self.min_rows)
+            parts = split(self.runtime.run(merged), counts)
+            outputs = [self.runtime.finish(p) for p in parts]
+        except SlserveError as e:
+            for msg, _ in items:
+                self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
+            return
+        compute_ms = (time.perf_counter() - start) * 1000
+        for (msg, _), out in zip(items, outputs, strict=True):
+            wanted = msg.meta.get("outputs")
+            tensors = {k: np.ascontiguousarray(v) for k, v in out.items() if wanted is None or k in wanted}
+            meta = {"compute_ms": compute_ms, "batch_size": len(items)}
+            self.conn.send(Message(Kind.RESULT, msg.request_id, meta, tensors))
+
+
+def serve_instance(sock: socket.socket, config: InstanceConfig) -> int:
+    """Load, warm up, report ready, serve until told to stop or the gateway goes away. Returns an exit code."""
+    conn = Connection(sock)
+    started = time.perf_counter()
+    try:
+        artifact = ArtifactStore(config.artifacts).open(config.digest)
+        runtime = load_runtime(artifact, config.device)
+        loaded = time.perf_counter()
+        batching = artifact.manifest.spec.batching
+        min_rows = artifact.manifest.build.batch_min_rows
+        loop = InstanceLoop(conn, runtime, batching.max_batch_size, batching.max_delay_ms, min_rows)
+        # Warm up through the same path requests take (lazy initialization happens here, not in a request).
+        feeds = runtime.prepare(example_inputs(runtime.spec.signature))
+        merged, counts = merge([feeds], loop.min_rows)
+        runtime.finish(split(runtime.run(merged), counts)[0])
+    except SlserveError as e:
+        conn.send(Message(Kind.ERROR, 0, dict(error_meta(e.status, e.code, f"{config.function}: {e.message}"))))
+        return 1
+    except Exception as e:  # a broken model must not look like a hung start: say what happened
+        message = f"{config.function}: instance failed to start: {type(e).__name__}: {e}"
+        conn.send(Message(Kind.ERROR, 0, dict(error_meta(500, "instance_start_failed", message))))
+        return 1
+    ready = time.perf_counter()
+    meta = {
+        "pid": os.getpid(),
+        "load_ms": (loaded - started) * 1000,
+        "warmup_ms": (ready - loaded) * 1000,
+        "device": runtime.device,
+    }
+    conn.send(Message(Kind.READY, 0, meta))
+    loop.run()
+    return 0

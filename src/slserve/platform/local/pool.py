@@ -1,0 +1,349 @@
+"""One function's instances on this machine: a bounded queue, dispatch, autoscaling, retries.
+
+Everything here runs on the gateway's event loop; instances are processes reached over unix sockets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import signal
+import time
+from collections import deque
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from slserve.errors import (
+    InstanceFailed,
+    Overloaded,
+    RuntimeUnavailable,
+    ShuttingDown,
+    SlserveError,
+    error_from_wire,
+)
+from slserve.platform.base import FunctionStatus, InferRequest, InferResult
+from slserve.platform.local.autoscaler import InstanceLoad, decide
+from slserve.platform.local.templates import Template
+from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, frame_length
+from slserve.spec import FunctionDef
+
+START_TIMEOUT_S = 120.0
+MAX_START_FAILURES = 3
+_request_ids = itertools.count(1)
+
+
+class InstanceState(StrEnum):
+    STARTING = "starting"
+    IDLE = "idle"
+    BUSY = "busy"
+    DRAINING = "draining"
+    DEAD = "dead"
+
+
+@dataclass
+class Pending:
+    request: InferRequest
+    future: asyncio.Future[InferResult]
+    enqueued_at: float
+    id: int = 0
+    attempts: int = 0
+    dispatched_at: float = 0.0
+    cold_start_ms: float | None = None
+
+
+class Instance:
+    def __init__(self, function: str, number: int) -> None:
+        self.number = number
+        self.name = f"{function}-{number}"
+        self.pid: int | None = None
+        self.state = InstanceState.STARTING
+        self.spawned_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.idle_since: float | None = None
+        self.in_flight: dict[int, Pending] = {}
+        self.writer: asyncio.StreamWriter | None = None
+        self.device: str | None = None
+        self.load_ms: float | None = None
+        self.served = 0
+        self.exit_status: str | None = None
+
+    @property
+    def cold_start_ms(self) -> float | None:
+        return None if self.ready_at is None else (self.ready_at - self.spawned_at) * 1000
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "pid": self.pid,
+            "state": self.state.value,
+            "in_flight": len(self.in_flight),
+            "served": self.served,
+            "cold_start_ms": None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
+            "load_ms": None if self.load_ms is None else round(self.load_ms, 1),
+            "device": self.device,
+        }
+
+
+async def read_message(reader: asyncio.StreamReader) -> Message:
+    prefix = await reader.readexactly(FRAME_PREFIX)
+    return decode(await reader.readexactly(frame_length(prefix)))
+
+
+class FunctionPool:
+    def __init__(self, fdef: FunctionDef, template: Template | None, artifacts: Path, digest: str | None) -> None:
+        self.fdef = fdef
+        self.spec = fdef.spec
+        self.template = template
+        self.artifacts = artifacts
+        self.digest = digest
+        self.error: str | None = None if digest else f"{fdef.name} is not built: run `slserve build {fdef.name}`"
+        self.instances: dict[int, Instance] = {}
+        self.queue: deque[Pending] = deque()
+        self.slots = max(self.spec.scaling.target_concurrency, self.spec.batching.max_batch_size)
+        self.closing = False
+        self.cold_starts = 0
+        self.served = 0
+        self.failed = 0
+        self.start_failures = 0
+        self._numbers = itertools.count(1)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._exits: dict[int, str] = {}
+        if template is not None:
+            template.on_exit(self._on_process_exit)
+
+    # --- requests ------------------------------------------------------------------------------------------
+
+    async def infer(self, request: InferRequest) -> InferResult:
+        if self.closing:
+            raise ShuttingDown(f"{self.fdef.name}: the server is shutting down; retry on another server")
+        if self.error and not self.instances:
+            raise RuntimeUnavailable(self.error)
+        if len(self.queue) >= self.spec.scaling.queue_size:
+            raise Overloaded(
+                f"{self.fdef.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
+                "retry after the Retry-After interval",
+                retry_after=1.0,
+            )
+        loop = asyncio.get_running_loop()
+        pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
+        self.queue.append(pending)
+        self._dispatch()
+        self.autoscale()
+        return await pending.future
+
+    def _dispatch(self) -> None:
+        while self.queue:
+            instance = self._least_loaded()
+            if instance is None:
+                return
+            pending = self.queue.popleft()
+            if not pending.future.done():  # a client that went away leaves a cancelled future
+                self._send(instance, pending)
+
+    def _least_loaded(self) -> Instance | None:
+        best: Instance | None = None
+        for inst in self.instances.values():
+            usable = inst.state in (InstanceState.IDLE, InstanceState.BUSY) and len(inst.in_flight) < self.slots
+            if usable and (best is None or len(inst.in_flight) < len(best.in_flight)):
+                best = inst
+        return best
+
+    def _send(self, inst: Instance, pending: Pending) -> None:
+        assert inst.writer is not None and inst.ready_at is not None
+        if inst.ready_at > pending.enqueued_at:
+            pending.cold_start_ms = inst.cold_start_ms
+        pending.dispatched_at = time.monotonic()
+        inst.in_flight[pending.id] = pending
+        inst.state, inst.idle_since = InstanceState.BUSY, None
+        meta = {"outputs": pending.request.outputs} if pending.request.outputs is not None else {}
+        inst.writer.writelines(encode(Message(Kind.INFER, pending.id, meta, pending.request.inputs)))
+
+    def _on_reply(self, inst: Instance, msg: Message) -> None:
+        pending = inst.in_flight.pop(msg.request_id, None)
+        if not inst.in_flight and inst.state is InstanceState.BUSY:
+            inst.state, inst.idle_since = InstanceState.IDLE, time.monotonic()
+        if pending is None:
+            return
+        inst.served += 1
+        if msg.kind is Kind.RESULT:
+            self.served += 1
+            result = InferResult(
+                outputs=msg.tensors,
+                function=self.fdef.name,
+                version=self.spec.model.version,
+                instance=inst.name,
+                queue_ms=(pending.dispatched_at - pending.enqueued_at) * 1000,
+                compute_ms=float(msg.meta.get("compute_ms", 0.0)),
+                batch_size=int(msg.meta.get("batch_size", 1)),
+                cold_start_ms=pending.cold_start_ms,
+            )
+            _resolve(pending, result)
+        else:
+            self.failed += 1
+            _fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
+        self._dispatch()
+
+    # --- instances -----------------------------------------------------------------------------------------
+
+    def autoscale(self) -> None:
+        if self.template is None or self.digest is None or self.closing:
+            return
+        if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue:
+            return  # a function that keeps failing to start waits for the next request to try again
+        ready = [
+            InstanceLoad(i.number, len(i.in_flight), i.idle_since)
+            for i in self.instances.values()
+            if i.state in (InstanceState.IDLE, InstanceState.BUSY)
+        ]
+        starting = sum(1 for i in self.instances.values() if i.state is InstanceState.STARTING)
+        decision = decide(self.spec.scaling, ready, starting, len(self.queue), time.monotonic())
+        for _ in range(decision.start):
+            self._launch()
+        for number in decision.stop:
+            self._retire(self.instances[number])
+
+    def _launch(self) -> None:
+        inst = Instance(self.fdef.name, next(self._numbers))
+        self.instances[inst.number] = inst
+        task = asyncio.get_running_loop().create_task(self._run_instance(inst))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _retire(self, inst: Instance) -> None:
+        inst.state = InstanceState.DRAINING
+        if inst.writer is not None:
+            inst.writer.writelines(encode(Message(Kind.STOP)))
+
+    async def _run_instance(self, inst: Instance) -> None:
+        assert self.template is not None and self.digest is not None
+        start_error: SlserveError | None = None
+        try:
+            sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, self.digest, None)
+            reader, inst.writer = await asyncio.open_unix_connection(sock=sock)
+            first = await asyncio.wait_for(read_message(reader), START_TIMEOUT_S)
+            if first.kind is Kind.ERROR:
+                start_error = error_from_wire(first.meta["status"], first.meta["code"], first.meta["message"])
+                return
+            self._on_ready(inst, first)
+            while True:
+                self._on_reply(inst, await read_message(reader))
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except TimeoutError:
+            start_error = RuntimeUnavailable(f"{inst.name} did not report ready within {START_TIMEOUT_S:.0f} s")
+        except SlserveError as e:
+            start_error = e
+        finally:
+            await self._on_gone(inst, start_error)
+
+    def _on_ready(self, inst: Instance, msg: Message) -> None:
+        inst.ready_at = inst.idle_since = time.monotonic()
+        inst.device = str(msg.meta.get("device"))
+        inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
+        if inst.state is InstanceState.STARTING:
+            inst.state = InstanceState.IDLE
+        self.cold_starts += 1
+        self.start_failures = 0
+        self.error = None
+        self._dispatch()
+        self.autoscale()
+
+    async def _on_gone(self, inst: Instance, start_error: SlserveError | None) -> None:
+        was_ready = inst.ready_at is not None
+        expected = inst.state is InstanceState.DRAINING or self.closing
+        inst.state = InstanceState.DEAD
+        self.instances.pop(inst.number, None)
+        if inst.writer is not None:
+            inst.writer.close()
+        if inst.pid is not None and not expected:
+            _kill(inst.pid)  # a half-dead instance (socket closed, process stuck) must not linger
+            await asyncio.sleep(0.05)  # let the template report how it ended
+        status = self._exits.pop(inst.pid, "connection closed") if inst.pid else "not started"
+        orphans = list(inst.in_flight.values())
+        inst.in_flight.clear()
+        for pending in orphans:
+            pending.attempts += 1
+            if pending.attempts >= 2:
+                self.failed += 1
+                _fail(
+                    pending,
+                    InstanceFailed(
+                        f"{self.fdef.name}: instance {inst.name} (pid {inst.pid}) died ({status}) while serving this "
+                        "request, and so did the retry on another instance; the model may crash on this input"
+                    ),
+                )
+            else:
+                self.queue.appendleft(pending)  # inference is idempotent: retry once, first in line
+        if not was_ready and not expected:
+            self.start_failures += 1
+            reason = start_error.message if start_error else f"instance {inst.name} exited while starting ({status})"
+            self.error = reason
+            if start_error is not None or self.start_failures >= MAX_START_FAILURES:
+                self._fail_queue(start_error or RuntimeUnavailable(reason))
+        self._dispatch()
+        self.autoscale()
+
+    def _fail_queue(self, error: SlserveError) -> None:
+        while self.queue:
+            self.failed += 1
+            _fail(self.queue.popleft(), error)
+
+    def _on_process_exit(self, pid: int, status: str) -> None:
+        if any(i.pid == pid for i in self.instances.values()):
+            self._exits[pid] = status
+
+    # --- lifecycle -----------------------------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Stop taking requests, let the accepted ones finish, then stop every instance."""
+        self.closing = True
+        deadline = time.monotonic() + timeout
+        while (self.queue or any(i.in_flight for i in self.instances.values())) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        self._fail_queue(ShuttingDown(f"{self.fdef.name}: the server shut down before this request could run"))
+        for inst in list(self.instances.values()):
+            self._retire(inst)
+        if self._tasks:
+            _, still = await asyncio.wait(set(self._tasks), timeout=5)
+            for task in still:
+                task.cancel()
+        for inst in list(self.instances.values()):
+            if inst.pid is not None:
+                _kill(inst.pid)
+
+    def status(self) -> FunctionStatus:
+        spec = self.spec
+        return FunctionStatus(
+            name=self.fdef.name,
+            model=spec.model.name,
+            version=spec.model.version,
+            framework=spec.framework.value,
+            tier=spec.tier,
+            artifact=self.digest,
+            instances=[i.to_dict() for i in self.instances.values()],
+            queued=len(self.queue),
+            in_flight=sum(len(i.in_flight) for i in self.instances.values()),
+            cold_starts=self.cold_starts,
+            served=self.served,
+            failed=self.failed,
+            error=self.error,
+        )
+
+
+def _resolve(pending: Pending, result: InferResult) -> None:
+    if not pending.future.done():
+        pending.future.set_result(result)
+
+
+def _fail(pending: Pending, error: SlserveError) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)
+
+
+def _kill(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)

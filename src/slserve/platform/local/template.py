@@ -1,0 +1,121 @@
+"""The template process of a runtime family: imports once, forks instances on demand.
+
+Run as `python -m slserve.platform.local.template --control-fd N MODULE...`. It imports the runtime adapter
+and every function's own modules (model code, processors), freezes the heap for copy-on-write, and then
+waits on its control socket. Each spawn request carries the instance's end of a fresh socket pair (passed with
+SCM_RIGHTS); the template forks, and the child serves on it. The template runs no framework operation and
+starts no thread before forking: a torch op in the parent (even `torch.randn`) leaves forked children hung
+in the OpenMP pool.
+
+Control messages, one JSON object per SOCK_SEQPACKET message (so a passed descriptor stays with its request):
+    gateway -> template   {"spawn": token, "function": ..., "artifacts": ..., "digest": ..., "device": ...}
+    template -> gateway   {"ready": import_ms} once; {"spawned": token, "pid": pid}; {"exited": pid, "status": "..."}
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import importlib
+import os
+import select
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+
+import orjson
+
+
+def describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        return f"killed by {signal.Signals(sig).name}" if sig in signal.Signals._value2member_map_ else f"signal {sig}"
+    return f"exit code {os.WEXITSTATUS(status)}"
+
+
+def _send(ctrl: socket.socket, obj: object) -> None:
+    ctrl.send(orjson.dumps(obj))
+
+
+def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int) -> int:
+    pid = os.fork()
+    if pid:
+        os.close(fd)
+        return pid
+    # The child: only the instance socket survives.
+    code = 1
+    try:
+        ctrl.close()
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        from slserve.platform.local.instance import InstanceConfig, serve_instance
+
+        sock = socket.socket(fileno=fd)
+        config = InstanceConfig(
+            function=str(request["function"]),
+            artifacts=Path(str(request["artifacts"])),
+            digest=str(request["digest"]),
+            device=None if request.get("device") is None else str(request["device"]),
+        )
+        code = serve_instance(sock, config)
+    except BaseException as e:
+        print(f"slserve instance {os.getpid()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def _reap(ctrl: socket.socket, children: set[int]) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        children.discard(pid)
+        _send(ctrl, {"exited": pid, "status": describe_status(status)})
+
+
+def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
+    started = time.perf_counter()
+    for name in modules:
+        importlib.import_module(name)
+    gc.collect()
+    gc.freeze()  # instances share the imported heap copy-on-write; a GC pass would touch (and copy) it all
+    _send(ctrl, {"ready": (time.perf_counter() - started) * 1000, "pid": os.getpid()})
+    children: set[int] = set()
+    while True:
+        readable, _, _ = select.select([ctrl], [], [], 0.2)
+        _reap(ctrl, children)
+        if not readable:
+            continue
+        data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
+        if not data:  # the gateway is gone: so are we (instances see their own sockets close)
+            for pid in children:
+                os.kill(pid, signal.SIGTERM)
+            return
+        request = orjson.loads(data)
+        pid = _fork_instance(ctrl, request, fds[0])
+        children.add(pid)
+        _send(ctrl, {"spawned": request["spawn"], "pid": pid})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="slserve template process (started by the gateway)")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("modules", nargs="*")
+    args = parser.parse_args()
+    # Ctrl-C reaches the whole process group: the gateway drains and stops instances itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    ctrl = socket.socket(fileno=args.control_fd)
+    # BrokenPipe/ConnectionReset: the gateway went away first; instances notice their own sockets closing.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        serve_template(ctrl, args.modules)
+
+
+if __name__ == "__main__":
+    main()

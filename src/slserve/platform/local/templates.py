@@ -1,0 +1,131 @@
+"""The gateway's side of a template process: start it, ask it to fork instances, hear about their exits."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from slserve.errors import RuntimeUnavailable
+
+ExitListener = Callable[[int, str], None]
+RUNTIME_MODULES = {"torch": "slserve.runtime.torch_runtime", "onnx": "slserve.runtime.onnx_runtime"}
+
+
+class Template:
+    """One running template process for a runtime family."""
+
+    def __init__(self, family: str, modules: list[str]) -> None:
+        self.family = family
+        self.modules = modules
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pid: int | None = None
+        self.import_ms: float | None = None
+        self.error: str | None = None
+        self._ctrl: socket.socket | None = None
+        self._ready = asyncio.Event()
+        self._tokens = itertools.count(1)
+        self._spawned: dict[int, asyncio.Future[int]] = {}
+        self._exit_listeners: list[ExitListener] = []
+
+    def on_exit(self, listener: ExitListener) -> None:
+        self._exit_listeners.append(listener)
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+        cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
+        self.proc = subprocess.Popen([*cmd, *self.modules], pass_fds=[theirs.fileno()], env=env)
+        theirs.close()
+        ours.setblocking(False)
+        self._ctrl = ours
+        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+
+    async def wait_ready(self) -> None:
+        await self._ready.wait()
+        if self.error:
+            raise RuntimeUnavailable(self.error)
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set() and self.error is None
+
+    async def spawn(self, function: str, artifacts: Path, digest: str, device: str | None) -> tuple[socket.socket, int]:
+        """Fork an instance; returns the gateway's end of its socket and its pid."""
+        await self.wait_ready()
+        assert self._ctrl is not None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        token = next(self._tokens)
+        request = {
+            "spawn": token,
+            "function": function,
+            "artifacts": str(artifacts),
+            "digest": digest,
+            "device": device,
+        }
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._spawned[token] = future
+        try:
+            socket.send_fds(self._ctrl, [orjson.dumps(request)], [theirs.fileno()])
+        finally:
+            theirs.close()
+        pid = await asyncio.wait_for(future, timeout=30)
+        return ours, pid
+
+    def _on_readable(self) -> None:
+        assert self._ctrl is not None
+        try:
+            data = self._ctrl.recv(1 << 16)
+        except BlockingIOError:
+            return
+        if not data:
+            self._on_gone()
+            return
+        self._handle(orjson.loads(data))
+
+    def _handle(self, msg: dict[str, Any]) -> None:
+        if "ready" in msg:
+            self.import_ms, self.pid = float(msg["ready"]), int(msg["pid"])
+            self._ready.set()
+        elif "spawned" in msg:
+            future = self._spawned.pop(int(msg["spawned"]), None)
+            if future is not None and not future.done():
+                future.set_result(int(msg["pid"]))
+        elif "exited" in msg:
+            for listener in self._exit_listeners:
+                listener(int(msg["exited"]), str(msg["status"]))
+
+    def _on_gone(self) -> None:
+        assert self._ctrl is not None
+        asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+        code = self.proc.poll() if self.proc else None
+        self.error = self.error or (
+            f"the {self.family} template process exited ({code}) while importing {self.modules}; "
+            "run `slserve serve` in a terminal to see its error"
+        )
+        self._ready.set()
+        for future in self._spawned.values():
+            if not future.done():
+                future.set_exception(RuntimeUnavailable(self.error))
+
+    def stop(self) -> None:
+        if self._ctrl is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+            self._ctrl.close()
+            self._ctrl = None
+        if self.proc is not None:
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()

@@ -1,0 +1,176 @@
+"""The gateway <-> instance wire format: length-prefixed binary frames over a unix stream socket.
+
+    frame   = u32 body_length | body
+    body    = u8 kind | u64 request_id | u32 meta_length | meta (JSON) | tensors
+    tensors = u16 count | count x tensor
+    tensor  = u16 name_length | name | u8 datatype | u8 ndim | ndim x i64 dims | u64 nbytes | raw bytes
+
+Tensor bytes travel raw (little-endian, C order): never re-encoded as JSON inside the house. A BYTES tensor's
+bytes are its elements each prefixed by a u32 length, the Open Inference Protocol's own binary layout, so the
+gateway can pass binary request data through unchanged. Small per-message facts (requested outputs, timings,
+errors) ride in the JSON meta.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import IntEnum
+from typing import Any
+
+import numpy as np
+import orjson
+
+from slserve.errors import InvalidInput
+from slserve.runtime.tensors import NUMPY_OF
+from slserve.spec import Datatype
+
+_FRAME = struct.Struct("<I")
+_HEAD = struct.Struct("<BQI")
+_TENSOR_HEAD = struct.Struct("<BB")
+_U16 = struct.Struct("<H")
+_U32 = struct.Struct("<I")
+_U64 = struct.Struct("<Q")
+
+MAX_FRAME = 1 << 31
+DATATYPES = list(Datatype)
+CODE_OF = {dt: i for i, dt in enumerate(DATATYPES)}
+
+
+class Kind(IntEnum):
+    INFER = 1  # gateway -> instance: a request
+    RESULT = 2  # instance -> gateway: the request's outputs
+    ERROR = 3  # instance -> gateway: the request failed (or, with id 0, the instance failed to start)
+    READY = 4  # instance -> gateway: loaded and warmed up
+    STOP = 5  # gateway -> instance: finish what you have, then exit
+
+
+@dataclass
+class Message:
+    kind: Kind
+    request_id: int = 0
+    meta: dict[str, Any] = field(default_factory=dict)
+    tensors: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def encode_bytes_tensor(arr: np.ndarray) -> bytes:
+    """BYTES elements as the protocol's binary layout: u32 length + bytes, for each element in C order."""
+    parts: list[bytes] = []
+    for v in arr.reshape(-1):
+        b = v if isinstance(v, bytes) else bytes(v)
+        parts.append(_U32.pack(len(b)))
+        parts.append(b)
+    return b"".join(parts)
+
+
+def decode_bytes_tensor(buf: memoryview, shape: list[int], name: str) -> np.ndarray:
+    count = int(np.prod(shape)) if shape else 1
+    out = np.empty(count, dtype=object)
+    pos, end = 0, len(buf)
+    for i in range(count):
+        if pos + 4 > end:
+            raise InvalidInput(f"input {name!r}: BYTES data ends after {i} of {count} elements")
+        (n,) = _U32.unpack_from(buf, pos)
+        pos += 4
+        if pos + n > end:
+            raise InvalidInput(f"input {name!r}: BYTES element {i} claims {n} bytes, only {end - pos} remain")
+        out[i] = bytes(buf[pos : pos + n])
+        pos += n
+    if pos != end:
+        raise InvalidInput(f"input {name!r}: {end - pos} bytes left over after {count} BYTES elements")
+    return out.reshape(shape)
+
+
+def tensor_payload(arr: np.ndarray) -> bytes | memoryview:
+    """The raw bytes of a tensor as the wire (and the protocol's binary extension) carries them."""
+    if arr.dtype == object:
+        return encode_bytes_tensor(arr)
+    if not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
+        arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
+    return memoryview(arr).cast("B")  # type: ignore[arg-type]
+
+
+def datatype_of_array(arr: np.ndarray) -> Datatype:
+    if arr.dtype == object:
+        return Datatype.BYTES
+    for dt, np_dtype in NUMPY_OF.items():
+        if np_dtype == arr.dtype:
+            return dt
+    raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
+
+
+def tensor_from_payload(datatype: Datatype, shape: list[int], buf: memoryview, name: str) -> np.ndarray:
+    """A tensor over `buf` (zero-copy for numeric types); checks the byte count against the shape."""
+    if datatype is Datatype.BYTES:
+        return decode_bytes_tensor(buf, shape, name)
+    dtype = NUMPY_OF[datatype].newbyteorder("<")
+    expected = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
+    if len(buf) != expected:
+        raise InvalidInput(
+            f"input {name!r}: {len(buf)} bytes of data for shape {shape} of {datatype.value} "
+            f"(that needs {expected} bytes)"
+        )
+    return np.frombuffer(buf, dtype=dtype).reshape(shape)
+
+
+def encode(msg: Message) -> list[bytes | memoryview]:
+    """The frame as a list of buffers for one scatter-gather write (tensor bytes are not copied)."""
+    meta = orjson.dumps(msg.meta) if msg.meta else b""
+    parts: list[bytes | memoryview] = [b"", _HEAD.pack(msg.kind, msg.request_id, len(meta)), meta]
+    parts.append(_U16.pack(len(msg.tensors)))
+    for name, arr in msg.tensors.items():
+        data = tensor_payload(arr)
+        encoded_name = name.encode()
+        dims = struct.pack(f"<{arr.ndim}q", *arr.shape)
+        parts.append(
+            _U16.pack(len(encoded_name))
+            + encoded_name
+            + _TENSOR_HEAD.pack(CODE_OF[datatype_of_array(arr)], arr.ndim)
+            + dims
+            + _U64.pack(len(data) if isinstance(data, bytes) else data.nbytes)
+        )
+        parts.append(data)
+    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+    if size >= MAX_FRAME:
+        raise InvalidInput(f"message of {size} bytes is over the {MAX_FRAME}-byte frame limit")
+    parts[0] = _FRAME.pack(size)
+    return parts
+
+
+def decode(body: bytes | bytearray | memoryview) -> Message:
+    """Parse one frame body (without its length prefix). Numeric tensors are views into `body`."""
+    view = memoryview(body)
+    kind, request_id, meta_len = _HEAD.unpack_from(view, 0)
+    pos = _HEAD.size
+    meta: dict[str, Any] = orjson.loads(view[pos : pos + meta_len]) if meta_len else {}
+    pos += meta_len
+    (count,) = _U16.unpack_from(view, pos)
+    pos += 2
+    tensors: dict[str, np.ndarray] = {}
+    for _ in range(count):
+        (name_len,) = _U16.unpack_from(view, pos)
+        pos += 2
+        name = bytes(view[pos : pos + name_len]).decode()
+        pos += name_len
+        code, ndim = _TENSOR_HEAD.unpack_from(view, pos)
+        pos += _TENSOR_HEAD.size
+        shape = list(struct.unpack_from(f"<{ndim}q", view, pos))
+        pos += 8 * ndim
+        (nbytes,) = _U64.unpack_from(view, pos)
+        pos += 8
+        tensors[name] = tensor_from_payload(DATATYPES[code], shape, view[pos : pos + nbytes], name)
+        pos += nbytes
+    return Message(Kind(kind), request_id, meta, tensors)
+
+
+def frame_length(prefix: bytes | bytearray | memoryview) -> int:
+    (n,) = _FRAME.unpack_from(prefix, 0)
+    return int(n)
+
+
+FRAME_PREFIX = _FRAME.size
+
+
+def error_meta(status: int, code: str, message: str) -> Mapping[str, Any]:
+    return {"status": status, "code": code, "message": message}

@@ -1,0 +1,33 @@
+"""Run the gateway with the embedded platform on uvicorn (uvloop + httptools)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from slserve.gateway.app import build_app
+from slserve.platform.local import LocalPlatform
+from slserve.settings import ServeSettings
+from slserve.snapshot import ArtifactStore
+from slserve.spec import discover_functions
+
+
+def make_server(settings: ServeSettings) -> uvicorn.Server:
+    functions = discover_functions(settings.functions)
+    platform = LocalPlatform(functions, ArtifactStore(settings.artifacts))
+    app = build_app(platform, settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=round(settings.drain_seconds),
+    )
+    return uvicorn.Server(config)
+
+
+def serve(settings: ServeSettings) -> None:
+    make_server(settings).run()

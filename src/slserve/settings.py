@@ -1,0 +1,45 @@
+"""Server settings. Precedence: command-line flag > SLSERVE_* environment > config file > default."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+DEFAULT_CONFIG = Path("slserve.toml")
+
+
+class ServeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLSERVE_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="Interface to listen on (loopback by default)")
+    port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, description="TCP port; 0 picks a free one")
+    functions: Path = Field(Path("functions"), description="Folder with one folder per function")
+    artifacts: Path = Field(Path(".slserve/artifacts"), description="Artifact store")
+    max_body_mb: Annotated[float, Field(gt=0)] = Field(64.0, description="Largest request body accepted (413 above)")
+    drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
+    log_level: str = Field("info", description="uvicorn log level")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        config = Path(os.environ.get("SLSERVE_CONFIG", DEFAULT_CONFIG))
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=config)
+
+    @property
+    def max_body_bytes(self) -> int:
+        return int(self.max_body_mb * 1024 * 1024)
+
+
+def load_settings(**flags: Any) -> ServeSettings:
+    """Settings from flags that were given (None = not given), the environment and the config file."""
+    return ServeSettings(**{k: v for k, v in flags.items() if v is not None})
