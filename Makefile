@@ -29,9 +29,11 @@ install: $(STAMP)
 build: install
 	$(BIN)/slserve build
 
-# Until the gateway lands, the main job loads every function and runs one inference each.
+# The gateway on 127.0.0.1:8080 with every function at zero instances (HOST/PORT override).
+HOST ?= 127.0.0.1
+PORT ?= 8080
 serve: build
-	$(BIN)/slserve invoke
+	$(BIN)/slserve serve --host $(HOST) --port $(PORT)
 
 lint: install
 	$(BIN)/ruff check src samples tests benchmarks

@@ -111,7 +111,7 @@ class FunctionPool:
         self.start_failures = 0
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
-        self._exits: dict[int, str] = {}
+        self._exits: dict[int, asyncio.Future[str]] = {}
         if template is not None:
             template.on_exit(self._on_process_exit)
 
@@ -223,6 +223,7 @@ class FunctionPool:
         start_error: SlserveError | None = None
         try:
             sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, self.digest, None)
+            self._exits[inst.pid] = asyncio.get_running_loop().create_future()
             reader, inst.writer = await asyncio.open_unix_connection(sock=sock)
             first = await asyncio.wait_for(read_message(reader), START_TIMEOUT_S)
             if first.kind is Kind.ERROR:
@@ -259,10 +260,11 @@ class FunctionPool:
         self.instances.pop(inst.number, None)
         if inst.writer is not None:
             inst.writer.close()
-        if inst.pid is not None and not expected:
-            _kill(inst.pid)  # a half-dead instance (socket closed, process stuck) must not linger
-            await asyncio.sleep(0.05)  # let the template report how it ended
-        status = self._exits.pop(inst.pid, "connection closed") if inst.pid else "not started"
+        status = "not started"
+        if inst.pid is not None:
+            if not expected:
+                _kill(inst.pid)  # a half-dead instance (socket closed, process stuck) must not linger
+            status = await self._exit_status(inst.pid)
         orphans = list(inst.in_flight.values())
         inst.in_flight.clear()
         for pending in orphans:
@@ -293,8 +295,19 @@ class FunctionPool:
             _fail(self.queue.popleft(), error)
 
     def _on_process_exit(self, pid: int, status: str) -> None:
-        if any(i.pid == pid for i in self.instances.values()):
-            self._exits[pid] = status
+        waiter = self._exits.get(pid)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(status)
+
+    async def _exit_status(self, pid: int) -> str:
+        """How the process ended, as its template reaped it (the socket closes first; the report follows)."""
+        waiter = self._exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        try:
+            return await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
+        except TimeoutError:
+            return "exit status unknown"
+        finally:
+            self._exits.pop(pid, None)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 

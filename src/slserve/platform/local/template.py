@@ -40,7 +40,7 @@ def _send(ctrl: socket.socket, obj: object) -> None:
     ctrl.send(orjson.dumps(obj))
 
 
-def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int) -> int:
+def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int, wake: tuple[int, int]) -> int:
     pid = os.fork()
     if pid:
         os.close(fd)
@@ -49,7 +49,10 @@ def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int) -> 
     code = 1
     try:
         ctrl.close()
+        signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for w in wake:
+            os.close(w)
         from slserve.platform.local.instance import InstanceConfig, serve_instance
 
         sock = socket.socket(fileno=fd)
@@ -88,10 +91,17 @@ def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
     gc.freeze()  # instances share the imported heap copy-on-write; a GC pass would touch (and copy) it all
     _send(ctrl, {"ready": (time.perf_counter() - started) * 1000, "pid": os.getpid()})
     children: set[int] = set()
+    # SIGCHLD wakes the loop through a pipe, so an instance's exit is reported the moment it happens.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     while True:
-        readable, _, _ = select.select([ctrl], [], [], 0.2)
+        readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [], 1.0)
+        if wake_r in readable:
+            os.read(wake_r, 4096)
         _reap(ctrl, children)
-        if not readable:
+        if ctrl.fileno() not in readable:
             continue
         data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
         if not data:  # the gateway is gone: so are we (instances see their own sockets close)
@@ -99,7 +109,7 @@ def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
                 os.kill(pid, signal.SIGTERM)
             return
         request = orjson.loads(data)
-        pid = _fork_instance(ctrl, request, fds[0])
+        pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w))
         children.add(pid)
         _send(ctrl, {"spawned": request["spawn"], "pid": pid})
 

@@ -1,0 +1,25 @@
+"""A model that kills its own process on a chosen input: exercises the platform's handling of dying instances."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+CRASH_BELOW = -1000.0  # any input element below this makes the instance process exit at once
+
+
+class CrashOnSentinel(nn.Module):
+    def __init__(self, features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < CRASH_BELOW).any()):
+            os._exit(3)  # like a segfault in native code: no exception, no cleanup
+        return torch.relu(self.linear(x))
+
+
+def build() -> CrashOnSentinel:
+    return CrashOnSentinel()

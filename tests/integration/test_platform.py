@@ -1,0 +1,208 @@
+"""The embedded platform under load: scale from zero and back, queue bounds, dying instances, exact batching."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from tests.conftest import FUNCTIONS, write_function
+from tests.integration.server import Server, start_server
+
+from slserve.build import build_function
+from slserve.snapshot import ArtifactStore
+from slserve.spec import load_function
+
+TINY = """
+[model]
+name = "{name}"
+
+[source]
+framework = "torch"
+factory = "{factory}"
+seed = 3
+
+[[signature.inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 16]
+
+[[signature.outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 16]
+
+[scaling]
+{scaling}
+"""
+
+FUNCTIONS_UNDER_TEST = {
+    "tiny-zero": ("slserve_samples.big_mlp:build_small", "idle_seconds = 1\nmax_instances = 3\ntarget_concurrency = 2"),
+    "tiny-burst": ("slserve_samples.big_mlp:build_small", "max_instances = 3\ntarget_concurrency = 2"),
+    "tiny-queue": ("slserve_samples.big_mlp:build_small", "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 2"),
+    "crashy": ("slserve_samples.faulty:build", "max_instances = 2\ntarget_concurrency = 4"),
+}
+
+
+@pytest.fixture(scope="module")
+def server(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:  # type: ignore[no-untyped-def]
+    functions = tmp_path_factory.mktemp("functions")
+    for name, (factory, scaling) in FUNCTIONS_UNDER_TEST.items():
+        d = write_function(functions, name, TINY.format(name=name, factory=factory, scaling=scaling))
+        build_function(load_function(d), sample_store)
+    build_sample("minilm")
+    shutil.copytree(FUNCTIONS / "minilm", functions / "minilm")
+    srv = start_server(functions, sample_store.root, functions.parent / "serve-platform.log")
+    yield srv
+    srv.stop()
+    log = srv.log.read_text()
+    assert "Application shutdown complete" in log, log
+
+
+def tiny_request(value: float = 0.5) -> dict[str, Any]:
+    return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [value] * 16}]}
+
+
+async def post_many(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[httpx.Response]:
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(body: dict[str, Any]) -> httpx.Response:
+            async with gate:
+                return await client.post(url, json=body)
+
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def wait_for(predicate: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_scale_from_zero_and_back_to_zero(server: Server) -> None:
+    assert server.status("tiny-zero")["instances"] == []
+    first = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
+    assert first.status_code == 200, first.text
+    assert float(first.headers["x-slserve-cold-start-ms"]) > 0
+    warm = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
+    assert "x-slserve-cold-start-ms" not in warm.headers
+    assert [i["state"] for i in server.status("tiny-zero")["instances"]] == ["idle"]
+    assert wait_for(lambda: server.status("tiny-zero")["instances"] == [], timeout=10), server.status("tiny-zero")
+    again = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
+    assert "x-slserve-cold-start-ms" in again.headers
+    assert server.status("tiny-zero")["cold_starts"] == 2
+
+
+def test_a_burst_scales_out_to_max_instances_without_errors(server: Server) -> None:
+    url = server.url + "/v2/models/tiny-burst/infer"
+    responses = asyncio.run(post_many(url, [tiny_request(i / 100) for i in range(96)], concurrency=32))
+    assert [r.status_code for r in responses] == [200] * 96
+    assert len(server.status("tiny-burst")["instances"]) == 3  # demand 32 / target 2, capped at max_instances
+    assert wait_for(lambda: server.status("tiny-burst")["cold_starts"] == 3, timeout=30)
+    assert len({r.headers["x-slserve-instance"] for r in responses}) >= 2
+
+
+def test_a_full_queue_answers_429_with_retry_after(server: Server) -> None:
+    url = server.url + "/v2/models/tiny-queue/infer"
+    responses = asyncio.run(post_many(url, [tiny_request()] * 24, concurrency=24))
+    codes = [r.status_code for r in responses]
+    assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 2, codes
+    rejected = next(r for r in responses if r.status_code == 429)
+    assert int(rejected.headers["retry-after"]) >= 1
+    assert "queue_size" in rejected.json()["error"]
+    assert server.post("/v2/models/tiny-queue/infer", json=tiny_request()).status_code == 200
+
+
+def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) -> None:
+    url = server.url + "/v2/models/tiny-burst/infer"
+
+    async def stream_and_kill() -> list[httpx.Response]:
+        load = asyncio.create_task(post_many(url, [tiny_request(i / 300) for i in range(300)], concurrency=8))
+        killed = 0
+        while killed < 3 and not load.done():
+            await asyncio.sleep(0.15)
+            for inst in (await asyncio.to_thread(server.status, "tiny-burst"))["instances"]:
+                if inst["state"] == "busy" and inst["pid"]:
+                    os.kill(inst["pid"], signal.SIGKILL)
+                    killed += 1
+                    break
+        assert killed >= 1, "the stream ended before an instance could be killed"
+        return await load
+
+    responses = asyncio.run(stream_and_kill())
+    assert [r.status_code for r in responses] == [200] * 300
+
+
+def test_an_input_that_kills_every_instance_is_a_502_and_others_are_served(server: Server) -> None:
+    ok = server.post("/v2/models/crashy/infer", json=tiny_request(1.0))
+    assert ok.status_code == 200
+    bad = server.post("/v2/models/crashy/infer", json=tiny_request(-5000.0))
+    assert bad.status_code == 502
+    assert "died (exit code 3)" in bad.json()["error"] and "retry" in bad.json()["error"]
+    assert server.post("/v2/models/crashy/infer", json=tiny_request(2.0)).status_code == 200
+
+
+TEXTS = [
+    "hi",
+    "A man is eating food.",
+    "A man is eating a piece of bread.",
+    "The girl is carrying a baby.",
+    "A man is riding a horse.",
+    "A woman is playing violin.",
+    "Two men pushed carts through the woods.",
+    "A man is riding a white horse on an enclosed ground.",
+    "A monkey is playing drums.",
+    "Someone in a gorilla costume is playing a set of drums.",
+    "The quick brown fox jumps over the lazy dog",
+    "slserve",
+] * 4
+
+
+def test_batching_is_exact(server: Server) -> None:
+    url = server.url + "/v2/models/minilm/infer"
+    bodies = [
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}], "id": str(i)}
+        for i, t in enumerate(TEXTS)
+    ]
+    alone = asyncio.run(post_many(url, bodies, concurrency=1))
+    together = asyncio.run(post_many(url, bodies, concurrency=len(bodies)))
+    assert all(r.status_code == 200 for r in alone + together)
+    assert max(int(r.headers["x-slserve-batch-size"]) for r in together) > 1, "nothing was batched"
+    for a, b in zip(alone, together, strict=True):
+        assert a.json()["id"] == b.json()["id"]
+        ea = np.asarray(a.json()["outputs"][0]["data"], dtype=np.float32)
+        eb = np.asarray(b.json()["outputs"][0]["data"], dtype=np.float32)
+        assert np.array_equal(ea, eb), f"{a.json()['id']}: max diff {np.abs(ea - eb).max()}"
+
+
+def test_status_command_shows_the_pools(server: Server) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", "from slserve.cli import main; main()", "status", "--url", server.url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    assert out.returncode == 0, out.stderr
+    assert '"tiny-burst"' in out.stdout and '"cold_starts"' in out.stdout
+
+
+def test_tiny_functions_are_in_the_store(sample_store: ArtifactStore) -> None:
+    assert {"tiny-zero", "crashy"} <= set(sample_store.functions())
+    assert Path(sample_store.root).is_dir()
