@@ -86,6 +86,8 @@ def tensor_payload(arr: np.ndarray) -> bytes | memoryview:
     """The raw bytes of a tensor as the wire (and the protocol's binary extension) carries them."""
     if arr.dtype == object:
         return encode_bytes_tensor(arr)
+    if arr.size == 0:
+        return b""
     if not arr.flags.c_contiguous or arr.dtype.byteorder == ">":
         arr = np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<"))
     return memoryview(arr).cast("B")  # type: ignore[arg-type]

@@ -1,0 +1,104 @@
+"""Pure parts of the platform: autoscaling policy, exact-batching plans, the wire format."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from slserve.errors import InvalidInput
+from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
+from slserve.platform.wire import Kind, Message, decode, encode, frame_length
+from slserve.runtime.batching import merge, plan_batches, probe_sizes, split
+from slserve.spec import Scaling
+
+SCALING = Scaling(min_instances=0, max_instances=3, target_concurrency=4, idle_seconds=10)
+
+
+def test_scale_up_covers_the_queue_counting_instances_already_starting() -> None:
+    assert decide(SCALING, [], starting=0, queued=1, now=0).start == 1
+    assert decide(SCALING, [], starting=1, queued=3, now=0).start == 0
+    assert decide(SCALING, [], starting=1, queued=9, now=0).start == 2
+    assert decide(SCALING, [], starting=0, queued=500, now=0).start == 3  # capped at max_instances
+    assert decide(SCALING, [InstanceLoad(1, 4, None)], starting=0, queued=4, now=0).start == 1
+
+
+def test_scale_down_only_after_idle_seconds_and_never_below_min() -> None:
+    idle = [InstanceLoad(1, 0, 0.0), InstanceLoad(2, 0, 5.0)]
+    assert decide(SCALING, idle, 0, 0, now=9.9).stop == []
+    assert decide(SCALING, idle, 0, 0, now=10.0).stop == [1]
+    assert decide(SCALING, idle, 0, 0, now=15.0).stop == [1, 2]
+    keep_one = SCALING.model_copy(update={"min_instances": 1})
+    assert decide(keep_one, idle, 0, 0, now=100.0).stop == [1]
+    assert decide(keep_one, [], 0, 0, now=0).start == 1  # min_instances start without traffic
+    busy = [InstanceLoad(1, 0, 0.0), InstanceLoad(2, 3, None)]
+    assert decide(SCALING, busy, 0, 0, now=100.0).stop == [1]
+
+
+@given(st.integers(0, 10_000), st.integers(0, 5), st.integers(1, 8), st.integers(1, 64))
+def test_desired_instances_stays_within_bounds(demand: int, lo: int, extra: int, target: int) -> None:
+    scaling = Scaling(min_instances=lo, max_instances=lo + extra, target_concurrency=target)
+    n = desired_instances(scaling, demand)
+    assert lo <= n <= lo + extra
+    assert n == lo + extra or n * target >= demand
+
+
+def feeds(rows: int, length: int) -> dict[str, np.ndarray]:
+    return {"ids": np.arange(rows * length, dtype=np.int64).reshape(rows, length)}
+
+
+def test_plan_groups_equal_shapes_in_arrival_order_within_max_rows() -> None:
+    items = [feeds(1, 5), feeds(1, 7), feeds(2, 5), feeds(1, 5), feeds(40, 5), feeds(1, 7)]
+    assert plan_batches(items, max_rows=4) == [[0, 2, 3], [1, 5], [4]]
+
+
+def test_merge_pads_to_min_rows_and_split_drops_the_padding() -> None:
+    items = [feeds(1, 3), feeds(2, 3)]
+    merged, counts = merge(items, min_rows=5)
+    assert merged["ids"].shape == (5, 3) and counts == [1, 2]
+    assert np.array_equal(merged["ids"][3], merged["ids"][2]) and np.array_equal(merged["ids"][4], merged["ids"][2])
+    parts = split({"out": merged["ids"] * 2}, counts)
+    assert np.array_equal(parts[0]["out"], items[0]["ids"] * 2)
+    assert np.array_equal(parts[1]["out"], items[1]["ids"] * 2)
+
+
+def test_split_refuses_outputs_without_a_batch_dimension() -> None:
+    with pytest.raises(Exception, match="batch"):
+        split({"scalar": np.float32(1.0) * np.ones(())}, [1, 1])
+
+
+def test_probe_sizes() -> None:
+    assert probe_sizes(4) == [1, 2, 3, 4]
+    big = probe_sizes(300)
+    assert big[:64] == list(range(1, 65)) and 128 in big and 300 in big and big == sorted(set(big))
+
+
+def test_wire_roundtrip_keeps_every_datatype_bit_for_bit() -> None:
+    tensors = {
+        "f32": np.random.default_rng(0).standard_normal((3, 5)).astype(np.float32),
+        "f16": np.arange(6, dtype=np.float16).reshape(2, 3),
+        "i64": np.array([-(2**62), 0, 2**62], dtype=np.int64),
+        "u8": np.arange(7, dtype=np.uint8),
+        "b": np.array([True, False]),
+        "text": np.array([[b"hello", b""], ["héllo".encode(), b"\x00\xff"]], dtype=object),
+        "empty": np.zeros((0, 4), dtype=np.float32),
+    }
+    msg = Message(Kind.INFER, 42, {"outputs": ["y"]}, tensors)
+    frame = b"".join(bytes(p) for p in encode(msg))
+    assert frame_length(frame) == len(frame) - 4
+    back = decode(frame[4:])
+    assert back.kind is Kind.INFER and back.request_id == 42 and back.meta == {"outputs": ["y"]}
+    for name, arr in tensors.items():
+        assert back.tensors[name].dtype == arr.dtype and back.tensors[name].shape == arr.shape
+        assert (back.tensors[name] == arr).all()
+
+
+def test_wire_rejects_bytes_that_do_not_match_the_shape() -> None:
+    from slserve.platform.wire import tensor_from_payload
+    from slserve.spec import Datatype
+
+    with pytest.raises(InvalidInput, match="needs 16 bytes"):
+        tensor_from_payload(Datatype.FP32, [2, 2], memoryview(b"\0" * 12), "x")
+    with pytest.raises(InvalidInput, match="claims 100 bytes"):
+        tensor_from_payload(Datatype.BYTES, [1], memoryview(b"\x64\0\0\0abc"), "t")
