@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,6 +41,10 @@ class Runtime(Protocol):
         """One request's graph outputs, postprocessed into the signature's outputs."""
         ...
 
+    def after_fork(self) -> None:
+        """Called in a forked instance that inherited this runtime from its template (e.g. set thread counts)."""
+        ...
+
 
 class Processor(Protocol):
     """Maps the signature's tensors to the graph's inputs, and the graph's outputs back (e.g. a tokenizer)."""
@@ -71,7 +76,9 @@ def import_ref(ref: str) -> Callable[..., Any]:
     return obj
 
 
-def make_processor(spec: FunctionSpec, assets: Mapping[str, Path]) -> Processor:
+def make_processor(spec: FunctionSpec, assets: Mapping[str, Path], preloaded: Processor | None = None) -> Processor:
+    if preloaded is not None:
+        return preloaded
     if spec.processor is None:
         return IdentityProcessor()
     processor: Processor = import_ref(spec.processor.factory)(dict(assets))
@@ -122,17 +129,53 @@ class RuntimeBase:
             raise InferenceFailed(f"{self.spec.model.name}: the model did not produce output(s) {missing}")
         return {n: outputs[n] for n in wanted}
 
+    def after_fork(self) -> None:
+        pass
+
     def _run(self, feeds: Tensors) -> Tensors:
         raise NotImplementedError
 
 
-def load_runtime(artifact: Artifact, device: str | None = None) -> Runtime:
+@dataclass
+class Preloaded:
+    """What a template process prepares before forking, so each instance skips it.
+
+    A CPU function is loaded whole (module or session over the mapped weights, processor): loading runs no
+    kernel and starts no thread, so the forked instance only warms up. A GPU function, or an ONNX session that
+    would start an intra-op thread pool, gets its processor (and torch skeleton on the meta device) only.
+    """
+
+    runtime: Runtime | None = None
+    processor: Processor | None = None
+    module: Any = None
+
+
+def preload_runtime(artifact: Artifact) -> Preloaded:
+    spec = artifact.manifest.spec
+    on_cpu = spec.resources.gpu is None
+    if spec.framework.value == "torch":
+        from slserve.runtime.torch_runtime import TorchRuntime, build_skeleton
+
+        if on_cpu:
+            return Preloaded(runtime=TorchRuntime.load(artifact, device="cpu"))
+        return Preloaded(processor=make_processor(spec, artifact.asset_paths()), module=build_skeleton(spec))
+    if on_cpu and spec.resources.threads == 1:
+        from slserve.runtime.onnx_runtime import OnnxRuntime
+
+        return Preloaded(runtime=OnnxRuntime.load(artifact, device="cpu"))
+    return Preloaded(processor=make_processor(spec, artifact.asset_paths()))
+
+
+def load_runtime(artifact: Artifact, device: str | None = None, preloaded: Preloaded | None = None) -> Runtime:
     """Load the artifact with the adapter for its framework. Imports the framework only when needed."""
     framework = artifact.manifest.spec.framework.value
+    if preloaded is not None and preloaded.runtime is not None and device in (None, preloaded.runtime.device):
+        preloaded.runtime.after_fork()
+        return preloaded.runtime
     if framework == "torch":
         from slserve.runtime.torch_runtime import TorchRuntime
 
-        return TorchRuntime.load(artifact, device=device)
+        return TorchRuntime.load(artifact, device=device, preloaded=preloaded)
     from slserve.runtime.onnx_runtime import OnnxRuntime
 
-    return OnnxRuntime.load(artifact, device=device)
+    return OnnxRuntime.load(artifact, device=device, preloaded=preloaded)

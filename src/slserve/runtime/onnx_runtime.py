@@ -7,14 +7,14 @@ time (`graph.opt-cpu.onnx`, its tensors prefixed `opt-cpu/`), which saves that w
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
-from pathlib import Path
 from typing import Any, Self
 
 import numpy as np
 
 from slserve.errors import RuntimeUnavailable
-from slserve.runtime.base import RuntimeBase, Tensors, make_processor, name_outputs
+from slserve.runtime.base import Preloaded, Processor, RuntimeBase, Tensors, make_processor, name_outputs
 from slserve.runtime.device import choose_device
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
@@ -26,6 +26,7 @@ OPTIMIZED_CPU_PREFIX = "opt-cpu/"
 GRAPH = "graph.onnx"
 
 
+@functools.cache
 def check_single_install() -> None:
     """onnxruntime and onnxruntime-gpu share one package folder; with both installed, one silently breaks."""
     found = []
@@ -59,7 +60,7 @@ def session_options(threads: int) -> Any:
 
 class OnnxRuntime(RuntimeBase):
     def __init__(
-        self, spec: FunctionSpec, session: Any, device: str, keepalive: list[Any], assets: dict[str, Path]
+        self, spec: FunctionSpec, session: Any, device: str, keepalive: list[Any], processor: Processor
     ) -> None:
         self.spec = spec
         self.session = session
@@ -67,10 +68,10 @@ class OnnxRuntime(RuntimeBase):
         self.providers: list[str] = session.get_providers()
         self._keepalive = keepalive  # the mapped arrays ORT reads from must outlive the session
         self._output_names = [o.name for o in session.get_outputs()]
-        self.processor = make_processor(spec, assets)
+        self.processor = processor
 
     @classmethod
-    def load(cls, artifact: Artifact, device: str | None = None) -> Self:
+    def load(cls, artifact: Artifact, device: str | None = None, preloaded: Preloaded | None = None) -> Self:
         check_single_install()
         import onnxruntime as ort
 
@@ -92,7 +93,8 @@ class OnnxRuntime(RuntimeBase):
         got = session.get_providers()
         if chosen == "cuda" and CUDA not in got:
             raise RuntimeUnavailable(f"{spec.model.name}: asked for CUDA but ONNX Runtime gave providers {got}")
-        return cls(spec, session, "cuda" if CUDA in got else "cpu", [arrays, values], artifact.asset_paths())
+        processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None)
+        return cls(spec, session, "cuda" if CUDA in got else "cpu", [arrays, values], processor)
 
     def _run(self, feeds: Tensors) -> Tensors:
         wanted = {i.name for i in self.session.get_inputs()}

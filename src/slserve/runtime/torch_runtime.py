@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Self
 
 import numpy as np
 import torch
 
 from slserve.errors import ArtifactCorrupt, SpecError
-from slserve.runtime.base import RuntimeBase, Tensors, import_ref, make_processor, name_outputs
+from slserve.runtime.base import Preloaded, Processor, RuntimeBase, Tensors, import_ref, make_processor, name_outputs
 from slserve.runtime.device import choose_device
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
@@ -75,13 +74,11 @@ def torch_tensors(artifact: Artifact) -> dict[str, torch.Tensor]:
 
 
 class TorchRuntime(RuntimeBase):
-    def __init__(
-        self, spec: FunctionSpec, module: torch.nn.Module, device: str, processor_assets: dict[str, Path]
-    ) -> None:
+    def __init__(self, spec: FunctionSpec, module: torch.nn.Module, device: str, processor: Processor) -> None:
         self.spec = spec
         self.module = module
         self.device = device
-        self.processor = make_processor(spec, processor_assets)
+        self.processor = processor
         # A forward whose parameters name the graph's inputs gets them by keyword; others (nn.Sequential's
         # `input`) get them by position, in signature order.
         self._keywords = {
@@ -89,16 +86,20 @@ class TorchRuntime(RuntimeBase):
         }
 
     @classmethod
-    def load(cls, artifact: Artifact, device: str | None = None) -> Self:
+    def load(cls, artifact: Artifact, device: str | None = None, preloaded: Preloaded | None = None) -> Self:
         spec = artifact.manifest.spec
         chosen = choose_device(spec, device, torch.cuda.is_available())
         torch.set_num_threads(spec.resources.threads)
-        module = build_skeleton(spec)
+        module = preloaded.module if preloaded and preloaded.module is not None else build_skeleton(spec)
         assign_tensors(module, torch_tensors(artifact))
         module.eval()
         if chosen == "cuda":
             module.to("cuda")
-        return cls(spec, module, chosen, artifact.asset_paths())
+        processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None)
+        return cls(spec, module, chosen, processor)
+
+    def after_fork(self) -> None:
+        torch.set_num_threads(self.spec.resources.threads)
 
     def _run(self, feeds: Tensors) -> Tensors:
         args = {k: self._to_torch(v) for k, v in feeds.items()}

@@ -21,7 +21,7 @@ def family_modules(functions: list[FunctionDef]) -> dict[str, list[str]]:
     families: dict[str, list[str]] = {}
     for fdef in functions:
         spec = fdef.spec
-        modules = families.setdefault(spec.framework.value, [RUNTIME_MODULES[spec.framework.value]])
+        modules = families.setdefault(spec.framework.value, list(RUNTIME_MODULES[spec.framework.value]))
         refs = [spec.source.factory, spec.processor.factory if spec.processor else None]
         for ref in refs:
             module = ref.partition(":")[0] if ref else None
@@ -42,7 +42,8 @@ class LocalPlatform:
         built = {name: self._current_digest(name) for name in self._functions}
         wanted = [f for f in self._functions.values() if built[f.name]]
         for family, modules in family_modules(wanted).items():
-            template = Template(family, modules)
+            digests = [d for f in wanted if f.spec.framework.value == family and (d := built[f.name])]
+            template = Template(family, modules, self.store.root, digests)
             template.start()
             self.templates[family] = template
         for name, fdef in self._functions.items():

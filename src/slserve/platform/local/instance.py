@@ -20,7 +20,7 @@ import numpy as np
 
 from slserve.errors import SlserveError
 from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, error_meta, frame_length
-from slserve.runtime.base import Runtime, load_runtime
+from slserve.runtime.base import Preloaded, Runtime, load_runtime
 from slserve.runtime.batching import merge, plan_batches, split
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
@@ -146,13 +146,13 @@ class InstanceLoop:
             self.conn.send(Message(Kind.RESULT, msg.request_id, meta, tensors))
 
 
-def serve_instance(sock: socket.socket, config: InstanceConfig) -> int:
+def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Preloaded | None = None) -> int:
     """Load, warm up, report ready, serve until told to stop or the gateway goes away. Returns an exit code."""
     conn = Connection(sock)
     started = time.perf_counter()
     try:
         artifact = ArtifactStore(config.artifacts).open(config.digest)
-        runtime = load_runtime(artifact, config.device)
+        runtime = load_runtime(artifact, config.device, preloaded)
         loaded = time.perf_counter()
         batching = artifact.manifest.spec.batching
         min_rows = artifact.manifest.build.batch_min_rows

@@ -1,11 +1,14 @@
 """The template process of a runtime family: imports once, forks instances on demand.
 
-Run as `python -m slserve.platform.local.template --control-fd N MODULE...`. It imports the runtime adapter
-and every function's own modules (model code, processors), freezes the heap for copy-on-write, and then
-waits on its control socket. Each spawn request carries the instance's end of a fresh socket pair (passed with
-SCM_RIGHTS); the template forks, and the child serves on it. The template runs no framework operation and
-starts no thread before forking: a torch op in the parent (even `torch.randn`) leaves forked children hung
-in the OpenMP pool.
+Run as `python -m slserve.platform.local.template --control-fd N [--artifacts DIR --preload DIGEST...]
+MODULE...`. It imports the runtime libraries and every function's own modules (model code, processors),
+preloads each CPU function whole (module or session over the mapped weights), freezes the heap for
+copy-on-write, and then waits on its control socket. Each spawn request carries the instance's end of a fresh
+socket pair (passed with SCM_RIGHTS); the template forks, and the child serves on it.
+
+The template runs no kernel and starts no thread before forking: a torch op in the parent (even
+`torch.randn`) can leave forked children hung in the OpenMP pool, and an ONNX session with more than one
+intra-op thread would lose its pool in the child. Loading runs neither (see `runtime.base.Preloaded`).
 
 Control messages, one JSON object per SOCK_SEQPACKET message (so a passed descriptor stays with its request):
     gateway -> template   {"spawn": token, "function": ..., "artifacts": ..., "digest": ..., "device": ...}
@@ -25,6 +28,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -40,7 +44,9 @@ def _send(ctrl: socket.socket, obj: object) -> None:
     ctrl.send(orjson.dumps(obj))
 
 
-def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int, wake: tuple[int, int]) -> int:
+def _fork_instance(
+    ctrl: socket.socket, request: dict[str, object], fd: int, wake: tuple[int, int], preloaded: Any
+) -> int:
     pid = os.fork()
     if pid:
         os.close(fd)
@@ -62,7 +68,7 @@ def _fork_instance(ctrl: socket.socket, request: dict[str, object], fd: int, wak
             digest=str(request["digest"]),
             device=None if request.get("device") is None else str(request["device"]),
         )
-        code = serve_instance(sock, config)
+        code = serve_instance(sock, config, preloaded)
     except BaseException as e:
         print(f"slserve instance {os.getpid()}: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
     finally:
@@ -83,10 +89,27 @@ def _reap(ctrl: socket.socket, children: set[int]) -> None:
         _send(ctrl, {"exited": pid, "status": describe_status(status)})
 
 
-def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
+def preload(root: Path, digests: list[str]) -> dict[str, Any]:
+    """Load each artifact once, here, as far as is fork-safe (see `Preloaded`), for every instance to inherit."""
+    from slserve.runtime.base import preload_runtime
+    from slserve.snapshot import ArtifactStore
+
+    store = ArtifactStore(root)
+    out: dict[str, Any] = {}
+    for digest in digests:
+        try:
+            out[digest] = preload_runtime(store.open(digest))
+        except Exception as e:
+            print(f"slserve template: preloading {digest[:12]} failed ({e}); instances will load it", file=sys.stderr)
+    return out
+
+
+def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, digests: list[str]) -> None:
     started = time.perf_counter()
     for name in modules:
         importlib.import_module(name)
+    importlib.import_module("slserve.platform.local.instance")  # the child's own code, imported once here
+    preloaded = preload(root, digests) if root is not None else {}
     gc.collect()
     gc.freeze()  # instances share the imported heap copy-on-write; a GC pass would touch (and copy) it all
     _send(ctrl, {"ready": (time.perf_counter() - started) * 1000, "pid": os.getpid()})
@@ -109,7 +132,7 @@ def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
                 os.kill(pid, signal.SIGTERM)
             return
         request = orjson.loads(data)
-        pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w))
+        pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w), preloaded.get(str(request["digest"])))
         children.add(pid)
         _send(ctrl, {"spawned": request["spawn"], "pid": pid})
 
@@ -117,6 +140,8 @@ def serve_template(ctrl: socket.socket, modules: list[str]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="slserve template process (started by the gateway)")
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--artifacts", type=Path, help="artifact store of the artifacts to preload")
+    parser.add_argument("--preload", action="append", default=[], help="artifact digest to preload (repeatable)")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args()
     # Ctrl-C reaches the whole process group: the gateway drains and stops instances itself.
@@ -124,7 +149,7 @@ def main() -> None:
     ctrl = socket.socket(fileno=args.control_fd)
     # BrokenPipe/ConnectionReset: the gateway went away first; instances notice their own sockets closing.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        serve_template(ctrl, args.modules)
+        serve_template(ctrl, args.modules, args.artifacts, args.preload)
 
 
 if __name__ == "__main__":

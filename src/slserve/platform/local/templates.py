@@ -18,15 +18,21 @@ import orjson
 from slserve.errors import RuntimeUnavailable
 
 ExitListener = Callable[[int, str], None]
-RUNTIME_MODULES = {"torch": "slserve.runtime.torch_runtime", "onnx": "slserve.runtime.onnx_runtime"}
+# What a family's template imports before anything else: the framework itself and slserve's adapter.
+RUNTIME_MODULES = {
+    "torch": ["torch", "slserve.runtime.torch_runtime"],
+    "onnx": ["onnxruntime", "slserve.runtime.onnx_runtime"],
+}
 
 
 class Template:
     """One running template process for a runtime family."""
 
-    def __init__(self, family: str, modules: list[str]) -> None:
+    def __init__(self, family: str, modules: list[str], artifacts: Path, preload: list[str]) -> None:
         self.family = family
         self.modules = modules
+        self.artifacts = artifacts
+        self.preload = preload
         self.proc: subprocess.Popen[bytes] | None = None
         self.pid: int | None = None
         self.import_ms: float | None = None
@@ -44,6 +50,7 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
+        cmd += ["--artifacts", str(self.artifacts), *(f"--preload={d}" for d in self.preload)]
         self.proc = subprocess.Popen([*cmd, *self.modules], pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         ours.setblocking(False)
