@@ -6,6 +6,7 @@ checked against the function's signature here, so a malformed request never reac
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +35,7 @@ def _fail(message: str) -> InvalidInput:
 
 
 def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     if datatype is Datatype.BYTES:
         flat = _flatten(data)
         if len(flat) != count:

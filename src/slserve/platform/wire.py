@@ -13,6 +13,7 @@ errors) ride in the JSON meta.
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import numpy as np
 import orjson
 
 from slserve.errors import InvalidInput
-from slserve.runtime.tensors import NUMPY_OF
+from slserve.runtime.tensors import DATATYPE_OF, NUMPY_OF
 from slserve.spec import Datatype
 
 _FRAME = struct.Struct("<I")
@@ -36,6 +37,7 @@ _U64 = struct.Struct("<Q")
 MAX_FRAME = 1 << 31
 DATATYPES = list(Datatype)
 CODE_OF = {dt: i for i, dt in enumerate(DATATYPES)}
+LITTLE_ENDIAN = {dt: np_dtype.newbyteorder("<") for dt, np_dtype in NUMPY_OF.items()}
 
 
 class Kind(IntEnum):
@@ -65,7 +67,7 @@ def encode_bytes_tensor(arr: np.ndarray) -> bytes:
 
 
 def decode_bytes_tensor(buf: memoryview, shape: list[int], name: str) -> np.ndarray:
-    count = int(np.prod(shape)) if shape else 1
+    count = math.prod(shape)
     out = np.empty(count, dtype=object)
     pos, end = 0, len(buf)
     for i in range(count):
@@ -96,18 +98,18 @@ def tensor_payload(arr: np.ndarray) -> bytes | memoryview:
 def datatype_of_array(arr: np.ndarray) -> Datatype:
     if arr.dtype == object:
         return Datatype.BYTES
-    for dt, np_dtype in NUMPY_OF.items():
-        if np_dtype == arr.dtype:
-            return dt
-    raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
+    found = DATATYPE_OF.get(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder == ">" else DATATYPE_OF.get(arr.dtype)
+    if found is None:
+        raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
+    return found
 
 
 def tensor_from_payload(datatype: Datatype, shape: list[int], buf: memoryview, name: str) -> np.ndarray:
     """A tensor over `buf` (zero-copy for numeric types); checks the byte count against the shape."""
     if datatype is Datatype.BYTES:
         return decode_bytes_tensor(buf, shape, name)
-    dtype = NUMPY_OF[datatype].newbyteorder("<")
-    expected = int(np.prod(shape)) * dtype.itemsize if shape else dtype.itemsize
+    dtype = LITTLE_ENDIAN[datatype]
+    expected = math.prod(shape) * dtype.itemsize
     if len(buf) != expected:
         raise InvalidInput(
             f"input {name!r}: {len(buf)} bytes of data for shape {shape} of {datatype.value} "
@@ -116,24 +118,30 @@ def tensor_from_payload(datatype: Datatype, shape: list[int], buf: memoryview, n
     return np.frombuffer(buf, dtype=dtype).reshape(shape)
 
 
+_DIMS = [struct.Struct(f"<{n}q") for n in range(33)]
+
+
 def encode(msg: Message) -> list[bytes | memoryview]:
     """The frame as a list of buffers for one scatter-gather write (tensor bytes are not copied)."""
     meta = orjson.dumps(msg.meta) if msg.meta else b""
-    parts: list[bytes | memoryview] = [b"", _HEAD.pack(msg.kind, msg.request_id, len(meta)), meta]
-    parts.append(_U16.pack(len(msg.tensors)))
+    head = [_HEAD.pack(msg.kind, msg.request_id, len(meta)), meta, _U16.pack(len(msg.tensors))]
+    parts: list[bytes | memoryview] = [b"", b"".join(head)]
+    size = len(parts[1])
     for name, arr in msg.tensors.items():
         data = tensor_payload(arr)
+        nbytes = len(data) if isinstance(data, bytes) else data.nbytes
         encoded_name = name.encode()
-        dims = struct.pack(f"<{arr.ndim}q", *arr.shape)
-        parts.append(
-            _U16.pack(len(encoded_name))
-            + encoded_name
-            + _TENSOR_HEAD.pack(CODE_OF[datatype_of_array(arr)], arr.ndim)
-            + dims
-            + _U64.pack(len(data) if isinstance(data, bytes) else data.nbytes)
+        tensor_head = b"".join(
+            (
+                _U16.pack(len(encoded_name)),
+                encoded_name,
+                _TENSOR_HEAD.pack(CODE_OF[datatype_of_array(arr)], arr.ndim),
+                _DIMS[arr.ndim].pack(*arr.shape),
+                _U64.pack(nbytes),
+            )
         )
-        parts.append(data)
-    size = sum(len(p) if isinstance(p, bytes) else p.nbytes for p in parts)
+        parts += (tensor_head, data)
+        size += len(tensor_head) + nbytes
     if size >= MAX_FRAME:
         raise InvalidInput(f"message of {size} bytes is over the {MAX_FRAME}-byte frame limit")
     parts[0] = _FRAME.pack(size)
@@ -157,7 +165,7 @@ def decode(body: bytes | bytearray | memoryview) -> Message:
         pos += name_len
         code, ndim = _TENSOR_HEAD.unpack_from(view, pos)
         pos += _TENSOR_HEAD.size
-        shape = list(struct.unpack_from(f"<{ndim}q", view, pos))
+        shape = list(_DIMS[ndim].unpack_from(view, pos))
         pos += 8 * ndim
         (nbytes,) = _U64.unpack_from(view, pos)
         pos += 8

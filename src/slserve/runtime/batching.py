@@ -34,6 +34,8 @@ def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
 def plan_batches(items: Sequence[Mapping[str, np.ndarray]], max_rows: int) -> list[list[int]]:
     """Group item indices into model calls: same batch key, at most `max_rows` rows each (an item bigger than
     that runs alone), first come first served within a key."""
+    if len(items) == 1:
+        return [[0]]
     open_groups: dict[Hashable, list[int]] = {}
     open_rows: dict[Hashable, int] = {}
     done: list[list[int]] = []
@@ -66,6 +68,8 @@ def merge(items: Sequence[Mapping[str, np.ndarray]], min_rows: int) -> tuple[Ten
 def split(produced: Mapping[str, np.ndarray], counts: Sequence[int]) -> list[Tensors]:
     """Cut a merged call's outputs back into one set per item (padding rows are dropped)."""
     total = sum(counts)
+    if len(counts) == 1 and all(arr.ndim and arr.shape[0] == total for arr in produced.values()):
+        return [dict(produced)]
     for name, arr in produced.items():
         if arr.ndim == 0 or arr.shape[0] < total:
             raise InferenceFailed(

@@ -119,7 +119,9 @@ class InstanceLoop:
         prepared: list[tuple[Message, dict[str, np.ndarray]]] = []
         for msg in requests:
             try:
+                started = time.perf_counter()
                 prepared.append((msg, self.runtime.prepare(msg.tensors)))
+                msg.meta["prepare_ms"] = (time.perf_counter() - started) * 1000
             except SlserveError as e:
                 self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
         feeds = [f for _, f in prepared]
@@ -142,7 +144,7 @@ class InstanceLoop:
         for (msg, _), out in zip(items, outputs, strict=True):
             wanted = msg.meta.get("outputs")
             tensors = {k: np.ascontiguousarray(v) for k, v in out.items() if wanted is None or k in wanted}
-            meta = {"compute_ms": compute_ms, "batch_size": len(items)}
+            meta = {"compute_ms": compute_ms + msg.meta.get("prepare_ms", 0.0), "batch_size": len(items)}
             self.conn.send(Message(Kind.RESULT, msg.request_id, meta, tensors))
 
 

@@ -12,10 +12,11 @@ import os
 import signal
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from slserve.errors import (
     InstanceFailed,
@@ -65,7 +66,8 @@ class Instance:
         self.ready_at: float | None = None
         self.idle_since: float | None = None
         self.in_flight: dict[int, Pending] = {}
-        self.writer: asyncio.StreamWriter | None = None
+        self.channel: InstanceProtocol | None = None
+        self.started: asyncio.Future[Message] | None = None
         self.device: str | None = None
         self.load_ms: float | None = None
         self.served = 0
@@ -88,9 +90,40 @@ class Instance:
         }
 
 
-async def read_message(reader: asyncio.StreamReader) -> Message:
-    prefix = await reader.readexactly(FRAME_PREFIX)
-    return decode(await reader.readexactly(frame_length(prefix)))
+class InstanceProtocol(asyncio.Protocol):
+    """The gateway's end of an instance's socket: frames in, handled in the event loop's read callback (no
+    reader task to wake per message)."""
+
+    def __init__(self, on_message: Callable[[Message], None]) -> None:
+        self.on_message = on_message
+        self.transport: asyncio.Transport | None = None
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        pos = 0
+        while len(buf) - pos >= FRAME_PREFIX:
+            n = frame_length(buf[pos : pos + FRAME_PREFIX])
+            end = pos + FRAME_PREFIX + n
+            if len(buf) < end:
+                break
+            self.on_message(decode(bytes(buf[pos + FRAME_PREFIX : end])))
+            pos = end
+        if pos:
+            del buf[:pos]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    def send(self, msg: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(encode(msg))
 
 
 class FunctionPool:
@@ -153,14 +186,14 @@ class FunctionPool:
         return best
 
     def _send(self, inst: Instance, pending: Pending) -> None:
-        assert inst.writer is not None and inst.ready_at is not None
+        assert inst.channel is not None and inst.ready_at is not None
         if inst.ready_at > pending.enqueued_at:
             pending.cold_start_ms = inst.cold_start_ms
         pending.dispatched_at = time.monotonic()
         inst.in_flight[pending.id] = pending
         inst.state, inst.idle_since = InstanceState.BUSY, None
         meta = {"outputs": pending.request.outputs} if pending.request.outputs is not None else {}
-        inst.writer.writelines(encode(Message(Kind.INFER, pending.id, meta, pending.request.inputs)))
+        inst.channel.send(Message(Kind.INFER, pending.id, meta, pending.request.inputs))
 
     def _on_reply(self, inst: Instance, msg: Message) -> None:
         pending = inst.in_flight.pop(msg.request_id, None)
@@ -215,24 +248,34 @@ class FunctionPool:
 
     def _retire(self, inst: Instance) -> None:
         inst.state = InstanceState.DRAINING
-        if inst.writer is not None:
-            inst.writer.writelines(encode(Message(Kind.STOP)))
+        if inst.channel is not None:
+            inst.channel.send(Message(Kind.STOP))
 
     async def _run_instance(self, inst: Instance) -> None:
         assert self.template is not None and self.digest is not None
+        loop = asyncio.get_running_loop()
         start_error: SlserveError | None = None
         try:
             sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, self.digest, None)
-            self._exits[inst.pid] = asyncio.get_running_loop().create_future()
-            reader, inst.writer = await asyncio.open_unix_connection(sock=sock)
-            first = await asyncio.wait_for(read_message(reader), START_TIMEOUT_S)
+            self._exits[inst.pid] = loop.create_future()
+            inst.started = loop.create_future()
+            _, inst.channel = await loop.create_unix_connection(
+                lambda: InstanceProtocol(lambda msg: self._on_message(inst, msg)), sock=sock
+            )
+            closed = inst.channel.closed
+            waiters: list[asyncio.Future[Any]] = [inst.started, closed]
+            await asyncio.wait(waiters, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
+            if not inst.started.done():
+                if not closed.done():
+                    raise TimeoutError
+                return  # died while starting
+            first = inst.started.result()
             if first.kind is Kind.ERROR:
                 start_error = error_from_wire(first.meta["status"], first.meta["code"], first.meta["message"])
                 return
             self._on_ready(inst, first)
-            while True:
-                self._on_reply(inst, await read_message(reader))
-        except (asyncio.IncompleteReadError, ConnectionError):
+            await closed
+        except ConnectionError:
             pass
         except TimeoutError:
             start_error = RuntimeUnavailable(f"{inst.name} did not report ready within {START_TIMEOUT_S:.0f} s")
@@ -240,6 +283,12 @@ class FunctionPool:
             start_error = e
         finally:
             await self._on_gone(inst, start_error)
+
+    def _on_message(self, inst: Instance, msg: Message) -> None:
+        if inst.started is not None and not inst.started.done():
+            inst.started.set_result(msg)  # READY, or ERROR with request id 0: the start failed
+        else:
+            self._on_reply(inst, msg)
 
     def _on_ready(self, inst: Instance, msg: Message) -> None:
         inst.ready_at = inst.idle_since = time.monotonic()
@@ -258,8 +307,8 @@ class FunctionPool:
         expected = inst.state is InstanceState.DRAINING or self.closing
         inst.state = InstanceState.DEAD
         self.instances.pop(inst.number, None)
-        if inst.writer is not None:
-            inst.writer.close()
+        if inst.channel is not None and inst.channel.transport is not None:
+            inst.channel.transport.close()
         status = "not started"
         if inst.pid is not None:
             if not expected:

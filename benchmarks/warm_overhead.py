@@ -1,0 +1,89 @@
+"""Warm overhead at concurrency 1: end-to-end latency minus the instance's own model call, against a bare echo
+endpoint on the same server stack, in the same run. Run: `make bench`.
+
+The model call is what the instance measured for that very request (`x-slserve-compute-ms`: preprocessing and
+the model call), so overhead = gateway decode + routing + unix-socket hop + framing + encode + HTTP. The client
+(aiohttp, one keep-alive connection, sequential) is the same for both servers, so its own cost is in both.
+
+    python benchmarks/warm_overhead.py [--requests 2000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+from harness import OUT, free_port, gateway, machine, make_functions, pct, save, wait_ready
+
+FUNCTIONS = {"classifier": ("classifier", {}), "minilm": ("minilm", {})}
+BODIES = {
+    "classifier": {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]},
+    "minilm": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["The quick brown fox."]}]},
+}
+
+
+async def sequential(url: str, body: bytes, n: int) -> tuple[list[float], list[float]]:
+    latencies, computes = [], []
+    async with aiohttp.ClientSession(headers={"content-type": "application/json"}) as session:
+        for i in range(n + 100):
+            start = time.perf_counter()
+            async with session.post(url, data=body) as r:
+                await r.read()
+                assert r.status == 200, r.status
+                compute = float(r.headers.get("x-slserve-compute-ms", 0.0))
+            if i >= 100:  # the first 100 warm up connections, caches and the instance
+                latencies.append((time.perf_counter() - start) * 1000)
+                computes.append(compute)
+    return latencies, computes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=2000)
+    args = parser.parse_args()
+    functions = make_functions(OUT / "functions-warm", FUNCTIONS)
+    port = free_port()
+    echo = subprocess.Popen([sys.executable, str(Path(__file__).with_name("echo_app.py")), str(port)])
+    results: dict[str, dict[str, float]] = {}
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", echo)
+        with gateway(functions) as gw:
+            for name, body in BODIES.items():
+                raw = orjson.dumps(body)
+                # interleave: echo, model, echo, model ... in blocks, so drift hits both alike
+                lat, comp, echo_lat = [], [], []
+                for _ in range(4):
+                    e, _ = asyncio.run(sequential(f"http://127.0.0.1:{port}/echo", raw, args.requests // 4))
+                    m, c = asyncio.run(sequential(f"{gw.url}/v2/models/{name}/infer", raw, args.requests // 4))
+                    echo_lat += e
+                    lat += m
+                    comp += c
+                overhead = [m - c for m, c in zip(lat, comp, strict=True)]
+                results[name] = {
+                    "e2e_p50": pct(lat, 50), "e2e_p99": pct(lat, 99), "model_p50": pct(comp, 50),
+                    "overhead_p50": pct(overhead, 50), "overhead_p99": pct(overhead, 99),
+                    "echo_p50": pct(echo_lat, 50), "echo_p99": pct(echo_lat, 99),
+                }
+    finally:
+        echo.terminate()
+        echo.wait()
+    save("warm_overhead", results)
+    print(f"\nMachine: {machine()}. {args.requests} requests per function, concurrency 1.\n")
+    print("| function | e2e p50 / p99 (ms) | model call p50 (ms) | **overhead** p50 / p99 (ms) | bare echo p50 / p99 (ms) "
+          "| overhead / echo (p50, p99) |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in results.items():
+        print(f"| {name} | {r['e2e_p50']:.2f} / {r['e2e_p99']:.2f} | {r['model_p50']:.2f} | "
+              f"**{r['overhead_p50']:.2f}** / {r['overhead_p99']:.2f} | {r['echo_p50']:.2f} / {r['echo_p99']:.2f} | "
+              f"{r['overhead_p50'] / r['echo_p50']:.2f}x, {r['overhead_p99'] / r['echo_p99']:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
