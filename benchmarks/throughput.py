@@ -1,0 +1,107 @@
+"""Throughput on minilm at concurrency 1, 8, 32, 64, with and without dynamic batching, against the model's own
+batched throughput in-process (the ceiling). Load generator: wrk (C, epoll; one thread) with a Lua script that
+POSTs one v2 JSON request, so the client costs little of the 2 cores. Run: `make bench`.
+
+    python benchmarks/throughput.py [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from harness import ARTIFACTS, OUT, gateway, machine, make_functions, save
+
+TEXT = "The quick brown fox jumps over the lazy dog."
+BODY = '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["' + TEXT + '"]}]}'
+FUNCTIONS = {
+    "minilm": ("minilm", {}),  # the sample as shipped: batching 32 / 2 ms, up to 2 instances
+    "minilm-nobatch": ("minilm", {"batching": {"max_batch_size": 1, "max_delay_ms": 0}}),
+}
+CONCURRENCY = [1, 8, 32, 64]
+LUA = """
+wrk.method = "POST"
+wrk.body = '{body}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+
+def ceiling(seconds: float) -> dict[str, float]:
+    """Sequences per second of the bare model in this process: batch 32 of the same text, 1 and 2 threads."""
+    import torch
+
+    from slserve.runtime import load_runtime
+    from slserve.runtime.batching import merge
+    from slserve.snapshot import ArtifactStore
+
+    runtime = load_runtime(ArtifactStore(ARTIFACTS).current("minilm"))
+    feeds = runtime.prepare({"text": np.array([TEXT.encode()], dtype=object)})
+    batch, _ = merge([feeds], 32)
+    out: dict[str, float] = {}
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        runtime.run(batch)
+        n, start = 0, time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            runtime.run(batch)
+            n += 32
+        out[f"threads={threads}"] = n / (time.perf_counter() - start)
+    return out
+
+
+def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "30s", "-s", str(script), url]
+    text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
+    lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", text, re.M))
+    return {"rps": rps, "errors": float(errors.group(1)) if errors else 0.0, "p50": _ms(lat["50"]), "p99": _ms(lat["99"])}
+
+
+def _ms(value: str) -> float:
+    number, unit = re.match(r"([\d.]+)(\w+)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=10)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    functions = make_functions(OUT / "functions-throughput", FUNCTIONS)
+    script = OUT / "minilm.lua"
+    script.write_text(LUA.format(body=BODY))
+    results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in FUNCTIONS}
+    with gateway(functions) as gw:
+        for name in FUNCTIONS:  # bring up the instances first: cold starts are another benchmark
+            wrk(f"{gw.url}/v2/models/{name}/infer", 64, 3, script)
+        for c in CONCURRENCY:
+            for name in FUNCTIONS:
+                results[name][c] = wrk(f"{gw.url}/v2/models/{name}/infer", c, args.seconds, script)
+                print(name, c, results[name][c], file=sys.stderr)
+    top = ceiling(args.seconds)
+    best = max(top.values())
+    save("throughput", {"results": results, "ceiling": top})
+    print(f"\nMachine: {machine()}. wrk -t1, {args.seconds:.0f} s per point; minilm: 1 thread per instance, "
+          f"at most 2 instances; the same {len(TEXT.split())}-word sentence in every request.\n")
+    print(f"Ceiling (in-process, batch 32): {top['threads=1']:.0f} seq/s at 1 thread, {top['threads=2']:.0f} "
+          f"seq/s at 2 threads; ratios use the better, {best:.0f}.\n")
+    print("| concurrency | batching: req/s | p50 / p99 (ms) | x ceiling | no batching: req/s | p50 / p99 (ms) | "
+          "x ceiling | errors |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for c in CONCURRENCY:
+        b, n = results["minilm"][c], results["minilm-nobatch"][c]
+        print(f"| {c} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | **{b['rps'] / best:.2f}** | {n['rps']:.0f} | "
+              f"{n['p50']:.1f} / {n['p99']:.1f} | {n['rps'] / best:.2f} | {b['errors'] + n['errors']:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
