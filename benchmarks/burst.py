@@ -18,8 +18,10 @@ import orjson
 
 from harness import OUT, gateway, machine, make_functions, pct, save
 
-FUNCTIONS = {"minilm": ("minilm", {"scaling": {"idle_seconds": 1}}),
-             "classifier": ("classifier", {"scaling": {"idle_seconds": 1}})}
+FUNCTIONS = {
+    "minilm": ("minilm", {"scaling": {"idle_seconds": 1}}),
+    "classifier": ("classifier", {"scaling": {"idle_seconds": 1}}),
+}
 BODIES = {
     "minilm": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["The quick brown fox."]}]},
     "classifier": {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]},
@@ -52,22 +54,33 @@ def main() -> None:
             for name, body in BODIES.items():
                 gw.wait_for_zero(name)
                 before = gw.status(name)["cold_starts"]
-                lat, codes, instances = asyncio.run(burst(f"{gw.url}/v2/models/{name}/infer", orjson.dumps(body), args.requests))
-                rows[name].append({
-                    "errors": float(sum(c != 200 for c in codes)), "p50": pct(lat, 50), "p99": pct(lat, 99),
-                    "max": max(lat), "instances": float(len(set(instances) - {""})),
-                    "cold_starts": float(gw.status(name)["cold_starts"] - before),
-                })
+                lat, codes, instances = asyncio.run(
+                    burst(f"{gw.url}/v2/models/{name}/infer", orjson.dumps(body), args.requests)
+                )
+                rows[name].append(
+                    {
+                        "errors": float(sum(c != 200 for c in codes)),
+                        "p50": pct(lat, 50),
+                        "p99": pct(lat, 99),
+                        "max": max(lat),
+                        "instances": float(len(set(instances) - {""})),
+                        "cold_starts": float(gw.status(name)["cold_starts"] - before),
+                    }
+                )
                 print(name, round_, rows[name][-1], file=sys.stderr)
     save("burst", rows)
-    print(f"\nMachine: {machine()}. {args.requests} simultaneous requests after scale-to-zero, {args.rounds} rounds "
-          "(each row one round).\n")
+    print(
+        f"\nMachine: {machine()}. {args.requests} simultaneous requests after scale-to-zero, {args.rounds} rounds "
+        "(each row one round).\n"
+    )
     print("| function | round | errors | p50 (ms) | p99 (ms) | max (ms) | instances used | cold starts |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, results in rows.items():
         for i, r in enumerate(results, 1):
-            print(f"| {name} | {i} | **{r['errors']:.0f}** | {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} | "
-                  f"{r['instances']:.0f} | {r['cold_starts']:.0f} |")
+            print(
+                f"| {name} | {i} | **{r['errors']:.0f}** | {r['p50']:.0f} | {r['p99']:.0f} | {r['max']:.0f} | "
+                f"{r['instances']:.0f} | {r['cold_starts']:.0f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -24,7 +24,10 @@ import httpx
 
 from harness import ARTIFACTS, OUT, gateway, machine, make_functions, pct, save, warm_page_cache
 
-FUNCTIONS = {"minilm": ("minilm", {"scaling": {"idle_seconds": 1}}), "big-mlp": ("big-mlp", {"scaling": {"idle_seconds": 1}})}
+FUNCTIONS = {
+    "minilm": ("minilm", {"scaling": {"idle_seconds": 1}}),
+    "big-mlp": ("big-mlp", {"scaling": {"idle_seconds": 1}}),
+}
 REQUESTS = {
     "minilm": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["The quick brown fox."]}]},
     "big-mlp": {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 1024], "data": [0.01] * 1024}]},
@@ -107,8 +110,9 @@ def naive_run(name: str, cfg: dict[str, str]) -> tuple[float, float]:
 
 
 def floor_run(blobs: list[Path]) -> float:
-    out = subprocess.run([sys.executable, "-c", FLOOR, json.dumps([str(b) for b in blobs])], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FLOOR, json.dumps([str(b) for b in blobs])], check=True, capture_output=True, text=True
+    )
     return float(out.stdout.strip())
 
 
@@ -123,7 +127,11 @@ def slserve_round(client: httpx.Client, gw: object, name: str) -> dict[str, floa
         start = time.perf_counter()
         assert client.post(f"/v2/models/{name}/infer", json=REQUESTS[name]).status_code == 200
         warm.append((time.perf_counter() - start) * 1000)
-    return {"cold_ms": cold, "warm_ms": statistics.median(warm), "instance_start_ms": float(r.headers["x-slserve-cold-start-ms"])}
+    return {
+        "cold_ms": cold,
+        "warm_ms": statistics.median(warm),
+        "instance_start_ms": float(r.headers["x-slserve-cold-start-ms"]),
+    }
 
 
 def main() -> None:
@@ -155,13 +163,17 @@ def report(rows: dict[str, dict[str, list[float]]], rounds: int) -> None:
     med = {n: {k: statistics.median(v) for k, v in r.items()} for n, r in rows.items()}
     save("cold_start", {"median": med, "samples": rows})
     print(f"\nMachine: {machine()}. Median of {rounds} interleaved rounds.\n")
-    print("| function | warm (ms) | first response at zero (ms) | **penalty** (ms) | penalty p-max (ms) | floor (ms) | "
-          "penalty / floor | naive penalty (ms) | naive / slserve |")
+    print(
+        "| function | warm (ms) | first response at zero (ms) | **penalty** (ms) | penalty p-max (ms) | floor (ms) | "
+        "penalty / floor | naive penalty (ms) | naive / slserve |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, m in med.items():
-        print(f"| {name} | {m['warm_ms']:.1f} | {m['cold_ms']:.1f} | **{m['penalty_ms']:.1f}** | "
-              f"{pct(rows[name]['penalty_ms'], 100):.1f} | {m['floor_ms']:.1f} | {m['penalty_ms'] / m['floor_ms']:.2f} | "
-              f"{m['naive_penalty_ms']:.0f} | {m['naive_penalty_ms'] / m['penalty_ms']:.1f}x |")
+        print(
+            f"| {name} | {m['warm_ms']:.1f} | {m['cold_ms']:.1f} | **{m['penalty_ms']:.1f}** | "
+            f"{pct(rows[name]['penalty_ms'], 100):.1f} | {m['floor_ms']:.1f} | {m['penalty_ms'] / m['floor_ms']:.2f} | "
+            f"{m['naive_penalty_ms']:.0f} | {m['naive_penalty_ms'] / m['penalty_ms']:.1f}x |"
+        )
 
 
 if __name__ == "__main__":

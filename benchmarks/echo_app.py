@@ -19,5 +19,12 @@ async def echo(request: Request) -> Response:
 app = Starlette(routes=[Route("/echo", echo, methods=["POST"]), Route("/ready", lambda r: Response("ok"))])
 
 if __name__ == "__main__":
-    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools", log_level="warning",
-                access_log=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=int(sys.argv[1]),
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+    )

@@ -57,8 +57,9 @@ def make_functions(target: Path, functions: Mapping[str, tuple[str, Overrides]])
                 text = override(text, section, key, value)
         spec.write_text(text)
     slserve = [sys.executable, "-c", "from slserve.cli import main; main()"]
-    subprocess.run([*slserve, "build", "--functions", str(target), "--artifacts", str(ARTIFACTS)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [*slserve, "build", "--functions", str(target), "--artifacts", str(ARTIFACTS)], check=True, capture_output=True
+    )
     return target
 
 
@@ -83,8 +84,18 @@ class Gateway:
 @contextmanager
 def gateway(functions: Path) -> Iterator[Gateway]:
     port = free_port()
-    cmd = [sys.executable, "-c", "from slserve.cli import main; main()", "serve", "--port", str(port),
-           "--functions", str(functions), "--artifacts", str(ARTIFACTS)]
+    cmd = [
+        sys.executable,
+        "-c",
+        "from slserve.cli import main; main()",
+        "serve",
+        "--port",
+        str(port),
+        "--functions",
+        str(functions),
+        "--artifacts",
+        str(ARTIFACTS),
+    ]
     env = {**os.environ, "SLSERVE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(cmd, env=env)
     gw = Gateway(f"http://127.0.0.1:{port}", proc)
@@ -113,7 +124,7 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
 
 
 def warm_page_cache(paths: list[Path]) -> None:

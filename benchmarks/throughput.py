@@ -57,12 +57,28 @@ def ceiling(seconds: float) -> dict[str, float]:
 
 
 def wrk(url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "--latency", "--timeout", "30s", "-s", str(script), url]
+    cmd = [
+        "wrk",
+        "-t1",
+        f"-c{concurrency}",
+        f"-d{int(seconds)}s",
+        "--latency",
+        "--timeout",
+        "30s",
+        "-s",
+        str(script),
+        url,
+    ]
     text = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     lat = dict(re.findall(r"^\s+(50|99)%\s+([\d.]+\w+)", text, re.M))
-    return {"rps": rps, "errors": float(errors.group(1)) if errors else 0.0, "p50": _ms(lat["50"]), "p99": _ms(lat["99"])}
+    return {
+        "rps": rps,
+        "errors": float(errors.group(1)) if errors else 0.0,
+        "p50": _ms(lat["50"]),
+        "p99": _ms(lat["99"]),
+    }
 
 
 def _ms(value: str) -> float:
@@ -90,17 +106,25 @@ def main() -> None:
     top = ceiling(args.seconds)
     best = max(top.values())
     save("throughput", {"results": results, "ceiling": top})
-    print(f"\nMachine: {machine()}. wrk -t1, {args.seconds:.0f} s per point; minilm: 1 thread per instance, "
-          f"at most 2 instances; the same {len(TEXT.split())}-word sentence in every request.\n")
-    print(f"Ceiling (in-process, batch 32): {top['threads=1']:.0f} seq/s at 1 thread, {top['threads=2']:.0f} "
-          f"seq/s at 2 threads; ratios use the better, {best:.0f}.\n")
-    print("| concurrency | batching: req/s | p50 / p99 (ms) | x ceiling | no batching: req/s | p50 / p99 (ms) | "
-          "x ceiling | errors |")
+    print(
+        f"\nMachine: {machine()}. wrk -t1, {args.seconds:.0f} s per point; minilm: 1 thread per instance, "
+        f"at most 2 instances; the same {len(TEXT.split())}-word sentence in every request.\n"
+    )
+    print(
+        f"Ceiling (in-process, batch 32): {top['threads=1']:.0f} seq/s at 1 thread, {top['threads=2']:.0f} "
+        f"seq/s at 2 threads; ratios use the better, {best:.0f}.\n"
+    )
+    print(
+        "| concurrency | batching: req/s | p50 / p99 (ms) | x ceiling | no batching: req/s | p50 / p99 (ms) | "
+        "x ceiling | errors |"
+    )
     print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for c in CONCURRENCY:
         b, n = results["minilm"][c], results["minilm-nobatch"][c]
-        print(f"| {c} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | **{b['rps'] / best:.2f}** | {n['rps']:.0f} | "
-              f"{n['p50']:.1f} / {n['p99']:.1f} | {n['rps'] / best:.2f} | {b['errors'] + n['errors']:.0f} |")
+        print(
+            f"| {c} | {b['rps']:.0f} | {b['p50']:.1f} / {b['p99']:.1f} | **{b['rps'] / best:.2f}** | {n['rps']:.0f} | "
+            f"{n['p50']:.1f} / {n['p99']:.1f} | {n['rps'] / best:.2f} | {b['errors'] + n['errors']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -67,22 +67,30 @@ def main() -> None:
                     comp += c
                 overhead = [m - c for m, c in zip(lat, comp, strict=True)]
                 results[name] = {
-                    "e2e_p50": pct(lat, 50), "e2e_p99": pct(lat, 99), "model_p50": pct(comp, 50),
-                    "overhead_p50": pct(overhead, 50), "overhead_p99": pct(overhead, 99),
-                    "echo_p50": pct(echo_lat, 50), "echo_p99": pct(echo_lat, 99),
+                    "e2e_p50": pct(lat, 50),
+                    "e2e_p99": pct(lat, 99),
+                    "model_p50": pct(comp, 50),
+                    "overhead_p50": pct(overhead, 50),
+                    "overhead_p99": pct(overhead, 99),
+                    "echo_p50": pct(echo_lat, 50),
+                    "echo_p99": pct(echo_lat, 99),
                 }
     finally:
         echo.terminate()
         echo.wait()
     save("warm_overhead", results)
     print(f"\nMachine: {machine()}. {args.requests} requests per function, concurrency 1.\n")
-    print("| function | e2e p50 / p99 (ms) | model call p50 (ms) | **overhead** p50 / p99 (ms) | bare echo p50 / p99 (ms) "
-          "| overhead / echo (p50, p99) |")
+    print(
+        "| function | e2e p50 / p99 (ms) | model call p50 (ms) | **overhead** p50 / p99 (ms) "
+        "| bare echo p50 / p99 (ms) | overhead / echo (p50, p99) |"
+    )
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in results.items():
-        print(f"| {name} | {r['e2e_p50']:.2f} / {r['e2e_p99']:.2f} | {r['model_p50']:.2f} | "
-              f"**{r['overhead_p50']:.2f}** / {r['overhead_p99']:.2f} | {r['echo_p50']:.2f} / {r['echo_p99']:.2f} | "
-              f"{r['overhead_p50'] / r['echo_p50']:.2f}x, {r['overhead_p99'] / r['echo_p99']:.2f}x |")
+        print(
+            f"| {name} | {r['e2e_p50']:.2f} / {r['e2e_p99']:.2f} | {r['model_p50']:.2f} | "
+            f"**{r['overhead_p50']:.2f}** / {r['overhead_p99']:.2f} | {r['echo_p50']:.2f} / {r['echo_p99']:.2f} | "
+            f"{r['overhead_p50'] / r['echo_p50']:.2f}x, {r['overhead_p99'] / r['echo_p99']:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

@@ -128,22 +128,24 @@ def test_a_full_queue_answers_429_with_retry_after(server: Server) -> None:
 
 def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) -> None:
     url = server.url + "/v2/models/tiny-burst/infer"
+    total = 1500
 
-    async def stream_and_kill() -> list[httpx.Response]:
-        load = asyncio.create_task(post_many(url, [tiny_request(i / 300) for i in range(300)], concurrency=8))
+    async def stream_and_kill() -> tuple[list[httpx.Response], int]:
+        load = asyncio.create_task(post_many(url, [tiny_request(i / total) for i in range(total)], concurrency=8))
         killed = 0
         while killed < 3 and not load.done():
-            await asyncio.sleep(0.15)
+            await asyncio.sleep(0.05)
             for inst in (await asyncio.to_thread(server.status, "tiny-burst"))["instances"]:
-                if inst["state"] == "busy" and inst["pid"]:
+                if inst["in_flight"] and inst["pid"]:
                     os.kill(inst["pid"], signal.SIGKILL)
                     killed += 1
+                    await asyncio.sleep(0.2)
                     break
-        assert killed >= 1, "the stream ended before an instance could be killed"
-        return await load
+        return await load, killed
 
-    responses = asyncio.run(stream_and_kill())
-    assert [r.status_code for r in responses] == [200] * 300
+    responses, killed = asyncio.run(stream_and_kill())
+    assert killed >= 1, "the stream ended before an instance could be killed"
+    assert [r.status_code for r in responses] == [200] * total
 
 
 def test_an_input_that_kills_every_instance_is_a_502_and_others_are_served(server: Server) -> None:

@@ -15,10 +15,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import slserve
-from slserve.errors import ModelNotFound, PayloadTooLarge, SlserveError
+from slserve.errors import ModelNotFound, SlserveError
+from slserve.gateway.infer_path import InferPath, error_body
 from slserve.gateway.openapi import openapi_document
-from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
-from slserve.platform.base import InferResult, Platform
+from slserve.platform.base import Platform
 from slserve.settings import ServeSettings
 from slserve.spec import FunctionDef
 
@@ -31,11 +31,8 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
 
 
 def error_response(error: SlserveError) -> Response:
-    headers = {}
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    return json_response(error.to_dict(), error.status, headers)
+    body, headers = error_body(error)
+    return Response(body, error.status, headers)
 
 
 class Gateway:
@@ -83,46 +80,6 @@ class Gateway:
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
 
-    # --- inference -----------------------------------------------------------------------------------------
-
-    async def infer(self, request: Request) -> Response:
-        model = request.path_params["model"]
-        fdef = self.function(model, request.path_params.get("version"))
-        body = await self.read_body(request)
-        v2 = parse_infer(fdef, body, request.headers.get(HEADER_LENGTH))
-        result = await self.platform.infer(v2.request)
-        content, headers = encode_infer(result, model, v2)
-        headers.update(result_headers(result))
-        return Response(content, 200, headers)
-
-    async def read_body(self, request: Request) -> bytes:
-        limit = self.settings.max_body_bytes
-        declared = request.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (max_body_mb)")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the {limit}-byte limit (max_body_mb)")
-            chunks.append(chunk)
-        return b"".join(chunks)
-
-
-def result_headers(result: InferResult) -> dict[str, str]:
-    headers = {
-        "x-slserve-function": result.function,
-        "x-slserve-version": result.version,
-        "x-slserve-instance": result.instance,
-        "x-slserve-queue-ms": f"{result.queue_ms:.2f}",
-        "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
-        "x-slserve-batch-size": str(result.batch_size),
-    }
-    if result.cold_start_ms is not None:
-        headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
-    return headers
-
 
 def model_metadata(fdef: FunctionDef) -> dict[str, Any]:
     spec = fdef.spec
@@ -151,7 +108,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     return json_response({"error": f"internal error ({type(exc).__name__}); the server logged it"}, 500)
 
 
-def build_app(platform: Platform, settings: ServeSettings) -> Starlette:
+def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
+    """Starlette for health, metadata and status; `InferPath` in front of it for inference."""
     gw = Gateway(platform, settings)
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
@@ -164,8 +122,6 @@ def build_app(platform: Platform, settings: ServeSettings) -> Starlette:
         Route(versioned, gw.model_metadata),
         Route(f"{model}/ready", gw.model_ready),
         Route(f"{versioned}/ready", gw.model_ready),
-        Route(f"{model}/infer", gw.infer, methods=["POST"]),
-        Route(f"{versioned}/infer", gw.infer, methods=["POST"]),
         Route("/slserve/functions", gw.functions_status),
         Route("/openapi.json", gw.openapi),
     ]
@@ -178,8 +134,6 @@ def build_app(platform: Platform, settings: ServeSettings) -> Starlette:
         finally:
             await platform.stop(settings.drain_seconds)
 
-    return Starlette(
-        routes=routes,
-        lifespan=lifespan,
-        exception_handlers={SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error},
-    )
+    handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
+    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
+    return InferPath(app, platform, gw.function, settings.max_body_bytes)

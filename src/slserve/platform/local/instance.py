@@ -56,10 +56,19 @@ class Connection:
         return messages
 
     def _fill(self, timeout: float | None) -> bool:
-        readable, _, _ = select.select([self.sock], [], [], timeout)
-        if not readable:
+        """Append what the socket has; wait up to `timeout` (None: forever) for something to arrive."""
+        try:
+            if timeout is None:
+                data = self.sock.recv(1 << 20)
+            elif timeout == 0.0:
+                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+            else:
+                readable, _, _ = select.select([self.sock], [], [], timeout)
+                if not readable:
+                    return False
+                data = self.sock.recv(1 << 20)
+        except BlockingIOError:
             return False
-        data = self.sock.recv(1 << 20)
         if not data:
             self.closed = True
             return False

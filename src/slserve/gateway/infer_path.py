@@ -1,0 +1,130 @@
+"""The inference hot path as a bare ASGI callable: POST /v2/models/{model}[/versions/{version}]/infer.
+
+Every other route goes through Starlette; this one skips its router and middleware stack (a measurable share of
+a sub-millisecond request) and talks ASGI directly: read the body with a size limit, decode straight into numpy,
+call the platform, send the encoded response. Errors are rendered here, by the same rule as everywhere else.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from slserve.errors import PayloadTooLarge, SlserveError
+from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.platform.base import InferResult, Platform
+from slserve.spec import FunctionDef
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+log = logging.getLogger("slserve.gateway")
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body: nothing to answer."""
+
+
+def result_headers(result: InferResult) -> dict[str, str]:
+    headers = {
+        "x-slserve-function": result.function,
+        "x-slserve-version": result.version,
+        "x-slserve-instance": result.instance,
+        "x-slserve-queue-ms": f"{result.queue_ms:.2f}",
+        "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
+        "x-slserve-batch-size": str(result.batch_size),
+    }
+    if result.cold_start_ms is not None:
+        headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
+    return headers
+
+
+def error_body(error: SlserveError) -> tuple[bytes, dict[str, str]]:
+    headers = {"content-type": "application/json"}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    return orjson.dumps(error.to_dict()), headers
+
+
+class InferPath:
+    """Wraps the Starlette app: inference requests are served here, everything else passes through."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        platform: Platform,
+        resolve: Callable[[str, str | None], FunctionDef],
+        max_body_bytes: int,
+    ) -> None:
+        self.app = app
+        self.platform = platform
+        self.resolve = resolve
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        match = INFER_PATH.fullmatch(scope["path"]) if scope["type"] == "http" else None
+        if match is None:
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            body = orjson.dumps({"error": f"{scope['method']} is not allowed here; POST an inference request"})
+            await _respond(send, 405, body, {"content-type": "application/json", "allow": "POST"})
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            status, body, out_headers = 200, *await self.infer(match["model"], match["version"], headers, receive)
+        except ClientGone:
+            return
+        except SlserveError as e:
+            status, (body, out_headers) = e.status, error_body(e)
+        except Exception as e:  # a bug: say so without a stack trace, log it, keep serving
+            log.exception("unexpected error on POST %s", scope["path"], exc_info=e)
+            status, body = 500, orjson.dumps({"error": f"internal error ({type(e).__name__}); the server logged it"})
+            out_headers = {"content-type": "application/json"}
+        await _respond(send, status, body, out_headers)
+
+    async def infer(
+        self, model: str, version: str | None, headers: dict[str, str], receive: Receive
+    ) -> tuple[bytes, dict[str, str]]:
+        fdef = self.resolve(model, version)
+        body = await self.read_body(headers, receive)
+        v2 = parse_infer(fdef, body, headers.get(HEADER_LENGTH))
+        result = await self.platform.infer(v2.request)
+        content, out_headers = encode_infer(result, model, v2)
+        out_headers.update(result_headers(result))
+        return content, out_headers
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (max_body_mb)")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the {limit}-byte limit (max_body_mb)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
