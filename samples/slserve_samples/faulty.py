@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 from torch import nn
@@ -23,3 +24,22 @@ class CrashOnSentinel(nn.Module):
 
 def build() -> CrashOnSentinel:
     return CrashOnSentinel()
+
+
+class Slow(nn.Module):
+    """Takes `SLOW_SECONDS` per call: keeps requests in flight long enough to test draining."""
+
+    def __init__(self, features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        time.sleep(SLOW_SECONDS)
+        return self.linear(x)
+
+
+SLOW_SECONDS = 0.3
+
+
+def build_slow() -> Slow:
+    return Slow()

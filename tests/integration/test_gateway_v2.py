@@ -130,21 +130,36 @@ def binary_outputs(r: object) -> dict[str, np.ndarray]:
     return out
 
 
-def test_binary_tensors_equal_json_tensors_bit_for_bit(server: Server) -> None:
-    texts = np.array([t.encode() for t in TEXTS], dtype=object)
-    body, headers = binary_request({"text": ("BYTES", texts)}, binary_output=True)
-    r = server.post("/v2/models/minilm-onnx/infer", content=body, headers=headers)
+def sample_input(name: str) -> tuple[str, str, np.ndarray]:
+    rng = np.random.default_rng(len(name))
+    if name.startswith("minilm"):
+        return "text", "BYTES", np.array([t.encode() for t in TEXTS], dtype=object)
+    width = {"classifier": 4, "big-mlp": 1024}[name]
+    return ("features" if name == "classifier" else "x"), "FP32", rng.standard_normal((3, width)).astype(np.float32)
+
+
+def json_request(tensor: str, datatype: str, arr: np.ndarray) -> dict[str, object]:
+    data = [v.decode() for v in arr.reshape(-1)] if datatype == "BYTES" else arr.reshape(-1).tolist()
+    return {"inputs": [{"name": tensor, "datatype": datatype, "shape": list(arr.shape), "data": data}]}
+
+
+@pytest.mark.parametrize("name", SAMPLES)
+def test_binary_tensors_equal_json_tensors_bit_for_bit(server: Server, name: str) -> None:
+    tensor, datatype, arr = sample_input(name)
+    as_json = server.post(f"/v2/models/{name}/infer", json=json_request(tensor, datatype, arr))
+    assert as_json.status_code == 200, as_json.text
+    body, headers = binary_request({tensor: (datatype, arr)}, binary_output=True)
+    r = server.post(f"/v2/models/{name}/infer", content=body, headers=headers)
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/octet-stream"
-    as_json = output(server.post("/v2/models/minilm-onnx/infer", json=text_request(TEXTS)).json(), "embedding")
-    assert np.array_equal(binary_outputs(r)["embedding"], as_json)
-
-    x = np.random.default_rng(1).standard_normal((5, 4)).astype(np.float32)
-    body, headers = binary_request({"features": ("FP32", x)}, binary_output=False)
-    r = server.post("/v2/models/classifier/infer", content=body, headers=headers)
-    assert r.status_code == 200 and r.headers["content-type"] == "application/json"
-    reference = server.post("/v2/models/classifier/infer", json=fp32_request("features", x)).json()
-    assert np.array_equal(output(r.json(), "probabilities"), output(reference, "probabilities"))
+    binary = binary_outputs(r)
+    for out in as_json.json()["outputs"]:
+        assert np.array_equal(binary[out["name"]], output(as_json.json(), out["name"]))
+    # binary inputs with JSON outputs
+    body, headers = binary_request({tensor: (datatype, arr)}, binary_output=False)
+    mixed = server.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+    assert mixed.status_code == 200 and mixed.headers["content-type"] == "application/json"
+    assert mixed.json()["outputs"] == as_json.json()["outputs"]
 
 
 def test_tritonclient_works_unchanged(server: Server) -> None:

@@ -208,3 +208,28 @@ def test_status_command_shows_the_pools(server: Server) -> None:
 def test_tiny_functions_are_in_the_store(sample_store: ArtifactStore) -> None:
     assert {"tiny-zero", "crashy"} <= set(sample_store.functions())
     assert Path(sample_store.root).is_dir()
+
+
+def test_graceful_shutdown_finishes_accepted_requests(sample_store: ArtifactStore, tmp_path: Path) -> None:
+    scaling = "max_instances = 1\ntarget_concurrency = 16"
+    d = write_function(
+        tmp_path / "functions",
+        "slow",
+        TINY.format(name="slow", factory="slserve_samples.faulty:build_slow", scaling=scaling),
+    )
+    build_function(load_function(d), sample_store)
+    srv = start_server(tmp_path / "functions", sample_store.root, tmp_path / "serve.log")
+    assert srv.post("/v2/models/slow/infer", json=tiny_request()).status_code == 200  # instance up
+
+    async def load_then_stop() -> list[httpx.Response]:
+        load = asyncio.create_task(post_many(srv.url + "/v2/models/slow/infer", [tiny_request()] * 8, concurrency=8))
+        while (await asyncio.to_thread(srv.status, "slow"))["in_flight"] < 1:
+            await asyncio.sleep(0.01)
+        srv.proc.send_signal(signal.SIGINT)  # the requests are in flight: they must all complete
+        return await load
+
+    responses = asyncio.run(load_then_stop())
+    assert [r.status_code for r in responses] == [200] * 8
+    srv.proc.wait(timeout=60)
+    log = srv.log.read_text()
+    assert "Application shutdown complete" in log and "Traceback" not in log, log
