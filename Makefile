@@ -47,8 +47,13 @@ test: install lint typecheck
 
 check: test
 
+# Each prints a markdown table (copied into benchmarks/RESULTS.md); throughput needs wrk (apt-get install wrk).
 bench: build
-	$(BIN)/python benchmarks/snapshot_restore.py
+	cd benchmarks && ../$(BIN)/python snapshot_restore.py
+	cd benchmarks && ../$(BIN)/python cold_start.py
+	cd benchmarks && ../$(BIN)/python warm_overhead.py
+	cd benchmarks && ../$(BIN)/python throughput.py
+	cd benchmarks && ../$(BIN)/python burst.py
 
 clean:
 	rm -rf .slserve

@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import orjson
@@ -49,6 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     functions = make_functions(OUT / "functions-burst", FUNCTIONS)
     rows: dict[str, list[dict[str, float]]] = {name: [] for name in FUNCTIONS}
+    memory: dict[str, list[dict[str, float]]] = {}
     with gateway(functions) as gw:
         for round_ in range(args.rounds):
             for name, body in BODIES.items():
@@ -68,11 +70,14 @@ def main() -> None:
                     }
                 )
                 print(name, round_, rows[name][-1], file=sys.stderr)
-    save("burst", rows)
+    save("burst", {"rounds": rows, "memory": memory})
     print(
         f"\nMachine: {machine()}. {args.requests} simultaneous requests after scale-to-zero, {args.rounds} rounds "
         "(each row one round).\n"
     )
+    for name, per_instance in memory.items():
+        shown = "; ".join(f"RSS {m['rss']:.0f}, PSS {m['pss']:.0f}, private {m['private']:.0f}" for m in per_instance)
+        print(f"Memory of {name}'s instances after the burst (MB): {shown}.\n")
     print("| function | round | errors | p50 (ms) | p99 (ms) | max (ms) | instances used | cold starts |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, results in rows.items():
@@ -85,3 +90,13 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def memory_of(pid: int) -> dict[str, float]:
+    """MB of an instance's memory from /proc/PID/smaps_rollup: resident, proportional (shared pages divided among
+    the processes mapping them) and private (this process's alone)."""
+    fields: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        key, value = line.split(":", 1)
+        fields[key] = float(value.split()[0]) / 1024
+    return {"rss": fields["Rss"], "pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
