@@ -59,6 +59,7 @@ def main() -> None:
                 lat, codes, instances = asyncio.run(
                     burst(f"{gw.url}/v2/models/{name}/infer", orjson.dumps(body), args.requests)
                 )
+                memory.setdefault(name, [memory_of(i["pid"]) for i in gw.status(name)["instances"] if i["pid"]])
                 rows[name].append(
                     {
                         "errors": float(sum(c != 200 for c in codes)),
@@ -88,10 +89,6 @@ def main() -> None:
             )
 
 
-if __name__ == "__main__":
-    main()
-
-
 def memory_of(pid: int) -> dict[str, float]:
     """MB of an instance's memory from /proc/PID/smaps_rollup: resident, proportional (shared pages divided among
     the processes mapping them) and private (this process's alone)."""
@@ -100,3 +97,7 @@ def memory_of(pid: int) -> dict[str, float]:
         key, value = line.split(":", 1)
         fields[key] = float(value.split()[0]) / 1024
     return {"rss": fields["Rss"], "pss": fields["Pss"], "private": fields["Private_Clean"] + fields["Private_Dirty"]}
+
+
+if __name__ == "__main__":
+    main()
