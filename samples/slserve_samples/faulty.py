@@ -43,3 +43,18 @@ SLOW_SECONDS = 0.3
 
 def build_slow() -> Slow:
     return Slow()
+
+
+class Broken(nn.Module):
+    """Builds and snapshots fine, fails every call (its warm-up too): the function can never start an instance."""
+
+    def __init__(self, features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this model is broken on purpose")
+
+
+def build_broken() -> Broken:
+    return Broken()

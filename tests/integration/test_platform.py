@@ -50,6 +50,7 @@ FUNCTIONS_UNDER_TEST = {
     "tiny-queue": ("slserve_samples.big_mlp:build_small", "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 2"),
     "crashy": ("slserve_samples.faulty:build", "max_instances = 2\ntarget_concurrency = 4"),
 }
+BROKEN = TINY.format(name="broken", factory="slserve_samples.faulty:build_broken", scaling="max_instances = 1")
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,7 @@ def server(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest.T
         build_function(load_function(d), sample_store)
     build_sample("minilm")
     shutil.copytree(FUNCTIONS / "minilm", functions / "minilm")
+    build_function(load_function(write_function(functions, "broken", BROKEN)), sample_store)
     srv = start_server(functions, sample_store.root, functions.parent / "serve-platform.log")
     yield srv
     srv.stop()
@@ -128,7 +130,7 @@ def test_a_full_queue_answers_429_with_retry_after(server: Server) -> None:
 
 def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) -> None:
     url = server.url + "/v2/models/tiny-burst/infer"
-    total = 1500
+    total = 600
 
     async def stream_and_kill() -> tuple[list[httpx.Response], int]:
         load = asyncio.create_task(post_many(url, [tiny_request(i / total) for i in range(total)], concurrency=8))
@@ -188,6 +190,14 @@ def test_batching_is_exact(server: Server) -> None:
         ea = np.asarray(a.json()["outputs"][0]["data"], dtype=np.float32)
         eb = np.asarray(b.json()["outputs"][0]["data"], dtype=np.float32)
         assert np.array_equal(ea, eb), f"{a.json()['id']}: max diff {np.abs(ea - eb).max()}"
+
+
+def test_a_function_that_cannot_start_is_a_clear_503_and_others_keep_serving(server: Server) -> None:
+    r = server.post("/v2/models/broken/infer", json=tiny_request())
+    assert r.status_code == 503
+    assert "cannot start an instance" in r.json()["error"] and "broken on purpose" in r.json()["error"]
+    assert server.status("broken")["error"]
+    assert server.post("/v2/models/tiny-burst/infer", json=tiny_request()).status_code == 200
 
 
 def test_status_command_shows_the_pools(server: Server) -> None:

@@ -34,6 +34,7 @@ from slserve.spec import FunctionDef
 
 START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
+START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
 _request_ids = itertools.count(1)
 
 
@@ -142,6 +143,7 @@ class FunctionPool:
         self.served = 0
         self.failed = 0
         self.start_failures = 0
+        self.failed_start_at = -START_RETRY_S
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: dict[int, asyncio.Future[str]] = {}
@@ -153,8 +155,11 @@ class FunctionPool:
     async def infer(self, request: InferRequest) -> InferResult:
         if self.closing:
             raise ShuttingDown(f"{self.fdef.name}: the server is shutting down; retry on another server")
-        if self.error and not self.instances:
-            raise RuntimeUnavailable(self.error)
+        if self.digest is None:
+            raise RuntimeUnavailable(f"{self.fdef.name} is not built: run `slserve build {self.fdef.name}`")
+        recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
+        if self.error and recently_failed and not self.instances:
+            raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
         if len(self.queue) >= self.spec.scaling.queue_size:
             raise Overloaded(
                 f"{self.fdef.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
@@ -331,10 +336,12 @@ class FunctionPool:
                 self.queue.appendleft(pending)  # inference is idempotent: retry once, first in line
         if not was_ready and not expected:
             self.start_failures += 1
-            reason = start_error.message if start_error else f"instance {inst.name} exited while starting ({status})"
-            self.error = reason
+            self.failed_start_at = time.monotonic()
+            detail = start_error.message if start_error else f"instance {inst.name} exited while starting ({status})"
+            self.error = f"{self.fdef.name}: cannot start an instance: {detail}"
+            # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
             if start_error is not None or self.start_failures >= MAX_START_FAILURES:
-                self._fail_queue(start_error or RuntimeUnavailable(reason))
+                self._fail_queue(RuntimeUnavailable(self.error))
         self._dispatch()
         self.autoscale()
 
