@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+from slserve.errors import SpecError
 
 DEFAULT_CONFIG = Path("slserve.toml")
 
@@ -42,4 +44,10 @@ class ServeSettings(BaseSettings):
 
 def load_settings(**flags: Any) -> ServeSettings:
     """Settings from flags that were given (None = not given), the environment and the config file."""
-    return ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    try:
+        return ServeSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(map(str, err['loc']))}: {err['msg']}" for err in e.errors())
+        raise SpecError(
+            f"invalid server settings ({problems}); check the flags, SLSERVE_* variables and the config file"
+        ) from None

@@ -82,8 +82,7 @@ class Connection:
             n = frame_length(self.buf[pos : pos + FRAME_PREFIX])
             if len(self.buf) - pos - FRAME_PREFIX < n:
                 break
-            body = bytes(self.buf[pos + FRAME_PREFIX : pos + FRAME_PREFIX + n])
-            out.append(decode(body))
+            out.append(decode(self.buf[pos + FRAME_PREFIX : pos + FRAME_PREFIX + n]))  # one copy, then views
             pos += FRAME_PREFIX + n
         if pos:
             del self.buf[:pos]

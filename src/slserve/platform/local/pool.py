@@ -113,7 +113,7 @@ class InstanceProtocol(asyncio.Protocol):
             end = pos + FRAME_PREFIX + n
             if len(buf) < end:
                 break
-            self.on_message(decode(bytes(buf[pos + FRAME_PREFIX : end])))
+            self.on_message(decode(buf[pos + FRAME_PREFIX : end]))  # one copy, then views
             pos = end
         if pos:
             del buf[:pos]
