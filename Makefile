@@ -54,6 +54,7 @@ bench: build
 	cd benchmarks && ../$(BIN)/python warm_overhead.py
 	cd benchmarks && ../$(BIN)/python throughput.py
 	cd benchmarks && ../$(BIN)/python burst.py
+	cd benchmarks && ../$(BIN)/python transport.py
 
 clean:
 	rm -rf .slserve
