@@ -10,6 +10,7 @@ from typing import Annotated
 
 import numpy as np
 import typer
+from rich import box
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -189,24 +190,22 @@ def status(
     if as_json:
         console.print_json(data=doc)
         return
-    table = Table("function", "version", "tier", "instances", "queued", "in flight", "cold starts", "served", "note")
+    table = Table(box=box.SIMPLE_HEAD)
+    for column in ("function", "ver", "tier", "instances", "queued", "in flight", "cold starts", "served"):
+        table.add_column(
+            column, no_wrap=True, justify="left" if column in ("function", "tier", "instances") else "right"
+        )
     for f in doc["functions"]:
         states: dict[str, int] = {}
         for inst in f["instances"]:
             states[inst["state"]] = states.get(inst["state"], 0) + 1
-        shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0 (scaled to zero)"
-        table.add_row(
-            f["name"],
-            f["version"],
-            f["tier"],
-            shown,
-            str(f["queued"]),
-            str(f["in_flight"]),
-            str(f["cold_starts"]),
-            str(f["served"]),
-            f["error"] or "",
-        )
+        shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
+        counts = (f["queued"], f["in_flight"], f["cold_starts"], f["served"])
+        table.add_row(f["name"], f["version"], f["tier"], shown, *map(str, counts))
     console.print(table)
+    for f in doc["functions"]:
+        if f["error"]:
+            console.print(f"[red]{f['name']}[/]: {f['error']}")
 
 
 def _preview(arr: np.ndarray) -> str:
