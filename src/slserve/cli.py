@@ -160,6 +160,7 @@ def serve(
     functions: Annotated[Path | None, typer.Option(help="Functions folder (default functions/)")] = None,
     artifacts: Annotated[Path | None, typer.Option(help="Artifact store (default .slserve/artifacts)")] = None,
     config: Annotated[Path | None, typer.Option(help="Config file (default slserve.toml if present)")] = None,
+    routes: Annotated[Path | None, typer.Option(help="Routes file (default routes.toml; reloaded on change)")] = None,
 ) -> None:
     """Run the gateway with every function behind it, each at zero instances until called."""
     from slserve.server import serve as run_server
@@ -169,7 +170,7 @@ def serve(
         if not config.is_file():
             raise SlserveError(f"config file {config} not found")
         os.environ["SLSERVE_CONFIG"] = str(config)
-    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts)
+    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes)
     run_server(settings)
 
 

@@ -21,6 +21,7 @@ class ServeSettings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, description="TCP port; 0 picks a free one")
     functions: Path = Field(Path("functions"), description="Folder with one folder per function")
     artifacts: Path = Field(Path(".slserve/artifacts"), description="Artifact store")
+    routes: Path = Field(Path("routes.toml"), description="Versions, aliases and tiers (reloaded when it changes)")
     max_body_mb: Annotated[float, Field(gt=0)] = Field(64.0, description="Largest request body accepted (413 above)")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
     log_level: str = Field("info", description="uvicorn log level")

@@ -192,7 +192,7 @@ def _with(**changes: object) -> dict[str, object]:
 
 BAD_REQUESTS = [
     ("/v2/models/nope/infer", orjson.dumps(GOOD_CLASSIFIER), {}, 404, "unknown model 'nope'"),
-    ("/v2/models/classifier/versions/7/infer", orjson.dumps(GOOD_CLASSIFIER), {}, 404, "no version '7'"),
+    ("/v2/models/classifier/versions/7/infer", orjson.dumps(GOOD_CLASSIFIER), {}, 404, "no version or alias '7'"),
     ("/v2/models/classifier/infer", orjson.dumps(_with(datatype="FP64")), {}, 400, "does not match the signature"),
     ("/v2/models/classifier/infer", orjson.dumps(_with(datatype="FLOAT")), {}, 400, "unknown datatype"),
     ("/v2/models/classifier/infer", orjson.dumps(_with(shape=[1, 5], data=[1] * 5)), {}, 400, "shape [1, 5]"),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slserve.errors import ModelNotFound, SpecError
+from slserve.errors import InvalidInput, ModelNotFound, SpecError
 from slserve.router import RoutesConfig, RouteTable, load_routes
 from slserve.router.table import version_order
 from slserve.spec import FunctionDef, FunctionSpec
@@ -124,5 +124,5 @@ def test_unknown_model_version_and_tier() -> None:
         t.resolve("nope", None, "k", None)
     with pytest.raises(ModelNotFound, match="no version or alias 'v3'"):
         t.resolve("enc", "v3", "k", None)
-    with pytest.raises(ModelNotFound, match="unknown tier 'gold'"):
+    with pytest.raises(InvalidInput, match="unknown tier 'gold'"):
         t.resolve("enc", "1", "k", "gold")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
@@ -15,10 +16,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import slserve
-from slserve.errors import ModelNotFound, SlserveError
+from slserve.errors import SlserveError
 from slserve.gateway.infer_path import InferPath, error_body
 from slserve.gateway.openapi import openapi_document
 from slserve.platform.base import Platform
+from slserve.router.dispatch import Router
+from slserve.router.table import version_order
 from slserve.settings import ServeSettings
 from slserve.spec import FunctionDef
 
@@ -36,18 +39,21 @@ def error_response(error: SlserveError) -> Response:
 
 
 class Gateway:
-    def __init__(self, platform: Platform, settings: ServeSettings) -> None:
+    def __init__(self, platform: Platform, settings: ServeSettings, router: Router) -> None:
         self.platform = platform
         self.settings = settings
+        self.router = router
 
     def function(self, model: str, version: str | None) -> FunctionDef:
-        fdef = self.platform.functions().get(model)
-        if fdef is None:
-            known = sorted(self.platform.functions())
-            raise ModelNotFound(f"unknown model {model!r}; this server has {known}")
-        if version is not None and version != fdef.spec.model.version:
-            raise ModelNotFound(f"model {model!r} has no version {version!r}; it serves {fdef.spec.model.version!r}")
-        return fdef
+        """The function that answers for `model` (a model name through the routes, or a function's name) and
+        `version` (a version or an alias)."""
+        return self.router.signature_function(self.router.route(model, version, "", None, True, 1.0))
+
+    def metadata(self, model: str, version: str | None) -> dict[str, Any]:
+        fdef = self.function(model, version)
+        table = self.router.table.models.get(model)
+        versions = sorted(table.versions, key=version_order) if table else [fdef.spec.model.version]
+        return {**model_metadata(fdef), "name": model, "versions": versions}
 
     # --- health and metadata -------------------------------------------------------------------------------
 
@@ -65,14 +71,13 @@ class Gateway:
         return json_response({"models": [model_metadata(f) for f in self.platform.functions().values()]})
 
     async def model_metadata(self, request: Request) -> Response:
-        fdef = self.function(request.path_params["model"], request.path_params.get("version"))
-        return json_response(model_metadata(fdef))
+        return json_response(self.metadata(request.path_params["model"], request.path_params.get("version")))
 
     async def model_ready(self, request: Request) -> Response:
         fdef = self.function(request.path_params["model"], request.path_params.get("version"))
         status = next(s for s in self.platform.status() if s.name == fdef.name)
         ready = status.artifact is not None and self.platform.ready()
-        return json_response({"name": fdef.name, "ready": ready}, 200 if ready else 503)
+        return json_response({"name": request.path_params["model"], "ready": ready}, 200 if ready else 503)
 
     async def functions_status(self, request: Request) -> Response:
         return json_response({"functions": [s.to_dict() for s in self.platform.status()]})
@@ -110,7 +115,8 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
     """Starlette for health, metadata and status; `InferPath` in front of it for inference."""
-    gw = Gateway(platform, settings)
+    router = Router(platform.functions(), settings.routes)
+    gw = Gateway(platform, settings, router)
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -129,11 +135,20 @@ def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.start()
+        watcher = asyncio.get_running_loop().create_task(watch_routes(router))
         try:
             yield
         finally:
+            watcher.cancel()
             await platform.stop(settings.drain_seconds)
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return InferPath(app, platform, gw.function, settings.max_body_bytes)
+    return InferPath(app, platform, router, settings.max_body_bytes)
+
+
+async def watch_routes(router: Router, every_s: float = 1.0) -> None:
+    """Route changes take effect without a restart: the table is swapped between requests, never during one."""
+    while True:
+        await asyncio.sleep(every_s)
+        router.reload_if_changed()

@@ -7,7 +7,9 @@ call the platform, send the encoded response. Errors are rendered here, by the s
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import random
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -17,7 +19,7 @@ import orjson
 from slserve.errors import PayloadTooLarge, SlserveError
 from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
 from slserve.platform.base import InferResult, Platform
-from slserve.spec import FunctionDef
+from slserve.router.dispatch import Router
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,12 +27,29 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+ALLOW_UPGRADE = "x-slserve-allow-upgrade"
 INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 log = logging.getLogger("slserve.gateway")
 
 
 class ClientGone(Exception):
     """The client disconnected before sending its whole body: nothing to answer."""
+
+
+def routing_key(headers: dict[str, str], client: str) -> str:
+    """Who the caller is, for sticky canaries: a routing key they chose, else their credentials, else their
+    address. Credentials are hashed before use: the key never leaves this function."""
+    chosen = headers.get("x-slserve-routing-key")
+    if chosen:
+        return chosen
+    secret = headers.get("authorization") or headers.get("x-api-key")
+    if secret:
+        return hashlib.sha256(secret.encode()).hexdigest()
+    return client
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
 
 
 def result_headers(result: InferResult) -> dict[str, str]:
@@ -58,16 +77,10 @@ def error_body(error: SlserveError) -> tuple[bytes, dict[str, str]]:
 class InferPath:
     """Wraps the Starlette app: inference requests are served here, everything else passes through."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        platform: Platform,
-        resolve: Callable[[str, str | None], FunctionDef],
-        max_body_bytes: int,
-    ) -> None:
+    def __init__(self, app: ASGIApp, platform: Platform, router: Router, max_body_bytes: int) -> None:
         self.app = app
         self.platform = platform
-        self.resolve = resolve
+        self.router = router
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -81,7 +94,11 @@ class InferPath:
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            status, body, out_headers = 200, *await self.infer(match["model"], match["version"], headers, receive)
+            client = scope["client"][0] if scope.get("client") else "unknown"
+            status, body, out_headers = (
+                200,
+                *await self.infer(match["model"], match["version"], headers, receive, client),
+            )
         except ClientGone:
             return
         except SlserveError as e:
@@ -93,14 +110,27 @@ class InferPath:
         await _respond(send, status, body, out_headers)
 
     async def infer(
-        self, model: str, version: str | None, headers: dict[str, str], receive: Receive
+        self, model: str, version: str | None, headers: dict[str, str], receive: Receive, client: str
     ) -> tuple[bytes, dict[str, str]]:
-        fdef = self.resolve(model, version)
+        key, tier = routing_key(headers, client), headers.get("x-slserve-tier")
+        upgrade = _true(headers.get(ALLOW_UPGRADE))
+        draw = random.random()
+        route = self.router.route(model, version, key, tier, upgrade, draw)
         body = await self.read_body(headers, receive)
-        v2 = parse_infer(fdef, body, headers.get(HEADER_LENGTH))
-        result = await self.platform.infer(v2.request)
-        content, out_headers = encode_infer(result, model, v2)
-        out_headers.update(result_headers(result))
+        v2 = parse_infer(self.router.signature_function(route), body, headers.get(HEADER_LENGTH))
+        asked_tier, asked_upgrade = v2.parameters.get("tier"), v2.parameters.get("allow_upgrade")
+        if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
+            tier = str(asked_tier) if asked_tier else tier
+            route = self.router.route(model, version, key, tier, upgrade or asked_upgrade is True, draw)
+        served = await self.router.infer(self.platform, route, v2.request)
+        content, out_headers = encode_infer(served.result, model, v2)
+        out_headers.update(result_headers(served.result))
+        out_headers["x-slserve-tier"] = served.tier
+        out_headers["x-slserve-cost"] = str(served.cost)
+        if route.alias is not None:
+            out_headers["x-slserve-alias"] = route.alias
+        if served.fallback is not None:
+            out_headers["x-slserve-fallback"] = served.fallback
         return content, out_headers
 
     async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes:

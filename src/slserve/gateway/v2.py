@@ -28,6 +28,7 @@ class V2Request:
     request: InferRequest
     id: str | None
     binary_outputs: set[str]  # outputs to return as binary data
+    parameters: dict[str, Any]  # the request-level v2 parameters
 
 
 def _fail(message: str) -> InvalidInput:
@@ -144,10 +145,12 @@ def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2
     checked = check_inputs(fdef.spec.signature, inputs)
     outputs, binary_outputs = _requested_outputs(fdef, doc)
     request_id = doc.get("id")
+    params = doc.get("parameters")
     return V2Request(
         InferRequest(fdef.name, checked, outputs, None if request_id is None else str(request_id)),
         None if request_id is None else str(request_id),
         binary_outputs,
+        params if isinstance(params, dict) else {},
     )
 
 

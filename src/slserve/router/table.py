@@ -12,9 +12,9 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from slserve.errors import ModelNotFound, SpecError
+from slserve.errors import InvalidInput, ModelNotFound, SpecError
 from slserve.router.config import Alias, RoutesConfig, Tier
-from slserve.spec import FunctionDef
+from slserve.spec import FunctionDef, Signature
 
 BUCKETS = 10_000  # a split's weights (percent) map onto this many hash buckets
 
@@ -79,11 +79,18 @@ class RouteTable:
         """Check `config` against the functions; any inconsistency is a SpecError naming it (and the caller keeps
         the routes it had)."""
         versions: dict[str, dict[str, dict[str, list[str]]]] = {}
+        signatures: dict[tuple[str, str], tuple[str, Signature]] = {}
         for fdef in functions:
             spec = fdef.spec
             if spec.tier not in config.tiers:
                 raise SpecError(
                     f"function {fdef.name!r} is in tier {spec.tier!r}; the tiers are {sorted(config.tiers)}"
+                )
+            first = signatures.setdefault((spec.model.name, spec.model.version), (fdef.name, spec.signature))
+            if first[1] != spec.signature:
+                raise SpecError(
+                    f"functions {first[0]!r} and {fdef.name!r} serve {spec.model.name} version {spec.model.version} "
+                    "with different signatures; a model version has one signature (give one a new version)"
                 )
             by_tier = versions.setdefault(spec.model.name, {}).setdefault(spec.model.version, {})
             by_tier.setdefault(spec.tier, []).append(fdef.name)
@@ -127,7 +134,7 @@ class RouteTable:
             raise ModelNotFound(f"model {model!r} has no version or alias {wanted!r}; it has {names}")
         chosen_tier = tier or self._default_tier(table.versions[version])
         if chosen_tier not in self.tiers:
-            raise ModelNotFound(f"unknown tier {chosen_tier!r}; the tiers are {self._by_rank}")
+            raise InvalidInput(f"unknown tier {chosen_tier!r}; the tiers are {self._by_rank}")
         memo_key = (model, version, chosen_tier, allow_upgrade)
         candidates = self._memo.get(memo_key)
         if candidates is None:

@@ -82,6 +82,9 @@ class LocalPlatform:
     async def infer(self, request: InferRequest) -> InferResult:
         return await self.pool(request.function).infer(request)
 
+    def warm_capacity(self, function: str) -> int:
+        return self.pool(function).warm_capacity()
+
     def status(self) -> list[FunctionStatus]:
         return [p.status() for p in self.pools.values()]
 

@@ -182,6 +182,12 @@ class FunctionPool:
             if not pending.future.done():  # a client that went away leaves a cancelled future
                 self._send(instance, pending)
 
+    def warm_capacity(self) -> int:
+        if self.queue:
+            return 0
+        usable = (i for i in self.instances.values() if i.state in (InstanceState.IDLE, InstanceState.BUSY))
+        return sum(max(0, self.slots - len(i.in_flight)) for i in usable)
+
     def _least_loaded(self) -> Instance | None:
         best: Instance | None = None
         for inst in self.instances.values():

@@ -1,0 +1,108 @@
+"""The live router: the current route table (reloaded when routes.toml changes), and a request's way through
+its candidate functions: warm capacity first within a tier, fallback when a tier cannot serve, the price."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from slserve.errors import InstanceFailed, ModelNotFound, Overloaded, RuntimeUnavailable, SlserveError, SpecError
+from slserve.platform.base import InferRequest, InferResult, Platform
+from slserve.router.config import load_routes
+from slserve.router.table import Route, RouteTable
+from slserve.spec import FunctionDef
+
+log = logging.getLogger("slserve.router")
+# What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
+CANNOT_SERVE = (Overloaded, RuntimeUnavailable, InstanceFailed)
+
+
+@dataclass
+class Served:
+    result: InferResult
+    route: Route
+    tier: str  # the tier that served
+    cost: int  # micro-units of currency charged
+    fallback: str | None  # "standard->economy" when a fallback was taken
+
+
+class Router:
+    def __init__(self, functions: Mapping[str, FunctionDef], routes_path: Path) -> None:
+        self.functions = functions
+        self.routes_path = routes_path
+        self.error: str | None = None
+        self._mtime: float | None = None
+        self.table = RouteTable.build(functions.values(), load_routes(routes_path))
+        self._mtime = self._stat()
+
+    def _stat(self) -> float | None:
+        try:
+            return self.routes_path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def reload_if_changed(self) -> bool:
+        """Swap in the new table when routes.toml changed; a bad file keeps the old routes in force."""
+        mtime = self._stat()
+        if mtime == self._mtime:
+            return False
+        self._mtime = mtime
+        try:
+            self.table = RouteTable.build(self.functions.values(), load_routes(self.routes_path))
+        except SpecError as e:
+            self.error = e.message
+            log.error("routes not changed: %s", e.message)
+            return False
+        self.error = None
+        log.info("routes reloaded from %s", self.routes_path)
+        return True
+
+    def route(
+        self, model: str, selector: str | None, routing_key: str, tier: str | None, allow_upgrade: bool, draw: float
+    ) -> Route:
+        """A model name goes through the table; a function's own name addresses that function alone."""
+        if model in self.table.models:
+            return self.table.resolve(model, selector, routing_key, tier, allow_upgrade, draw)
+        fdef = self.functions.get(model)
+        if fdef is None:
+            known = sorted({*self.table.models, *self.functions})
+            raise ModelNotFound(f"unknown model {model!r}; this server has {known}")
+        if selector is not None and selector != fdef.spec.model.version:
+            raise ModelNotFound(f"function {model!r} serves version {fdef.spec.model.version!r}, not {selector!r}")
+        return Route(fdef.spec.model.name, fdef.spec.model.version, None, fdef.spec.tier, [(fdef.spec.tier, model)])
+
+    def signature_function(self, route: Route) -> FunctionDef:
+        """The function whose signature requests of this route are checked against (all candidates of one model
+        version share it)."""
+        return self.functions[route.candidates[0][1]]
+
+    async def infer(self, platform: Platform, route: Route, request: InferRequest) -> Served:
+        ordered = _warm_first(platform, route.candidates)
+        last: SlserveError | None = None
+        for tier, function in ordered:
+            try:
+                result = await platform.infer(dataclasses.replace(request, function=function))
+            except CANNOT_SERVE as e:
+                last = e
+                continue
+            fallback = None if (tier, function) == ordered[0] else f"{ordered[0][1]}->{function}"
+            return Served(result, route, tier, self.price(tier, result.compute_ms), fallback)
+        assert last is not None
+        raise last
+
+    def price(self, tier: str, compute_ms: float) -> int:
+        t = self.table.tiers[tier]
+        return t.price_per_request + math.ceil(compute_ms) * t.price_per_compute_ms
+
+
+def _warm_first(platform: Platform, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """Within each tier (candidates come grouped by tier, in fallback order), functions with warm free capacity
+    go first, so a cold start happens only when no warm instance can take the request."""
+    if len(candidates) < 2:
+        return candidates
+    order = {t: i for i, t in enumerate(dict.fromkeys(t for t, _ in candidates))}
+    return sorted(candidates, key=lambda c: (order[c[0]], platform.warm_capacity(c[1]) == 0))
