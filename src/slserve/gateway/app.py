@@ -82,6 +82,9 @@ class Gateway:
     async def functions_status(self, request: Request) -> Response:
         return json_response({"functions": [s.to_dict() for s in self.platform.status()]})
 
+    async def routes_status(self, request: Request) -> Response:
+        return json_response(self.router.describe())
+
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
 
@@ -129,6 +132,7 @@ def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
         Route(f"{model}/ready", gw.model_ready),
         Route(f"{versioned}/ready", gw.model_ready),
         Route("/slserve/functions", gw.functions_status),
+        Route("/slserve/routes", gw.routes_status),
         Route("/openapi.json", gw.openapi),
     ]
 

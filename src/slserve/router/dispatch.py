@@ -9,11 +9,12 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from slserve.errors import InstanceFailed, ModelNotFound, Overloaded, RuntimeUnavailable, SlserveError, SpecError
 from slserve.platform.base import InferRequest, InferResult, Platform
 from slserve.router.config import load_routes
-from slserve.router.table import Route, RouteTable
+from slserve.router.table import BUCKETS, Route, RouteTable
 from slserve.spec import FunctionDef
 
 log = logging.getLogger("slserve.router")
@@ -60,6 +61,23 @@ class Router:
         self.error = None
         log.info("routes reloaded from %s", self.routes_path)
         return True
+
+    def describe(self) -> dict[str, Any]:
+        """The routes in force (and why a newer routes.toml was refused, if it was)."""
+        models = {}
+        for name, m in self.table.models.items():
+            aliases = {}
+            for alias, resolved in m.aliases.items():
+                bounds = (0, *resolved.split.bounds)
+                weights = {
+                    v: (hi - lo) * 100 // BUCKETS
+                    for v, lo, hi in zip(resolved.split.versions, bounds, bounds[1:], strict=False)
+                }
+                shadow = {"version": resolved.shadow_version, "percent": resolved.shadow_percent}
+                aliases[alias] = {"split": weights, "shadow": shadow if resolved.shadow_version else None}
+            models[name] = {"default": m.default, "versions": m.versions, "aliases": aliases}
+        tiers = {name: tier.model_dump() for name, tier in self.table.tiers.items()}
+        return {"routes_file": str(self.routes_path), "error": self.error, "tiers": tiers, "models": models}
 
     def route(
         self, model: str, selector: str | None, routing_key: str, tier: str | None, allow_upgrade: bool, draw: float

@@ -1,0 +1,149 @@
+"""Routing on a real server: aliases, sticky canaries, pinned versions, tiers with prices and fallback, live
+route changes."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.conftest import write_function
+from tests.integration.server import Server, start_server
+from tests.integration.test_platform import TINY, post_many, tiny_request, wait_for
+
+from slserve.build import build_function
+from slserve.snapshot import ArtifactStore
+from slserve.spec import load_function
+
+# (function, model, version, tier, factory, seed, scaling)
+FUNCTIONS = [
+    ("enc-v1", "enc", "1", "standard", "slserve_samples.big_mlp:build_small", 3, ""),
+    (
+        "enc-v1-eco",
+        "enc",
+        "1",
+        "economy",
+        "slserve_samples.faulty:build_slow",
+        3,
+        "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 1",
+    ),
+    ("enc-v2", "enc", "2", "standard", "slserve_samples.big_mlp:build_small", 4, ""),
+    ("dead-v1", "dead", "1", "standard", "slserve_samples.faulty:build_broken", 5, "max_instances = 1"),
+    ("dead-v1-eco", "dead", "1", "economy", "slserve_samples.big_mlp:build_small", 5, ""),
+]
+ROUTES = """
+[models.enc]
+default = "stable"
+
+[models.enc.aliases.stable]
+version = "1"
+
+[models.enc.aliases.canary]
+split = { "1" = 90, "2" = 10 }
+"""
+
+
+def spec(name: str, model: str, version: str, tier: str, factory: str, seed: int, scaling: str) -> str:
+    text = TINY.format(name=model, factory=factory, scaling=scaling).replace("seed = 3", f"seed = {seed}")
+    return f'tier = "{tier}"\n' + text.replace(f'name = "{model}"', f'name = "{model}"\nversion = "{version}"', 1)
+
+
+@pytest.fixture(scope="module")
+def routes_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("routes") / "routes.toml"
+    path.write_text(ROUTES)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(
+    sample_store: ArtifactStore, routes_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Server]:
+    functions = tmp_path_factory.mktemp("functions")
+    for row in FUNCTIONS:
+        build_function(load_function(write_function(functions, row[0], spec(*row))), sample_store)
+    srv = start_server(functions, sample_store.root, functions.parent / "serve-routing.log", routes=str(routes_file))
+    yield srv
+    srv.stop()
+
+
+def infer(server: Server, path: str, **headers: str) -> tuple[int, dict[str, str]]:
+    r = server.post(path, json=tiny_request(), headers=headers)
+    return r.status_code, dict(r.headers)
+
+
+def test_the_default_alias_and_the_response_headers(server: Server) -> None:
+    status, headers = infer(server, "/v2/models/enc/infer")
+    assert status == 200
+    assert headers["x-slserve-version"] == "1" and headers["x-slserve-alias"] == "stable"
+    assert headers["x-slserve-tier"] == "standard" and headers["x-slserve-function"] == "enc-v1"
+    assert int(headers["x-slserve-cost"]) >= 20  # standard: 20 per request + 2 per compute ms
+    status, headers = infer(server, "/v2/models/enc/versions/2/infer")
+    assert (status, headers["x-slserve-version"], headers["x-slserve-function"]) == (200, "2", "enc-v2")
+    assert "x-slserve-alias" not in headers
+    meta = server.get("/v2/models/enc").json()
+    assert meta["name"] == "enc" and meta["versions"] == ["1", "2"]
+
+
+def test_a_canary_is_sticky_per_key_and_splits_by_weight(server: Server) -> None:
+    versions = [
+        infer(server, "/v2/models/enc/versions/canary/infer", **{"x-slserve-routing-key": f"k{i}"})[1][
+            "x-slserve-version"
+        ]
+        for i in range(200)
+    ]
+    assert 5 <= versions.count("2") <= 40, versions.count("2")  # 10% of 200, loosely: the exact split is a unit test
+    for i in range(0, 200, 40):
+        again = infer(server, "/v2/models/enc/versions/canary/infer", **{"x-slserve-routing-key": f"k{i}"})
+        assert again[1]["x-slserve-version"] == versions[i]
+
+
+def test_tiers_have_their_own_functions_and_prices(server: Server) -> None:
+    status, eco = infer(server, "/v2/models/enc/infer", **{"x-slserve-tier": "economy"})
+    assert status == 200 and eco["x-slserve-function"] == "enc-v1-eco" and eco["x-slserve-tier"] == "economy"
+    body = {**tiny_request(), "parameters": {"tier": "economy"}}
+    assert server.post("/v2/models/enc/infer", json=body).headers["x-slserve-function"] == "enc-v1-eco"
+    gold = server.post("/v2/models/enc/infer", json=tiny_request(), headers={"x-slserve-tier": "gold"})
+    assert gold.status_code == 400 and "unknown tier 'gold'" in gold.json()["error"]
+
+
+def test_a_saturated_economy_tier_says_429_instead_of_upgrading(server: Server) -> None:
+    url = server.url + "/v2/models/enc/infer"
+
+    async def burst(headers: dict[str, str]) -> list[tuple[int, str]]:
+        import httpx
+
+        async with httpx.AsyncClient(timeout=60) as client:
+            rs = await asyncio.gather(*(client.post(url, json=tiny_request(), headers=headers) for _ in range(8)))
+        return [(r.status_code, r.headers.get("x-slserve-function", "")) for r in rs]
+
+    plain = asyncio.run(burst({"x-slserve-tier": "economy"}))
+    assert {c for c, _ in plain} == {200, 429} and all(f in ("", "enc-v1-eco") for _, f in plain), plain
+    upgraded = asyncio.run(burst({"x-slserve-tier": "economy", "x-slserve-allow-upgrade": "true"}))
+    assert all(c == 200 for c, _ in upgraded), upgraded
+    assert {f for _, f in upgraded} == {"enc-v1-eco", "enc-v1"}
+
+
+def test_a_dead_function_falls_back_to_a_cheaper_tier(server: Server) -> None:
+    status, headers = infer(server, "/v2/models/dead/infer")
+    assert status == 200, headers
+    assert headers["x-slserve-function"] == "dead-v1-eco" and headers["x-slserve-tier"] == "economy"
+    assert headers["x-slserve-fallback"] == "dead-v1->dead-v1-eco"
+
+
+def test_route_changes_apply_live_and_bad_ones_are_refused(server: Server, routes_file: Path) -> None:
+    async def load_while_changing() -> list[int]:
+        task = asyncio.create_task(post_many(server.url + "/v2/models/enc/infer", [tiny_request()] * 300, 4))
+        await asyncio.sleep(0.2)
+        routes_file.write_text(ROUTES.replace('version = "1"', 'version = "2"'))
+        return [r.status_code for r in await task]
+
+    assert set(asyncio.run(load_while_changing())) == {200}  # no request fails while the routes change
+    assert wait_for(lambda: infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "2", timeout=10)
+    time.sleep(1.1)  # a new mtime
+    routes_file.write_text(ROUTES.replace('"2" = 10', '"2" = 20'))
+    assert wait_for(lambda: server.get("/slserve/routes").json()["error"] is not None, timeout=10)
+    assert "sum to 110" in server.get("/slserve/routes").json()["error"]
+    assert infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "2"  # the old routes stay in force
