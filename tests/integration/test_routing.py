@@ -42,6 +42,10 @@ version = "1"
 
 [models.enc.aliases.canary]
 split = { "1" = 90, "2" = 10 }
+
+[models.enc.aliases.mirror]
+version = "1"
+shadow = { version = "2", percent = 100 }
 """
 
 
@@ -131,6 +135,23 @@ def test_a_dead_function_falls_back_to_a_cheaper_tier(server: Server) -> None:
     assert status == 200, headers
     assert headers["x-slserve-function"] == "dead-v1-eco" and headers["x-slserve-tier"] == "economy"
     assert headers["x-slserve-fallback"] == "dead-v1->dead-v1-eco"
+
+
+def test_a_shadow_never_changes_the_answer_and_its_comparison_is_reported(server: Server) -> None:
+    primary = server.post("/v2/models/enc/versions/1/infer", json=tiny_request()).json()["outputs"]
+    for _ in range(10):
+        r = server.post("/v2/models/enc/versions/mirror/infer", json=tiny_request())
+        assert r.status_code == 200 and r.headers["x-slserve-function"] == "enc-v1"
+        assert r.json()["outputs"] == primary
+
+    def stats() -> dict[str, object]:
+        shadows = server.get("/slserve/routes").json()["shadows"]
+        return next((s for s in shadows if s["alias"] == "mirror"), {"requests": 0})
+
+    assert wait_for(lambda: stats()["requests"] == 10, timeout=10), stats()
+    got = stats()
+    assert got["shadow_version"] == "2" and got["failures"] == 0
+    assert got["max_abs_diff"] > 0 and got["mean_cosine"] is not None  # v2 has other weights: it does differ
 
 
 def test_route_changes_apply_live_and_bad_ones_are_refused(server: Server, routes_file: Path) -> None:

@@ -3,6 +3,7 @@ its candidate functions: warm capacity first within a tier, fallback when a tier
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -14,6 +15,7 @@ from typing import Any
 from slserve.errors import InstanceFailed, ModelNotFound, Overloaded, RuntimeUnavailable, SlserveError, SpecError
 from slserve.platform.base import InferRequest, InferResult, Platform
 from slserve.router.config import load_routes
+from slserve.router.shadow import ShadowStats
 from slserve.router.table import BUCKETS, Route, RouteTable
 from slserve.spec import FunctionDef
 
@@ -34,6 +36,8 @@ class Served:
 class Router:
     def __init__(self, functions: Mapping[str, FunctionDef], routes_path: Path) -> None:
         self.functions = functions
+        self.shadows: dict[tuple[str, str, str], ShadowStats] = {}  # (model, alias, shadow version) -> comparison
+        self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.routes_path = routes_path
         self.error: str | None = None
         self._mtime: float | None = None
@@ -77,7 +81,17 @@ class Router:
                 aliases[alias] = {"split": weights, "shadow": shadow if resolved.shadow_version else None}
             models[name] = {"default": m.default, "versions": m.versions, "aliases": aliases}
         tiers = {name: tier.model_dump() for name, tier in self.table.tiers.items()}
-        return {"routes_file": str(self.routes_path), "error": self.error, "tiers": tiers, "models": models}
+        shadows = [
+            {"model": m, "alias": a, "shadow_version": v, **stats.to_dict()}
+            for (m, a, v), stats in self.shadows.items()
+        ]
+        return {
+            "routes_file": str(self.routes_path),
+            "error": self.error,
+            "tiers": tiers,
+            "models": models,
+            "shadows": shadows,
+        }
 
     def route(
         self, model: str, selector: str | None, routing_key: str, tier: str | None, allow_upgrade: bool, draw: float
@@ -108,9 +122,31 @@ class Router:
                 last = e
                 continue
             fallback = None if (tier, function) == ordered[0] else f"{ordered[0][1]}->{function}"
+            if route.shadow:
+                self._start_shadow(platform, route, request, result)
             return Served(result, route, tier, self.price(tier, result.compute_ms), fallback)
         assert last is not None
         raise last
+
+    def _start_shadow(self, platform: Platform, route: Route, request: InferRequest, primary: InferResult) -> None:
+        """Run the shadow after the primary answered: the caller never waits for it, never sees it, is never
+        billed for it."""
+        shadow_version = self.table.models[route.model].aliases[route.alias or ""].shadow_version or "?"
+        key = (route.model, route.alias or "", shadow_version)
+        stats = self.shadows.setdefault(key, ShadowStats())
+        shadow_request = dataclasses.replace(request, function=route.shadow[0][1])
+
+        async def run() -> None:
+            try:
+                result = await platform.infer(shadow_request)
+            except SlserveError:
+                stats.failed()
+                return
+            stats.add(primary.outputs, result.outputs)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._shadow_tasks.add(task)
+        task.add_done_callback(self._shadow_tasks.discard)
 
     def price(self, tier: str, compute_ms: float) -> int:
         t = self.table.tiers[tier]
