@@ -6,7 +6,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 import typer
@@ -18,6 +18,9 @@ from rich.table import Table
 from slserve.errors import SlserveError
 from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
+
+if TYPE_CHECKING:
+    from slserve.router.edit import RoutesFile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 console = Console()
@@ -180,14 +183,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
 ) -> None:
     """Show each function's instances (starting, idle, busy), queue depth and cold starts."""
-    import urllib.error
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(f"{url.rstrip('/')}/slserve/functions", timeout=5) as response:
-            doc = json.loads(response.read())
-    except (urllib.error.URLError, OSError) as e:
-        raise SlserveError(f"cannot reach the gateway at {url} ({e}); is `slserve serve` running?") from None
+    doc = _get_json(f"{url.rstrip('/')}/slserve/functions", url)
     if as_json:
         console.print_json(data=doc)
         return
@@ -207,6 +203,122 @@ def status(
     for f in doc["functions"]:
         if f["error"]:
             console.print(f"[red]{f['name']}[/]: {f['error']}")
+
+
+route_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, canaries and shadows (routes.toml)")
+app.add_typer(route_app, name="route")
+RoutesPath = Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES", help="Routes file")]
+DEFAULT_ROUTES = Path("routes.toml")
+
+
+def _routes_file(routes: Path, functions: Path) -> RoutesFile:
+    from slserve.router.edit import RoutesFile
+
+    return RoutesFile(routes, discover_functions(functions))
+
+
+@route_app.command("set")
+def route_set(
+    model: str,
+    alias: str,
+    targets: Annotated[list[str], typer.Argument(help="VERSION, or a split: 1=90 2=10")],
+    routes: RoutesPath = DEFAULT_ROUTES,
+    functions: FunctionsDir = DEFAULT_FUNCTIONS,
+) -> None:
+    """Point ALIAS at one version (or alias), or split it by weight (a canary, sticky per caller)."""
+    _routes_file(routes, functions).set_alias(model, alias, targets)
+    console.print(f"{model}:{alias} -> {' '.join(targets)} (written to {routes}; a running gateway picks it up)")
+
+
+@route_app.command("shadow")
+def route_shadow(
+    model: str,
+    alias: str,
+    version: Annotated[str | None, typer.Argument(help="Version to shadow to (omit with --off)")] = None,
+    percent: Annotated[float, typer.Option(help="Share of the alias's traffic copied")] = 100.0,
+    off: Annotated[bool, typer.Option("--off", help="Stop shadowing")] = False,
+    routes: RoutesPath = DEFAULT_ROUTES,
+    functions: FunctionsDir = DEFAULT_FUNCTIONS,
+) -> None:
+    """Copy a share of ALIAS's traffic to VERSION and compare the answers (`slserve route show`)."""
+    if not off and version is None:
+        raise SlserveError("name the version to shadow to, or pass --off")
+    _routes_file(routes, functions).set_shadow(model, alias, None if off else version, percent)
+    console.print(f"{model}:{alias} shadow " + ("off" if off else f"-> {version} at {percent:g}%"))
+
+
+@route_app.command("promote")
+def route_promote(
+    model: str, alias: str, routes: RoutesPath = DEFAULT_ROUTES, functions: FunctionsDir = DEFAULT_FUNCTIONS
+) -> None:
+    """Finish a canary: ALIAS becomes 100% the newest version of its split."""
+    _, newest = _routes_file(routes, functions).promote(model, alias)
+    console.print(f"{model}:{alias} -> {newest}")
+
+
+@route_app.command("rollback")
+def route_rollback(routes: RoutesPath = DEFAULT_ROUTES, functions: FunctionsDir = DEFAULT_FUNCTIONS) -> None:
+    """Put the routes back as they were before the last change."""
+    _routes_file(routes, functions).rollback()
+    console.print(f"{routes} restored to its previous version")
+
+
+@route_app.command("show")
+def route_show(
+    url: Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")] = "http://127.0.0.1:8080",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+) -> None:
+    """The routes a running gateway serves, and how its shadows compare."""
+    doc = _get_json(f"{url.rstrip('/')}/slserve/routes", url)
+    if as_json:
+        console.print_json(data=doc)
+        return
+    if doc["error"]:
+        console.print(f"[red]{doc['routes_file']} was refused[/]: {doc['error']} (the routes below stay in force)")
+    table = Table("model", "alias", "versions", "shadow", box=box.SIMPLE_HEAD)
+    for model, m in doc["models"].items():
+        for alias, a in m["aliases"].items():
+            split = " ".join(f"{v}={w}" for v, w in a["split"].items())
+            shadow = f"{a['shadow']['version']} at {a['shadow']['percent']:g}%" if a["shadow"] else ""
+            table.add_row(model, alias + (" (default)" if alias == m["default"] else ""), split, shadow)
+    console.print(table)
+    if doc["shadows"]:
+        stats = Table(
+            "model",
+            "alias",
+            "shadow",
+            "requests",
+            "failures",
+            "max abs diff",
+            "mean cosine",
+            "argmax agree",
+            box=box.SIMPLE_HEAD,
+        )
+        for s in doc["shadows"]:
+            cos = "" if s["mean_cosine"] is None else f"{s['mean_cosine']:.6f}"
+            agree = "" if s["argmax_agreement"] is None else f"{s['argmax_agreement']:.1%}"
+            stats.add_row(
+                s["model"],
+                s["alias"],
+                s["shadow_version"],
+                str(s["requests"]),
+                str(s["failures"]),
+                f"{s['max_abs_diff']:.3g}",
+                cos,
+                agree,
+            )
+        console.print(stats)
+
+
+def _get_json(address: str, url: str) -> Any:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(address, timeout=5) as response:
+            return json.loads(response.read())
+    except (urllib.error.URLError, OSError) as e:
+        raise SlserveError(f"cannot reach the gateway at {url} ({e}); is `slserve serve` running?") from None
 
 
 def _preview(arr: np.ndarray) -> str:

@@ -4,6 +4,9 @@ route changes."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -62,13 +65,17 @@ def routes_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(
-    sample_store: ArtifactStore, routes_file: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[Server]:
+def functions_dir(sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Path:
     functions = tmp_path_factory.mktemp("functions")
     for row in FUNCTIONS:
         build_function(load_function(write_function(functions, row[0], spec(*row))), sample_store)
-    srv = start_server(functions, sample_store.root, functions.parent / "serve-routing.log", routes=str(routes_file))
+    return functions
+
+
+@pytest.fixture(scope="module")
+def server(sample_store: ArtifactStore, routes_file: Path, functions_dir: Path) -> Iterator[Server]:
+    log = functions_dir.parent / "serve-routing.log"
+    srv = start_server(functions_dir, sample_store.root, log, routes=str(routes_file))
     yield srv
     srv.stop()
 
@@ -168,3 +175,39 @@ def test_route_changes_apply_live_and_bad_ones_are_refused(server: Server, route
     assert wait_for(lambda: server.get("/slserve/routes").json()["error"] is not None, timeout=10)
     assert "sum to 110" in server.get("/slserve/routes").json()["error"]
     assert infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "2"  # the old routes stay in force
+
+
+def slserve(*args: str) -> subprocess.CompletedProcess[str]:
+    code = "from slserve.cli import main; main()"
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_route_commands_edit_the_live_routes(server: Server, routes_file: Path, functions_dir: Path) -> None:
+    where = ["--routes", str(routes_file), "--functions", str(functions_dir)]
+    time.sleep(1.1)
+    routes_file.write_text(ROUTES)  # the test before left a refused (bad) file behind
+    assert wait_for(lambda: server.get("/slserve/routes").json()["error"] is None, timeout=10)
+    before = routes_file.read_text()
+    bad = slserve("route", "set", "enc", "canary", "1=90", "2=20", *where)
+    assert bad.returncode == 2 and "sum to 100" in bad.stderr and routes_file.read_text() == before
+    unknown = slserve("route", "set", "enc", "canary", "1=90", "3=10", *where)
+    assert unknown.returncode == 2 and "unknown version(s) ['3']" in unknown.stderr
+
+    assert slserve("route", "set", "enc", "stable", "1", *where).returncode == 0
+    assert wait_for(lambda: infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "1", timeout=10)
+    time.sleep(1.1)  # a new mtime for the next change
+    assert slserve("route", "set", "enc", "stable", "1=50", "2=50", *where).returncode == 0
+    promoted = slserve("route", "promote", "enc", "stable", *where)
+    assert promoted.returncode == 0 and "-> 2" in promoted.stdout
+    assert wait_for(lambda: infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "2", timeout=10)
+    time.sleep(1.1)
+    assert slserve("route", "rollback", *where).returncode == 0  # back to the 50/50 split
+    assert wait_for(
+        lambda: (
+            server.get("/slserve/routes").json()["models"]["enc"]["aliases"]["stable"]["split"] == {"1": 50, "2": 50}
+        ),
+        timeout=10,
+    )
+    shown = slserve("route", "show", "--url", server.url)
+    assert shown.returncode == 0 and "mirror" in shown.stdout and "stable" in shown.stdout
