@@ -55,6 +55,7 @@ bench: build
 	cd benchmarks && ../$(BIN)/python throughput.py
 	cd benchmarks && ../$(BIN)/python burst.py
 	cd benchmarks && ../$(BIN)/python transport.py
+	cd benchmarks && ../$(BIN)/python router.py
 
 clean:
 	rm -rf .slserve

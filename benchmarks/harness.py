@@ -82,7 +82,7 @@ class Gateway:
 
 
 @contextmanager
-def gateway(functions: Path) -> Iterator[Gateway]:
+def gateway(functions: Path, routes: Path | None = None) -> Iterator[Gateway]:
     port = free_port()
     cmd = [
         sys.executable,
@@ -97,6 +97,8 @@ def gateway(functions: Path) -> Iterator[Gateway]:
         str(ARTIFACTS),
     ]
     env = {**os.environ, "SLSERVE_LOG_LEVEL": "warning"}
+    if routes is not None:
+        env["SLSERVE_ROUTES"] = str(routes)
     proc = subprocess.Popen(cmd, env=env)
     gw = Gateway(f"http://127.0.0.1:{port}", proc)
     try:

@@ -126,7 +126,10 @@ class RouteTable:
             version = wanted
         elif wanted in table.aliases:
             alias, resolved = wanted, table.aliases[wanted]
-            version = resolved.split.pick(sticky_bucket(model, wanted, routing_key))
+            versions = resolved.split.versions
+            version = (
+                versions[0] if len(versions) == 1 else resolved.split.pick(sticky_bucket(model, wanted, routing_key))
+            )
             if resolved.shadow_version and shadow_draw * 100 < resolved.shadow_percent:
                 shadow_version = resolved.shadow_version
         else:
