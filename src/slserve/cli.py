@@ -32,6 +32,9 @@ FunctionsDir = Annotated[
 ArtifactsDir = Annotated[
     Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS", help="Artifact store (blobs, refs, builds)")
 ]
+GatewayUrl = Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")]
+AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON")]
+DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_FUNCTIONS = Path("functions")
 DEFAULT_ARTIFACTS = Path(".slserve/artifacts")
 
@@ -179,8 +182,8 @@ def serve(
 
 @app.command()
 def status(
-    url: Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")] = "http://127.0.0.1:8080",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
 ) -> None:
     """Show each function's instances (starting, idle, busy), queue depth and cold starts."""
     doc = _get_json(f"{url.rstrip('/')}/slserve/functions", url)
@@ -265,8 +268,8 @@ def route_rollback(routes: RoutesPath = DEFAULT_ROUTES, functions: FunctionsDir 
 
 @route_app.command("show")
 def route_show(
-    url: Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")] = "http://127.0.0.1:8080",
-    as_json: Annotated[bool, typer.Option("--json", help="Print the raw JSON")] = False,
+    url: GatewayUrl = DEFAULT_URL,
+    as_json: AsJson = False,
 ) -> None:
     """The routes a running gateway serves, and how its shadows compare."""
     doc = _get_json(f"{url.rstrip('/')}/slserve/routes", url)
