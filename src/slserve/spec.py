@@ -9,7 +9,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -102,6 +102,12 @@ class Source(_Strict):
     seed: int = 0
     path: str | None = None
     export: Annotated[str | None, Field(pattern=_IMPORT_REF)] = None
+    quantize: Literal["int8"] | None = Field(
+        default=None, description="onnx: derive a dynamically quantized variant (weights int8) at build"
+    )
+    min_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
+        default=0.99, description="quantize: refuse the variant if it agrees less with fp32 (min cosine / labels)"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> Self:
@@ -110,6 +116,8 @@ class Source(_Strict):
                 raise ValueError("framework 'torch' needs factory = 'package.module:function'")
             if self.path or self.export:
                 raise ValueError("'path' and 'export' are for framework 'onnx'; torch uses factory (+ weights)")
+            if self.quantize:
+                raise ValueError("quantize is for framework 'onnx' (ONNX Runtime dynamic quantization)")
         else:
             if (self.path is None) == (self.export is None):
                 raise ValueError("framework 'onnx' needs exactly one of path = 'model.onnx' or export = 'mod:fn'")

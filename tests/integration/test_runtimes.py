@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from slserve.errors import InvalidInput, RuntimeUnavailable
+from slserve.build import build_function
+from slserve.errors import BuildError, InvalidInput, RuntimeUnavailable
 from slserve.runtime import load_runtime
 from slserve.runtime.onnx_runtime import OnnxRuntime, check_single_install
+from slserve.spec import load_function
 
 SENTENCES = [
     "A man is eating food.",
@@ -43,6 +45,29 @@ def test_minilm_torch_matches_sentence_transformers(build_sample, sentence_trans
     assert _cosine(out, sentence_transformers_reference).min() > 0.9999
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     assert runtime.device == "cpu"
+
+
+def test_minilm_int8_variant_agrees_with_fp32_within_its_recorded_threshold(build_sample) -> None:  # type: ignore[no-untyped-def]
+    int8 = build_sample("minilm-int8")
+    fp32 = build_sample("minilm-onnx")
+    agreement = int8.manifest.build.agreement
+    threshold = int8.manifest.spec.source.min_agreement
+    assert agreement["min_cosine"] >= threshold and agreement["mean_cosine"] > 0.98
+    assert int8.manifest.weight_bytes < fp32.manifest.weight_bytes / 3  # int8 weights: a quarter, plus scales
+    texts = {"text": np.array(SENTENCES, dtype=object)}
+    got = load_runtime(int8).infer(texts)["embedding"]
+    assert _cosine(got, load_runtime(fp32).infer(texts)["embedding"]).min() >= threshold
+
+
+def test_a_variant_below_its_agreement_threshold_is_refused(copy_function, store) -> None:  # type: ignore[no-untyped-def]
+    folder = copy_function("minilm-int8")
+    spec = folder / "function.toml"
+    spec.write_text(spec.read_text().replace("min_agreement = 0.95", "min_agreement = 0.9999"))
+    with pytest.raises(
+        BuildError, match=r"int8 variant's min cosine with fp32 is 0\.9\d+ .* below source.min_agreement"
+    ):
+        build_function(load_function(folder), store)
+    assert store.ref("minilm-int8") is None  # nothing was published
 
 
 def test_minilm_onnx_agrees_with_torch(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]

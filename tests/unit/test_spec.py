@@ -12,12 +12,13 @@ from slserve.templates import function_template
 
 def test_every_sample_parses() -> None:
     found = {f.name: f for f in discover_functions(FUNCTIONS)}
-    assert set(found) == {"big-mlp", "classifier", "minilm", "minilm-onnx"}
+    assert set(found) == {"big-mlp", "classifier", "minilm", "minilm-onnx", "minilm-int8"}
     minilm = found["minilm"].spec
     assert minilm.framework is Framework.TORCH
     assert minilm.signature.inputs[0].datatype is Datatype.BYTES
     assert minilm.signature.outputs[0].shape == [-1, 384]
-    assert found["minilm-onnx"].spec.model == minilm.model  # one model version, two functions
+    assert found["minilm-onnx"].spec.model == minilm.model  # one model version, three functions
+    assert found["minilm-int8"].spec.model == minilm.model and found["minilm-int8"].spec.source.quantize == "int8"
     assert found["classifier"].spec.scaling.min_instances == 0  # scale-to-zero by default
 
 
@@ -75,3 +76,13 @@ def test_not_toml_and_missing(tmp_path: Path) -> None:
         load_function(tmp_path / "empty")
     with pytest.raises(SpecError, match="function folder names"):
         load_function(write_function(tmp_path, "Bad_Name", SMALL_MLP_TOML))
+
+
+def test_quantize_is_for_onnx_sources() -> None:
+    from pydantic import ValidationError
+
+    from slserve.spec import Source
+
+    with pytest.raises(ValidationError, match="quantize is for framework 'onnx'"):
+        Source(framework="torch", factory="m:f", quantize="int8")
+    assert Source(framework="onnx", path="m.onnx", quantize="int8").min_agreement == 0.99

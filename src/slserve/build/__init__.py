@@ -38,6 +38,7 @@ def build_function(
         return BuildResult(cached, cached=True)
 
     files: dict[str, FileEntry] = {}
+    reference: bytes | None = None
     if fdef.spec.framework is Framework.TORCH:
         from slserve.build.torch_build import snapshot_torch
 
@@ -47,7 +48,7 @@ def build_function(
         from slserve.build.onnx_build import snapshot_onnx
 
         report("snapshotting ONNX graph and initializers")
-        tensors, files = snapshot_onnx(fdef, store.blobs)
+        tensors, files, reference = snapshot_onnx(fdef, store.blobs)
     if fdef.spec.processor:
         report("storing assets")
         for location in fdef.spec.processor.assets:
@@ -71,6 +72,13 @@ def build_function(
         ),
     )
     artifact = store.save(manifest)
+    if reference is not None:
+        report("measuring the variant's agreement with fp32")
+        from slserve.build.agreement import check_agreement
+
+        agreement = check_agreement(fdef, artifact, reference)
+        manifest = manifest.model_copy(update={"build": manifest.build.model_copy(update={"agreement": agreement})})
+        artifact = store.save(manifest)
     if fdef.spec.batching.max_batch_size > 1:
         report("measuring the exact-batching floor")
         info = manifest.build.model_copy(update={"batch_min_rows": _batch_min_rows(artifact)})

@@ -6,6 +6,7 @@ cold start skips graph optimization. Its initializers (folded or fused ones incl
 
 from __future__ import annotations
 
+import logging
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -81,9 +82,38 @@ def optimize_for_cpu(graph_path: Path, arrays: dict[str, np.ndarray], workdir: P
     return onnx.load(str(workdir / "opt.onnx"), load_external_data=True)
 
 
-def snapshot_onnx(fdef: FunctionDef, blobs: BlobStore) -> tuple[dict[str, TensorEntry], dict[str, FileEntry]]:
+def quantize_int8(model: Any, workdir: Path) -> Any:
+    """ONNX Runtime dynamic quantization: weights to int8 per output channel, activations quantized at run time.
+
+    Per channel with reduced range measured best on MiniLM here (min cosine with fp32 0.967, mean 0.991, over
+    the calibration sentences; per tensor: 0.855 / 0.962): 7-bit weights keep the u8 x s8 products from
+    saturating on CPUs without VNNI, as ONNX Runtime advises."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    source, target = workdir / "fp32.onnx", workdir / "int8.onnx"
+    onnx.save(model, str(source))
+    # Its advice to pre-process the model first (a logged warning) is about static quantization.
+    logging.disable(logging.WARNING)
+    try:
+        quantize_dynamic(str(source), str(target), weight_type=QuantType.QInt8, per_channel=True, reduce_range=True)
+    finally:
+        logging.disable(logging.NOTSET)
+    return onnx.load(str(target))
+
+
+def snapshot_onnx(
+    fdef: FunctionDef, blobs: BlobStore
+) -> tuple[dict[str, TensorEntry], dict[str, FileEntry], bytes | None]:
+    """Returns the tensors, the files and, for a quantized variant, the fp32 reference graph (to measure the
+    variant's agreement against)."""
     check_single_install()
     model = load_model(fdef)
+    reference: bytes | None = None
+    if fdef.spec.source.quantize == "int8":
+        reference = model.SerializeToString()
+        with tempfile.TemporaryDirectory(prefix="slserve-quantize-") as tmp:
+            model = quantize_int8(model, Path(tmp))
     arrays = externalize(model)
     tensors = write_tensors(blobs, arrays)
     files: dict[str, FileEntry] = {}
@@ -103,4 +133,4 @@ def snapshot_onnx(fdef: FunctionDef, blobs: BlobStore) -> tuple[dict[str, Tensor
         opt_path.write_bytes(optimized.SerializeToString())
         digest, size = blobs.put_file(opt_path)
         files[OPTIMIZED_CPU_GRAPH] = FileEntry(digest=digest, size=size)
-    return {**tensors, **opt_tensors}, files
+    return {**tensors, **opt_tensors}, files, reference
