@@ -20,7 +20,7 @@ import orjson
 from harness import OUT, gateway, machine, make_functions, pct, save
 
 FUNCTIONS = {
-    "minilm": ("minilm", {"scaling": {"idle_seconds": 1}}),
+    "minilm": ("minilm-torch", {"scaling": {"idle_seconds": 1}}),
     "classifier": ("classifier", {"scaling": {"idle_seconds": 1}}),
 }
 BODIES = {

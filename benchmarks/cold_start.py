@@ -25,7 +25,7 @@ import httpx
 from harness import ARTIFACTS, OUT, gateway, machine, make_functions, pct, save, warm_page_cache
 
 FUNCTIONS = {
-    "minilm": ("minilm", {"scaling": {"idle_seconds": 1}}),
+    "minilm": ("minilm-torch", {"scaling": {"idle_seconds": 1}}),
     "big-mlp": ("big-mlp", {"scaling": {"idle_seconds": 1}}),
 }
 REQUESTS = {

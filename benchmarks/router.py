@@ -27,7 +27,7 @@ from warm_overhead import sequential
 
 def in_process() -> dict[str, float]:
     functions = discover_functions(ROOT / "functions")
-    minilm = next(f for f in functions if f.name == "minilm")
+    minilm = next(f for f in functions if f.name == "minilm-torch")
     v2 = minilm.spec.model_copy(update={"model": minilm.spec.model.model_copy(update={"version": "2"})})
     functions.append(minilm.model_copy(update={"name": "minilm-v2", "spec": v2}))  # a second version to split over
     config = RoutesConfig.model_validate(
@@ -50,7 +50,7 @@ def main() -> None:
     results: dict[str, object] = {"in_process_us": in_process()}
     functions = make_functions(
         OUT / "functions-router",
-        {"clf": ("classifier", {}), "minilm": ("minilm", {}), "minilm-onnx": ("minilm-onnx", {})},
+        {"clf": ("classifier", {}), "minilm": ("minilm-torch", {}), "minilm-int8": ("minilm-int8", {})},
     )
     routes = OUT / "routes-bench.toml"
     routes.write_text(
@@ -72,7 +72,7 @@ def main() -> None:
             "routed p99": pct(routed, 99),
         }
         compute = {}
-        for tier, function in (("standard", "minilm"), ("economy", "minilm-onnx")):
+        for tier, function in (("standard", "minilm"), ("economy", "minilm-int8")):
             _, c = asyncio.run(sequential(f"{gw.url}/v2/models/{function}/infer", text, 300))
             compute[tier] = statistics.median(c)
         results["compute_ms"] = compute
@@ -96,7 +96,7 @@ def main() -> None:
     for tier, ms in compute.items():
         t = DEFAULT_TIERS[tier]
         price = t.price_per_request + math.ceil(ms) * t.price_per_compute_ms
-        fn = "minilm" if tier == "standard" else "minilm-onnx"
+        fn = "minilm (torch fp32)" if tier == "standard" else "minilm-int8"
         print(f"| {tier} | {fn} | {ms:.1f} | {price} | {price:,} |")  # price x 1e6 requests / 1e6 micro
 
 

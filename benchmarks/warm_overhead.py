@@ -22,7 +22,7 @@ import orjson
 
 from harness import OUT, free_port, gateway, machine, make_functions, pct, save, wait_ready
 
-FUNCTIONS = {"classifier": ("classifier", {}), "minilm": ("minilm", {})}
+FUNCTIONS = {"classifier": ("classifier", {}), "minilm": ("minilm-torch", {})}
 BODIES = {
     "classifier": {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]},
     "minilm": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["The quick brown fox."]}]},

@@ -14,7 +14,7 @@ from tests.integration.server import Server, start_server
 
 from slserve.runtime import load_runtime
 
-SAMPLES = ["minilm", "minilm-onnx", "classifier", "big-mlp"]
+SAMPLES = ["minilm-torch", "minilm-onnx", "classifier", "big-mlp"]
 TEXTS = ["A man is eating food.", "The new movie is awesome", "Der Himmel ist blau."]
 
 
@@ -63,7 +63,7 @@ def test_health_and_metadata(server: Server) -> None:
     assert "InferRequestBody" in openapi["components"]["schemas"]
 
 
-@pytest.mark.parametrize("name", ["minilm", "minilm-onnx"])
+@pytest.mark.parametrize("name", ["minilm-torch", "minilm-onnx"])
 def test_minilm_embeddings_match_the_in_process_runtime(server: Server, build_sample, name: str) -> None:  # type: ignore[no-untyped-def]
     r = server.post(f"/v2/models/{name}/infer", json=text_request(TEXTS, id="req-1"))
     assert r.status_code == 200, r.text

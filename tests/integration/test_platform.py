@@ -59,8 +59,8 @@ def server(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest.T
     for name, (factory, scaling) in FUNCTIONS_UNDER_TEST.items():
         d = write_function(functions, name, TINY.format(name=name, factory=factory, scaling=scaling))
         build_function(load_function(d), sample_store)
-    build_sample("minilm")
-    shutil.copytree(FUNCTIONS / "minilm", functions / "minilm")
+    build_sample("minilm-torch")
+    shutil.copytree(FUNCTIONS / "minilm-torch", functions / "minilm-torch")
     build_function(load_function(write_function(functions, "broken", BROKEN)), sample_store)
     srv = start_server(functions, sample_store.root, functions.parent / "serve-platform.log")
     yield srv

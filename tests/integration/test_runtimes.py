@@ -39,7 +39,7 @@ def sentence_transformers_reference() -> np.ndarray:
 
 
 def test_minilm_torch_matches_sentence_transformers(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
-    runtime = load_runtime(build_sample("minilm"))
+    runtime = load_runtime(build_sample("minilm-torch"))
     out = runtime.infer({"text": np.array(SENTENCES, dtype=object)})["embedding"]
     assert out.shape == (len(SENTENCES), 384) and out.dtype == np.float32
     assert _cosine(out, sentence_transformers_reference).min() > 0.9999
@@ -71,7 +71,7 @@ def test_a_variant_below_its_agreement_threshold_is_refused(copy_function, store
 
 
 def test_minilm_onnx_agrees_with_torch(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
-    torch_out = load_runtime(build_sample("minilm")).infer({"text": np.array(SENTENCES, dtype=object)})
+    torch_out = load_runtime(build_sample("minilm-torch")).infer({"text": np.array(SENTENCES, dtype=object)})
     onnx_rt = load_runtime(build_sample("minilm-onnx"))
     assert isinstance(onnx_rt, OnnxRuntime) and onnx_rt.providers == ["CPUExecutionProvider"]
     onnx_out = onnx_rt.infer({"text": np.array(SENTENCES, dtype=object)})
@@ -158,8 +158,8 @@ def test_exactly_one_onnxruntime_distribution_is_installed() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_minilm_on_cuda_matches_cpu(build_sample) -> None:  # type: ignore[no-untyped-def]
     text = {"text": np.array(SENTENCES, dtype=object)}
-    cpu = load_runtime(build_sample("minilm"), device="cpu").infer(text)["embedding"]
-    gpu_rt = load_runtime(build_sample("minilm"), device="cuda")
+    cpu = load_runtime(build_sample("minilm-torch"), device="cpu").infer(text)["embedding"]
+    gpu_rt = load_runtime(build_sample("minilm-torch"), device="cuda")
     assert gpu_rt.device == "cuda"
     assert _cosine(gpu_rt.infer(text)["embedding"], cpu).min() > 0.9999
 

@@ -12,8 +12,8 @@ from slserve.templates import function_template
 
 def test_every_sample_parses() -> None:
     found = {f.name: f for f in discover_functions(FUNCTIONS)}
-    assert set(found) == {"big-mlp", "classifier", "minilm", "minilm-onnx", "minilm-int8"}
-    minilm = found["minilm"].spec
+    assert set(found) == {"big-mlp", "classifier", "minilm-torch", "minilm-onnx", "minilm-int8"}
+    minilm = found["minilm-torch"].spec
     assert minilm.framework is Framework.TORCH
     assert minilm.signature.inputs[0].datatype is Datatype.BYTES
     assert minilm.signature.outputs[0].shape == [-1, 384]
