@@ -18,6 +18,7 @@ from tests.conftest import FUNCTIONS, write_function
 from tests.integration.server import Server, start_server
 
 from slserve.build import build_function
+from slserve.build.agreement import CALIBRATION_TEXTS
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 
@@ -161,20 +162,7 @@ def test_an_input_that_kills_every_instance_is_a_502_and_others_are_served(serve
     assert server.post("/v2/models/crashy/infer", json=tiny_request(2.0)).status_code == 200
 
 
-TEXTS = [
-    "hi",
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The quick brown fox jumps over the lazy dog",
-    "slserve",
-] * 4
+TEXTS = CALIBRATION_TEXTS[:12] * 4  # sentences of many token lengths, each arriving four times
 
 
 def test_batching_is_exact(server: Server) -> None:

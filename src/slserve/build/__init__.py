@@ -89,8 +89,13 @@ def build_function(
 
 
 def _batch_min_rows(artifact: Artifact) -> int:
+    from slserve.build.agreement import calibration_inputs
     from slserve.runtime.base import load_runtime
     from slserve.runtime.batching import measure_min_rows
 
+    spec = artifact.manifest.spec
     runtime = load_runtime(artifact, device="cpu")
-    return measure_min_rows(runtime, artifact.manifest.spec.batching.max_batch_size)
+    inputs = calibration_inputs(spec.signature)
+    rows = len(next(iter(inputs.values())))
+    one_row_requests = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(rows)]
+    return measure_min_rows(runtime, spec.batching.max_batch_size, one_row_requests)

@@ -15,8 +15,8 @@ import orjson
 
 from slserve.errors import InvalidInput
 from slserve.platform.base import InferRequest, InferResult
-from slserve.platform.wire import datatype_of_array, tensor_from_payload, tensor_payload
-from slserve.runtime.tensors import NUMPY_OF, check_inputs
+from slserve.platform.wire import tensor_from_payload, tensor_payload
+from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
 from slserve.spec import Datatype, FunctionDef
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -182,7 +182,7 @@ def encode_infer(result: InferResult, model: str, v2: V2Request) -> tuple[bytes,
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, arr in result.outputs.items():
-        datatype = datatype_of_array(arr)
+        datatype = datatype_of(arr)
         entry: dict[str, Any] = {"name": name, "datatype": datatype.value, "shape": list(arr.shape)}
         if name in v2.binary_outputs:
             data = tensor_payload(arr)

@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 
 from slserve.errors import InvalidInput
-from slserve.runtime.tensors import DATATYPE_OF, NUMPY_OF
+from slserve.runtime.tensors import NUMPY_OF, datatype_of
 from slserve.spec import Datatype
 
 _FRAME = struct.Struct("<I")
@@ -95,15 +95,6 @@ def tensor_payload(arr: np.ndarray) -> bytes | memoryview:
     return memoryview(arr).cast("B")  # type: ignore[arg-type]
 
 
-def datatype_of_array(arr: np.ndarray) -> Datatype:
-    if arr.dtype == object:
-        return Datatype.BYTES
-    found = DATATYPE_OF.get(arr.dtype.newbyteorder("=")) if arr.dtype.byteorder == ">" else DATATYPE_OF.get(arr.dtype)
-    if found is None:
-        raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
-    return found
-
-
 def tensor_from_payload(datatype: Datatype, shape: list[int], buf: memoryview, name: str) -> np.ndarray:
     """A tensor over `buf` (zero-copy for numeric types); checks the byte count against the shape."""
     if datatype is Datatype.BYTES:
@@ -135,7 +126,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
             (
                 _U16.pack(len(encoded_name)),
                 encoded_name,
-                _TENSOR_HEAD.pack(CODE_OF[datatype_of_array(arr)], arr.ndim),
+                _TENSOR_HEAD.pack(CODE_OF[datatype_of(arr)], arr.ndim),
                 _DIMS[arr.ndim].pack(*arr.shape),
                 _U64.pack(nbytes),
             )

@@ -7,8 +7,8 @@ a response independent of whatever else shared its model call:
 - requests merge only when every feed has the same shape beyond the batch dimension (no extra padding inside
   a row: text of another token length runs in another call);
 - every call has at least `min_rows` rows, the smallest batch size from which the function's outputs are
-  bit-identical up to `max_batch_size`. The build measures it (`measure_min_rows`) and records it in the
-  manifest; missing rows repeat the last real row and are dropped afterwards.
+  bit-identical up to `max_batch_size`. The build measures it on its calibration inputs (`measure_min_rows`)
+  and records it in the manifest; missing rows repeat the last real row and are dropped afterwards.
 """
 
 from __future__ import annotations
@@ -92,11 +92,21 @@ def probe_sizes(max_rows: int) -> list[int]:
     return sorted(sizes)
 
 
-def measure_min_rows(runtime: Runtime, max_rows: int) -> int:
+def measure_min_rows(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]] = ()) -> int:
     """The smallest batch size p such that the model computes a row bit-identically in every call of p to
-    `max_rows` rows. Kernel choice depends on shapes, not values, so one example row stands for all inputs of
-    its shape. At worst p = max_rows: every call is then padded to the full batch."""
-    feeds = runtime.prepare(example_inputs(runtime.spec.signature))
+    `max_rows` rows. Kernel choice depends on shapes, not values, but the boundary moves with the shape beyond
+    the batch dimension (MiniLM: 2 rows at 8 tokens, 3 at 7), so every distinct feed shape among `examples`
+    (one-row requests; default: the signature's example input) is probed and the largest p wins. Shapes never
+    probed are not proven. At worst p = max_rows: every call is then padded to the full batch."""
+    requests = list(examples) or [example_inputs(runtime.spec.signature)]
+    shapes: dict[Hashable, Tensors] = {}
+    for request in requests:
+        feeds = runtime.prepare(request)
+        shapes.setdefault(batch_key(feeds), feeds)
+    return max(_min_rows_for(runtime, feeds, max_rows) for feeds in shapes.values())
+
+
+def _min_rows_for(runtime: Runtime, feeds: Tensors, max_rows: int) -> int:
     first: dict[int, Tensors] = {}
     for m in probe_sizes(max_rows):
         merged, _ = merge([feeds], m)

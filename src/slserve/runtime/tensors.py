@@ -33,10 +33,11 @@ DATATYPE_OF: dict[np.dtype[np.generic], Datatype] = {v: k for k, v in NUMPY_OF.i
 def datatype_of(arr: np.ndarray) -> Datatype:
     if arr.dtype.kind in ("O", "S", "U"):
         return Datatype.BYTES
-    try:
-        return DATATYPE_OF[arr.dtype]
-    except KeyError:
-        raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype") from None
+    dtype = arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else arr.dtype
+    found = DATATYPE_OF.get(dtype)
+    if found is None:
+        raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
+    return found
 
 
 def shape_matches(shape: Sequence[int], declared: Sequence[int]) -> bool:
