@@ -28,5 +28,9 @@ class TextProcessor:
             "attention_mask": np.array([e.attention_mask for e in encodings], dtype=np.int64),
         }
 
+    def count_tokens(self, feeds: Mapping[str, np.ndarray]) -> int:
+        """Real tokens (special tokens included, padding not): what an embeddings API reports as usage."""
+        return int(feeds["attention_mask"].sum())
+
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(outputs)

@@ -33,6 +33,13 @@ ArtifactsDir = Annotated[
     Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS", help="Artifact store (blobs, refs, builds)")
 ]
 GatewayUrl = Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")]
+ApiKey = Annotated[
+    str | None, typer.Option("--key", envvar="SLSERVE_API_KEY", help="An admin API key (default: the dev key)")
+]
+StateDir = Annotated[
+    Path, typer.Option("--state", envvar="SLSERVE_STATE", help="Keys, ledger and server secret folder")
+]
+DEFAULT_STATE = Path(".slserve/state")
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON")]
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_FUNCTIONS = Path("functions")
@@ -177,16 +184,27 @@ def serve(
             raise SlserveError(f"config file {config} not found")
         os.environ["SLSERVE_CONFIG"] = str(config)
     settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes)
+    from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key
+
+    dev = ensure_dev_key(SQLiteKeyStore(settings.state), settings.state)
+    if dev is not None:
+        token, made = dev
+        where = settings.state / "dev-key"
+        if made:
+            console.print(f"development API key (admin; saved in {where}, shown once here):\n  {token}")
+        else:
+            console.print(f"development API key: see {where}")
     run_server(settings)
 
 
 @app.command()
 def status(
     url: GatewayUrl = DEFAULT_URL,
+    key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """Show each function's instances (starting, idle, busy), queue depth and cold starts."""
-    doc = _get_json(f"{url.rstrip('/')}/slserve/functions", url)
+    doc = _get_json(f"{url.rstrip('/')}/slserve/functions", url, key)
     if as_json:
         console.print_json(data=doc)
         return
@@ -269,10 +287,11 @@ def route_rollback(routes: RoutesPath = DEFAULT_ROUTES, functions: FunctionsDir 
 @route_app.command("show")
 def route_show(
     url: GatewayUrl = DEFAULT_URL,
+    key: ApiKey = None,
     as_json: AsJson = False,
 ) -> None:
     """The routes a running gateway serves, and how its shadows compare."""
-    doc = _get_json(f"{url.rstrip('/')}/slserve/routes", url)
+    doc = _get_json(f"{url.rstrip('/')}/slserve/routes", url, key)
     if as_json:
         console.print_json(data=doc)
         return
@@ -313,13 +332,170 @@ def route_show(
         console.print(stats)
 
 
-def _get_json(address: str, url: str) -> Any:
+keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (the secret is shown once), list, revoke, rotate")
+app.add_typer(keys_app, name="keys")
+
+
+def _key_store(state: Path) -> Any:
+    from slserve.accounts.keys import SQLiteKeyStore
+
+    return SQLiteKeyStore(state)
+
+
+def _split(values: list[str] | None) -> tuple[str, ...] | None:
+    return tuple(v for value in values for v in value.split(",") if v) if values else None
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: Annotated[str, typer.Option(help="Who pays for this key's requests")],
+    models: Annotated[list[str] | None, typer.Option("--models", help="Models it opens (default all)")] = None,
+    tiers: Annotated[list[str] | None, typer.Option("--tiers", help="Tiers it opens (default all)")] = None,
+    default_tier: Annotated[str | None, typer.Option(help="Tier when a request names none")] = None,
+    rate: Annotated[str | None, typer.Option(help="Token-bucket rate, e.g. 50/s or 600/min")] = None,
+    burst: Annotated[int | None, typer.Option(help="Bucket size (default: one second of --rate)")] = None,
+    concurrency: Annotated[int | None, typer.Option(help="Requests in flight at once")] = None,
+    quota: Annotated[str | None, typer.Option(help="Charged requests per month, e.g. 100000/month")] = None,
+    expires: Annotated[str | None, typer.Option(help="30d, 12h, or a date such as 2026-12-31")] = None,
+    admin: Annotated[bool, typer.Option("--admin", help="May read /slserve/* (status, routes)")] = False,
+    state: StateDir = DEFAULT_STATE,
+    as_json: AsJson = False,
+) -> None:
+    """Make a key; its secret is printed once and stored only as a keyed hash."""
+    from slserve.accounts.keys import new_key
+    from slserve.accounts.limits import parse_expiry, parse_quota, parse_rate
+
+    tier_list = _split(tiers)
+    if (concurrency is not None and concurrency < 1) or (burst is not None and burst < 1):
+        raise SlserveError("--concurrency and --burst must be at least 1")
+    record = new_key(
+        tenant,
+        models=_split(models),
+        tiers=tier_list,
+        default_tier=default_tier or (tier_list[0] if tier_list else None),
+        rate_per_s=parse_rate(rate) if rate else None,
+        burst=burst,
+        concurrency=concurrency,
+        quota_per_month=parse_quota(quota) if quota else None,
+        expires_at=parse_expiry(expires) if expires else None,
+        admin=admin,
+    )
+    store = _key_store(state)
+    token = store.create(record)
+    key_id = token.split("_")[1]
+    if as_json:
+        console.print_json(data={"key": token, **store.get(key_id).public()})
+        return
+    console.print(f"key {key_id} for tenant {tenant!r} (shown once; store it now):")
+    print(token)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant's keys")] = None,
+    state: StateDir = DEFAULT_STATE,
+    as_json: AsJson = False,
+) -> None:
+    """Every key with its scope and limits (never a secret)."""
+    keys = _key_store(state).list(tenant)
+    if as_json:
+        console.print_json(data=[k.public() for k in keys])
+        return
+    table = Table(
+        "key", "tenant", "models", "tiers", "rate/s", "conc.", "quota/mo", "expires", "state", box=box.SIMPLE_HEAD
+    )
+    now = time.time()
+    for k in keys:
+        state_word = "revoked" if k.revoked_at else "expired" if k.expires_at and k.expires_at <= now else "active"
+        table.add_row(
+            k.key_id + (" (admin)" if k.admin else ""),
+            k.tenant,
+            ",".join(k.models) if k.models else "all",
+            ",".join(k.tiers) if k.tiers else "all",
+            f"{k.rate_per_s:g}" if k.rate_per_s else "-",
+            str(k.concurrency or "-"),
+            str(k.quota_per_month or "-"),
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.expires_at)) if k.expires_at else "-",
+            state_word,
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str, state: StateDir = DEFAULT_STATE) -> None:
+    """Revoke a key: the running gateway refuses it from its next request."""
+    _key_store(state).revoke(key_id)
+    console.print(f"key {key_id} revoked")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str,
+    grace: Annotated[str, typer.Option(help="How long the old secret keeps working (e.g. 1h, 0s)")] = "1h",
+    state: StateDir = DEFAULT_STATE,
+) -> None:
+    """A new secret for the same key (same id, scope, limits and usage); the old one works for --grace more."""
+    from slserve.accounts.limits import parse_expiry
+
+    token = _key_store(state).rotate(key_id, parse_expiry(grace, now=0.0))
+    console.print(f"key {key_id} rotated; the old secret works for {grace} more. New secret (shown once):")
+    print(token)
+
+
+@app.command()
+def usage(
+    tenant: Annotated[str, typer.Option(help="Whose usage")],
+    month: Annotated[str | None, typer.Option(help="YYYY-MM (default this month, UTC)")] = None,
+    as_csv: Annotated[
+        bool, typer.Option("--csv", help="CSV (one row per model, version and tier, then TOTAL)")
+    ] = False,
+    state: StateDir = DEFAULT_STATE,
+    as_json: AsJson = False,
+) -> None:
+    """A tenant's requests and charges for a month, per model, version and tier (exact, from the ledger)."""
+    from slserve.metering import usage as reports
+    from slserve.metering.ledger import SQLiteLedger
+    from slserve.settings import load_settings
+
+    name, start, end = reports.month_span(month)
+    ledger = SQLiteLedger(state / "ledger.sqlite")
+    try:
+        doc = reports.report(ledger.usage(start, end, tenant=tenant), name, load_settings().currency, tenant=tenant)
+    finally:
+        ledger.close()
+    if as_csv:
+        print(reports.to_csv(doc), end="")
+        return
+    if as_json:
+        console.print_json(data=doc)
+        return
+    table = Table("model", "version", "tier", "requests", "failed", "tokens", "charged", box=box.SIMPLE_HEAD)
+    for row in doc["usage"]:
+        counts = (row["requests"], row["failed"], row["tokens"])
+        table.add_row(row["model"], row["version"], row["tier"], *map(str, counts), row["charged"])
+    total = doc["total"]
+    table.add_row("total", "", "", str(total["requests"]), str(total["failed"]), "", total["charged"], style="bold")
+    console.print(f"usage of tenant {tenant!r} in {name} ({doc['currency']})")
+    console.print(table)
+
+
+def _get_json(address: str, url: str, key: str | None) -> Any:
     import urllib.error
     import urllib.request
 
+    if key is None:
+        dev_key = Path(os.environ.get("SLSERVE_STATE", DEFAULT_STATE)) / "dev-key"
+        key = dev_key.read_text().strip() if dev_key.is_file() else ""
+    request = urllib.request.Request(address, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
-        with urllib.request.urlopen(address, timeout=5) as response:
+        with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        try:
+            message = json.loads(e.read())["error"]
+        except (ValueError, KeyError):
+            message = str(e)
+        raise SlserveError(f"the gateway at {url} said {e.code}: {message}") from None
     except (urllib.error.URLError, OSError) as e:
         raise SlserveError(f"cannot reach the gateway at {url} ({e}); is `slserve serve` running?") from None
 

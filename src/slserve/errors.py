@@ -85,15 +85,74 @@ class PayloadTooLarge(SlserveError):
     code = "payload_too_large"
 
 
-class Overloaded(SlserveError):
-    """The function's queue is full: the client should retry after `retry_after` seconds."""
+class TooManyRequests(SlserveError):
+    """429: the client should retry after `retry_after` seconds (sent as Retry-After)."""
 
     status = 429
-    code = "overloaded"
+    code = "too_many_requests"
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class MethodNotAllowed(SlserveError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Overloaded(TooManyRequests):
+    """The function's queue is full."""
+
+    code = "overloaded"
+
+
+class RateLimited(TooManyRequests):
+    """The API key's request rate or concurrent-request limit is reached."""
+
+    code = "rate_limited"
+
+
+class QuotaExceeded(TooManyRequests):
+    """The API key's monthly quota is used up; `retry_after` is the time until the next month."""
+
+    code = "quota_exceeded"
+
+
+class GatewayTimeout(SlserveError):
+    status = 504
+    code = "timeout"
+
+
+class IdempotencyMismatch(SlserveError):
+    """An Idempotency-Key was reused with a different request."""
+
+    status = 422
+    code = "idempotency_key_reused"
+
+
+class LedgerUnavailable(SlserveError):
+    """The billing record could not be made durable: the answer is withheld, the request is not charged."""
+
+    status = 503
+    code = "ledger_unavailable"
+
+
+# --- callers -----------------------------------------------------------------------------------------------
+
+
+class Unauthorized(SlserveError):
+    """No key, a wrong key, or a revoked or expired one."""
+
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(SlserveError):
+    """A valid key that does not open this model, tier or endpoint."""
+
+    status = 403
+    code = "forbidden"
 
 
 class InstanceFailed(SlserveError):

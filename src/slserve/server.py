@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uvicorn
 
+from slserve.gateway import logs
 from slserve.gateway.app import build_app
 from slserve.platform.local import LocalPlatform
 from slserve.settings import ServeSettings
@@ -12,6 +13,7 @@ from slserve.spec import discover_functions
 
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
+    logs.configure(settings.log_level, settings.log_format)
     functions = discover_functions(settings.functions)
     platform = LocalPlatform(functions, ArtifactStore(settings.artifacts))
     app = build_app(platform, settings)
@@ -23,6 +25,7 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
         http="httptools",
         lifespan="on",
         log_level=settings.log_level,
+        log_config=None,  # logs.configure has set up slserve's and uvicorn's loggers
         access_log=False,
         timeout_graceful_shutdown=round(settings.drain_seconds),
     )

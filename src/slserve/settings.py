@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
@@ -22,7 +22,17 @@ class ServeSettings(BaseSettings):
     functions: Path = Field(Path("functions"), description="Folder with one folder per function")
     artifacts: Path = Field(Path(".slserve/artifacts"), description="Artifact store")
     routes: Path = Field(Path("routes.toml"), description="Versions, aliases and tiers (reloaded when it changes)")
+    state: Path = Field(Path(".slserve/state"), description="API keys, the ledger and the server secret")
     max_body_mb: Annotated[float, Field(gt=0)] = Field(64.0, description="Largest request body accepted (413 above)")
+    max_tensor_elements: Annotated[int, Field(gt=0)] = Field(
+        16 * 1024 * 1024, description="Most elements (all inputs together) one request may carry (413 above)"
+    )
+    request_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        60.0, description="Longest a request may wait and run before a 504"
+    )
+    metering: bool = Field(True, description="Write the ledger (turn off only to measure its cost: nothing is billed)")
+    currency: str = Field("USD", description="What prices' micro-units are millionths of")
+    log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
     log_level: str = Field("info", description="uvicorn log level")
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from slserve.accounts.keys import SQLiteKeyStore, new_key
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -26,12 +28,23 @@ class Server:
     url: str
     proc: subprocess.Popen[bytes]
     log: Path
+    state: Path
+    key: str  # an admin key made for the test
 
-    def get(self, path: str) -> httpx.Response:
-        return httpx.get(self.url + path, timeout=60)
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
+
+    def keys(self) -> SQLiteKeyStore:
+        return SQLiteKeyStore(self.state)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        return httpx.get(self.url + path, timeout=60, headers=headers, **kwargs)
 
     def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.post(self.url + path, timeout=120, **kwargs)
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        return httpx.post(self.url + path, timeout=120, headers=headers, **kwargs)
 
     def status(self, function: str) -> dict[str, Any]:
         doc = self.get("/slserve/functions").json()
@@ -48,14 +61,18 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(functions: Path, artifacts: Path, log: Path, **env: str) -> Server:
+def start_server(functions: Path, artifacts: Path, log: Path, state: Path | None = None, **env: str) -> Server:
+    """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key."""
     port = free_port()
+    state = state or log.parent / f"state-{port}"
+    key = SQLiteKeyStore(state).create(new_key("tests", admin=True))
     code = "from slserve.cli import main; main()"
     args = ["serve", "--port", str(port), "--functions", str(functions), "--artifacts", str(artifacts)]
+    env = {"state": str(state), **env}
     full_env = {**os.environ, **{f"SLSERVE_{k.upper()}": v for k, v in env.items()}}
     with log.open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    server = Server(f"http://127.0.0.1:{port}", proc, log)
+    server = Server(f"http://127.0.0.1:{port}", proc, log, state, key)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:

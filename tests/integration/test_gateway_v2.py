@@ -166,18 +166,18 @@ def test_tritonclient_works_unchanged(server: Server) -> None:
     import tritonclient.http as triton
 
     client = triton.InferenceServerClient(server.url.removeprefix("http://"))
-    assert client.is_server_live() and client.is_model_ready("classifier")
+    assert client.is_server_live() and client.is_model_ready("classifier", headers=server.auth)
     x = np.random.default_rng(2).standard_normal((3, 4)).astype(np.float32)
     inp = triton.InferInput("features", list(x.shape), "FP32")
     inp.set_data_from_numpy(x, binary_data=True)
     outs = [triton.InferRequestedOutput("probabilities", binary_data=True), triton.InferRequestedOutput("label")]
-    result = client.infer("classifier", [inp], outputs=outs, request_id="t-1")
+    result = client.infer("classifier", [inp], outputs=outs, request_id="t-1", headers=server.auth)
     probs, label = result.as_numpy("probabilities"), result.as_numpy("label")
     assert probs.shape == (3, 3) and (label == probs.argmax(axis=1)).all()
 
     text = triton.InferInput("text", [2], "BYTES")
     text.set_data_from_numpy(np.array([b"hello world", b"goodbye"], dtype=object), binary_data=True)
-    embedding = client.infer("minilm", [text]).as_numpy("embedding")
+    embedding = client.infer("minilm", [text], headers=server.auth).as_numpy("embedding")
     assert embedding.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(embedding, axis=1), 1.0, rtol=1e-5)
 

@@ -74,14 +74,16 @@ def tiny_request(value: float = 0.5) -> dict[str, Any]:
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [value] * 16}]}
 
 
-async def post_many(url: str, bodies: list[dict[str, Any]], concurrency: int) -> list[httpx.Response]:
+async def post_many(
+    url: str, bodies: list[dict[str, Any]], concurrency: int, headers: dict[str, str]
+) -> list[httpx.Response]:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(limits=limits, timeout=120) as client:
         gate = asyncio.Semaphore(concurrency)
 
         async def one(body: dict[str, Any]) -> httpx.Response:
             async with gate:
-                return await client.post(url, json=body)
+                return await client.post(url, json=body, headers=headers)
 
         return await asyncio.gather(*(one(b) for b in bodies))
 
@@ -111,7 +113,9 @@ def test_scale_from_zero_and_back_to_zero(server: Server) -> None:
 
 def test_a_burst_scales_out_to_max_instances_without_errors(server: Server) -> None:
     url = server.url + "/v2/models/tiny-burst/infer"
-    responses = asyncio.run(post_many(url, [tiny_request(i / 100) for i in range(96)], concurrency=32))
+    responses = asyncio.run(
+        post_many(url, [tiny_request(i / 100) for i in range(96)], concurrency=32, headers=server.auth)
+    )
     assert [r.status_code for r in responses] == [200] * 96
     assert len(server.status("tiny-burst")["instances"]) == 3  # demand 32 / target 2, capped at max_instances
     assert wait_for(lambda: server.status("tiny-burst")["cold_starts"] == 3, timeout=30)
@@ -120,7 +124,7 @@ def test_a_burst_scales_out_to_max_instances_without_errors(server: Server) -> N
 
 def test_a_full_queue_answers_429_with_retry_after(server: Server) -> None:
     url = server.url + "/v2/models/tiny-queue/infer"
-    responses = asyncio.run(post_many(url, [tiny_request()] * 24, concurrency=24))
+    responses = asyncio.run(post_many(url, [tiny_request()] * 24, concurrency=24, headers=server.auth))
     codes = [r.status_code for r in responses]
     assert set(codes) <= {200, 429} and codes.count(429) > 0 and codes.count(200) >= 2, codes
     rejected = next(r for r in responses if r.status_code == 429)
@@ -134,7 +138,9 @@ def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) ->
     total = 800
 
     async def stream_and_kill() -> tuple[list[httpx.Response], int]:
-        load = asyncio.create_task(post_many(url, [tiny_request(i / total) for i in range(total)], concurrency=8))
+        load = asyncio.create_task(
+            post_many(url, [tiny_request(i / total) for i in range(total)], concurrency=8, headers=server.auth)
+        )
         killed = 0
         while killed < 2 and not load.done():
             await asyncio.sleep(0.05)
@@ -171,8 +177,8 @@ def test_batching_is_exact(server: Server) -> None:
         {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}], "id": str(i)}
         for i, t in enumerate(TEXTS)
     ]
-    alone = asyncio.run(post_many(url, bodies, concurrency=1))
-    together = asyncio.run(post_many(url, bodies, concurrency=len(bodies)))
+    alone = asyncio.run(post_many(url, bodies, concurrency=1, headers=server.auth))
+    together = asyncio.run(post_many(url, bodies, concurrency=len(bodies), headers=server.auth))
     assert all(r.status_code == 200 for r in alone + together)
     assert max(int(r.headers["x-slserve-batch-size"]) for r in together) > 1, "nothing was batched"
     for a, b in zip(alone, together, strict=True):
@@ -195,7 +201,17 @@ def test_status_command_shows_the_pools(server: Server) -> None:
     import sys
 
     out = subprocess.run(
-        [sys.executable, "-c", "from slserve.cli import main; main()", "status", "--url", server.url, "--json"],
+        [
+            sys.executable,
+            "-c",
+            "from slserve.cli import main; main()",
+            "status",
+            "--url",
+            server.url,
+            "--key",
+            server.key,
+            "--json",
+        ],
         capture_output=True,
         text=True,
         timeout=60,
@@ -222,7 +238,9 @@ def test_graceful_shutdown_finishes_accepted_requests(sample_store: ArtifactStor
     assert srv.post("/v2/models/slow/infer", json=tiny_request()).status_code == 200  # instance up
 
     async def load_then_stop() -> list[httpx.Response]:
-        load = asyncio.create_task(post_many(srv.url + "/v2/models/slow/infer", [tiny_request()] * 8, concurrency=8))
+        load = asyncio.create_task(
+            post_many(srv.url + "/v2/models/slow/infer", [tiny_request()] * 8, concurrency=8, headers=srv.auth)
+        )
         while (await asyncio.to_thread(srv.status, "slow"))["in_flight"] < 1:
             await asyncio.sleep(0.01)
         srv.proc.send_signal(signal.SIGINT)  # the requests are in flight: they must all complete

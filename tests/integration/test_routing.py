@@ -127,7 +127,9 @@ def test_a_saturated_economy_tier_says_429_instead_of_upgrading(server: Server) 
         import httpx
 
         async with httpx.AsyncClient(timeout=60) as client:
-            rs = await asyncio.gather(*(client.post(url, json=tiny_request(), headers=headers) for _ in range(8)))
+            rs = await asyncio.gather(
+                *(client.post(url, json=tiny_request(), headers={**server.auth, **headers}) for _ in range(8))
+            )
         return [(r.status_code, r.headers.get("x-slserve-function", "")) for r in rs]
 
     plain = asyncio.run(burst({"x-slserve-tier": "economy"}))
@@ -163,7 +165,9 @@ def test_a_shadow_never_changes_the_answer_and_its_comparison_is_reported(server
 
 def test_route_changes_apply_live_and_bad_ones_are_refused(server: Server, routes_file: Path) -> None:
     async def load_while_changing() -> list[int]:
-        task = asyncio.create_task(post_many(server.url + "/v2/models/enc/infer", [tiny_request()] * 300, 4))
+        task = asyncio.create_task(
+            post_many(server.url + "/v2/models/enc/infer", [tiny_request()] * 300, 4, server.auth)
+        )
         await asyncio.sleep(0.2)
         routes_file.write_text(ROUTES.replace('version = "1"', 'version = "2"'))
         return [r.status_code for r in await task]
@@ -209,5 +213,5 @@ def test_route_commands_edit_the_live_routes(server: Server, routes_file: Path, 
         ),
         timeout=10,
     )
-    shown = slserve("route", "show", "--url", server.url)
+    shown = slserve("route", "show", "--url", server.url, "--key", server.key)
     assert shown.returncode == 0 and "mirror" in shown.stdout and "stable" in shown.stdout

@@ -16,9 +16,17 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import slserve
+from slserve.accounts.keys import KeyStore, SQLiteKeyStore
+from slserve.accounts.limits import Limiter
 from slserve.errors import SlserveError
-from slserve.gateway.infer_path import InferPath, error_body
+from slserve.gateway import openai
+from slserve.gateway.auth import Authenticator, check_model
+from slserve.gateway.front import Front, caller, error_reply
+from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
+from slserve.gateway.pipeline import Pipeline
+from slserve.metering import usage
+from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Platform
 from slserve.router.dispatch import Router
 from slserve.router.table import version_order
@@ -33,24 +41,27 @@ def json_response(content: Any, status: int = 200, headers: dict[str, str] | Non
     return Response(orjson.dumps(content), status, headers, media_type="application/json")
 
 
-def error_response(error: SlserveError) -> Response:
-    body, headers = error_body(error)
-    return Response(body, error.status, headers)
+def error_response(error: SlserveError, path: str) -> Response:
+    status, body, headers = error_reply(error, path)
+    return Response(body, status, headers)
 
 
 class Gateway:
-    def __init__(self, platform: Platform, settings: ServeSettings, router: Router) -> None:
+    def __init__(self, platform: Platform, settings: ServeSettings, router: Router, ledger: Ledger | None) -> None:
         self.platform = platform
         self.settings = settings
         self.router = router
+        self.ledger = ledger
 
-    def function(self, model: str, version: str | None) -> FunctionDef:
+    def function(self, request: Request, model: str, version: str | None) -> FunctionDef:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
-        `version` (a version or an alias)."""
-        return self.router.signature_function(self.router.route(model, version, "", None, True, 1.0))
+        `version` (a version or an alias), if the caller's key opens it."""
+        route = self.router.route(model, version, "", None, True, 1.0)
+        check_model(caller(request.scope), route.model)
+        return self.router.signature_function(route)
 
-    def metadata(self, model: str, version: str | None) -> dict[str, Any]:
-        fdef = self.function(model, version)
+    def metadata(self, request: Request, model: str, version: str | None) -> dict[str, Any]:
+        fdef = self.function(request, model, version)
         table = self.router.table.models.get(model)
         versions = sorted(table.versions, key=version_order) if table else [fdef.spec.model.version]
         return {**model_metadata(fdef), "name": model, "versions": versions}
@@ -68,13 +79,16 @@ class Gateway:
         return json_response({"name": "slserve", "version": slserve.__version__, "extensions": ["binary_tensor_data"]})
 
     async def models(self, request: Request) -> Response:
-        return json_response({"models": [model_metadata(f) for f in self.platform.functions().values()]})
+        allowed = caller(request.scope).models
+        functions = self.platform.functions().values()
+        visible = [f for f in functions if allowed is None or f.spec.model.name in allowed]
+        return json_response({"models": [model_metadata(f) for f in visible]})
 
     async def model_metadata(self, request: Request) -> Response:
-        return json_response(self.metadata(request.path_params["model"], request.path_params.get("version")))
+        return json_response(self.metadata(request, request.path_params["model"], request.path_params.get("version")))
 
     async def model_ready(self, request: Request) -> Response:
-        fdef = self.function(request.path_params["model"], request.path_params.get("version"))
+        fdef = self.function(request, request.path_params["model"], request.path_params.get("version"))
         status = next(s for s in self.platform.status() if s.name == fdef.name)
         ready = status.artifact is not None and self.platform.ready()
         return json_response({"name": request.path_params["model"], "ready": ready}, 200 if ready else 503)
@@ -87,6 +101,31 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
+
+    # --- OpenAI-compatible and billing ---------------------------------------------------------------------
+
+    async def openai_models(self, request: Request) -> Response:
+        """Models (and functions) whose signature is text -> embedding, that the caller's key opens."""
+        allowed = caller(request.scope).models
+        names: dict[str, FunctionDef] = {}
+        for name in sorted(self.router.table.models):
+            names[name] = self.router.signature_function(self.router.route(name, None, "", None, True, 1.0))
+        for fdef in self.platform.functions().values():
+            names.setdefault(fdef.name, fdef)
+        data = [
+            {"id": name, "object": "model", "created": 0, "owned_by": "slserve"}
+            for name, fdef in names.items()
+            if openai.embedding_io(fdef) is not None and (allowed is None or fdef.spec.model.name in allowed)
+        ]
+        return json_response({"object": "list", "data": data})
+
+    async def usage(self, request: Request) -> Response:
+        """The calling key's own usage for a month (`?month=2026-11`; default this month)."""
+        key = caller(request.scope)
+        month, start, end = usage.month_span(request.query_params.get("month"))
+        rows = self.ledger.usage(start, end, key_id=key.key_id) if self.ledger else []
+        doc = usage.report(rows, month, self.settings.currency, key_id=key.key_id, tenant=key.tenant)
+        return json_response(doc)
 
 
 def model_metadata(fdef: FunctionDef) -> dict[str, Any]:
@@ -102,24 +141,33 @@ def model_metadata(fdef: FunctionDef) -> dict[str, Any]:
 
 async def _slserve_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SlserveError)
-    return error_response(exc)
+    return error_response(exc, request.url.path)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     message = {404: f"no route {request.url.path}; see GET /openapi.json", 405: f"{request.method} is not allowed here"}
-    return json_response({"error": message.get(exc.status_code, exc.detail)}, exc.status_code)
+    error = SlserveError(message.get(exc.status_code, exc.detail))
+    _, body, headers = error_reply(error, request.url.path)
+    return Response(body, exc.status_code, headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
     log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
-    return json_response({"error": f"internal error ({type(exc).__name__}); the server logged it"}, 500)
+    return error_response(
+        SlserveError(f"internal error ({type(exc).__name__}); the server logged it"), request.url.path
+    )
 
 
-def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
-    """Starlette for health, metadata and status; `InferPath` in front of it for inference."""
+def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None = None) -> Front:
+    """Starlette for health, metadata, status and usage; `Front` before it for keys and inference."""
     router = Router(platform.functions(), settings.routes)
-    gw = Gateway(platform, settings, router)
+    keys = keys or SQLiteKeyStore(settings.state)
+    ledger = SQLiteLedger(settings.state / "ledger.sqlite") if settings.metering else None
+    limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
+    pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.max_tensor_elements)
+    metrics = Metrics(platform, router, ledger)
+    gw = Gateway(platform, settings, router, ledger)
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -134,6 +182,8 @@ def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
         Route("/slserve/functions", gw.functions_status),
         Route("/slserve/routes", gw.routes_status),
         Route("/openapi.json", gw.openapi),
+        Route("/v1/models", gw.openai_models),
+        Route("/v1/usage", gw.usage),
     ]
 
     @contextlib.asynccontextmanager
@@ -145,10 +195,12 @@ def build_app(platform: Platform, settings: ServeSettings) -> InferPath:
         finally:
             watcher.cancel()
             await platform.stop(settings.drain_seconds)
+            if ledger is not None:
+                ledger.close()  # after the drain: every record of an answered request is written
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return InferPath(app, platform, router, settings.max_body_bytes)
+    return Front(app, Authenticator(keys), pipeline, metrics, settings.max_body_bytes)
 
 
 async def watch_routes(router: Router, every_s: float = 1.0) -> None:

@@ -31,6 +31,7 @@ class InferResult:
     compute_ms: float
     batch_size: int
     cold_start_ms: float | None = None  # set when the request waited for an instance to start
+    tokens: int | None = None  # real tokens in the request, for text models
 
 
 @dataclass

@@ -41,6 +41,10 @@ class Runtime(Protocol):
         """One request's graph outputs, postprocessed into the signature's outputs."""
         ...
 
+    def tokens(self, feeds: Mapping[str, np.ndarray]) -> int | None:
+        """Billable tokens in one request's feeds, when the processor counts them (text models); else None."""
+        ...
+
     def after_fork(self) -> None:
         """Called in a forked instance that inherited this runtime from its template (e.g. set thread counts)."""
         ...
@@ -52,6 +56,8 @@ class Processor(Protocol):
     def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors: ...
+
+    # Optional: `count_tokens(feeds) -> int`, the real tokens in one request's feeds (usage of text models).
 
 
 class IdentityProcessor:
@@ -128,6 +134,10 @@ class RuntimeBase:
         if missing:
             raise InferenceFailed(f"{self.spec.model.name}: the model did not produce output(s) {missing}")
         return {n: outputs[n] for n in wanted}
+
+    def tokens(self, feeds: Mapping[str, np.ndarray]) -> int | None:
+        count = getattr(self.processor, "count_tokens", None)  # optional: only text processors have one
+        return None if count is None else int(count(feeds))
 
     def after_fork(self) -> None:
         pass

@@ -128,8 +128,10 @@ class InstanceLoop:
         for msg in requests:
             try:
                 started = time.perf_counter()
-                prepared.append((msg, self.runtime.prepare(msg.tensors)))
+                request_feeds = self.runtime.prepare(msg.tensors)
+                prepared.append((msg, request_feeds))
                 msg.meta["prepare_ms"] = (time.perf_counter() - started) * 1000
+                msg.meta["tokens"] = self.runtime.tokens(request_feeds)
             except SlserveError as e:
                 self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
         feeds = [f for _, f in prepared]
@@ -152,7 +154,11 @@ class InstanceLoop:
         for (msg, _), out in zip(items, outputs, strict=True):
             wanted = msg.meta.get("outputs")
             tensors = {k: np.ascontiguousarray(v) for k, v in out.items() if wanted is None or k in wanted}
-            meta = {"compute_ms": compute_ms + msg.meta.get("prepare_ms", 0.0), "batch_size": len(items)}
+            meta = {
+                "compute_ms": compute_ms + msg.meta.get("prepare_ms", 0.0),
+                "batch_size": len(items),
+                "tokens": msg.meta.get("tokens"),
+            }
             self.conn.send(Message(Kind.RESULT, msg.request_id, meta, tensors))
 
 

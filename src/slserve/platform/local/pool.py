@@ -224,6 +224,7 @@ class FunctionPool:
                 compute_ms=float(msg.meta.get("compute_ms", 0.0)),
                 batch_size=int(msg.meta.get("batch_size", 1)),
                 cold_start_ms=pending.cold_start_ms,
+                tokens=msg.meta.get("tokens"),
             )
             _resolve(pending, result)
         else:

@@ -1,0 +1,1 @@
+"""Callers: API keys and their limits."""

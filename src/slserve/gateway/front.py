@@ -1,0 +1,280 @@
+"""The front door, as a bare ASGI callable: every request gets a request id and (except health and metrics) an
+API key check here; inference (`POST /v2/models/{model}[/versions/{version}]/infer`, `POST /v1/embeddings`)
+is served here too, everything else passes to Starlette.
+
+Inference skips Starlette's router and middleware (a measurable share of a sub-millisecond request) and talks
+ASGI directly: read the body with a size limit, decode straight into numpy, run the pipeline, send the encoded
+response. Errors are rendered here by the protocol's rule: `{"error", "code"}` for v2 and slserve's own
+endpoints, OpenAI's `{"error": {"message", "type", "code"}}` under /v1.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from slserve.accounts.keys import KeyRecord
+from slserve.errors import MethodNotAllowed, PayloadTooLarge, SlserveError, Unauthorized
+from slserve.gateway import logs, openai
+from slserve.gateway.auth import Authenticator, require_admin, scoped, tier_for
+from slserve.gateway.metrics import CONTENT_TYPE, Metrics
+from slserve.gateway.pipeline import Call, Pipeline, Reply
+from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.platform.base import InferResult
+from slserve.router.dispatch import Router, Served
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+ALLOW_UPGRADE = "x-slserve-allow-upgrade"
+INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
+EMBEDDINGS_PATH = "/v1/embeddings"
+PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+CALLER = "slserve.key"  # where Starlette handlers find the authenticated key in the ASGI scope
+log = logging.getLogger("slserve.gateway")
+
+
+class ClientGone(Exception):
+    """The client disconnected before sending its whole body: nothing to answer."""
+
+
+def _true(value: str | None) -> bool:
+    return value is not None and value.lower() in ("1", "true", "yes")
+
+
+def routing_key(key: KeyRecord, headers: dict[str, str]) -> str:
+    """Who the caller is for sticky canaries: a routing key the caller chose, else its API key's id."""
+    return headers.get("x-slserve-routing-key") or key.key_id
+
+
+def result_headers(served: Served) -> dict[str, str]:
+    result: InferResult = served.result
+    headers = {
+        "x-slserve-function": result.function,
+        "x-slserve-version": result.version,
+        "x-slserve-instance": result.instance,
+        "x-slserve-queue-ms": f"{result.queue_ms:.2f}",
+        "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
+        "x-slserve-batch-size": str(result.batch_size),
+        "x-slserve-tier": served.tier,
+        "x-slserve-cost": str(served.cost),
+    }
+    if result.cold_start_ms is not None:
+        headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
+    if served.route.alias is not None:
+        headers["x-slserve-alias"] = served.route.alias
+    if served.fallback is not None:
+        headers["x-slserve-fallback"] = served.fallback
+    return headers
+
+
+def error_reply(error: SlserveError, path: str) -> Reply:
+    body = openai.error_document(error) if path.startswith("/v1/") else orjson.dumps(error.to_dict())
+    headers = {"content-type": "application/json"}
+    retry_after = getattr(error, "retry_after", None)
+    if retry_after is not None:
+        headers["retry-after"] = str(max(1, round(retry_after)))
+    if isinstance(error, Unauthorized):
+        headers["www-authenticate"] = 'Bearer realm="slserve"'
+    return error.status, body, headers
+
+
+class Front:
+    def __init__(
+        self, app: ASGIApp, auth: Authenticator, pipeline: Pipeline, metrics: Metrics, max_body_bytes: int
+    ) -> None:
+        self.app = app
+        self.auth = auth
+        self.pipeline = pipeline
+        self.router: Router = pipeline.router
+        self.metrics = metrics
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path in PUBLIC:
+            if path == "/metrics":
+                await _respond(send, 200, self.metrics.render(), {"content-type": CONTENT_TYPE})
+            else:
+                await self.app(scope, receive, send)
+            return
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        call: Call | None = None
+        try:
+            key = self.auth.authenticate(headers)
+            if path.startswith("/slserve/"):
+                require_admin(key, path)
+            match = INFER_PATH.fullmatch(path)
+            if match is None and path != EMBEDDINGS_PATH:
+                scope[CALLER] = key
+                await self.app(scope, receive, _with_request_id(send, request_id))
+                return
+            if scope["method"] != "POST":
+                raise MethodNotAllowed(f"{scope['method']} is not allowed here; POST an inference request")
+            call = Call(request_id, key, "v2" if match else "openai", b"", headers.get("idempotency-key"))
+            if match:
+                reply = await self.v2(call, match["model"], match["version"], headers, receive, path)
+            else:
+                reply = await self.embeddings(call, headers, receive, path)
+        except ClientGone:
+            return
+        except SlserveError as e:
+            reply = error_reply(e, path)
+        except Exception as e:  # a bug: say so without a stack trace, log it, keep serving
+            log.exception(
+                "unexpected error on %s %s", scope["method"], path, extra={"fields": {"request_id": request_id}}
+            )
+            reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
+        finally:
+            if call is not None:
+                self.pipeline.done(call)
+        status, body, out_headers = reply
+        out_headers.setdefault("x-request-id", request_id)
+        await _respond(send, status, body, out_headers)
+        self._observe(call, path, status, time.perf_counter() - started, out_headers["x-request-id"])
+
+    async def v2(
+        self, call: Call, model: str, version: str | None, headers: dict[str, str], receive: Receive, path: str
+    ) -> Reply:
+        key = call.key
+        tier = tier_for(key, headers.get("x-slserve-tier"))
+        upgrade = _true(headers.get(ALLOW_UPGRADE))
+        draw = random.random()
+        sticky = routing_key(key, headers)
+        route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw))
+        call.route = route
+        call.body = await self.read_body(headers, receive)
+        replayed = await self.pipeline.replay(call, path)
+        if replayed is not None:
+            return replayed
+        v2 = parse_infer(self.router.signature_function(route), call.body, headers.get(HEADER_LENGTH))
+        asked_tier, asked_upgrade = v2.parameters.get("tier"), v2.parameters.get("allow_upgrade")
+        if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
+            tier = str(asked_tier) if asked_tier else tier
+            upgrade = upgrade or asked_upgrade is True
+            route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw))
+
+        def encode(served: Served) -> tuple[bytes, dict[str, str]]:
+            content, out = encode_infer(served.result, model, v2)
+            out.update(result_headers(served))
+            return content, out
+
+        return await self.pipeline.serve(call, route, v2.request, path, encode)
+
+    async def embeddings(self, call: Call, headers: dict[str, str], receive: Receive, path: str) -> Reply:
+        key = call.key
+        call.body = await self.read_body(headers, receive)
+        request = openai.parse_embeddings(call.body)
+        tier = tier_for(key, headers.get("x-slserve-tier") or request.tier)
+        upgrade = _true(headers.get(ALLOW_UPGRADE))
+        sticky = routing_key(key, headers)
+        route = scoped(key, self.router.route(request.model, request.selector, sticky, tier, upgrade, random.random()))
+        call.route = route
+        replayed = await self.pipeline.replay(call, path)
+        if replayed is not None:
+            return replayed
+        fdef = self.router.signature_function(route)
+        infer = openai.infer_request(fdef, request, call.request_id)
+        output = fdef.spec.signature.outputs[0].name
+        model_name = request.model if request.selector is None else f"{request.model}@{route.version}"
+
+        def encode(served: Served) -> tuple[bytes, dict[str, str]]:
+            result = served.result
+            body = openai.encode_embeddings(result.outputs[output], model_name, request.encoding_format, result.tokens)
+            return body, {"content-type": "application/json", **result_headers(served)}
+
+        return await self.pipeline.serve(call, route, infer, path, encode)
+
+    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
+        limit = self.max_body_bytes
+        declared = headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (max_body_mb)")
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the {limit}-byte limit (max_body_mb)")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _observe(self, call: Call | None, path: str, status: int, seconds: float, request_id: str) -> None:
+        """Metrics and the access log line for an inference request."""
+        if call is None:
+            logs.access("request", request_id=request_id, path=path, status=status, ms=round(seconds * 1000, 2))
+            return
+        route, served = call.route, call.served
+        model, version = (route.model, route.version) if route else ("", "")
+        tier = served.tier if served else (route.tier if route else "")
+        alias = (route.alias or "") if route else ""
+        m = self.metrics
+        m.requests.labels(call.endpoint, model, version, alias, tier, str(status)).inc()
+        m.latency.labels(call.endpoint, model, tier).observe(seconds)
+        if served is not None:
+            result = served.result
+            m.batch_size.labels(result.function).observe(result.batch_size)
+            if result.cold_start_ms is not None:
+                m.cold_start.labels(result.function).observe(result.cold_start_ms / 1000)
+            if served.cost:
+                m.charged.labels(model, tier).inc(served.cost)
+            if served.fallback:
+                m.fallbacks.labels(model, tier).inc()
+        logs.access(
+            "infer",
+            request_id=request_id,
+            key_id=call.key.key_id,
+            tenant=call.key.tenant,
+            endpoint=call.endpoint,
+            model=model,
+            version=version,
+            alias=alias or None,
+            tier=tier,
+            function=served.result.function if served else None,
+            status=status,
+            cost=served.cost if served else 0,
+            ms=round(seconds * 1000, 2),
+        )
+
+
+def caller(scope: Scope) -> KeyRecord:
+    key = scope.get(CALLER)
+    if not isinstance(key, KeyRecord):
+        raise Unauthorized("this endpoint needs an API key")
+    return key
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    async def wrapped(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", request_id.encode())]
+        await send(message)
+
+    return wrapped
+
+
+async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,123 @@
+"""Prometheus metrics (`GET /metrics`). Per-request counters and histograms are updated as requests finish;
+everything that is state (instances, queues, cold starts, the ledger, shadows, routes) is read at scrape time
+from its owner, so no number is kept twice."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from slserve.metering.ledger import Ledger
+from slserve.platform.base import Platform
+from slserve.router.dispatch import Router
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self, platform: Platform, router: Router, ledger: Ledger | None) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        labels = ["endpoint", "model", "version", "alias", "tier", "status"]
+        self.requests = Counter("slserve_requests", "Inference requests answered", labels, registry=self.registry)
+        self.latency = Histogram(
+            "slserve_request_duration_seconds",
+            "Inference request latency in the gateway (body read to response)",
+            ["endpoint", "model", "tier"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cold_start = Histogram(
+            "slserve_cold_start_duration_seconds",
+            "How long requests that waited for an instance start waited",
+            ["function"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "slserve_batch_size", "Requests per model call", ["function"], buckets=BATCH_BUCKETS, registry=self.registry
+        )
+        self.charged = Counter(
+            "slserve_charged_micros",
+            "Money charged, in micro-units of currency",
+            ["model", "tier"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
+        )
+        self.registry.register(StateCollector(platform, router, ledger))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class StateCollector(Collector):
+    def __init__(self, platform: Platform, router: Router, ledger: Ledger | None) -> None:
+        self.platform = platform
+        self.router = router
+        self.ledger = ledger
+
+    def collect(self) -> Iterator[Metric]:
+        queued = GaugeMetricFamily("slserve_queue_depth", "Requests waiting for an instance", labels=["function"])
+        in_flight = GaugeMetricFamily("slserve_in_flight", "Requests on instances", labels=["function"])
+        instances = GaugeMetricFamily("slserve_instances", "Instances by state", labels=["function", "state"])
+        cold = CounterMetricFamily("slserve_cold_starts", "Instances started", labels=["function"])
+        served = CounterMetricFamily("slserve_function_requests", "Requests by outcome", labels=["function", "outcome"])
+        for s in self.platform.status():
+            queued.add_metric([s.name], s.queued)
+            in_flight.add_metric([s.name], s.in_flight)
+            states: dict[str, int] = {"starting": 0, "idle": 0, "busy": 0, "draining": 0}
+            for inst in s.instances:
+                states[str(inst.get("state"))] = states.get(str(inst.get("state")), 0) + 1
+            for state, n in states.items():
+                instances.add_metric([s.name, state], n)
+            cold.add_metric([s.name], s.cold_starts)
+            served.add_metric([s.name, "served"], s.served)
+            served.add_metric([s.name, "failed"], s.failed)
+        yield from (queued, in_flight, instances, cold, served)
+        yield from self._shadows()
+        routes_error = GaugeMetricFamily("slserve_routes_refused", "1 while a changed routes file is refused")
+        routes_error.add_metric([], 1 if self.router.error else 0)
+        yield routes_error
+        if self.ledger is not None:
+            stats = self.ledger.stats()
+            yield GaugeMetricFamily("slserve_ledger_pending", "Records waiting for commit", value=stats["pending"])
+            yield GaugeMetricFamily(
+                "slserve_ledger_lag_seconds", "Enqueue-to-durable time of the last commit", value=stats["last_lag_s"]
+            )
+            yield GaugeMetricFamily(
+                "slserve_ledger_group_size", "Records in the last commit", value=stats["last_group"]
+            )
+            yield CounterMetricFamily("slserve_ledger_records", "Records made durable", value=stats["records"])
+            yield CounterMetricFamily("slserve_ledger_commits", "Group commits", value=stats["commits"])
+
+    def _shadows(self) -> Iterator[Metric]:
+        labels = ["model", "alias", "shadow_version"]
+        requests = CounterMetricFamily("slserve_shadow_requests", "Shadow requests compared", labels=labels)
+        failures = CounterMetricFamily("slserve_shadow_failures", "Shadow requests that failed", labels=labels)
+        gauges = {
+            "max_abs_diff": GaugeMetricFamily(
+                "slserve_shadow_max_abs_diff", "Largest |primary - shadow|", labels=labels
+            ),
+            "mean_cosine": GaugeMetricFamily("slserve_shadow_mean_cosine", "Mean row cosine", labels=labels),
+            "min_cosine": GaugeMetricFamily("slserve_shadow_min_cosine", "Smallest row cosine", labels=labels),
+            "argmax_agreement": GaugeMetricFamily(
+                "slserve_shadow_argmax_agreement", "Share of rows with the same argmax", labels=labels
+            ),
+        }
+        for (model, alias, version), stats in list(self.router.shadows.items()):
+            values = stats.to_dict()
+            requests.add_metric([model, alias, version], stats.requests)
+            failures.add_metric([model, alias, version], stats.failures)
+            for name, family in gauges.items():
+                value = values[name]
+                if value is not None:
+                    family.add_metric([model, alias, version], float(value))
+        yield requests
+        yield failures
+        yield from gauges.values()

@@ -1,0 +1,124 @@
+"""OpenAI-compatible embeddings: `POST /v1/embeddings` and `GET /v1/models`, for every model whose signature
+is text -> embedding (one BYTES input, one FP32 output of shape [-1, dim]), so the official client works with
+`base_url` pointed here. `model` is a model (`minilm`), `model:alias`, `model@version`, or a function's name.
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import numpy as np
+import orjson
+
+from slserve.errors import InvalidInput, SlserveError
+from slserve.platform.base import InferRequest
+from slserve.spec import Datatype, FunctionDef
+
+MAX_INPUTS = 2048  # OpenAI's own limit per request
+ERROR_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+@dataclass
+class EmbeddingsRequest:
+    model: str
+    selector: str | None  # version or alias
+    texts: list[str]
+    encoding_format: str
+    tier: str | None
+    dimensions: int | None
+
+
+def embedding_io(fdef: FunctionDef) -> tuple[str, str] | None:
+    """(input name, output name) when the function maps text to an embedding, else None."""
+    sig = fdef.spec.signature
+    if len(sig.inputs) != 1 or len(sig.outputs) != 1:
+        return None
+    tin, tout = sig.inputs[0], sig.outputs[0]
+    if tin.datatype is not Datatype.BYTES or tout.datatype is not Datatype.FP32 or len(tout.shape) != 2:
+        return None
+    return tin.name, tout.name
+
+
+def split_model(model: str) -> tuple[str, str | None]:
+    """'minilm@1' / 'minilm:stable' / 'minilm' -> (model, version-or-alias)."""
+    for sep in ("@", ":"):
+        name, found, selector = model.partition(sep)
+        if found:
+            if not name or not selector:
+                raise InvalidInput(f"model {model!r} must look like 'name', 'name:alias' or 'name@version'")
+            return name, selector
+    return model, None
+
+
+def parse_embeddings(body: bytes) -> EmbeddingsRequest:
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError as e:
+        raise InvalidInput(f"the request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise InvalidInput("the request body must be a JSON object with 'model' and 'input'")
+    model = doc.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidInput("'model' must be a model name (GET /v1/models lists them)")
+    raw = doc.get("input")
+    texts = [raw] if isinstance(raw, str) else raw
+    if not isinstance(texts, list) or not texts:
+        raise InvalidInput("'input' must be a string or a non-empty list of strings")
+    if not all(isinstance(t, str) for t in texts):
+        raise InvalidInput("'input' must be text: token-id arrays are not accepted here, send the strings")
+    if any(not t for t in texts):
+        raise InvalidInput("'input' must not contain empty strings")
+    if len(texts) > MAX_INPUTS:
+        raise InvalidInput(f"'input' has {len(texts)} strings; at most {MAX_INPUTS} per request")
+    encoding = doc.get("encoding_format", "float")
+    if encoding not in ("float", "base64"):
+        raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
+    tier = doc.get("tier")
+    if tier is not None and not isinstance(tier, str):
+        raise InvalidInput("'tier' must be a tier name")
+    dimensions = doc.get("dimensions")
+    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)):
+        raise InvalidInput("'dimensions' must be an integer")
+    name, selector = split_model(model)
+    return EmbeddingsRequest(name, selector, texts, encoding, tier, dimensions)
+
+
+def infer_request(fdef: FunctionDef, request: EmbeddingsRequest, request_id: str) -> InferRequest:
+    io = embedding_io(fdef)
+    if io is None:
+        raise InvalidInput(f"{fdef.spec.model.name} is not a text-embedding model; GET /v1/models lists those that are")
+    dim = fdef.spec.signature.outputs[0].shape[1]
+    if request.dimensions is not None and request.dimensions != dim:
+        raise InvalidInput(f"'dimensions' must be {dim} for {fdef.spec.model.name} (or left out); it is fixed")
+    texts = np.empty(len(request.texts), dtype=object)
+    texts[:] = [t.encode() for t in request.texts]
+    return InferRequest(fdef.name, {io[0]: texts}, [io[1]], request_id)
+
+
+def encode_embeddings(embeddings: np.ndarray, model: str, encoding: str, tokens: int | None) -> bytes:
+    rows = np.ascontiguousarray(embeddings, dtype="<f4")
+    if encoding == "base64":
+        data = [
+            {"object": "embedding", "index": i, "embedding": base64.b64encode(row.tobytes()).decode()}
+            for i, row in enumerate(rows)
+        ]
+    else:
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+    usage = {"prompt_tokens": tokens or 0, "total_tokens": tokens or 0}
+    doc = {"object": "list", "data": data, "model": model, "usage": usage}
+    return orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def error_document(error: SlserveError) -> bytes:
+    """OpenAI's error shape, which its client turns into typed exceptions."""
+    kind = ERROR_TYPES.get(error.status, "api_error")
+    return orjson.dumps({"error": {"message": error.message, "type": kind, "param": None, "code": error.code}})

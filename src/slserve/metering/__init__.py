@@ -1,0 +1,1 @@
+"""The ledger of billed requests and the usage reports drawn from it."""
