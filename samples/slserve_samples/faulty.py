@@ -58,3 +58,24 @@ class Broken(nn.Module):
 
 def build_broken() -> Broken:
     return Broken()
+
+
+SLEEP_SENTINEL = 4242.0
+
+
+class Sleepy(nn.Module):
+    """Sleeps `x[0, 1]` seconds when `x[0, 0]` is the sentinel, else answers at once: holds one request for
+    exactly as long as a test needs (timeouts, concurrency limits)."""
+
+    def __init__(self, features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] and float(x[0, 0]) == SLEEP_SENTINEL:
+            time.sleep(min(max(float(x[0, 1]), 0.0), 30.0))
+        return self.linear(x)
+
+
+def build_sleepy() -> Sleepy:
+    return Sleepy()
