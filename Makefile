@@ -56,6 +56,7 @@ bench: build
 	cd benchmarks && ../$(BIN)/python burst.py
 	cd benchmarks && ../$(BIN)/python transport.py
 	cd benchmarks && ../$(BIN)/python router.py
+	cd benchmarks && ../$(BIN)/python metering.py
 
 clean:
 	rm -rf .slserve

@@ -29,9 +29,10 @@ BODIES = {
 }
 
 
-async def burst(url: str, body: bytes, n: int) -> tuple[list[float], list[int], list[str]]:
+async def burst(url: str, body: bytes, n: int, auth: dict[str, str]) -> tuple[list[float], list[int], list[str]]:
     connector = aiohttp.TCPConnector(limit=n)
-    async with aiohttp.ClientSession(connector=connector, headers={"content-type": "application/json"}) as session:
+    headers = {"content-type": "application/json", **auth}
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
 
         async def one() -> tuple[float, int, str]:
             start = time.perf_counter()
@@ -57,7 +58,7 @@ def main() -> None:
                 gw.wait_for_zero(name)
                 before = gw.status(name)["cold_starts"]
                 lat, codes, instances = asyncio.run(
-                    burst(f"{gw.url}/v2/models/{name}/infer", orjson.dumps(body), args.requests)
+                    burst(f"{gw.url}/v2/models/{name}/infer", orjson.dumps(body), args.requests, gw.auth)
                 )
                 memory.setdefault(name, [memory_of(i["pid"]) for i in gw.status(name)["instances"] if i["pid"]])
                 rows[name].append(

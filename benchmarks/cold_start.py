@@ -143,7 +143,7 @@ def main() -> None:
     for cfg, blobs in prepared.values():
         warm_page_cache([*blobs, Path(cfg["pt"])])
     rows: dict[str, dict[str, list[float]]] = {n: {} for n in FUNCTIONS}
-    with gateway(functions) as gw, httpx.Client(base_url=gw.url, timeout=120) as client:
+    with gateway(functions) as gw, httpx.Client(base_url=gw.url, timeout=120, headers=gw.auth) as client:
         for name in FUNCTIONS:  # one untimed start each, so every timed round starts from the same state
             client.post(f"/v2/models/{name}/infer", json=REQUESTS[name])
         for round_ in range(args.rounds):

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator, Mapping
@@ -67,9 +68,15 @@ def make_functions(target: Path, functions: Mapping[str, tuple[str, Overrides]])
 class Gateway:
     url: str
     proc: subprocess.Popen[bytes]
+    key: str  # an admin API key made for the run
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
     def status(self, function: str) -> dict[str, Any]:
-        with urllib.request.urlopen(self.url + "/slserve/functions", timeout=10) as r:
+        request = urllib.request.Request(self.url + "/slserve/functions", headers=self.auth)
+        with urllib.request.urlopen(request, timeout=10) as r:
             doc = json.loads(r.read())
         return next(f for f in doc["functions"] if f["name"] == function)
 
@@ -82,8 +89,13 @@ class Gateway:
 
 
 @contextmanager
-def gateway(functions: Path, routes: Path | None = None) -> Iterator[Gateway]:
+def gateway(functions: Path, routes: Path | None = None, metering: bool = True) -> Iterator[Gateway]:
+    """A gateway on a free port with a fresh state folder (keys, ledger) and one admin key."""
+    from slserve.accounts.keys import SQLiteKeyStore, new_key
+
     port = free_port()
+    state = Path(tempfile.mkdtemp(prefix="slserve-bench-state-"))
+    key = SQLiteKeyStore(state).create(new_key("bench", admin=True))
     cmd = [
         sys.executable,
         "-c",
@@ -96,17 +108,19 @@ def gateway(functions: Path, routes: Path | None = None) -> Iterator[Gateway]:
         "--artifacts",
         str(ARTIFACTS),
     ]
-    env = {**os.environ, "SLSERVE_LOG_LEVEL": "warning"}
+    env = {**os.environ, "SLSERVE_LOG_LEVEL": "warning", "SLSERVE_STATE": str(state)}
+    env["SLSERVE_METERING"] = "true" if metering else "false"
     if routes is not None:
         env["SLSERVE_ROUTES"] = str(routes)
     proc = subprocess.Popen(cmd, env=env)
-    gw = Gateway(f"http://127.0.0.1:{port}", proc)
+    gw = Gateway(f"http://127.0.0.1:{port}", proc, key)
     try:
         wait_ready(gw.url + "/v2/health/ready", proc)
         yield gw
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+        shutil.rmtree(state, ignore_errors=True)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:

@@ -61,8 +61,8 @@ def main() -> None:
     with gateway(functions, routes=routes) as gw:
         direct, routed = [], []
         for _ in range(4):
-            d, _ = asyncio.run(sequential(f"{gw.url}/v2/models/clf/infer", body, 500))
-            r, _ = asyncio.run(sequential(f"{gw.url}/v2/models/classifier/versions/canary/infer", body, 500))
+            d, _ = asyncio.run(sequential(f"{gw.url}/v2/models/clf/infer", body, 500, gw.auth))
+            r, _ = asyncio.run(sequential(f"{gw.url}/v2/models/classifier/versions/canary/infer", body, 500, gw.auth))
             direct += d
             routed += r
         results["e2e_ms"] = {
@@ -73,7 +73,7 @@ def main() -> None:
         }
         compute = {}
         for tier, function in (("standard", "minilm"), ("economy", "minilm-int8")):
-            _, c = asyncio.run(sequential(f"{gw.url}/v2/models/{function}/infer", text, 300))
+            _, c = asyncio.run(sequential(f"{gw.url}/v2/models/{function}/infer", text, 300, gw.auth))
             compute[tier] = statistics.median(c)
         results["compute_ms"] = compute
     save("router", results)

@@ -30,6 +30,7 @@ LUA = """
 wrk.method = "POST"
 wrk.body = '{body}'
 wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer {key}"
 """
 
 
@@ -94,9 +95,9 @@ def main() -> None:
         sys.exit("wrk is not installed: apt-get install wrk")
     functions = make_functions(OUT / "functions-throughput", FUNCTIONS)
     script = OUT / "minilm.lua"
-    script.write_text(LUA.format(body=BODY))
     results: dict[str, dict[int, dict[str, float]]] = {name: {} for name in FUNCTIONS}
     with gateway(functions) as gw:
+        script.write_text(LUA.format(body=BODY, key=gw.key))
         for name in FUNCTIONS:  # bring up the instances first: cold starts are another benchmark
             wrk(f"{gw.url}/v2/models/{name}/infer", 64, 3, script)
         for c in CONCURRENCY:

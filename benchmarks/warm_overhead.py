@@ -29,9 +29,11 @@ BODIES = {
 }
 
 
-async def sequential(url: str, body: bytes, n: int) -> tuple[list[float], list[float]]:
+async def sequential(
+    url: str, body: bytes, n: int, headers: dict[str, str] | None = None
+) -> tuple[list[float], list[float]]:
     latencies, computes = [], []
-    async with aiohttp.ClientSession(headers={"content-type": "application/json"}) as session:
+    async with aiohttp.ClientSession(headers={"content-type": "application/json", **(headers or {})}) as session:
         for i in range(n + 100):
             start = time.perf_counter()
             async with session.post(url, data=body) as r:
@@ -61,7 +63,7 @@ def main() -> None:
                 lat, comp, echo_lat = [], [], []
                 for _ in range(4):
                     e, _ = asyncio.run(sequential(f"http://127.0.0.1:{port}/echo", raw, args.requests // 4))
-                    m, c = asyncio.run(sequential(f"{gw.url}/v2/models/{name}/infer", raw, args.requests // 4))
+                    m, c = asyncio.run(sequential(f"{gw.url}/v2/models/{name}/infer", raw, args.requests // 4, gw.auth))
                     echo_lat += e
                     lat += m
                     comp += c

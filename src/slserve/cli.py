@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -462,7 +463,7 @@ def usage(
     try:
         doc = reports.report(ledger.usage(start, end, tenant=tenant), name, load_settings().currency, tenant=tenant)
     finally:
-        ledger.close()
+        asyncio.run(ledger.close())
     if as_csv:
         print(reports.to_csv(doc), end="")
         return

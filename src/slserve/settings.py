@@ -30,7 +30,9 @@ class ServeSettings(BaseSettings):
     request_timeout_s: Annotated[float, Field(gt=0)] = Field(
         60.0, description="Longest a request may wait and run before a 504"
     )
-    metering: bool = Field(True, description="Write the ledger (turn off only to measure its cost: nothing is billed)")
+    metering: bool = Field(
+        True, description="Write the ledger (off only to measure its cost: nothing billed, no replays)"
+    )
     currency: str = Field("USD", description="What prices' micro-units are millionths of")
     log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")

@@ -126,3 +126,13 @@ def test_unknown_model_version_and_tier() -> None:
         t.resolve("enc", "v3", "k", None)
     with pytest.raises(InvalidInput, match="unknown tier 'gold'"):
         t.resolve("enc", "1", "k", "gold")
+
+
+def test_a_function_named_like_another_model_is_refused() -> None:
+    hidden = [*FUNCTIONS, function("clf", "clf", "1", "standard"), function("enc", "clf", "2", "standard")]
+    with pytest.raises(SpecError, match="function 'enc' \\(model 'clf'\\) has the name of another model"):
+        RouteTable.build(hidden, RoutesConfig())
+    own_name = [*FUNCTIONS, function("clf", "clf", "1", "standard")]  # a function named like its own model is fine
+    assert RouteTable.build(own_name, RoutesConfig()).resolve("clf", None, "k", None).candidates == [
+        ("standard", "clf")
+    ]

@@ -196,7 +196,7 @@ def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None
             watcher.cancel()
             await platform.stop(settings.drain_seconds)
             if ledger is not None:
-                ledger.close()  # after the drain: every record of an answered request is written
+                await ledger.close()  # after the drain: every record of an answered request is written
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -66,12 +66,74 @@ class ServerMetadata(BaseModel):
     extensions: list[str]
 
 
+class EmbeddingsRequestBody(BaseModel):
+    model: str = Field(description="a model, model:alias, model@version, or a function's name")
+    input: str | list[str] = Field(description="text, or a list of texts (at most 2048)")
+    encoding_format: str = Field("float", description="float or base64 (little-endian float32)")
+    dimensions: int | None = Field(None, description="if given, must equal the model's dimension")
+    tier: str | None = Field(None, description="cost tier (also the x-slserve-tier header)")
+
+
+class Embedding(BaseModel):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class EmbeddingsUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingsResponseBody(BaseModel):
+    object: str = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingsUsage
+
+
+class OpenAIError(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIError
+
+
+class UsageLine(BaseModel):
+    model: str
+    version: str
+    tier: str
+    requests: int = Field(description="charged requests")
+    failed: int = Field(description="recorded, not charged")
+    tokens: int
+    compute_ms: float
+    charged_micros: int = Field(description="integer millionths of the currency")
+    charged: str = Field(description="the same amount as a decimal string")
+
+
+class UsageReport(BaseModel):
+    key_id: str
+    tenant: str
+    month: str
+    currency: str
+    usage: list[UsageLine]
+    total: dict[str, int | str]
+
+
 MODELS: list[type[BaseModel]] = [
     InferRequestBody,
     InferResponseBody,
     ErrorBody,
     ModelMetadata,
     ServerMetadata,
+    EmbeddingsRequestBody,
+    EmbeddingsResponseBody,
+    OpenAIErrorBody,
+    UsageReport,
 ]
 
 
@@ -83,13 +145,31 @@ def _json(model: type[BaseModel], description: str) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": _ref(model)}}}
 
 
-ERRORS = {
-    "400": _json(ErrorBody, "the request does not match the protocol or the model's signature"),
-    "404": _json(ErrorBody, "unknown model or version"),
-    "413": _json(ErrorBody, "body over the size limit"),
-    "429": _json(ErrorBody, "queue full; retry after Retry-After seconds"),
-    "502": _json(ErrorBody, "the instance died while serving, twice"),
-    "503": _json(ErrorBody, "the function cannot start or the server is shutting down"),
+def _errors(body: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "400": _json(body, "the request does not match the protocol or the model's signature"),
+        "401": _json(body, "no API key, or a wrong, revoked or expired one"),
+        "403": _json(body, "the key does not open this model, tier or endpoint"),
+        "404": _json(body, "unknown model or version"),
+        "413": _json(body, "body or tensor elements over the server's limits"),
+        "422": _json(body, "an Idempotency-Key reused with a different request"),
+        "429": _json(
+            body,
+            "a key's rate, concurrency or monthly quota, or the queue, is full; retry after Retry-After seconds",
+        ),
+        "502": _json(body, "the instance died while serving, twice"),
+        "503": _json(body, "the function cannot start, the ledger cannot record, or the server is shutting down"),
+        "504": _json(body, "no answer within the server's request timeout"),
+    }
+
+
+ERRORS = _errors(ErrorBody)
+IDEMPOTENCY = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "maxLength": 255},
+    "description": "a retry with the same key (and the same request) gets the first answer and is billed once",
 }
 MODEL = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
 VERSION = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
@@ -108,6 +188,7 @@ def _infer(params: list[dict[str, Any]]) -> dict[str, Any]:
                     "schema": {"type": "integer", "minimum": 1},
                     "description": "binary extension: length of the JSON part; binary tensors follow it",
                 },
+                IDEMPOTENCY,
             ],
             "requestBody": {
                 "required": True,
@@ -147,8 +228,8 @@ def openapi_document() -> dict[str, Any]:
         "openapi": "3.1.0",
         "info": {"title": "slserve gateway", "version": slserve.__version__},
         "paths": {
-            "/v2/health/live": _status("Is the server alive"),
-            "/v2/health/ready": _status("Can the server take requests"),
+            "/v2/health/live": {"get": {**_status("Is the server alive")["get"], "security": []}},
+            "/v2/health/ready": {"get": {**_status("Can the server take requests")["get"], "security": []}},
             "/v2": _get(ServerMetadata, "Server metadata"),
             "/v2/models/{model}": _get(ModelMetadata, "Model metadata", [MODEL]),
             "/v2/models/{model}/versions/{version}": _get(ModelMetadata, "Model version metadata", both),
@@ -156,12 +237,66 @@ def openapi_document() -> dict[str, Any]:
             "/v2/models/{model}/versions/{version}/ready": _status("Can the model version take requests", both),
             "/v2/models/{model}/infer": _infer([MODEL]),
             "/v2/models/{model}/versions/{version}/infer": _infer(both),
+            "/v1/embeddings": {
+                "post": {
+                    "summary": "OpenAI-compatible embeddings for text-embedding models",
+                    "parameters": [IDEMPOTENCY],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": _ref(EmbeddingsRequestBody)}},
+                    },
+                    "responses": {
+                        "200": _json(EmbeddingsResponseBody, "one embedding per input, and the tokens counted"),
+                        **_errors(OpenAIErrorBody),
+                    },
+                }
+            },
+            "/v1/models": {
+                "get": {
+                    "summary": "Text-embedding models (OpenAI format)",
+                    "responses": {"200": {"description": "models"}},
+                }
+            },
+            "/v1/usage": {
+                "get": {
+                    "summary": "The calling key's own usage for a month",
+                    "parameters": [
+                        {
+                            "name": "month",
+                            "in": "query",
+                            "required": False,
+                            "schema": {"type": "string", "pattern": r"^\d{4}-\d{2}$"},
+                        }
+                    ],
+                    "responses": {"200": _json(UsageReport, "requests and charges per model, version and tier")},
+                }
+            },
+            "/metrics": {
+                "get": {
+                    "summary": "Prometheus metrics (no key needed)",
+                    "security": [],
+                    "responses": {"200": {"description": "text exposition format"}},
+                }
+            },
             "/slserve/functions": {
                 "get": {
-                    "summary": "Instances, queue and cold starts per function",
+                    "summary": "Instances, queue and cold starts per function (admin key)",
                     "responses": {"200": {"description": "status"}},
                 }
             },
+            "/slserve/routes": {
+                "get": {
+                    "summary": "Routes in force and shadow comparisons (admin key)",
+                    "responses": {"200": {"description": "routes"}},
+                }
+            },
         },
-        "components": {"schemas": schemas["$defs"]},
+        "components": {
+            "schemas": schemas["$defs"],
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "sls_<key id>_<secret>"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
+        },
+        "security": [{"bearer": []}, {"apiKey": []}],
     }

@@ -78,9 +78,10 @@ class RouteTable:
     def build(cls, functions: Iterable[FunctionDef], config: RoutesConfig) -> RouteTable:
         """Check `config` against the functions; any inconsistency is a SpecError naming it (and the caller keeps
         the routes it had)."""
+        functions_list = list(functions)
         versions: dict[str, dict[str, dict[str, list[str]]]] = {}
         signatures: dict[tuple[str, str], tuple[str, Signature]] = {}
-        for fdef in functions:
+        for fdef in functions_list:
             spec = fdef.spec
             if spec.tier not in config.tiers:
                 raise SpecError(
@@ -94,6 +95,12 @@ class RouteTable:
                 )
             by_tier = versions.setdefault(spec.model.name, {}).setdefault(spec.model.version, {})
             by_tier.setdefault(spec.tier, []).append(fdef.name)
+        for fdef in functions_list:
+            if fdef.name in versions and fdef.name != fdef.spec.model.name:
+                raise SpecError(
+                    f"function {fdef.name!r} (model {fdef.spec.model.name!r}) has the name of another model, which "
+                    "would hide it from requests that name it; rename the function"
+                )
         unknown = sorted(set(config.models) - set(versions))
         if unknown:
             raise SpecError(f"routes name model(s) {unknown} that no function serves; models: {sorted(versions)}")
