@@ -9,7 +9,7 @@ fsync) runs here, on another core, in parallel. When the gateway goes away (even
 what arrived is committed, then the writer exits.
 
 Frames, both ways: u32 length, then the payload.
-    gateway -> writer: u64 group sequence number, then orjson [records, responses]
+    gateway -> writer: u64 group sequence number, u32 n, n bytes of JSON rows (records), JSON [responses]
     writer -> gateway: u64 first sequence, u64 last sequence, u8 ok, then an error message if not ok
 """
 
@@ -68,13 +68,15 @@ class FrameReader:
         return out
 
 
-def write_groups(db: sqlite3.Connection, groups: list[bytes], insert_record: str, insert_response: str) -> str | None:
+def write_groups(db: sqlite3.Connection, groups: list[bytes], insert_records: str, insert_response: str) -> str | None:
     """One transaction for all `groups`; None when committed, else what went wrong (nothing was written)."""
     try:
         db.execute("BEGIN IMMEDIATE")
         for payload in groups:
-            records, responses = orjson.loads(payload[SEQ.size :])
-            db.executemany(insert_record, records)
+            (n,) = LENGTH.unpack_from(payload, SEQ.size)
+            start = SEQ.size + LENGTH.size
+            db.execute(insert_records, (payload[start : start + n].decode(),))
+            responses = orjson.loads(payload[start + n :])
             if responses:
                 for row in responses:
                     row[-1] = base64.b64decode(row[-1])
@@ -88,7 +90,7 @@ def write_groups(db: sqlite3.Connection, groups: list[bytes], insert_record: str
 
 
 def serve(path: Path, source: int, sink: BinaryIO) -> None:
-    from slserve.metering.ledger import INSERT_RECORD, INSERT_RESPONSE, SCHEMA, connect
+    from slserve.metering.ledger import INSERT_RECORDS, INSERT_RESPONSE, SCHEMA, connect
 
     db = connect(path)
     db.executescript(SCHEMA)
@@ -96,7 +98,7 @@ def serve(path: Path, source: int, sink: BinaryIO) -> None:
     while True:
         groups = reader.take()
         if groups:
-            error = write_groups(db, groups, INSERT_RECORD, INSERT_RESPONSE)
+            error = write_groups(db, groups, INSERT_RECORDS, INSERT_RESPONSE)
             first, last = SEQ.unpack_from(groups[0])[0], SEQ.unpack_from(groups[-1])[0]
             message = (error or "").encode()
             sink.write(LENGTH.pack(ACK.size + len(message)) + ACK.pack(first, last, error is None) + message)
