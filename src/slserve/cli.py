@@ -436,9 +436,12 @@ def keys_rotate(
     state: StateDir = DEFAULT_STATE,
 ) -> None:
     """A new secret for the same key (same id, scope, limits and usage); the old one works for --grace more."""
-    from slserve.accounts.limits import parse_expiry
+    from slserve.accounts.limits import parse_duration
 
-    token = _key_store(state).rotate(key_id, parse_expiry(grace, now=0.0))
+    grace_s = parse_duration(grace)
+    if grace_s is None:
+        raise SlserveError(f"--grace {grace!r} is not like '0s', '30m' or '1h'")
+    token = _key_store(state).rotate(key_id, grace_s)
     console.print(f"key {key_id} rotated; the old secret works for {grace} more. New secret (shown once):")
     print(token)
 

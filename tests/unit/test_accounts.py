@@ -13,7 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key, new_key, split_token
-from slserve.accounts.limits import Limiter, month_bounds, parse_expiry, parse_quota, parse_rate
+from slserve.accounts.limits import Limiter, month_bounds, parse_duration, parse_expiry, parse_quota, parse_rate
 from slserve.errors import QuotaExceeded, RateLimited, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
 from slserve.metering.ledger import Record, SQLiteLedger
@@ -75,6 +75,7 @@ def test_bad_rates_are_clear_errors(bad: str) -> None:
 def test_quota_and_expiry_parse() -> None:
     assert parse_quota("100000/month") == 100000 and parse_quota("7") == 7
     assert parse_expiry("30d", now=0.0) == 30 * 86400
+    assert parse_duration("1h") == 3600 and parse_duration("0s") == 0 and parse_duration("2026-12-01") is None
     assert parse_expiry("2026-12-01") == month_bounds(parse_expiry("2026-11-15"))[1]
     with pytest.raises(SpecError):
         parse_expiry("someday")

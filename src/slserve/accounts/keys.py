@@ -17,7 +17,7 @@ import sqlite3
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import orjson
 
@@ -48,8 +48,9 @@ class KeyRecord:
     def matches(self, token_hash: bytes, now: float) -> bool:
         if hmac.compare_digest(self.secret_hash, token_hash):
             return True
-        grace = self.previous_hash is not None and self.previous_valid_until is not None
-        return grace and now < self.previous_valid_until and hmac.compare_digest(self.previous_hash, token_hash)  # type: ignore[arg-type, operator]
+        if self.previous_hash is None or self.previous_valid_until is None or now >= self.previous_valid_until:
+            return False
+        return hmac.compare_digest(self.previous_hash, token_hash)
 
     def public(self) -> dict[str, object]:
         """Everything but the hashes (for `keys list` and status endpoints)."""
@@ -219,9 +220,9 @@ def _record(public: str, secret_hash: bytes, previous_hash: bytes | None) -> Key
     )
 
 
-def new_key(tenant: str, **limits: object) -> KeyRecord:
+def new_key(tenant: str, **limits: Any) -> KeyRecord:
     """A record to hand to `KeyStore.create` (which fills in the id and hash)."""
-    return KeyRecord(key_id="", tenant=tenant, secret_hash=b"", created_at=time.time(), **limits)  # type: ignore[arg-type]
+    return KeyRecord(key_id="", tenant=tenant, secret_hash=b"", created_at=time.time(), **limits)
 
 
 def ensure_dev_key(store: KeyStore, state: Path) -> tuple[str, bool] | None:

@@ -35,12 +35,17 @@ def parse_quota(text: str) -> int:
     return int(match[1])
 
 
+def parse_duration(text: str) -> float | None:
+    """'90s', '30m', '12h', '30d' -> seconds; None when `text` is not a duration."""
+    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
+    return int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]] if match else None
+
+
 def parse_expiry(text: str, now: float | None = None) -> float:
     """'30d', '12h' (from now) or an ISO date/time ('2026-12-31', UTC unless it says otherwise) -> unix time."""
-    now = time.time() if now is None else now
-    match = re.fullmatch(r"\s*(\d+)\s*([smhd])\s*", text)
-    if match:
-        return now + int(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    seconds = parse_duration(text)
+    if seconds is not None:
+        return (time.time() if now is None else now) + seconds
     try:
         when = dt.datetime.fromisoformat(text)
     except ValueError:
@@ -70,7 +75,7 @@ class Admission:
 
     limiter: Limiter
     key: KeyRecord
-    month: float
+    month: float | None  # the quota month it counts in (None: the key has no quota)
     released: bool = False
 
     def release(self, charged: bool) -> None:
@@ -90,7 +95,6 @@ class Limiter:
     def admit(self, key: KeyRecord, now: float | None = None) -> Admission:
         """Let a request in, or raise 429 saying which limit it hit and when to retry."""
         now = time.monotonic() if now is None else now
-        wall = time.time()
         if key.concurrency is not None and self._in_flight.get(key.key_id, 0) >= key.concurrency:
             raise RateLimited(
                 f"key {key.key_id} already has {key.concurrency} requests in flight (its concurrency limit); "
@@ -99,8 +103,10 @@ class Limiter:
             )
         if key.rate_per_s is not None:
             self._take_token(key, now)
-        month, month_end = month_bounds(wall)
-        if key.quota_per_month is not None:
+        month = None
+        if key.quota_per_month is not None:  # the calendar is read only for keys with a quota
+            wall = time.time()
+            month, month_end = month_bounds(wall)
             used = self._used_this_month(key, month, month_end)
             if used >= key.quota_per_month:
                 raise QuotaExceeded(
@@ -142,5 +148,5 @@ class Limiter:
         if not self._in_flight[key_id]:
             del self._in_flight[key_id]
         slot = (key_id, admission.month)
-        if admission.key.quota_per_month is not None and not charged and slot in self._used:
+        if admission.month is not None and not charged and slot in self._used:
             self._used[slot] -= 1  # the request was admitted against the quota but not charged: give it back

@@ -73,7 +73,8 @@ class StateCollector(Collector):
             in_flight.add_metric([s.name], s.in_flight)
             states: dict[str, int] = {"starting": 0, "idle": 0, "busy": 0, "draining": 0}
             for inst in s.instances:
-                states[str(inst.get("state"))] = states.get(str(inst.get("state")), 0) + 1
+                state = str(inst.get("state"))
+                states[state] = states.get(state, 0) + 1
             for state, n in states.items():
                 instances.add_metric([s.name, state], n)
             cold.add_metric([s.name], s.cold_starts)

@@ -159,7 +159,7 @@ class SQLiteLedger:
         self.db = connect(path)  # this process reads; the writer process writes
         self.db.executescript(SCHEMA)
         self._writer: asyncio.subprocess.Process | None = None
-        self._starting: asyncio.Future[None] | None = None
+        self._start_lock = asyncio.Lock()
         self._reader_task: asyncio.Task[None] | None = None
         self._group: list[Pending] = []
         self._flush_scheduled = False
@@ -185,10 +185,12 @@ class SQLiteLedger:
         await future
 
     async def _start(self) -> None:
-        if self._starting is None:
-            self._starting = asyncio.get_running_loop().create_future()
+        """Start the writer (the first time, or again after it stopped); concurrent callers start one."""
+        async with self._start_lock:
+            if self._writer is not None and self._writer.returncode is None:
+                return
             try:
-                self._writer = await asyncio.create_subprocess_exec(
+                writer = await asyncio.create_subprocess_exec(
                     sys.executable,
                     "-m",
                     "slserve.metering.writer",
@@ -196,15 +198,10 @@ class SQLiteLedger:
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                 )
-                self._reader_task = asyncio.get_running_loop().create_task(self._read_acks(self._writer))
-                self._starting.set_result(None)
             except OSError as e:
-                self._starting.set_exception(LedgerUnavailable(f"cannot start the ledger writer: {e}"))
-            finally:
-                starting, self._starting = self._starting, None
-            await starting
-            return
-        await asyncio.shield(self._starting)
+                raise LedgerUnavailable(f"cannot start the ledger writer: {e}") from None
+            self._writer = writer
+            self._reader_task = asyncio.get_running_loop().create_task(self._read_acks(writer))
 
     def _flush(self) -> None:
         """Send every record appended during this loop turn as one group."""
