@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import shutil
 import signal
 import time
@@ -51,6 +52,7 @@ FUNCTIONS_UNDER_TEST = {
     "tiny-queue": ("slserve_samples.big_mlp:build_small", "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 2"),
     "crashy": ("slserve_samples.faulty:build", "max_instances = 2\ntarget_concurrency = 4"),
 }
+STALE = TINY.format(name="stale", factory="slserve_samples.big_mlp:build_small", scaling="max_instances = 1")
 BROKEN = TINY.format(name="broken", factory="slserve_samples.faulty:build_broken", scaling="max_instances = 1")
 
 
@@ -63,6 +65,9 @@ def server(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest.T
     build_sample("minilm-torch")
     shutil.copytree(FUNCTIONS / "minilm-torch", functions / "minilm-torch")
     build_function(load_function(write_function(functions, "broken", BROKEN)), sample_store)
+    stale = write_function(functions, "stale", STALE)
+    build_function(load_function(stale), sample_store)
+    (stale / "function.toml").write_text(STALE.replace('name = "stale"', 'name = "stale"\ndescription = "edited"'))
     srv = start_server(functions, sample_store.root, functions.parent / "serve-platform.log")
     yield srv
     srv.stop()
@@ -168,14 +173,22 @@ def test_an_input_that_kills_every_instance_is_a_502_and_others_are_served(serve
     assert server.post("/v2/models/crashy/infer", json=tiny_request(2.0)).status_code == 200
 
 
-TEXTS = CALIBRATION_TEXTS[:12] * 4  # sentences of many token lengths, each arriving four times
+def varied_texts(n: int, seed: int) -> list[list[str]]:
+    """Requests of one to three sentences of 1 to 150 words (most token lengths were never seen at build)."""
+    rng = random.Random(seed)
+    words = " ".join(CALIBRATION_TEXTS).replace(".", "").replace("?", "").split()
+    lengths = [1, 2, 3, 5, 8, 13, 21, 40, 80, 150]
+    return [
+        [" ".join(rng.choices(words, k=rng.choice(lengths))) for _ in range(rng.choice([1, 1, 2, 3]))] for _ in range(n)
+    ]
 
 
 def test_batching_is_exact(server: Server) -> None:
     url = server.url + "/v2/models/minilm/infer"
+    requests = [[t] for t in CALIBRATION_TEXTS[:12]] + varied_texts(36, seed=7)
     bodies = [
-        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [t]}], "id": str(i)}
-        for i, t in enumerate(TEXTS)
+        {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(texts)], "data": texts}], "id": str(i)}
+        for i, texts in enumerate(requests * 2)  # each request arrives twice, so equal shapes surely meet
     ]
     alone = asyncio.run(post_many(url, bodies, concurrency=1, headers=server.auth))
     together = asyncio.run(post_many(url, bodies, concurrency=len(bodies), headers=server.auth))
@@ -193,6 +206,13 @@ def test_a_function_that_cannot_start_is_a_clear_503_and_others_keep_serving(ser
     assert r.status_code == 503
     assert "cannot start an instance" in r.json()["error"] and "broken on purpose" in r.json()["error"]
     assert server.status("broken")["error"]
+    assert server.post("/v2/models/tiny-burst/infer", json=tiny_request()).status_code == 200
+
+
+def test_a_function_edited_since_its_build_is_refused_until_rebuilt(server: Server) -> None:
+    r = server.post("/v2/models/stale/infer", json=tiny_request())
+    assert r.status_code == 503
+    assert "function.toml changed since the last build; run `slserve build stale`" in r.json()["error"]
     assert server.post("/v2/models/tiny-burst/infer", json=tiny_request()).status_code == 200
 
 

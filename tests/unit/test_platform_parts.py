@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from slserve.errors import InvalidInput
 from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
 from slserve.platform.wire import Kind, Message, decode, encode, frame_length
-from slserve.runtime.batching import merge, plan_batches, probe_sizes, split
+from slserve.runtime.batching import ExactBatcher, call_sizes, merge, shape_key, split
 from slserve.spec import Scaling
 
 SCALING = Scaling(min_instances=0, max_instances=3, target_concurrency=4, idle_seconds=10)
@@ -48,14 +48,27 @@ def feeds(rows: int, length: int) -> dict[str, np.ndarray]:
     return {"ids": np.arange(rows * length, dtype=np.int64).reshape(rows, length)}
 
 
-def test_plan_groups_equal_shapes_in_arrival_order_within_max_rows() -> None:
-    items = [feeds(1, 5), feeds(1, 7), feeds(2, 5), feeds(1, 5), feeds(40, 5), feeds(1, 7)]
-    assert plan_batches(items, max_rows=4) == [[0, 2, 3], [1, 5], [4]]
+def test_plan_merges_proven_shapes_in_arrival_order_on_the_ladder_and_runs_the_rest_alone() -> None:
+    proven = {shape_key(feeds(1, 5)): 2}
+    batcher = ExactBatcher(max_rows=4, floors=proven)
+    items = [feeds(1, 5), feeds(1, 7), feeds(2, 5), feeds(1, 5), feeds(40, 5), feeds(1, 7), feeds(1, 5)]
+    calls = batcher.plan(items)
+    # 5-wide rows merge up to 4 rows; 7-wide rows are unproven and run alone, unpadded; 40 rows exceed the max
+    assert [(c.items, c.size) for c in calls] == [([0, 2, 3], 4), ([1], 1), ([4], 40), ([5], 1), ([6], 2)]
+    assert [c.size for c in batcher.plan([feeds(1, 5)])] == [2]  # alone, a proven shape is padded to its floor
+    assert [c.size for c in ExactBatcher(1, proven).plan([feeds(1, 5)] * 2)] == [1, 1]  # batching off
 
 
-def test_merge_pads_to_min_rows_and_split_drops_the_padding() -> None:
+def test_call_size_ladder() -> None:
+    assert call_sizes(1) == [1]
+    assert call_sizes(4) == [1, 2, 4]
+    assert call_sizes(32) == [1, 2, 4, 8, 16, 32]
+    assert call_sizes(24) == [1, 2, 4, 8, 16, 24]
+
+
+def test_merge_pads_to_the_call_size_and_split_drops_the_padding() -> None:
     items = [feeds(1, 3), feeds(2, 3)]
-    merged, counts = merge(items, min_rows=5)
+    merged, counts = merge(items, size=5)
     assert merged["ids"].shape == (5, 3) and counts == [1, 2]
     assert np.array_equal(merged["ids"][3], merged["ids"][2]) and np.array_equal(merged["ids"][4], merged["ids"][2])
     parts = split({"out": merged["ids"] * 2}, counts)
@@ -66,12 +79,6 @@ def test_merge_pads_to_min_rows_and_split_drops_the_padding() -> None:
 def test_split_refuses_outputs_without_a_batch_dimension() -> None:
     with pytest.raises(Exception, match="batch"):
         split({"scalar": np.float32(1.0) * np.ones(())}, [1, 1])
-
-
-def test_probe_sizes() -> None:
-    assert probe_sizes(4) == [1, 2, 3, 4]
-    big = probe_sizes(300)
-    assert big[:64] == list(range(1, 65)) and 128 in big and 300 in big and big == sorted(set(big))
 
 
 def test_wire_roundtrip_keeps_every_datatype_bit_for_bit() -> None:

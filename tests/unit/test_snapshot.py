@@ -9,6 +9,7 @@ import torch
 from tests.conftest import SMALL_MLP_TOML, write_function
 
 from slserve.build import build_function
+from slserve.build.key import stale_reason
 from slserve.errors import ArtifactCorrupt, ArtifactNotFound
 from slserve.snapshot import ArtifactStore, write_tensors
 from slserve.snapshot.blobs import sha256_file
@@ -89,6 +90,47 @@ def test_rebuild_of_unchanged_function_is_a_no_op(tmp_path: Path, store: Artifac
     changed = build_function(load_function(d), store)
     assert not changed.cached and changed.artifact.digest != first.artifact.digest
     assert store.ref("small-mlp") == changed.artifact.digest
+
+
+def test_a_deployment_change_writes_a_new_manifest_without_rebuilding(tmp_path: Path, store: ArtifactStore) -> None:
+    d = _small(tmp_path)
+    first = build_function(load_function(d), store)
+    (d / "function.toml").write_text((d / "function.toml").read_text() + "\n[scaling]\nmax_instances = 7\n")
+    steps: list[str] = []
+    redeployed = build_function(load_function(d), store, report=steps.append)
+    assert redeployed.cached and "snapshotting torch weights" not in steps
+    assert redeployed.artifact.digest != first.artifact.digest  # the manifest records the spec it serves
+    assert redeployed.artifact.manifest.spec.scaling.max_instances == 7
+    assert redeployed.artifact.manifest.tensors == first.artifact.manifest.tensors
+    assert store.ref("small-mlp") == redeployed.artifact.digest
+    assert build_function(load_function(d), store).artifact.digest == redeployed.artifact.digest
+
+
+def test_an_artifact_is_stale_when_its_spec_or_model_code_changed(
+    tmp_path: Path, store: ArtifactStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "stale_model.py").write_text(
+        "from slserve_samples.big_mlp import build_small\n\ndef build():\n    return build_small()\n"
+    )
+    monkeypatch.syspath_prepend(str(code))
+    toml = SMALL_MLP_TOML.format(version="1", seed=0).replace(
+        "slserve_samples.big_mlp:build_small", "stale_model:build"
+    )
+    d = write_function(tmp_path / "functions", "small-mlp", toml)
+    artifact = build_function(load_function(d), store).artifact
+    assert stale_reason(load_function(d), artifact) is None
+
+    (d / "function.toml").write_text(toml.replace('version = "1"', 'version = "1"\ndescription = "edited"'))
+    assert "function.toml changed" in str(stale_reason(load_function(d), artifact))
+    (d / "function.toml").write_text(toml + "\n[scaling]\nmax_instances = 7\n")
+    assert "deployment settings changed" in str(stale_reason(load_function(d), artifact))
+    (d / "function.toml").write_text(toml)
+    (code / "stale_model.py").write_text((code / "stale_model.py").read_text() + "# edited\n")
+    assert "model code (stale_model.py) changed" in str(stale_reason(load_function(d), artifact))
+    rebuilt = build_function(load_function(d), store).artifact
+    assert rebuilt.digest != artifact.digest and stale_reason(load_function(d), rebuilt) is None
 
 
 def test_tensors_shared_between_versions_are_stored_once(tmp_path: Path, store: ArtifactStore) -> None:

@@ -34,6 +34,10 @@ def build_function(
     if not force and (cached := store.cached_build(key)) is not None:
         report("verifying cached artifact")
         cached.verify()
+        if cached.manifest.spec != fdef.spec:  # the same model, deployed differently: a new manifest only
+            report("updating deployment settings")
+            cached = store.save(cached.manifest.model_copy(update={"spec": fdef.spec}))
+            store.record_build(key, cached.digest)
         store.set_ref(fdef.name, cached.digest)
         return BuildResult(cached, cached=True)
 
@@ -80,22 +84,26 @@ def build_function(
         manifest = manifest.model_copy(update={"build": manifest.build.model_copy(update={"agreement": agreement})})
         artifact = store.save(manifest)
     if fdef.spec.batching.max_batch_size > 1:
-        report("measuring the exact-batching floor")
-        info = manifest.build.model_copy(update={"batch_min_rows": _batch_min_rows(artifact)})
+        report("proving exact batching for each feed shape")
+        info = manifest.build.model_copy(update={"batch_floors": _batch_floors(artifact)})
         artifact = store.save(manifest.model_copy(update={"build": info}))
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)
     return BuildResult(artifact, cached=False)
 
 
-def _batch_min_rows(artifact: Artifact) -> int:
+def _batch_floors(artifact: Artifact) -> dict[str, int]:
+    """Prove the shapes the processor says it produces (`feed_examples()`, e.g. one per text length bucket), or
+    else those of the calibration inputs."""
     from slserve.build.agreement import calibration_inputs
     from slserve.runtime.base import load_runtime
-    from slserve.runtime.batching import measure_min_rows
+    from slserve.runtime.batching import prove_shapes
 
     spec = artifact.manifest.spec
     runtime = load_runtime(artifact, device="cpu")
-    inputs = calibration_inputs(spec.signature)
-    rows = len(next(iter(inputs.values())))
-    one_row_requests = [{k: v[i : i + 1] for k, v in inputs.items()} for i in range(rows)]
-    return measure_min_rows(runtime, spec.batching.max_batch_size, one_row_requests)
+    examples = runtime.feed_examples()
+    if not examples:
+        inputs = calibration_inputs(spec.signature)
+        rows = len(next(iter(inputs.values())))
+        examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
+    return prove_shapes(runtime, spec.batching.max_batch_size, examples)

@@ -8,11 +8,30 @@ import importlib.metadata
 import platform
 from pathlib import Path
 
+from pydantic.main import IncEx
+
 import slserve
 from slserve.build.locations import module_file, resolve_location
-from slserve.snapshot import FORMAT
+from slserve.errors import SpecError
+from slserve.snapshot import FORMAT, Artifact
 from slserve.snapshot.blobs import sha256_file
-from slserve.spec import FunctionDef
+from slserve.spec import FunctionDef, FunctionSpec
+
+# How a function is deployed, not what it computes: changing these must not rebuild the artifact (the build
+# only writes a new manifest). `max_batch_size` and `threads` stay in: the batching proof depends on them.
+DEPLOYMENT: dict[str, IncEx | bool] = {
+    "tier": True,
+    "scaling": True,
+    "batching": {"max_delay_ms"},
+    "resources": {"memory_mb"},
+}
+SPEC_FILE = "function/function.toml"  # its content takes part through the parsed spec
+
+
+def model_identity(spec: FunctionSpec) -> str:
+    """The spec without its deployment settings."""
+    return spec.model_dump_json(exclude=DEPLOYMENT)
+
 
 LIBRARIES = ("torch", "onnx", "onnxruntime", "onnxruntime-gpu", "transformers", "tokenizers", "safetensors")
 
@@ -59,11 +78,35 @@ def build_key(fdef: FunctionDef, sources: dict[str, str]) -> str:
         slserve_code_digest(),
         platform.python_version(),
         fdef.name,
-        fdef.spec.model_dump_json(),
+        model_identity(fdef.spec),
         repr(sorted(library_versions().items())),
-        repr(sorted(sources.items())),
+        repr(sorted((k, v) for k, v in sources.items() if k != SPEC_FILE)),
     ]
     for part in parts:
         h.update(part.encode())
         h.update(b"\0")
     return h.hexdigest()
+
+
+def stale_reason(fdef: FunctionDef, artifact: Artifact) -> str | None:
+    """Why `artifact` is not what `slserve build` would make of `fdef` now, as far as cheap checks tell (the spec,
+    and the code the build imported; weights and assets are not re-hashed); None when it is current."""
+    built = artifact.manifest
+    if model_identity(built.spec) != model_identity(fdef.spec):
+        return f"{fdef.name}: function.toml changed since the last build; run `slserve build {fdef.name}`"
+    if built.spec != fdef.spec:
+        return (
+            f"{fdef.name}: its deployment settings changed since the last build; run `slserve build {fdef.name}` "
+            "(it only writes a new manifest)"
+        )
+    for key, digest in built.build.source_files.items():
+        if not key.startswith("code/"):
+            continue
+        try:
+            path = module_file(key.removeprefix("code/"))
+        except SpecError as e:
+            return f"{fdef.name}: {e}"
+        if path is not None and (not path.is_file() or sha256_file(path) != digest):
+            build = f"run `slserve build {fdef.name}`"
+            return f"{fdef.name}: its model code ({path.name}) changed since the last build; {build}"
+    return None

@@ -45,6 +45,10 @@ class Runtime(Protocol):
         """Billable tokens in one request's feeds, when the processor counts them (text models); else None."""
         ...
 
+    def feed_examples(self) -> list[Tensors]:
+        """One-row feeds, one per feed shape the processor produces, when it can list them; else []."""
+        ...
+
     def after_fork(self) -> None:
         """Called in a forked instance that inherited this runtime from its template (e.g. set thread counts)."""
         ...
@@ -58,6 +62,8 @@ class Processor(Protocol):
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors: ...
 
     # Optional: `count_tokens(feeds) -> int`, the real tokens in one request's feeds (usage of text models).
+    # Optional: `feed_examples() -> list[Tensors]`, one-row feeds of every shape it produces (exact batching is
+    # proven for those shapes at build; requests of any other shape run unbatched).
 
 
 class IdentityProcessor:
@@ -138,6 +144,10 @@ class RuntimeBase:
     def tokens(self, feeds: Mapping[str, np.ndarray]) -> int | None:
         count = getattr(self.processor, "count_tokens", None)  # optional: only text processors have one
         return None if count is None else int(count(feeds))
+
+    def feed_examples(self) -> list[Tensors]:
+        examples = getattr(self.processor, "feed_examples", None)  # optional, as count_tokens
+        return [] if examples is None else list(examples())
 
     def after_fork(self) -> None:
         pass

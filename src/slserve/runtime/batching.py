@@ -1,59 +1,94 @@
 """Dynamic batching that is exact: merge requests' feeds along the batch dimension, split the outputs back.
 
-A model's kernels may take another code path for another batch size (torch and ONNX Runtime both do on CPU),
-so a row computed in a batch of 8 can differ in its last bits from the same row computed alone. Two rules make
-a response independent of whatever else shared its model call:
+A model's kernels may take another code path for another call size (torch and ONNX Runtime both do on CPU),
+so a row computed in a call of 8 rows can differ in its last bits from the same row computed alone. Three rules
+make a response independent of whatever else shared its model call:
 
 - requests merge only when every feed has the same shape beyond the batch dimension (no extra padding inside
-  a row: text of another token length runs in another call);
-- every call has at least `min_rows` rows, the smallest batch size from which the function's outputs are
-  bit-identical up to `max_batch_size`. The build measures it on its calibration inputs (`measure_min_rows`)
-  and records it in the manifest; missing rows repeat the last real row and are dropped afterwards.
+  a row; text processors pad to a few length buckets so that requests of similar length meet);
+- calls come in a few sizes only, the ladder 1, 2, 4, ... up to `max_batch_size` (missing rows repeat the last
+  real row and are dropped afterwards), and each feed shape has a floor on that ladder: the smallest size from
+  which a row comes out bit-identical in every call of that size or larger, at every position in the call.
+  The build proves the floor for each shape the processor produces (`prove_shapes`) and records it in the
+  manifest;
+- a shape the build did not prove (or a request larger than `max_batch_size`) is never merged: it runs alone,
+  at its own size, so its answer depends on the request only.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from slserve.errors import InferenceFailed
 from slserve.runtime.base import Runtime, Tensors
-from slserve.runtime.tensors import example_inputs
 
 
-def batch_key(feeds: Mapping[str, np.ndarray]) -> Hashable:
-    """Feeds with equal keys can be concatenated along the first dimension."""
-    return tuple((name, arr.dtype.str, arr.shape[1:]) for name, arr in feeds.items())
+def shape_key(feeds: Mapping[str, np.ndarray]) -> str:
+    """Feeds with equal keys can be concatenated along the first dimension, e.g.
+    'attention_mask:int64[16] input_ids:int64[16]'."""
+    return " ".join(f"{name}:{feeds[name].dtype.name}{list(feeds[name].shape[1:])}" for name in sorted(feeds))
 
 
 def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
     return int(next(iter(feeds.values())).shape[0])
 
 
-def plan_batches(items: Sequence[Mapping[str, np.ndarray]], max_rows: int) -> list[list[int]]:
-    """Group item indices into model calls: same batch key, at most `max_rows` rows each (an item bigger than
-    that runs alone), first come first served within a key."""
-    if len(items) == 1:
-        return [[0]]
-    open_groups: dict[Hashable, list[int]] = {}
-    open_rows: dict[Hashable, int] = {}
-    done: list[list[int]] = []
-    for i, feeds in enumerate(items):
-        key, rows = batch_key(feeds), rows_of(feeds)
-        if key in open_groups and open_rows[key] + rows > max_rows:
-            done.append(open_groups.pop(key))
-            del open_rows[key]
-        open_groups.setdefault(key, []).append(i)
-        open_rows[key] = open_rows.get(key, 0) + rows
-    done.extend(open_groups.values())
-    return sorted(done, key=lambda g: g[0])
+def call_sizes(max_rows: int) -> list[int]:
+    """The ladder of call sizes: powers of two below `max_rows`, then `max_rows` itself."""
+    sizes = [1]
+    while sizes[-1] * 2 < max_rows:
+        sizes.append(sizes[-1] * 2)
+    return [*sizes, max_rows] if max_rows > 1 else sizes
 
 
-def merge(items: Sequence[Mapping[str, np.ndarray]], min_rows: int) -> tuple[Tensors, list[int]]:
-    """Concatenate the items' feeds (padded to `min_rows` rows); returns the feeds and each item's row count."""
+@dataclass(frozen=True)
+class Call:
+    items: list[int]  # indices into the planned requests, in arrival order
+    size: int  # rows of the model call (padding included)
+
+
+class ExactBatcher:
+    """Plans model calls for the requests an instance holds at once."""
+
+    def __init__(self, max_rows: int, floors: Mapping[str, int]) -> None:
+        self.max_rows = max_rows
+        self.floors = dict(floors) if max_rows > 1 else {}
+        self.ladder = call_sizes(max_rows)
+
+    def plan(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[Call]:
+        """Group requests of one proven shape, first come first served, at most `max_rows` rows per call;
+        everything else runs alone."""
+        calls: list[tuple[list[int], str | None]] = []
+        open_call: dict[str, tuple[list[int], int]] = {}
+        for i, feeds in enumerate(items):
+            key, rows = shape_key(feeds), rows_of(feeds)
+            if key not in self.floors or rows > self.max_rows:
+                calls.append(([i], None))
+                continue
+            if key in open_call and open_call[key][1] + rows <= self.max_rows:
+                members, total = open_call[key]
+                members.append(i)
+                open_call[key] = (members, total + rows)
+            else:
+                open_call[key] = ([i], rows)
+                calls.append((open_call[key][0], key))
+        planned = []
+        for members, proven in calls:
+            rows = sum(rows_of(items[i]) for i in members)
+            planned.append(Call(members, rows if proven is None else self.size_for(rows, self.floors[proven])))
+        return planned
+
+    def size_for(self, rows: int, floor: int) -> int:
+        return next(s for s in self.ladder if s >= max(rows, floor))
+
+
+def merge(items: Sequence[Mapping[str, np.ndarray]], size: int) -> tuple[Tensors, list[int]]:
+    """Concatenate the items' feeds, padded to `size` rows; returns the feeds and each item's row count."""
     counts = [rows_of(f) for f in items]
-    pad = max(0, min_rows - sum(counts))
+    pad = max(0, size - sum(counts))
     if len(items) == 1 and pad == 0:
         return dict(items[0]), counts
     merged: Tensors = {}
@@ -84,38 +119,33 @@ def split(produced: Mapping[str, np.ndarray], counts: Sequence[int]) -> list[Ten
     return out
 
 
-def probe_sizes(max_rows: int) -> list[int]:
-    if max_rows <= 64:
-        return list(range(1, max_rows + 1))
-    sizes = {*range(1, 65), max_rows}
-    sizes.update(2**k + d for k in range(6, max_rows.bit_length()) for d in (-1, 0, 1) if 2**k + d <= max_rows)
-    return sorted(sizes)
+def prove_shapes(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int]:
+    """The floor on the call-size ladder for each distinct feed shape among `examples` (one-row feeds). Kernel
+    choice depends on shapes, not values, but it moves with the shape beyond the batch dimension (MiniLM: the
+    floor is 2 at 8 tokens and at 16), so each shape is proven on its own. A shape whose rows differ by position
+    even in the largest call has no floor and is left out: its requests will run alone."""
+    shapes: dict[str, Mapping[str, np.ndarray]] = {}
+    for feeds in examples:
+        shapes.setdefault(shape_key(feeds), feeds)
+    floors = {}
+    for key, feeds in shapes.items():
+        floor = _floor(runtime, feeds, max_rows)
+        if floor is not None:
+            floors[key] = floor
+    return floors
 
 
-def measure_min_rows(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]] = ()) -> int:
-    """The smallest batch size p such that the model computes a row bit-identically in every call of p to
-    `max_rows` rows. Kernel choice depends on shapes, not values, but the boundary moves with the shape beyond
-    the batch dimension (MiniLM: 2 rows at 8 tokens, 3 at 7), so every distinct feed shape among `examples`
-    (one-row requests; default: the signature's example input) is probed and the largest p wins. Shapes never
-    probed are not proven. At worst p = max_rows: every call is then padded to the full batch."""
-    requests = list(examples) or [example_inputs(runtime.spec.signature)]
-    shapes: dict[Hashable, Tensors] = {}
-    for request in requests:
-        feeds = runtime.prepare(request)
-        shapes.setdefault(batch_key(feeds), feeds)
-    return max(_min_rows_for(runtime, feeds, max_rows) for feeds in shapes.values())
-
-
-def _min_rows_for(runtime: Runtime, feeds: Tensors, max_rows: int) -> int:
-    first: dict[int, Tensors] = {}
-    for m in probe_sizes(max_rows):
-        merged, _ = merge([feeds], m)
-        first[m] = {k: v[:1].copy() for k, v in runtime.run(merged).items()}
-    sizes = sorted(first)
-    reference = first[sizes[-1]]
-    p = sizes[-1]
-    for m in reversed(sizes[:-1]):
-        if not all(np.array_equal(first[m][k], reference[k]) for k in reference):
+def _floor(runtime: Runtime, feeds: Mapping[str, np.ndarray], max_rows: int) -> int | None:
+    one = {k: v[:1] for k, v in feeds.items()}
+    ladder = call_sizes(max_rows)
+    reference: Tensors | None = None
+    floor = None
+    for size in reversed(ladder):
+        merged, _ = merge([one], size)
+        produced = runtime.run(merged)
+        if reference is None:
+            reference = {k: v[:1].copy() for k, v in produced.items()}
+        if not all(np.array_equal(produced[k], np.repeat(ref, size, axis=0)) for k, ref in reference.items()):
             break
-        p = m
-    return p
+        floor = size
+    return floor

@@ -60,8 +60,10 @@ class BuildInfo(_Frozen):
     libraries: dict[str, str] = Field(default_factory=dict)
     source_files: dict[str, Digest] = Field(default_factory=dict, description="code the build imported")
     agreement: dict[str, float] = Field(default_factory=dict, description="checks run against the source")
-    batch_min_rows: int = Field(
-        default=1, ge=1, description="pad batched calls to this many rows for bit-exact batching (measured)"
+    batch_floors: dict[str, int] = Field(
+        default_factory=dict,
+        description="feed shape -> smallest call size from which batching is bit-exact (measured); "
+        "requests of other shapes are never merged",
     )
 
 

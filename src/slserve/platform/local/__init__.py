@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping
 
+from slserve.build.key import stale_reason
 from slserve.errors import ArtifactNotFound, ModelNotFound
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.pool import FunctionPool
@@ -39,7 +40,12 @@ class LocalPlatform:
         self._ticker: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        built = {name: self._current_digest(name) for name in self._functions}
+        built: dict[str, str | None] = {}
+        errors: dict[str, str] = {}
+        for name, fdef in self._functions.items():
+            built[name], error = self._current(fdef)
+            if error:
+                errors[name] = error
         wanted = [f for f in self._functions.values() if built[f.name]]
         for family, modules in family_modules(wanted).items():
             digests = [d for f in wanted if f.spec.framework.value == family and (d := built[f.name])]
@@ -48,14 +54,17 @@ class LocalPlatform:
             self.templates[family] = template
         for name, fdef in self._functions.items():
             template_of_family = self.templates.get(fdef.spec.framework.value)
-            self.pools[name] = FunctionPool(fdef, template_of_family, self.store.root, built[name])
+            self.pools[name] = FunctionPool(fdef, template_of_family, self.store.root, built[name], errors.get(name))
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
 
-    def _current_digest(self, name: str) -> str | None:
+    def _current(self, fdef: FunctionDef) -> tuple[str | None, str | None]:
+        """The digest to serve, or None and why not (never built, or built from another spec or model code)."""
         try:
-            return self.store.current(name).digest
+            artifact = self.store.current(fdef.name)
         except ArtifactNotFound:
-            return None
+            return None, f"{fdef.name} is not built: run `slserve build {fdef.name}`"
+        reason = stale_reason(fdef, artifact)
+        return (None, reason) if reason else (artifact.digest, None)
 
     async def _tick(self) -> None:
         """Scale-downs happen with time, not with requests."""

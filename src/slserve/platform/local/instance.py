@@ -21,7 +21,7 @@ import numpy as np
 from slserve.errors import SlserveError
 from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, error_meta, frame_length
 from slserve.runtime.base import Preloaded, Runtime, load_runtime
-from slserve.runtime.batching import merge, plan_batches, split
+from slserve.runtime.batching import Call, ExactBatcher, merge, split
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
@@ -100,12 +100,12 @@ class Connection:
 
 
 class InstanceLoop:
-    def __init__(self, conn: Connection, runtime: Runtime, max_batch: int, max_delay_ms: float, min_rows: int) -> None:
+    def __init__(self, conn: Connection, runtime: Runtime, batcher: ExactBatcher, max_delay_ms: float) -> None:
         self.conn = conn
         self.runtime = runtime
-        self.max_batch = max_batch
+        self.batcher = batcher
+        self.max_batch = batcher.max_rows
         self.max_delay = max_delay_ms / 1000.0
-        self.min_rows = min_rows if max_batch > 1 else 1
         self.last_batch = 1
 
     def run(self) -> None:
@@ -134,16 +134,15 @@ class InstanceLoop:
                 msg.meta["tokens"] = self.runtime.tokens(request_feeds)
             except SlserveError as e:
                 self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
-        feeds = [f for _, f in prepared]
-        groups = plan_batches(feeds, self.max_batch) if self.max_batch > 1 else [[i] for i in range(len(feeds))]
-        self.last_batch = max((len(g) for g in groups), default=1)
-        for group in groups:
-            self._run_group([prepared[i] for i in group])
+        calls = self.batcher.plan([f for _, f in prepared])
+        self.last_batch = max((len(c.items) for c in calls), default=1)
+        for call in calls:
+            self._run_call([prepared[i] for i in call.items], call)
 
-    def _run_group(self, items: list[tuple[Message, dict[str, np.ndarray]]]) -> None:
+    def _run_call(self, items: list[tuple[Message, dict[str, np.ndarray]]], call: Call) -> None:
         start = time.perf_counter()
         try:
-            merged, counts = merge([f for _, f in items], self.min_rows)
+            merged, counts = merge([f for _, f in items], call.size)
             parts = split(self.runtime.run(merged), counts)
             outputs = [self.runtime.finish(p) for p in parts]
         except SlserveError as e:
@@ -171,11 +170,11 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         runtime = load_runtime(artifact, config.device, preloaded)
         loaded = time.perf_counter()
         batching = artifact.manifest.spec.batching
-        min_rows = artifact.manifest.build.batch_min_rows
-        loop = InstanceLoop(conn, runtime, batching.max_batch_size, batching.max_delay_ms, min_rows)
+        batcher = ExactBatcher(batching.max_batch_size, artifact.manifest.build.batch_floors)
+        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms)
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
-        merged, counts = merge([feeds], loop.min_rows)
+        merged, counts = merge([feeds], batcher.plan([feeds])[0].size)
         runtime.finish(split(runtime.run(merged), counts)[0])
     except SlserveError as e:
         conn.send(Message(Kind.ERROR, 0, dict(error_meta(e.status, e.code, f"{config.function}: {e.message}"))))

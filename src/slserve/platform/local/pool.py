@@ -128,13 +128,15 @@ class InstanceProtocol(asyncio.Protocol):
 
 
 class FunctionPool:
-    def __init__(self, fdef: FunctionDef, template: Template | None, artifacts: Path, digest: str | None) -> None:
+    def __init__(
+        self, fdef: FunctionDef, template: Template | None, artifacts: Path, digest: str | None, error: str | None
+    ) -> None:
         self.fdef = fdef
         self.spec = fdef.spec
         self.template = template
         self.artifacts = artifacts
         self.digest = digest
-        self.error: str | None = None if digest else f"{fdef.name} is not built: run `slserve build {fdef.name}`"
+        self.error = error  # why it cannot serve (not built, or stale); None when it can
         self.instances: dict[int, Instance] = {}
         self.queue: deque[Pending] = deque()
         self.slots = max(self.spec.scaling.target_concurrency, self.spec.batching.max_batch_size)
@@ -156,7 +158,7 @@ class FunctionPool:
         if self.closing:
             raise ShuttingDown(f"{self.fdef.name}: the server is shutting down; retry on another server")
         if self.digest is None:
-            raise RuntimeUnavailable(f"{self.fdef.name} is not built: run `slserve build {self.fdef.name}`")
+            raise RuntimeUnavailable(self.error or f"{self.fdef.name} has no artifact")
         recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
