@@ -102,8 +102,10 @@ class Source(_Strict):
     seed: int = 0
     path: str | None = None
     export: Annotated[str | None, Field(pattern=_IMPORT_REF)] = None
-    quantize: Literal["int8"] | None = Field(
-        default=None, description="onnx: derive a dynamically quantized variant (weights int8) at build"
+    quantize: Literal["int8", "fp16"] | None = Field(
+        default=None,
+        description="onnx: derive a variant at build: 'int8' (dynamic quantization, for CPUs) or 'fp16' (half "
+        "precision weights and activations, fp32 inputs and outputs, for GPUs)",
     )
     min_agreement: Annotated[float, Field(gt=0, le=1)] = Field(
         default=0.99, description="quantize: refuse the variant if it agrees less with fp32 (min cosine / labels)"
@@ -117,7 +119,7 @@ class Source(_Strict):
             if self.path or self.export:
                 raise ValueError("'path' and 'export' are for framework 'onnx'; torch uses factory (+ weights)")
             if self.quantize:
-                raise ValueError("quantize is for framework 'onnx' (ONNX Runtime dynamic quantization)")
+                raise ValueError("quantize is for framework 'onnx' (variants derived by ONNX Runtime's tools)")
         else:
             if (self.path is None) == (self.export is None):
                 raise ValueError("framework 'onnx' needs exactly one of path = 'model.onnx' or export = 'mod:fn'")

@@ -11,10 +11,11 @@ import orjson
 import pytest
 from tests.conftest import FUNCTIONS
 from tests.integration.server import Server, start_server
+from tests.integration.test_platform import wait_for
 
 from slserve.runtime import load_runtime
 
-SAMPLES = ["minilm-torch", "minilm-onnx", "classifier", "big-mlp"]
+SAMPLES = ["minilm-torch", "minilm-onnx", "minilm-fp16", "classifier", "big-mlp"]
 TEXTS = ["A man is eating food.", "The new movie is awesome", "Der Himmel ist blau."]
 
 
@@ -75,6 +76,20 @@ def test_minilm_embeddings_match_the_in_process_runtime(server: Server, build_sa
     assert r.headers["x-slserve-function"] == name
     assert r.headers["x-slserve-version"] == "1"
     assert r.headers["x-slserve-instance"].startswith(f"{name}-")
+
+
+def test_the_premium_tier_is_the_kept_warm_fp16_function(server: Server) -> None:
+    # min_instances = 1: the instance starts with the server, before any premium request
+    assert wait_for(lambda: [i["state"] for i in server.status("minilm-fp16")["instances"]] == ["idle"], 120)
+    premium = server.post("/v2/models/minilm/infer", json=text_request(TEXTS), headers={"x-slserve-tier": "premium"})
+    assert premium.status_code == 200, premium.text
+    assert premium.headers["x-slserve-function"] == "minilm-fp16" and premium.headers["x-slserve-tier"] == "premium"
+    assert "x-slserve-cold-start-ms" not in premium.headers  # nobody waited for a start
+    standard = server.post("/v2/models/minilm/infer", json=text_request(TEXTS), headers={"x-slserve-tier": "standard"})
+    assert standard.headers["x-slserve-function"] in ("minilm-torch", "minilm-onnx")
+    assert int(premium.headers["x-slserve-cost"]) > int(standard.headers["x-slserve-cost"])
+    a, b = output(premium.json(), "embedding"), output(standard.json(), "embedding")
+    assert ((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min() > 0.9999
 
 
 def test_classifier_and_requested_outputs(server: Server) -> None:

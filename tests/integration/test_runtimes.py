@@ -59,6 +59,19 @@ def test_minilm_int8_variant_agrees_with_fp32_within_its_recorded_threshold(buil
     assert _cosine(got, load_runtime(fp32).infer(texts)["embedding"]).min() >= threshold
 
 
+def test_minilm_fp16_variant_agrees_with_fp32_and_halves_the_weights(build_sample) -> None:  # type: ignore[no-untyped-def]
+    fp16 = build_sample("minilm-fp16")
+    fp32 = build_sample("minilm-onnx")
+    agreement = fp16.manifest.build.agreement
+    assert agreement["min_cosine"] >= fp16.manifest.spec.source.min_agreement >= 0.9999
+    assert {t.dtype for t in fp16.manifest.tensors.values() if t.nbytes > 4096} == {"float16"}
+    assert fp16.manifest.weight_bytes < fp32.manifest.weight_bytes * 0.55
+    texts = {"text": np.array(SENTENCES, dtype=object)}
+    got = load_runtime(fp16).infer(texts)["embedding"]
+    assert got.dtype == np.float32  # fp32 at the edges: the signature is unchanged
+    assert _cosine(got, load_runtime(fp32).infer(texts)["embedding"]).min() >= 0.9999
+
+
 def test_a_variant_below_its_agreement_threshold_is_refused(copy_function, store) -> None:  # type: ignore[no-untyped-def]
     folder = copy_function("minilm-int8")
     spec = folder / "function.toml"
@@ -173,3 +186,15 @@ def test_minilm_onnx_on_cuda_really_gets_the_cuda_provider(build_sample) -> None
     text = {"text": np.array(SENTENCES, dtype=object)}
     cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text)["embedding"]
     assert _cosine(runtime.infer(text)["embedding"], cpu).min() > 0.9999
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_minilm_fp16_on_cuda_agrees_with_fp32_and_batching_was_proven_there(build_sample) -> None:  # type: ignore[no-untyped-def]
+    artifact = build_sample("minilm-fp16")
+    runtime = load_runtime(artifact)  # the function names a GPU: CUDA on this host
+    assert runtime.device == "cuda"
+    assert set(artifact.manifest.build.batch_floors) == {"cpu", "cuda"}
+    text = {"text": np.array(SENTENCES, dtype=object)}
+    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text)["embedding"]
+    assert _cosine(runtime.infer(text)["embedding"], cpu).min() >= artifact.manifest.spec.source.min_agreement

@@ -12,13 +12,16 @@ from slserve.templates import function_template
 
 def test_every_sample_parses() -> None:
     found = {f.name: f for f in discover_functions(FUNCTIONS)}
-    assert set(found) == {"big-mlp", "classifier", "minilm-torch", "minilm-onnx", "minilm-int8"}
+    assert set(found) == {"big-mlp", "classifier", "minilm-torch", "minilm-onnx", "minilm-int8", "minilm-fp16"}
     minilm = found["minilm-torch"].spec
     assert minilm.framework is Framework.TORCH
     assert minilm.signature.inputs[0].datatype is Datatype.BYTES
     assert minilm.signature.outputs[0].shape == [-1, 384]
-    assert found["minilm-onnx"].spec.model == minilm.model  # one model version, three functions
+    assert found["minilm-onnx"].spec.model == minilm.model  # one model version, four functions
     assert found["minilm-int8"].spec.model == minilm.model and found["minilm-int8"].spec.source.quantize == "int8"
+    premium = found["minilm-fp16"].spec
+    assert premium.model == minilm.model and premium.source.quantize == "fp16" and premium.tier == "premium"
+    assert premium.scaling.min_instances == 1 and premium.resources.gpu
     assert found["classifier"].spec.scaling.min_instances == 0  # scale-to-zero by default
 
 

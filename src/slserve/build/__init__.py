@@ -92,18 +92,22 @@ def build_function(
     return BuildResult(artifact, cached=False)
 
 
-def _batch_floors(artifact: Artifact) -> dict[str, int]:
-    """Prove the shapes the processor says it produces (`feed_examples()`, e.g. one per text length bucket), or
-    else those of the calibration inputs."""
+def _batch_floors(artifact: Artifact) -> dict[str, dict[str, int]]:
+    """Per device this host can run the function on (the CPU, and CUDA for a function that names a GPU on a host
+    that has one: kernels differ per device), prove the shapes the processor says it produces (`feed_examples()`,
+    e.g. one per text length bucket), or else those of the calibration inputs."""
     from slserve.build.agreement import calibration_inputs
     from slserve.runtime.base import load_runtime
     from slserve.runtime.batching import prove_shapes
 
     spec = artifact.manifest.spec
-    runtime = load_runtime(artifact, device="cpu")
-    examples = runtime.feed_examples()
-    if not examples:
-        inputs = calibration_inputs(spec.signature)
-        rows = len(next(iter(inputs.values())))
-        examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
-    return prove_shapes(runtime, spec.batching.max_batch_size, examples)
+    floors: dict[str, dict[str, int]] = {}
+    for device in dict.fromkeys(["cpu", load_runtime(artifact).device]):
+        runtime = load_runtime(artifact, device=device)
+        examples = runtime.feed_examples()
+        if not examples:
+            inputs = calibration_inputs(spec.signature)
+            rows = len(next(iter(inputs.values())))
+            examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
+        floors[device] = prove_shapes(runtime, spec.batching.max_batch_size, examples)
+    return floors

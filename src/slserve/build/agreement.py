@@ -1,5 +1,5 @@
-"""How far a derived variant (int8) strays from its fp32 source, on a built-in calibration set; a variant that
-strays more than its spec allows is refused."""
+"""How far a derived variant (int8, fp16) strays from its fp32 source, on a built-in calibration set; a variant
+that strays more than its spec allows is refused."""
 
 from __future__ import annotations
 

@@ -102,10 +102,21 @@ def quantize_int8(model: Any, workdir: Path) -> Any:
     return onnx.load(str(target))
 
 
+def convert_fp16(model: Any) -> Any:
+    """Weights and activations in half precision; inputs and outputs stay as the signature declares them (casts
+    at the edges). Ops whose fp16 kernels lose too much (ONNX Runtime's default block list: Resize, Range,
+    ...) stay in fp32. Made for GPUs (tensor cores); ONNX Runtime's CPU provider runs it too, more slowly,
+    which is how the build measures its agreement and how a host without a GPU still serves it."""
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    return convert_float_to_float16(model, keep_io_types=True)
+
+
+
 def snapshot_onnx(
     fdef: FunctionDef, blobs: BlobStore
 ) -> tuple[dict[str, TensorEntry], dict[str, FileEntry], bytes | None]:
-    """Returns the tensors, the files and, for a quantized variant, the fp32 reference graph (to measure the
+    """Returns the tensors, the files and, for a derived variant, the fp32 reference graph (to measure the
     variant's agreement against)."""
     check_single_install()
     model = load_model(fdef)
@@ -114,6 +125,9 @@ def snapshot_onnx(
         reference = model.SerializeToString()
         with tempfile.TemporaryDirectory(prefix="slserve-quantize-") as tmp:
             model = quantize_int8(model, Path(tmp))
+    elif fdef.spec.source.quantize == "fp16":
+        reference = model.SerializeToString()
+        model = convert_fp16(model)
     arrays = externalize(model)
     tensors = write_tensors(blobs, arrays)
     files: dict[str, FileEntry] = {}

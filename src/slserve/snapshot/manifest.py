@@ -60,10 +60,10 @@ class BuildInfo(_Frozen):
     libraries: dict[str, str] = Field(default_factory=dict)
     source_files: dict[str, Digest] = Field(default_factory=dict, description="code the build imported")
     agreement: dict[str, float] = Field(default_factory=dict, description="checks run against the source")
-    batch_floors: dict[str, int] = Field(
+    batch_floors: dict[str, dict[str, int]] = Field(
         default_factory=dict,
-        description="feed shape -> smallest call size from which batching is bit-exact (measured); "
-        "requests of other shapes are never merged",
+        description="device -> feed shape -> smallest call size from which batching is bit-exact (measured); "
+        "requests of other shapes, or on a device not measured, are never merged",
     )
 
 

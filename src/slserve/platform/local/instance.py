@@ -170,7 +170,8 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         runtime = load_runtime(artifact, config.device, preloaded)
         loaded = time.perf_counter()
         batching = artifact.manifest.spec.batching
-        batcher = ExactBatcher(batching.max_batch_size, artifact.manifest.build.batch_floors)
+        floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none measured: never merge
+        batcher = ExactBatcher(batching.max_batch_size, floors)
         loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms)
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
