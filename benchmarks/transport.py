@@ -19,6 +19,7 @@ import numpy as np
 import uvloop
 
 from harness import machine, pct, save
+from slserve.framing import widen_buffers
 from slserve.platform.local.instance import Connection
 from slserve.platform.local.pool import InstanceProtocol
 from slserve.platform.wire import Kind, Message
@@ -49,6 +50,8 @@ def raw(n: int) -> list[float]:
 
 def framed(n: int, tensor: np.ndarray) -> list[float]:
     a, b = socket.socketpair()
+    widen_buffers(a)  # as the template does for every instance's socket
+    widen_buffers(b)
     pid = os.fork()
     if pid == 0:
         a.close()

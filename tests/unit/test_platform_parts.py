@@ -8,8 +8,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slserve.errors import InvalidInput
+from slserve.framing import FrameAssembler, frame
 from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
-from slserve.platform.wire import Kind, Message, decode, encode, frame_length
+from slserve.platform.wire import Kind, Message, decode, encode
 from slserve.runtime.batching import ExactBatcher, call_sizes, merge, shape_key, split
 from slserve.spec import Scaling
 
@@ -93,8 +94,11 @@ def test_wire_roundtrip_keeps_every_datatype_bit_for_bit() -> None:
     }
     msg = Message(Kind.INFER, 42, {"outputs": ["y"]}, tensors)
     frame = b"".join(bytes(p) for p in encode(msg))
-    assert frame_length(frame) == len(frame) - 4
-    back = decode(frame[4:])
+    assembler = FrameAssembler()
+    view = assembler.buffer()
+    view[: len(frame)] = frame
+    (body,) = assembler.received(len(frame))
+    back = decode(body)
     assert back.kind is Kind.INFER and back.request_id == 42 and back.meta == {"outputs": ["y"]}
     for name, arr in tensors.items():
         assert back.tensors[name].dtype == arr.dtype and back.tensors[name].shape == arr.shape
@@ -109,3 +113,22 @@ def test_wire_rejects_bytes_that_do_not_match_the_shape() -> None:
         tensor_from_payload(Datatype.FP32, [2, 2], memoryview(b"\0" * 12), "x")
     with pytest.raises(InvalidInput, match="claims 100 bytes"):
         tensor_from_payload(Datatype.BYTES, [1], memoryview(b"\x64\0\0\0abc"), "t")
+
+
+@given(
+    st.lists(st.binary(max_size=300), min_size=1, max_size=12),
+    st.lists(st.integers(1, 200), min_size=1, max_size=50),
+)
+def test_frames_come_out_whole_and_in_order_however_the_stream_is_cut(bodies: list[bytes], cuts: list[int]) -> None:
+    stream = b"".join(frame(len(b)) + b for b in bodies)
+    assembler = FrameAssembler(stage_bytes=64)  # small: frames bigger than the stage are read in place
+    got: list[bytes] = []
+    pos, i = 0, 0
+    while pos < len(stream):
+        target = assembler.buffer()
+        assert len(target) > 0
+        n = min(len(target), cuts[i % len(cuts)], len(stream) - pos)
+        target[:n] = stream[pos : pos + n]
+        got += [bytes(b) for b in assembler.received(n)]
+        pos, i = pos + n, i + 1
+    assert got == bodies

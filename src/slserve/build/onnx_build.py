@@ -112,7 +112,6 @@ def convert_fp16(model: Any) -> Any:
     return convert_float_to_float16(model, keep_io_types=True)
 
 
-
 def snapshot_onnx(
     fdef: FunctionDef, blobs: BlobStore
 ) -> tuple[dict[str, TensorEntry], dict[str, FileEntry], bytes | None]:

@@ -35,7 +35,8 @@ from typing import Protocol
 import orjson
 
 from slserve.errors import LedgerUnavailable
-from slserve.metering.writer import ACK, LENGTH, SEQ
+from slserve.framing import LENGTH
+from slserve.metering.writer import ACK, SEQ
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x more, once per request

@@ -26,49 +26,41 @@ from typing import BinaryIO
 
 import orjson
 
-LENGTH = struct.Struct("<I")
+from slserve.framing import LENGTH, FrameAssembler
+
 SEQ = struct.Struct("<Q")
 ACK = struct.Struct("<QQB")
 
 
 class FrameReader:
-    """Whole frames from a pipe: `take(block=True)` waits for at least one; every frame already there comes
-    along (so what queued up during the last commit goes into the next one)."""
+    """Whole frames from a pipe: `take()` waits for at least one; every frame already there comes along (so what
+    queued up during the last commit goes into the next one)."""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
-        self.buf = bytearray()
+        self.frames = FrameAssembler()
+        self.ready: list[bytearray | bytes] = []
         self.eof = False
 
-    def take(self) -> list[bytes]:
-        frames = self._parse()
-        while not frames and not self.eof:
+    def take(self) -> list[bytearray | bytes]:
+        while not self.ready and not self.eof:
             self._read()
-            frames = self._parse()
         while not self.eof and select.select([self.fd], [], [], 0)[0]:
             self._read()
-        return frames + self._parse()
+        frames, self.ready = self.ready, []
+        return frames
 
     def _read(self) -> None:
-        data = os.read(self.fd, 1 << 20)
-        if data:
-            self.buf += data
+        n = os.readv(self.fd, [self.frames.buffer()])
+        if n:
+            self.ready.extend(self.frames.received(n))
         else:
             self.eof = True
 
-    def _parse(self) -> list[bytes]:
-        out, pos = [], 0
-        while len(self.buf) - pos >= LENGTH.size:
-            (n,) = LENGTH.unpack_from(self.buf, pos)
-            if len(self.buf) - pos - LENGTH.size < n:
-                break
-            out.append(bytes(self.buf[pos + LENGTH.size : pos + LENGTH.size + n]))
-            pos += LENGTH.size + n
-        del self.buf[:pos]
-        return out
 
-
-def write_groups(db: sqlite3.Connection, groups: list[bytes], insert_records: str, insert_response: str) -> str | None:
+def write_groups(
+    db: sqlite3.Connection, groups: list[bytearray | bytes], insert_records: str, insert_response: str
+) -> str | None:
     """One transaction for all `groups`; None when committed, else what went wrong (nothing was written)."""
     try:
         db.execute("BEGIN IMMEDIATE")

@@ -1,6 +1,6 @@
 """The gateway <-> instance wire format: length-prefixed binary frames over a unix stream socket.
 
-    frame   = u32 body_length | body
+    frame   = u32 body_length | body                          (slserve.framing)
     body    = u8 kind | u64 request_id | u32 meta_length | meta (JSON) | tensors
     tensors = u16 count | count x tensor
     tensor  = u16 name_length | name | u8 datatype | u8 ndim | ndim x i64 dims | u64 nbytes | raw bytes
@@ -24,10 +24,10 @@ import numpy as np
 import orjson
 
 from slserve.errors import InvalidInput
+from slserve.framing import frame
 from slserve.runtime.tensors import NUMPY_OF, datatype_of
 from slserve.spec import Datatype
 
-_FRAME = struct.Struct("<I")
 _HEAD = struct.Struct("<BQI")
 _TENSOR_HEAD = struct.Struct("<BB")
 _U16 = struct.Struct("<H")
@@ -135,7 +135,7 @@ def encode(msg: Message) -> list[bytes | memoryview]:
         size += len(tensor_head) + nbytes
     if size >= MAX_FRAME:
         raise InvalidInput(f"message of {size} bytes is over the {MAX_FRAME}-byte frame limit")
-    parts[0] = _FRAME.pack(size)
+    parts[0] = frame(size)
     return parts
 
 
@@ -163,14 +163,6 @@ def decode(body: bytes | bytearray | memoryview) -> Message:
         tensors[name] = tensor_from_payload(DATATYPES[code], shape, view[pos : pos + nbytes], name)
         pos += nbytes
     return Message(Kind(kind), request_id, meta, tensors)
-
-
-def frame_length(prefix: bytes | bytearray | memoryview) -> int:
-    (n,) = _FRAME.unpack_from(prefix, 0)
-    return int(n)
-
-
-FRAME_PREFIX = _FRAME.size
 
 
 def error_meta(status: int, code: str, message: str) -> Mapping[str, Any]:

@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from slserve.errors import SlserveError
-from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, error_meta, frame_length
+from slserve.framing import FrameAssembler
+from slserve.platform.wire import Kind, Message, decode, encode, error_meta
 from slserve.runtime.base import Preloaded, Runtime, load_runtime
 from slserve.runtime.batching import Call, ExactBatcher, merge, split
 from slserve.runtime.tensors import example_inputs
@@ -35,58 +36,45 @@ class InstanceConfig:
 
 
 class Connection:
-    """Frames over a blocking unix socket."""
+    """Frames over a blocking unix socket, read straight into the frame assembler's buffers."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.buf = bytearray()
+        self.frames = FrameAssembler()
+        self.ready: list[Message] = []
         self.closed = False
 
     def receive(self, timeout: float | None) -> list[Message]:
         """Whatever complete messages arrive within `timeout` (None: block for at least one)."""
-        messages = self._parse()
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not messages and not self.closed:
+        while not self.ready and not self.closed:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._fill(wait):
                 break
-            messages = self._parse()
         while not self.closed and self._fill(0.0):  # and everything already waiting
-            messages.extend(self._parse())
+            pass
+        messages, self.ready = self.ready, []
         return messages
 
     def _fill(self, timeout: float | None) -> bool:
-        """Append what the socket has; wait up to `timeout` (None: forever) for something to arrive."""
+        """Read what the socket has; wait up to `timeout` (None: forever) for something to arrive."""
         try:
             if timeout is None:
-                data = self.sock.recv(1 << 20)
+                n = self.sock.recv_into(self.frames.buffer())
             elif timeout == 0.0:
-                data = self.sock.recv(1 << 20, socket.MSG_DONTWAIT)
+                n = self.sock.recv_into(self.frames.buffer(), 0, socket.MSG_DONTWAIT)
             else:
                 readable, _, _ = select.select([self.sock], [], [], timeout)
                 if not readable:
                     return False
-                data = self.sock.recv(1 << 20)
+                n = self.sock.recv_into(self.frames.buffer())
         except BlockingIOError:
             return False
-        if not data:
+        if not n:
             self.closed = True
             return False
-        self.buf += data
+        self.ready.extend(decode(body) for body in self.frames.received(n))  # tensors are views into `body`
         return True
-
-    def _parse(self) -> list[Message]:
-        out: list[Message] = []
-        pos = 0
-        while len(self.buf) - pos >= FRAME_PREFIX:
-            n = frame_length(self.buf[pos : pos + FRAME_PREFIX])
-            if len(self.buf) - pos - FRAME_PREFIX < n:
-                break
-            out.append(decode(self.buf[pos + FRAME_PREFIX : pos + FRAME_PREFIX + n]))  # one copy, then views
-            pos += FRAME_PREFIX + n
-        if pos:
-            del self.buf[:pos]
-        return out
 
     def send(self, msg: Message) -> None:
         parts = [memoryview(p).cast("B") for p in encode(msg)]

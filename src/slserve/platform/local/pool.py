@@ -26,10 +26,11 @@ from slserve.errors import (
     SlserveError,
     error_from_wire,
 )
+from slserve.framing import FrameAssembler
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.autoscaler import InstanceLoad, decide
 from slserve.platform.local.templates import Template
-from slserve.platform.wire import FRAME_PREFIX, Kind, Message, decode, encode, frame_length
+from slserve.platform.wire import Kind, Message, decode, encode
 from slserve.spec import FunctionDef
 
 START_TIMEOUT_S = 120.0
@@ -91,32 +92,25 @@ class Instance:
         }
 
 
-class InstanceProtocol(asyncio.Protocol):
+class InstanceProtocol(asyncio.BufferedProtocol):
     """The gateway's end of an instance's socket: frames in, handled in the event loop's read callback (no
-    reader task to wake per message)."""
+    reader task to wake per message); the loop reads straight into the frame assembler's buffers."""
 
     def __init__(self, on_message: Callable[[Message], None]) -> None:
         self.on_message = on_message
         self.transport: asyncio.Transport | None = None
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._buf = bytearray()
+        self._frames = FrameAssembler()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
 
-    def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        pos = 0
-        while len(buf) - pos >= FRAME_PREFIX:
-            n = frame_length(buf[pos : pos + FRAME_PREFIX])
-            end = pos + FRAME_PREFIX + n
-            if len(buf) < end:
-                break
-            self.on_message(decode(buf[pos + FRAME_PREFIX : end]))  # one copy, then views
-            pos = end
-        if pos:
-            del buf[:pos]
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        for body in self._frames.received(nbytes):
+            self.on_message(decode(body))  # tensors are views into `body`
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.closed.done():

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from slserve.errors import RuntimeUnavailable
+from slserve.framing import widen_buffers
 
 ExitListener = Callable[[int, str], None]
 # What a family's template imports before anything else: the framework itself and slserve's adapter.
@@ -71,6 +72,8 @@ class Template:
         await self.wait_ready()
         assert self._ctrl is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        widen_buffers(ours)
+        widen_buffers(theirs)
         token = next(self._tokens)
         request = {
             "spawn": token,
