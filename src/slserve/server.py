@@ -15,7 +15,7 @@ from slserve.spec import discover_functions
 def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
     functions = discover_functions(settings.functions)
-    platform = LocalPlatform(functions, ArtifactStore(settings.artifacts))
+    platform = LocalPlatform(functions, ArtifactStore(settings.artifacts), settings.functions)
     app = build_app(platform, settings)
     config = uvicorn.Config(
         app,

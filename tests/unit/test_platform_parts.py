@@ -60,6 +60,27 @@ def test_plan_merges_proven_shapes_in_arrival_order_on_the_ladder_and_runs_the_r
     assert [c.size for c in ExactBatcher(1, proven).plan([feeds(1, 5)] * 2)] == [1, 1]  # batching off
 
 
+def test_a_group_is_padded_a_little_or_cut_into_ladder_sizes() -> None:
+    proven = {shape_key(feeds(1, 5)): 2}
+    batcher = ExactBatcher(max_rows=32, floors=proven)
+
+    def sizes(n: int) -> list[tuple[int, int]]:
+        return [(len(c.items), c.size) for c in batcher.plan([feeds(1, 5)] * n)]
+
+    assert sizes(32) == [(32, 32)]
+    assert sizes(30) == [(30, 32)]  # 2 padding rows of 32: cheaper than another call
+    assert sizes(17) == [(16, 16), (1, 2)]  # not 15 padding rows: 16 now, the last one padded to its floor
+    assert sizes(20) == [(16, 16), (4, 4)]
+    assert sizes(7) == [(7, 8)]
+    assert sizes(1) == [(1, 2)]
+    mixed = [feeds(3, 5), feeds(1, 5), feeds(2, 5), feeds(4, 5), feeds(1, 5)]  # 11 rows, whole requests only
+    calls = batcher.plan(mixed)
+    assert [c.items for c in calls] == [[0, 1, 2], [3], [4]] and [c.size for c in calls] == [8, 4, 2]
+    for n in range(1, 33):  # never fewer rows than the requests, always a proven size
+        got = batcher.plan([feeds(1, 5)] * n)
+        assert sum(len(c.items) for c in got) == n and all(c.size in batcher.ladder and c.size >= 2 for c in got)
+
+
 def test_call_size_ladder() -> None:
     assert call_sizes(1) == [1]
     assert call_sizes(4) == [1, 2, 4]

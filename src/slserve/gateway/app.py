@@ -189,7 +189,7 @@ def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.start()
-        watcher = asyncio.get_running_loop().create_task(watch_routes(router))
+        watcher = asyncio.get_running_loop().create_task(watch_changes(platform, router))
         try:
             yield
         finally:
@@ -203,8 +203,12 @@ def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None
     return Front(app, Authenticator(keys), pipeline, metrics, settings.max_body_bytes)
 
 
-async def watch_routes(router: Router, every_s: float = 1.0) -> None:
-    """Route changes take effect without a restart: the table is swapped between requests, never during one."""
+async def watch_changes(platform: Platform, router: Router, every_s: float = 1.0) -> None:
+    """Builds and route changes take effect without a restart: the table is swapped between requests, never
+    during one."""
     while True:
         await asyncio.sleep(every_s)
-        router.reload_if_changed()
+        if platform.refresh():
+            router.rebuild()
+        else:
+            router.reload_if_changed()

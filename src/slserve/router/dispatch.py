@@ -56,6 +56,11 @@ class Router:
         if mtime == self._mtime:
             return False
         self._mtime = mtime
+        return self.rebuild()
+
+    def rebuild(self) -> bool:
+        """A new table from routes.toml and the functions as they are now (the platform added, redeployed or
+        removed some); when it does not validate, the old table stays in force and `error` says why."""
         try:
             self.table = RouteTable.build(self.functions.values(), load_routes(self.routes_path))
         except SpecError as e:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
+from pathlib import Path
 
 from slserve.build.key import stale_reason
-from slserve.errors import ArtifactNotFound, ModelNotFound
+from slserve.errors import ArtifactNotFound, ModelNotFound, SpecError
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.pool import FunctionPool
 from slserve.platform.local.templates import RUNTIME_MODULES, Template
 from slserve.snapshot import ArtifactStore
-from slserve.spec import FunctionDef
+from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions
 
 TICK_S = 0.5
+REMOVED_DRAIN_S = 30.0
+log = logging.getLogger("slserve.platform")
 
 
 def family_modules(functions: list[FunctionDef]) -> dict[str, list[str]]:
@@ -32,12 +36,15 @@ def family_modules(functions: list[FunctionDef]) -> dict[str, list[str]]:
 
 
 class LocalPlatform:
-    def __init__(self, functions: list[FunctionDef], store: ArtifactStore) -> None:
+    def __init__(self, functions: list[FunctionDef], store: ArtifactStore, functions_dir: Path | None = None) -> None:
         self.store = store
         self._functions = {f.name: f for f in functions}
+        self.functions_dir = functions_dir  # watched by `refresh` (None: the functions are fixed)
         self.templates: dict[str, Template] = {}
         self.pools: dict[str, FunctionPool] = {}
         self._ticker: asyncio.Task[None] | None = None
+        self._seen = self._fingerprint()
+        self._draining: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         built: dict[str, str | None] = {}
@@ -65,6 +72,61 @@ class LocalPlatform:
             return None, f"{fdef.name} is not built: run `slserve build {fdef.name}`"
         reason = stale_reason(fdef, artifact)
         return (None, reason) if reason else (artifact.digest, None)
+
+    def refresh(self) -> bool:
+        """Take in what `slserve build` published since the last look, without a restart: a function built for
+        the first time starts serving; a rebuilt one moves to its new artifact (its running instances finish
+        what they hold and stop; new ones run the new build); a deleted one drains away. A function edited but
+        not rebuilt keeps serving its last build. Returns whether the functions the router sees changed."""
+        seen = self._fingerprint()
+        if seen == self._seen or self.functions_dir is None:
+            return False
+        self._seen = seen
+        try:
+            found = {f.name: f for f in discover_functions(self.functions_dir)}
+        except SpecError as e:
+            log.error("functions not reloaded: %s", e.message)
+            return False
+        changed = False
+        for name, fdef in found.items():
+            pool = self.pools.get(name)
+            digest, error = self._current(fdef)
+            if pool is not None and (digest is None or digest == pool.digest):
+                continue  # unchanged, or edited but not (yet) rebuilt: keep serving the last build
+            template = self._template_for(fdef, digest) if digest else None
+            if pool is None:
+                self.pools[name] = FunctionPool(fdef, template, self.store.root, digest, error)
+            else:
+                assert digest is not None
+                pool.redeploy(fdef, template, digest)
+            self._functions[name] = fdef
+            log.info("function %s now serves artifact %s", name, digest[:12] if digest else None)
+            changed = True
+        for name in set(self.pools) - set(found):
+            del self._functions[name]
+            task = asyncio.get_running_loop().create_task(self.pools.pop(name).drain(REMOVED_DRAIN_S))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+            log.info("function %s was removed; its instances drain", name)
+            changed = True
+        return changed
+
+    def _fingerprint(self) -> tuple[tuple[str, int, str | None], ...]:
+        """Cheap to take every second: each function folder's spec file time and its published artifact."""
+        if self.functions_dir is None or not self.functions_dir.is_dir():
+            return ()
+        specs = sorted(d / SPEC_FILENAME for d in self.functions_dir.iterdir() if (d / SPEC_FILENAME).is_file())
+        return tuple((s.parent.name, s.stat().st_mtime_ns, self.store.ref(s.parent.name)) for s in specs)
+
+    def _template_for(self, fdef: FunctionDef, digest: str) -> Template:
+        """The family's running template, or a new one. A function added to a running family is not preloaded
+        by its template: its instances import and load it after the fork (a slower cold start until restart)."""
+        family = fdef.spec.framework.value
+        if family not in self.templates:
+            modules = family_modules([fdef])[family]
+            self.templates[family] = template = Template(family, modules, self.store.root, [digest])
+            template.start()
+        return self.templates[family]
 
     async def _tick(self) -> None:
         """Scale-downs happen with time, not with requests."""
@@ -100,7 +162,7 @@ class LocalPlatform:
     async def stop(self, drain_seconds: float) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
-        await asyncio.gather(*(p.drain(drain_seconds) for p in self.pools.values()))
+        await asyncio.gather(*(p.drain(drain_seconds) for p in self.pools.values()), *self._draining)
         for template in self.templates.values():
             template.stop()
 

@@ -298,7 +298,23 @@ class FunctionPool:
         else:
             self._on_reply(inst, msg)
 
+    def redeploy(self, fdef: FunctionDef, template: Template | None, digest: str) -> None:
+        """Serve `digest` from now on: new instances run it; running ones finish what they hold and stop.
+        Requests that arrive meanwhile queue for the new instances, as at a cold start."""
+        if template is not None and template is not self.template:
+            template.on_exit(self._on_process_exit)
+        self.fdef, self.spec, self.template, self.digest = fdef, fdef.spec, template, digest
+        self.slots = max(self.spec.scaling.target_concurrency, self.spec.batching.max_batch_size)
+        self.error, self.start_failures = None, 0
+        for inst in list(self.instances.values()):
+            if inst.state is not InstanceState.DRAINING:
+                self._retire(inst)
+        self.autoscale()
+
     def _on_ready(self, inst: Instance, msg: Message) -> None:
+        if inst.state is InstanceState.DRAINING:  # retired while starting (a redeploy): stop it now
+            self._retire(inst)
+            return
         inst.ready_at = inst.idle_since = time.monotonic()
         inst.device = str(msg.meta.get("device"))
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
