@@ -51,6 +51,25 @@ def test_revocation_and_rotation_reach_a_running_authenticator(tmp_path: Path) -
         store.rotate(key_id, 0)
 
 
+def test_a_remembered_token_still_ends_with_its_rotation_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = SQLiteKeyStore(tmp_path)
+    auth = Authenticator(SQLiteKeyStore(tmp_path))
+    old = store.create(new_key("acme"))
+    key_id = old.split("_")[1]
+    new = store.rotate(key_id, grace_s=60)
+    assert auth.authenticate({"x-api-key": old}).key_id == key_id  # verified once, now remembered
+    assert auth.authenticate({"x-api-key": new}).key_id == key_id
+    later = time.time() + 61
+    monkeypatch.setattr(time, "time", lambda: later)  # the grace is over, and the store did not change
+    with pytest.raises(Unauthorized, match="not valid"):
+        auth.authenticate({"x-api-key": old})
+    assert auth.authenticate({"x-api-key": new}).key_id == key_id
+    for _ in range(3):
+        with pytest.raises(Unauthorized):
+            auth.authenticate({"x-api-key": old + "x"})
+    assert old + "x" not in auth._verified  # only valid tokens are remembered
+
+
 def test_the_first_serve_makes_one_dev_key(tmp_path: Path) -> None:
     store = SQLiteKeyStore(tmp_path)
     made = ensure_dev_key(store, tmp_path)

@@ -30,33 +30,47 @@ def presented_key(headers: dict[str, str]) -> str | None:
 
 class Authenticator:
     """Keys are cached in memory and the cache is dropped whenever the store changes (a revocation made by
-    `slserve keys revoke` in another process applies to the very next request)."""
+    `slserve keys revoke` in another process applies to the very next request). A token that verified once is
+    remembered until then too, so a key's keyed hash is computed once, not per request; only valid tokens are
+    remembered, so made-up ones cannot grow the cache."""
 
     def __init__(self, store: KeyStore) -> None:
         self.store = store
         self._version = -1
         self._cache: dict[str, KeyRecord] = {}
+        self._verified: dict[str, KeyRecord] = {}
 
     def authenticate(self, headers: dict[str, str]) -> KeyRecord:
         token = presented_key(headers)
         if token is None:
             raise Unauthorized(f"this endpoint needs an API key; {HOW} (make one with `slserve keys create`)")
-        parts = split_token(token)
-        key = self._lookup(parts[0]) if parts else None
+        self._drop_if_changed()
         now = time.time()
-        if key is None or not key.matches(self.store.hash(token), now):
-            raise Unauthorized(f"the API key is not valid; check it was copied whole, and {HOW}")
+        key = self._verified.get(token)
+        if key is None or (key.previous_valid_until is not None and now >= key.previous_valid_until):
+            key = self._verify(token, now)  # and again once a rotation's grace may have ended
         if key.revoked_at is not None:
             raise Unauthorized(f"API key {key.key_id} was revoked at {_when(key.revoked_at)}; ask for a new key")
         if key.expires_at is not None and now >= key.expires_at:
             raise Unauthorized(f"API key {key.key_id} expired at {_when(key.expires_at)}; ask for a new key")
         return key
 
-    def _lookup(self, key_id: str) -> KeyRecord | None:
+    def _verify(self, token: str, now: float) -> KeyRecord:
+        parts = split_token(token)
+        key = self._lookup(parts[0]) if parts else None
+        if key is None or not key.matches(self.store.hash(token), now):
+            raise Unauthorized(f"the API key is not valid; check it was copied whole, and {HOW}")
+        self._verified[token] = key
+        return key
+
+    def _drop_if_changed(self) -> None:
         version = self.store.version()
         if version != self._version:
             self._cache.clear()
+            self._verified.clear()
             self._version = version
+
+    def _lookup(self, key_id: str) -> KeyRecord | None:
         key = self._cache.get(key_id)
         if key is None:
             key = self.store.get(key_id)

@@ -166,8 +166,16 @@ class FunctionPool:
         pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
         self.queue.append(pending)
         self._dispatch()
-        self.autoscale()
+        if self.queue or self._over_target():
+            self.autoscale()
         return await pending.future
+
+    def _over_target(self) -> bool:
+        """Whether the running instances carry more than `target_concurrency` each: with an empty queue, the only
+        load under which the autoscaler would start another instance (scale-downs and `min_instances` are the
+        ticker's), so a request that an instance took at once skips the full decision."""
+        ready = [i for i in self.instances.values() if i.state in (InstanceState.IDLE, InstanceState.BUSY)]
+        return sum(len(i.in_flight) for i in ready) > self.spec.scaling.target_concurrency * len(ready)
 
     def _dispatch(self) -> None:
         while self.queue:
