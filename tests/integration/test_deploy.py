@@ -80,6 +80,13 @@ def test_builds_deploy_into_a_running_gateway(tmp_path: Path) -> None:
             loader.join()
         assert statuses and set(statuses) == {200}, statuses
 
+        # A broken spec in the folder is reported and changes nothing.
+        (functions / "gamma").mkdir()
+        (functions / "gamma" / "function.toml").write_text("[model\nname = ")
+        assert wait_for(lambda: "functions not reloaded" in server.log.read_text(), 15)
+        assert answer(server, "alpha").status_code == 200
+        shutil.rmtree(functions / "gamma")
+
         # A deleted function drains away.
         shutil.rmtree(functions / "beta")
         assert wait_for(lambda: answer(server, "beta").status_code == 404, 15)

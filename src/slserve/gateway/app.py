@@ -208,7 +208,10 @@ async def watch_changes(platform: Platform, router: Router, every_s: float = 1.0
     during one."""
     while True:
         await asyncio.sleep(every_s)
-        if platform.refresh():
-            router.rebuild()
-        else:
-            router.reload_if_changed()
+        try:
+            if platform.refresh():
+                router.rebuild()
+            else:
+                router.reload_if_changed()
+        except Exception:  # e.g. a folder deleted mid-scan: try again next time, never stop watching
+            log.exception("could not take in changed functions or routes; retrying in %.0f s", every_s)

@@ -78,30 +78,27 @@ class LocalPlatform:
         the first time starts serving; a rebuilt one moves to its new artifact (its running instances finish
         what they hold and stop; new ones run the new build); a deleted one drains away. A function edited but
         not rebuilt keeps serving its last build. Returns whether the functions the router sees changed."""
-        seen = self._fingerprint()
-        if seen == self._seen or self.functions_dir is None:
+        if self.functions_dir is None:
             return False
-        self._seen = seen
         try:
+            seen = self._fingerprint()
+            if seen == self._seen:
+                return False
             found = {f.name: f for f in discover_functions(self.functions_dir)}
-        except SpecError as e:
+        except SpecError as e:  # a spec being edited: said once, looked at again when the folder changes again
+            self._seen = seen
             log.error("functions not reloaded: %s", e.message)
             return False
-        changed = False
+        except OSError as e:  # a folder removed while it was read: look again next time
+            log.warning("functions folder changed while it was read (%s); looking again", e)
+            return False
+        changed, complete = False, True
         for name, fdef in found.items():
-            pool = self.pools.get(name)
-            digest, error = self._current(fdef)
-            if pool is not None and (digest is None or digest == pool.digest):
-                continue  # unchanged, or edited but not (yet) rebuilt: keep serving the last build
-            template = self._template_for(fdef, digest) if digest else None
-            if pool is None:
-                self.pools[name] = FunctionPool(fdef, template, self.store.root, digest, error)
-            else:
-                assert digest is not None
-                pool.redeploy(fdef, template, digest)
-            self._functions[name] = fdef
-            log.info("function %s now serves artifact %s", name, digest[:12] if digest else None)
-            changed = True
+            try:
+                changed |= self._take_in(name, fdef)
+            except Exception:  # one function's trouble must not stop the others (nor the watcher)
+                log.exception("function %s: could not take in its new build; will try again", name)
+                complete = False
         for name in set(self.pools) - set(found):
             del self._functions[name]
             task = asyncio.get_running_loop().create_task(self.pools.pop(name).drain(REMOVED_DRAIN_S))
@@ -109,7 +106,24 @@ class LocalPlatform:
             task.add_done_callback(self._draining.discard)
             log.info("function %s was removed; its instances drain", name)
             changed = True
+        if complete:  # a function that failed is looked at again next time (each step is idempotent)
+            self._seen = seen
         return changed
+
+    def _take_in(self, name: str, fdef: FunctionDef) -> bool:
+        pool = self.pools.get(name)
+        digest, error = self._current(fdef)
+        if pool is not None and (digest is None or digest == pool.digest):
+            return False  # unchanged, or edited but not (yet) rebuilt: keep serving the last build
+        template = self._template_for(fdef, digest) if digest else None
+        if pool is None:
+            self.pools[name] = FunctionPool(fdef, template, self.store.root, digest, error)
+        else:
+            assert digest is not None
+            pool.redeploy(fdef, template, digest)
+        self._functions[name] = fdef
+        log.info("function %s now serves artifact %s", name, digest[:12] if digest else None)
+        return True
 
     def _fingerprint(self) -> tuple[tuple[str, int, str | None], ...]:
         """Cheap to take every second: each function folder's spec file time and its published artifact."""
