@@ -101,9 +101,12 @@ def _batch_floors(artifact: Artifact) -> dict[str, dict[str, int]]:
     from slserve.runtime.batching import prove_shapes
 
     spec = artifact.manifest.spec
+    default = load_runtime(artifact)  # CUDA for a GPU function on a GPU host, else the CPU
+    runtimes = {default.device: default}
+    if "cpu" not in runtimes:
+        runtimes["cpu"] = load_runtime(artifact, device="cpu")
     floors: dict[str, dict[str, int]] = {}
-    for device in dict.fromkeys(["cpu", load_runtime(artifact).device]):
-        runtime = load_runtime(artifact, device=device)
+    for device, runtime in runtimes.items():
         examples = runtime.feed_examples()
         if not examples:
             inputs = calibration_inputs(spec.signature)

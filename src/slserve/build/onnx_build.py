@@ -120,13 +120,13 @@ def snapshot_onnx(
     check_single_install()
     model = load_model(fdef)
     reference: bytes | None = None
-    if fdef.spec.source.quantize == "int8":
+    if fdef.spec.source.quantize is not None:
         reference = model.SerializeToString()
-        with tempfile.TemporaryDirectory(prefix="slserve-quantize-") as tmp:
-            model = quantize_int8(model, Path(tmp))
-    elif fdef.spec.source.quantize == "fp16":
-        reference = model.SerializeToString()
-        model = convert_fp16(model)
+        if fdef.spec.source.quantize == "int8":
+            with tempfile.TemporaryDirectory(prefix="slserve-quantize-") as tmp:
+                model = quantize_int8(model, Path(tmp))
+        else:
+            model = convert_fp16(model)
     arrays = externalize(model)
     tensors = write_tensors(blobs, arrays)
     files: dict[str, FileEntry] = {}

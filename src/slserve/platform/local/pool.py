@@ -28,10 +28,10 @@ from slserve.errors import (
 )
 from slserve.framing import FrameAssembler
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
-from slserve.platform.local.autoscaler import InstanceLoad, decide
+from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Kind, Message, decode, encode
-from slserve.spec import FunctionDef
+from slserve.spec import FunctionDef, FunctionSpec
 
 START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
@@ -121,6 +121,11 @@ class InstanceProtocol(asyncio.BufferedProtocol):
             self.transport.writelines(encode(msg))
 
 
+def slots(spec: FunctionSpec) -> int:
+    """Requests one instance may hold at once: enough to fill a batch."""
+    return max(spec.scaling.target_concurrency, spec.batching.max_batch_size)
+
+
 class FunctionPool:
     def __init__(
         self, fdef: FunctionDef, template: Template | None, artifacts: Path, digest: str | None, error: str | None
@@ -133,7 +138,7 @@ class FunctionPool:
         self.error = error  # why it cannot serve (not built, or stale); None when it can
         self.instances: dict[int, Instance] = {}
         self.queue: deque[Pending] = deque()
-        self.slots = max(self.spec.scaling.target_concurrency, self.spec.batching.max_batch_size)
+        self.slots = slots(self.spec)
         self.closing = False
         self.cold_starts = 0
         self.served = 0
@@ -166,16 +171,16 @@ class FunctionPool:
         pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
         self.queue.append(pending)
         self._dispatch()
-        if self.queue or self._over_target():
+        if self.queue or self._may_scale_up():
             self.autoscale()
         return await pending.future
 
-    def _over_target(self) -> bool:
-        """Whether the running instances carry more than `target_concurrency` each: with an empty queue, the only
-        load under which the autoscaler would start another instance (scale-downs and `min_instances` are the
-        ticker's), so a request that an instance took at once skips the full decision."""
+    def _may_scale_up(self) -> bool:
+        """With an empty queue, whether the load in flight wants more instances than are running (the
+        autoscaler's own rule); if not, a request an instance took at once skips the full decision (scale-downs
+        are the ticker's)."""
         ready = [i for i in self.instances.values() if i.state in (InstanceState.IDLE, InstanceState.BUSY)]
-        return sum(len(i.in_flight) for i in ready) > self.spec.scaling.target_concurrency * len(ready)
+        return desired_instances(self.spec.scaling, sum(len(i.in_flight) for i in ready)) > len(ready)
 
     def _dispatch(self) -> None:
         while self.queue:
@@ -312,7 +317,7 @@ class FunctionPool:
         if template is not None and template is not self.template:
             template.on_exit(self._on_process_exit)
         self.fdef, self.spec, self.template, self.digest = fdef, fdef.spec, template, digest
-        self.slots = max(self.spec.scaling.target_concurrency, self.spec.batching.max_batch_size)
+        self.slots = slots(self.spec)
         self.error, self.start_failures = None, 0
         for inst in list(self.instances.values()):
             if inst.state is not InstanceState.DRAINING:
