@@ -27,6 +27,8 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
         log_level=settings.log_level,
         log_config=None,  # logs.configure has set up slserve's and uvicorn's loggers
         access_log=False,
+        proxy_headers=False,  # nothing reads the client address; spares a middleware layer per request
+        server_header=False,  # says nothing about the software; one header less per response
         timeout_graceful_shutdown=round(settings.drain_seconds),
     )
     return uvicorn.Server(config)

@@ -11,10 +11,10 @@ endpoints, OpenAI's `{"error": {"message", "type", "code"}}` under /v1.
 from __future__ import annotations
 
 import logging
+import os
 import random
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -111,7 +111,7 @@ class Front:
             else:
                 await self.app(scope, receive, send)
             return
-        request_id = uuid.uuid4().hex
+        request_id = os.urandom(16).hex()  # 128 random bits, as a uuid4's hex (a uuid4 object costs 5x more)
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         call: Call | None = None
@@ -229,17 +229,18 @@ class Front:
         tier = served.tier if served else (route.tier if route else "")
         alias = (route.alias or "") if route else ""
         m = self.metrics
-        m.requests.labels(call.endpoint, model, version, alias, tier, str(status)).inc()
-        m.latency.labels(call.endpoint, model, tier).observe(seconds)
+        m.answered(call.endpoint, model, version, alias, tier, status, seconds)
         if served is not None:
             result = served.result
-            m.batch_size.labels(result.function).observe(result.batch_size)
+            m.batch(result.function, result.batch_size)
             if result.cold_start_ms is not None:
                 m.cold_start.labels(result.function).observe(result.cold_start_ms / 1000)
             if served.cost:
                 m.charged.labels(model, tier).inc(served.cost)
             if served.fallback:
                 m.fallbacks.labels(model, tier).inc()
+        if not logs.ACCESS.isEnabledFor(logging.INFO):
+            return
         logs.access(
             "infer",
             request_id=request_id,

@@ -51,6 +51,27 @@ class Metrics:
             "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
         )
         self.registry.register(StateCollector(platform, router, ledger))
+        # A labelled child is looked up (lock, label checks) on every `labels()` call; a request's labels repeat,
+        # so each combination is looked up once. Bounded by the models, versions, tiers and statuses served.
+        self._answered: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
+        self._batches: dict[str, Histogram] = {}
+
+    def answered(
+        self, endpoint: str, model: str, version: str, alias: str, tier: str, status: int, seconds: float
+    ) -> None:
+        labels = (endpoint, model, version, alias, tier, str(status))
+        children = self._answered.get(labels)
+        if children is None:
+            children = self.requests.labels(*labels), self.latency.labels(endpoint, model, tier)
+            self._answered[labels] = children
+        children[0].inc()
+        children[1].observe(seconds)
+
+    def batch(self, function: str, size: int) -> None:
+        child = self._batches.get(function)
+        if child is None:
+            child = self._batches[function] = self.batch_size.labels(function)
+        child.observe(size)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -20,17 +20,28 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from slserve.errors import InferenceFailed
 from slserve.runtime.base import Runtime, Tensors
 
+_KEYS: dict[tuple[tuple[str, np.dtype[Any], tuple[int, ...]], ...], str] = {}
+_MAX_KEYS = 4096  # distinct shapes remembered (a function fed arbitrary shapes must not grow it forever)
+
 
 def shape_key(feeds: Mapping[str, np.ndarray]) -> str:
     """Feeds with equal keys can be concatenated along the first dimension, e.g.
-    'attention_mask:int64[16] input_ids:int64[16]'."""
-    return " ".join(f"{name}:{feeds[name].dtype.name}{list(feeds[name].shape[1:])}" for name in sorted(feeds))
+    'attention_mask:int64[16] input_ids:int64[16]'. Computed once per shape: it is asked for every request."""
+    signature = tuple((name, arr.dtype, arr.shape[1:]) for name, arr in feeds.items())
+    key = _KEYS.get(signature)
+    if key is None:
+        key = " ".join(f"{name}:{feeds[name].dtype.name}{list(feeds[name].shape[1:])}" for name in sorted(feeds))
+        if len(_KEYS) >= _MAX_KEYS:
+            _KEYS.clear()
+        _KEYS[signature] = key
+    return key
 
 
 def rows_of(feeds: Mapping[str, np.ndarray]) -> int:
@@ -62,6 +73,9 @@ class ExactBatcher:
     def plan(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[Call]:
         """Group requests of one proven shape, first come first served, at most `max_rows` rows per group, and
         cut each group into ladder-sized calls (`_cut`); everything else runs alone."""
+        if len(items) == 1:  # concurrency 1, the common case: what the loop below would plan, without the loop
+            rows, floor = rows_of(items[0]), self.floors.get(shape_key(items[0]))
+            return [Call([0], rows if floor is None or rows > self.max_rows else self.size_for(rows, floor))]
         calls: list[tuple[list[int], str | None]] = []
         open_call: dict[str, tuple[list[int], int]] = {}
         for i, feeds in enumerate(items):

@@ -179,8 +179,12 @@ class FunctionPool:
         """With an empty queue, whether the load in flight wants more instances than are running (the
         autoscaler's own rule); if not, a request an instance took at once skips the full decision (scale-downs
         are the ticker's)."""
-        ready = [i for i in self.instances.values() if i.state in (InstanceState.IDLE, InstanceState.BUSY)]
-        return desired_instances(self.spec.scaling, sum(len(i.in_flight) for i in ready)) > len(ready)
+        ready = in_flight = 0
+        for i in self.instances.values():
+            if i.state is InstanceState.IDLE or i.state is InstanceState.BUSY:
+                ready += 1
+                in_flight += len(i.in_flight)
+        return desired_instances(self.spec.scaling, in_flight) > ready
 
     def _dispatch(self) -> None:
         while self.queue:
