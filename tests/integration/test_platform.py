@@ -22,6 +22,7 @@ from slserve.build import build_function
 from slserve.build.agreement import CALIBRATION_TEXTS
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
+from slserve_samples.faulty import SLEEP_SENTINEL
 
 TINY = """
 [model]
@@ -51,6 +52,10 @@ FUNCTIONS_UNDER_TEST = {
     "tiny-burst": ("slserve_samples.big_mlp:build_small", "max_instances = 3\ntarget_concurrency = 2"),
     "tiny-queue": ("slserve_samples.big_mlp:build_small", "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 2"),
     "crashy": ("slserve_samples.faulty:build", "max_instances = 2\ntarget_concurrency = 4"),
+    "slow-queue": (
+        "slserve_samples.faulty:build_sleepy",
+        "max_instances = 1\ntarget_concurrency = 1\nqueue_size = 6\n\n[batching]\nmax_batch_size = 1",
+    ),
 }
 STALE = TINY.format(name="stale", factory="slserve_samples.big_mlp:build_small", scaling="max_instances = 1")
 BROKEN = TINY.format(name="broken", factory="slserve_samples.faulty:build_broken", scaling="max_instances = 1")
@@ -136,6 +141,19 @@ def test_a_full_queue_answers_429_with_retry_after(server: Server) -> None:
     assert int(rejected.headers["retry-after"]) >= 1
     assert "queue_size" in rejected.json()["error"]
     assert server.post("/v2/models/tiny-queue/infer", json=tiny_request()).status_code == 200
+
+
+def test_retry_after_is_the_measured_time_to_work_off_the_queue(server: Server) -> None:
+    """One instance that takes 0.4 s per request (2.5 rows/s) and a queue of 6: a client turned away should
+    come back in 6 / 2.5 = 2.4 s, not in a fixed second."""
+    url = server.url + "/v2/models/slow-queue/infer"
+    data = [SLEEP_SENTINEL, 0.4] + [0.0] * 14
+    sleepy = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": data}]}
+    assert server.post("/v2/models/slow-queue/infer", json=sleepy).status_code == 200  # measures the speed
+    responses = asyncio.run(post_many(url, [sleepy] * 12, concurrency=12, headers=server.auth))
+    rejected = [r for r in responses if r.status_code == 429]
+    assert rejected and all(r.status_code in (200, 429) for r in responses)
+    assert {int(r.headers["retry-after"]) for r in rejected} <= {2, 3}, [r.headers["retry-after"] for r in rejected]
 
 
 def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) -> None:

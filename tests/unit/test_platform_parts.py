@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from slserve.errors import InvalidInput
 from slserve.framing import FrameAssembler, frame
-from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
+from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances, retry_after_s
 from slserve.platform.wire import Kind, Message, decode, encode
 from slserve.runtime.batching import ExactBatcher, call_sizes, merge, shape_key, split
 from slserve.spec import Scaling
@@ -153,3 +153,11 @@ def test_frames_come_out_whole_and_in_order_however_the_stream_is_cut(bodies: li
         got += [bytes(b) for b in assembler.received(n)]
         pos, i = pos + n, i + 1
     assert got == bodies
+
+
+def test_retry_after_is_the_time_to_work_off_the_queue() -> None:
+    assert retry_after_s(64, 2, 8.0) == 4.0  # 64 waiting, 2 instances of 8 rows/s each
+    assert retry_after_s(64, 0, 8.0) == 8.0  # none up yet: counted as one
+    assert retry_after_s(4, 2, 100.0) == 1.0  # never under a second (the header is whole seconds)
+    assert retry_after_s(10_000, 1, 1.0) == 60.0  # nor over a minute
+    assert retry_after_s(64, 2, None) == 1.0  # nothing measured yet

@@ -48,3 +48,16 @@ def decide(scaling: Scaling, ready: Sequence[InstanceLoad], starting: int, queue
     )
     surplus = max(0, len(ready) + starting - desired)
     return ScaleDecision(start=start, stop=[i.id for i in idle[:surplus]])
+
+
+MIN_RETRY_AFTER_S = 1.0  # Retry-After is whole seconds
+MAX_RETRY_AFTER_S = 60.0
+
+
+def retry_after_s(queued: int, instances: int, rows_per_s: float | None) -> float:
+    """When a client turned away by a full queue should come back: the time the instances need to work off
+    the queue at their measured speed (rows per second each), within [1, 60] s. Unmeasured: 1 s."""
+    if rows_per_s is None or rows_per_s <= 0:
+        return MIN_RETRY_AFTER_S
+    drain = queued / (max(1, instances) * rows_per_s)
+    return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, drain))

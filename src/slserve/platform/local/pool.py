@@ -28,7 +28,7 @@ from slserve.errors import (
 )
 from slserve.framing import FrameAssembler
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
-from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances
+from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances, retry_after_s
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Kind, Message, decode, encode
 from slserve.spec import FunctionDef, FunctionSpec
@@ -36,6 +36,7 @@ from slserve.spec import FunctionDef, FunctionSpec
 START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
+SPEED_WEIGHT = 0.1  # of each new reply in the moving average of an instance's rows per second
 _request_ids = itertools.count(1)
 
 
@@ -145,6 +146,7 @@ class FunctionPool:
         self.failed = 0
         self.start_failures = 0
         self.failed_start_at = -START_RETRY_S
+        self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: dict[int, asyncio.Future[str]] = {}
@@ -162,10 +164,11 @@ class FunctionPool:
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
         if len(self.queue) >= self.spec.scaling.queue_size:
+            serving = sum(1 for i in self.instances.values() if i.state is not InstanceState.DRAINING)
             raise Overloaded(
                 f"{self.fdef.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
                 "retry after the Retry-After interval",
-                retry_after=1.0,
+                retry_after=retry_after_s(len(self.queue), serving, self.rows_per_s),
             )
         loop = asyncio.get_running_loop()
         pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
@@ -228,6 +231,7 @@ class FunctionPool:
         inst.served += 1
         if msg.kind is Kind.RESULT:
             self.served += 1
+            self._measure_speed(msg)
             result = InferResult(
                 outputs=msg.tensors,
                 function=self.fdef.name,
@@ -244,6 +248,14 @@ class FunctionPool:
             self.failed += 1
             _fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
         self._dispatch()
+
+    def _measure_speed(self, msg: Message) -> None:
+        """Rows per second of the model call that answered `msg` (its batch over its time), averaged."""
+        seconds = float(msg.meta.get("compute_ms", 0.0)) / 1000
+        if seconds > 0:
+            speed = int(msg.meta.get("batch_size", 1)) / seconds
+            last = self.rows_per_s
+            self.rows_per_s = speed if last is None else last + SPEED_WEIGHT * (speed - last)
 
     # --- instances -----------------------------------------------------------------------------------------
 
