@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -61,24 +62,35 @@ def test_builds_deploy_into_a_running_gateway(tmp_path: Path) -> None:
         threading.Event().wait(2.5)
         assert np.array_equal(output(answer(server, "alpha")), expected(first))
 
-        # A rebuild under load: every request is answered, first by the old build, then by the new one.
-        statuses: list[int] = []
+        # A rebuild under load: every request is answered, first by the old build, then by the new one, and
+        # none waits for a cold start (the old instance serves until its replacement is ready).
+        streamed: list[httpx.Response] = []
         stop = threading.Event()
 
         def stream() -> None:
             while not stop.is_set():
-                statuses.append(answer(server, "alpha").status_code)
+                streamed.append(answer(server, "alpha"))
 
         loader = threading.Thread(target=stream)
         loader.start()
+        polled: list[httpx.Response] = []  # until the new build answers: the first of its answers is among these
         try:
             second = build_function(load_function(functions / "alpha"), store).artifact
             assert second.digest != first.digest
-            assert wait_for(lambda: np.array_equal(output(answer(server, "alpha")), expected(second)), 20)
+            deadline = time.monotonic() + 20
+            while not (polled and np.array_equal(output(polled[-1]), expected(second))):
+                assert time.monotonic() < deadline, "the rebuild was not deployed within 20 s"
+                polled.append(answer(server, "alpha"))
         finally:
             stop.set()
             loader.join()
-        assert statuses and set(statuses) == {200}, statuses
+        responses = streamed + polled
+        assert {r.status_code for r in responses} == {200}, [r.text for r in responses]
+        assert not [r.headers["x-slserve-cold-start-ms"] for r in responses if "x-slserve-cold-start-ms" in r.headers]
+        builds = [0 if np.array_equal(output(r), expected(first)) else 1 for r in streamed]
+        assert builds == sorted(builds), builds  # old, then new, never back
+        assert wait_for(lambda: len(server.status("alpha")["instances"]) == 1, 15)  # the old instance stopped
+        assert server.status("alpha")["instances"][0]["artifact"] == second.digest[:12]
 
         # A broken spec in the folder is reported and changes nothing.
         (functions / "gamma").mkdir()

@@ -60,9 +60,11 @@ class Pending:
 
 
 class Instance:
-    def __init__(self, function: str, number: int) -> None:
+    def __init__(self, function: str, number: int, digest: str, version: str) -> None:
         self.number = number
         self.name = f"{function}-{number}"
+        self.digest = digest  # the artifact it runs (after a redeploy, old instances serve until replaced)
+        self.version = version
         self.pid: int | None = None
         self.state = InstanceState.STARTING
         self.spawned_at = time.monotonic()
@@ -85,6 +87,7 @@ class Instance:
             "name": self.name,
             "pid": self.pid,
             "state": self.state.value,
+            "artifact": self.digest[:12],
             "in_flight": len(self.in_flight),
             "served": self.served,
             "cold_start_ms": None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
@@ -205,12 +208,19 @@ class FunctionPool:
         return sum(max(0, self.slots - len(i.in_flight)) for i in usable)
 
     def _least_loaded(self) -> Instance | None:
+        """The least loaded instance with a free slot, of the current build if one is up (during a redeploy,
+        the previous build's instances serve until their replacements are ready)."""
         best: Instance | None = None
+        previous: Instance | None = None
         for inst in self.instances.values():
-            usable = inst.state in (InstanceState.IDLE, InstanceState.BUSY) and len(inst.in_flight) < self.slots
-            if usable and (best is None or len(inst.in_flight) < len(best.in_flight)):
+            if inst.state not in (InstanceState.IDLE, InstanceState.BUSY) or len(inst.in_flight) >= self.slots:
+                continue
+            if inst.digest != self.digest:
+                if previous is None or len(inst.in_flight) < len(previous.in_flight):
+                    previous = inst
+            elif best is None or len(inst.in_flight) < len(best.in_flight):
                 best = inst
-        return best
+        return best or previous
 
     def _send(self, inst: Instance, pending: Pending) -> None:
         assert inst.channel is not None and inst.ready_at is not None
@@ -235,7 +245,7 @@ class FunctionPool:
             result = InferResult(
                 outputs=msg.tensors,
                 function=self.fdef.name,
-                version=self.spec.model.version,
+                version=inst.version,
                 instance=inst.name,
                 queue_ms=(pending.dispatched_at - pending.enqueued_at) * 1000,
                 compute_ms=float(msg.meta.get("compute_ms", 0.0)),
@@ -264,20 +274,29 @@ class FunctionPool:
             return
         if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue:
             return  # a function that keeps failing to start waits for the next request to try again
-        ready = [
-            InstanceLoad(i.number, len(i.in_flight), i.idle_since)
-            for i in self.instances.values()
-            if i.state in (InstanceState.IDLE, InstanceState.BUSY)
-        ]
-        starting = sum(1 for i in self.instances.values() if i.state is InstanceState.STARTING)
-        decision = decide(self.spec.scaling, ready, starting, len(self.queue), time.monotonic())
+        now = time.monotonic()
+        ready: list[InstanceLoad] = []
+        starting = previous_load = 0
+        for i in self.instances.values():
+            if i.state is InstanceState.STARTING:
+                starting += 1
+            elif i.state in (InstanceState.IDLE, InstanceState.BUSY):
+                if i.digest == self.digest:
+                    ready.append(InstanceLoad(i.number, len(i.in_flight), i.idle_since))
+                else:  # the previous build's: its load is demand for this build; it stops once idle long enough
+                    previous_load += len(i.in_flight)
+                    idle_since = i.idle_since
+                    if idle_since is not None and now - idle_since >= self.spec.scaling.idle_seconds:
+                        self._retire(i)
+        decision = decide(self.spec.scaling, ready, starting, len(self.queue) + previous_load, now)
         for _ in range(decision.start):
             self._launch()
         for number in decision.stop:
             self._retire(self.instances[number])
 
     def _launch(self) -> None:
-        inst = Instance(self.fdef.name, next(self._numbers))
+        assert self.digest is not None
+        inst = Instance(self.fdef.name, next(self._numbers), self.digest, self.spec.model.version)
         self.instances[inst.number] = inst
         task = asyncio.get_running_loop().create_task(self._run_instance(inst))
         self._tasks.add(task)
@@ -289,11 +308,11 @@ class FunctionPool:
             inst.channel.send(Message(Kind.STOP))
 
     async def _run_instance(self, inst: Instance) -> None:
-        assert self.template is not None and self.digest is not None
+        assert self.template is not None
         loop = asyncio.get_running_loop()
         start_error: SlserveError | None = None
         try:
-            sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, self.digest, None)
+            sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, inst.digest, None)
             self._exits[inst.pid] = loop.create_future()
             inst.started = loop.create_future()
             _, inst.channel = await loop.create_unix_connection(
@@ -328,16 +347,24 @@ class FunctionPool:
             self._on_reply(inst, msg)
 
     def redeploy(self, fdef: FunctionDef, template: Template | None, digest: str) -> None:
-        """Serve `digest` from now on: new instances run it; running ones finish what they hold and stop.
-        Requests that arrive meanwhile queue for the new instances, as at a cold start."""
+        """Serve `digest` from now on, without a cold start for anyone: each running instance gets a
+        replacement, and keeps serving until one is ready (then it finishes what it holds and stops). If the
+        new build cannot start, the previous one keeps serving. Instances still starting for the previous
+        build stop at once."""
         if template is not None and template is not self.template:
             template.on_exit(self._on_process_exit)
         self.fdef, self.spec, self.template, self.digest = fdef, fdef.spec, template, digest
         self.slots = slots(self.spec)
         self.error, self.start_failures = None, 0
+        serving = 0
         for inst in list(self.instances.values()):
-            if inst.state is not InstanceState.DRAINING:
+            if inst.state is InstanceState.STARTING:
                 self._retire(inst)
+            elif inst.state in (InstanceState.IDLE, InstanceState.BUSY):
+                serving += 1
+        if self.template is not None and not self.closing:
+            for _ in range(min(serving, self.spec.scaling.max_instances)):
+                self._launch()
         self.autoscale()
 
     def _on_ready(self, inst: Instance, msg: Message) -> None:
@@ -349,6 +376,11 @@ class FunctionPool:
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
         if inst.state is InstanceState.STARTING:
             inst.state = InstanceState.IDLE
+        replaced = [
+            i for i in self.instances.values() if i.digest != inst.digest and i.state is not InstanceState.DRAINING
+        ]
+        if replaced:  # a redeploy's replacement: one instance of the previous build stops
+            self._retire(min(replaced, key=lambda i: len(i.in_flight)))
         self.cold_starts += 1
         self.start_failures = 0
         self.error = None
