@@ -92,6 +92,13 @@ def test_builds_deploy_into_a_running_gateway(tmp_path: Path) -> None:
         assert wait_for(lambda: len(server.status("alpha")["instances"]) == 1, 15)  # the old instance stopped
         assert server.status("alpha")["instances"][0]["artifact"] == second.digest[:12]
 
+        # A build the running template lacks is loaded after the fork until the template is renewed; from
+        # then on the new function's instances fork with it preloaded (a fast cold start, as at startup).
+        build(functions, store, "delta", seed=4)
+        assert wait_for(lambda: "preloads alpha, beta, delta" in server.log.read_text(), 60), server.log.read_text()
+        assert answer(server, "delta").status_code == 200
+        assert [i["preloaded"] for i in server.status("delta")["instances"]] == [True]
+
         # A broken spec in the folder is reported and changes nothing.
         (functions / "gamma").mkdir()
         (functions / "gamma" / "function.toml").write_text("[model\nname = ")

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from slserve.build.key import stale_reason
-from slserve.errors import ArtifactNotFound, ModelNotFound, SpecError
+from slserve.errors import ArtifactNotFound, ModelNotFound, RuntimeUnavailable, SpecError
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.pool import FunctionPool
 from slserve.platform.local.templates import RUNTIME_MODULES, Template
@@ -45,6 +45,8 @@ class LocalPlatform:
         self._ticker: asyncio.Task[None] | None = None
         self._seen = self._fingerprint()
         self._draining: set[asyncio.Task[None]] = set()
+        self._renewing: dict[str, asyncio.Task[None]] = {}  # family -> its template being renewed
+        self._retired: list[Template] = []
 
     async def start(self) -> None:
         built: dict[str, str | None] = {}
@@ -108,7 +110,52 @@ class LocalPlatform:
             changed = True
         if complete:  # a function that failed is looked at again next time (each step is idempotent)
             self._seen = seen
+        if changed:
+            self._renew_stale_templates()
         return changed
+
+    def _family(self, family: str) -> list[FunctionPool]:
+        return [p for p in self.pools.values() if p.fdef.spec.framework.value == family and p.digest]
+
+    def _renew_stale_templates(self) -> None:
+        """A template preloads the builds it was started with. When a family gains a build its template lacks
+        (a new function, or a rebuild), a new template is started with every current build of the family; once
+        it is ready, new instances fork from it, and the old one exits with its last instance."""
+        for family, template in self.templates.items():
+            stale = any(p.digest not in template.preload for p in self._family(family))
+            if stale and family not in self._renewing:
+                self._renewing[family] = asyncio.get_running_loop().create_task(self._renew(family))
+
+    async def _renew(self, family: str) -> None:
+        try:
+            await self._start_renewed(family)
+        finally:
+            self._renewing.pop(family, None)
+
+    async def _start_renewed(self, family: str) -> None:
+        pools = self._family(family)
+        digests = [p.digest for p in pools if p.digest]
+        modules = family_modules([p.fdef for p in pools])[family]
+        renewed = Template(family, modules, self.store.root, digests)
+        renewed.start()
+        try:
+            await renewed.wait_ready()
+        except RuntimeUnavailable as e:
+            log.error("the %s template was not renewed (%s); new builds load after the fork", family, e.message)
+            renewed.stop()
+            return
+        except asyncio.CancelledError:  # the server is stopping
+            renewed.stop()
+            raise
+        old = self.templates[family]
+        self.templates[family] = renewed
+        for pool in self._family(family):
+            pool.use_template(renewed)
+        old.retire()
+        self._retired.append(old)
+        log.info("the %s template was renewed; it preloads %s", family, ", ".join(sorted(p.fdef.name for p in pools)))
+        if any(p.digest not in renewed.preload for p in self._family(family)):
+            asyncio.get_running_loop().call_soon(self._renew_stale_templates)  # rebuilt again meanwhile
 
     def _take_in(self, name: str, fdef: FunctionDef) -> bool:
         pool = self.pools.get(name)
@@ -133,8 +180,8 @@ class LocalPlatform:
         return tuple((s.parent.name, s.stat().st_mtime_ns, self.store.ref(s.parent.name)) for s in specs)
 
     def _template_for(self, fdef: FunctionDef, digest: str) -> Template:
-        """The family's running template, or a new one. A function added to a running family is not preloaded
-        by its template: its instances import and load it after the fork (a slower cold start until restart)."""
+        """The family's running template, or a new one. A build the running template lacks is loaded after the
+        fork until the template is renewed (`_renew_stale_templates`)."""
         family = fdef.spec.framework.value
         if family not in self.templates:
             modules = family_modules([fdef])[family]
@@ -176,8 +223,10 @@ class LocalPlatform:
     async def stop(self, drain_seconds: float) -> None:
         if self._ticker is not None:
             self._ticker.cancel()
+        for task in list(self._renewing.values()):
+            task.cancel()
         await asyncio.gather(*(p.drain(drain_seconds) for p in self.pools.values()), *self._draining)
-        for template in self.templates.values():
+        for template in [*self.templates.values(), *self._retired]:
             template.stop()
 
 

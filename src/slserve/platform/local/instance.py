@@ -178,6 +178,7 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         "load_ms": (loaded - started) * 1000,
         "warmup_ms": (ready - loaded) * 1000,
         "device": runtime.device,
+        "preloaded": preloaded is not None,  # its template had loaded this build before the fork
     }
     conn.send(Message(Kind.READY, 0, meta))
     loop.run()

@@ -75,6 +75,7 @@ class Instance:
         self.started: asyncio.Future[Message] | None = None
         self.device: str | None = None
         self.load_ms: float | None = None
+        self.preloaded: bool | None = None
         self.served = 0
         self.exit_status: str | None = None
 
@@ -93,6 +94,7 @@ class Instance:
             "cold_start_ms": None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
             "load_ms": None if self.load_ms is None else round(self.load_ms, 1),
             "device": self.device,
+            "preloaded": self.preloaded,
         }
 
 
@@ -346,14 +348,21 @@ class FunctionPool:
         else:
             self._on_reply(inst, msg)
 
+    def use_template(self, template: Template) -> None:
+        """Fork new instances from `template` (a renewed one); instances of the previous template run on, and
+        their exits are still heard from it."""
+        if template is not self.template:
+            template.on_exit(self._on_process_exit)
+            self.template = template
+
     def redeploy(self, fdef: FunctionDef, template: Template | None, digest: str) -> None:
         """Serve `digest` from now on, without a cold start for anyone: each running instance gets a
         replacement, and keeps serving until one is ready (then it finishes what it holds and stops). If the
         new build cannot start, the previous one keeps serving. Instances still starting for the previous
         build stop at once."""
-        if template is not None and template is not self.template:
-            template.on_exit(self._on_process_exit)
-        self.fdef, self.spec, self.template, self.digest = fdef, fdef.spec, template, digest
+        if template is not None:
+            self.use_template(template)
+        self.fdef, self.spec, self.digest = fdef, fdef.spec, digest
         self.slots = slots(self.spec)
         self.error, self.start_failures = None, 0
         serving = 0
@@ -374,6 +383,7 @@ class FunctionPool:
         inst.ready_at = inst.idle_since = time.monotonic()
         inst.device = str(msg.meta.get("device"))
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
+        inst.preloaded = bool(msg.meta.get("preloaded"))
         if inst.state is InstanceState.STARTING:
             inst.state = InstanceState.IDLE
         replaced = [

@@ -43,6 +43,9 @@ class Template:
         self._tokens = itertools.count(1)
         self._spawned: dict[int, asyncio.Future[int]] = {}
         self._exit_listeners: list[ExitListener] = []
+        self.children: set[int] = set()  # instances forked and not yet exited
+        self.retired = False  # replaced: forks nothing more, exits with its last instance
+        self._exited: asyncio.Future[int | None] | None = None
 
     def on_exit(self, listener: ExitListener) -> None:
         self._exit_listeners.append(listener)
@@ -107,12 +110,16 @@ class Template:
             self.import_ms, self.pid = float(msg["ready"]), int(msg["pid"])
             self._ready.set()
         elif "spawned" in msg:
+            self.children.add(int(msg["pid"]))
             future = self._spawned.pop(int(msg["spawned"]), None)
             if future is not None and not future.done():
                 future.set_result(int(msg["pid"]))
         elif "exited" in msg:
+            self.children.discard(int(msg["exited"]))
             for listener in self._exit_listeners:
                 listener(int(msg["exited"]), str(msg["status"]))
+            if self.retired and not self.children:
+                self._close()
 
     def _on_gone(self) -> None:
         assert self._ctrl is not None
@@ -126,6 +133,23 @@ class Template:
         for future in self._spawned.values():
             if not future.done():
                 future.set_exception(RuntimeUnavailable(self.error))
+
+    def retire(self) -> None:
+        """A renewed template took over: this one exits once the instances it forked have (their exits are
+        still reported until then)."""
+        self.retired = True
+        if not self.children and not self._spawned:
+            self._close()
+
+    def _close(self) -> None:
+        """Close the control socket (the template process exits when it sees that) and reap it off the loop."""
+        if self._ctrl is not None:
+            with contextlib.suppress(RuntimeError):
+                asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+            self._ctrl.close()
+            self._ctrl = None
+        if self.proc is not None and self._exited is None:
+            self._exited = asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
     def stop(self) -> None:
         if self._ctrl is not None:
