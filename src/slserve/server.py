@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uvicorn
+from setproctitle import setproctitle
 
 from slserve.gateway import logs
 from slserve.gateway.app import build_app
@@ -35,4 +36,5 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
 
 
 def serve(settings: ServeSettings) -> None:
+    setproctitle(f"slserve gateway {settings.host}:{settings.port}")
     make_server(settings).run()

@@ -114,7 +114,10 @@ def test_scale_from_zero_and_back_to_zero(server: Server) -> None:
     assert float(first.headers["x-slserve-cold-start-ms"]) > 0
     warm = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
     assert "x-slserve-cold-start-ms" not in warm.headers
-    assert [i["state"] for i in server.status("tiny-zero")["instances"]] == ["idle"]
+    [instance] = server.status("tiny-zero")["instances"]
+    assert instance["state"] == "idle" and instance["preloaded"] is True
+    title = Path(f"/proc/{instance['pid']}/cmdline").read_bytes().split(b"\0")[0].decode()
+    assert title.startswith(f"slserve instance {instance['name']} ({instance['artifact']})"), title  # as in ps
     assert wait_for(lambda: server.status("tiny-zero")["instances"] == [], timeout=10), server.status("tiny-zero")
     again = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
     assert "x-slserve-cold-start-ms" in again.headers

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 import orjson
+from setproctitle import setproctitle
 
 from slserve.framing import LENGTH, FrameAssembler
 
@@ -101,6 +102,7 @@ def serve(path: Path, source: int, sink: BinaryIO) -> None:
 
 
 def main() -> None:
+    setproctitle(f"slserve ledger writer ({sys.argv[1]})")
     serve(Path(sys.argv[1]), sys.stdin.fileno(), sys.stdout.buffer)
 
 

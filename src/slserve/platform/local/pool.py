@@ -314,7 +314,7 @@ class FunctionPool:
         loop = asyncio.get_running_loop()
         start_error: SlserveError | None = None
         try:
-            sock, inst.pid = await self.template.spawn(self.fdef.name, self.artifacts, inst.digest, None)
+            sock, inst.pid = await self.template.spawn(self.fdef.name, inst.name, self.artifacts, inst.digest)
             self._exits[inst.pid] = loop.create_future()
             inst.started = loop.create_future()
             _, inst.channel = await loop.create_unix_connection(

@@ -11,7 +11,8 @@ The template runs no kernel and starts no thread before forking: a torch op in t
 intra-op thread would lose its pool in the child. Loading runs neither (see `runtime.base.Preloaded`).
 
 Control messages, one JSON object per SOCK_SEQPACKET message (so a passed descriptor stays with its request):
-    gateway -> template   {"spawn": token, "function": ..., "artifacts": ..., "digest": ..., "device": ...}
+    gateway -> template   {"spawn": token, "function": ..., "instance": name, "artifacts": ..., "digest": ...,
+                           "device": ...}
     template -> gateway   {"ready": import_ms} once; {"spawned": token, "pid": pid}; {"exited": pid, "status": "..."}
 """
 
@@ -31,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from setproctitle import setproctitle
 
 
 def describe_status(status: int) -> str:
@@ -61,6 +63,8 @@ def _fork_instance(
             os.close(w)
         from slserve.platform.local.instance import InstanceConfig, serve_instance
 
+        # `ps` and `top` say which instance this is, not the template's command line it was forked with.
+        setproctitle(f"slserve instance {request.get('instance', request['function'])} ({str(request['digest'])[:12]})")
         sock = socket.socket(fileno=fd)
         config = InstanceConfig(
             function=str(request["function"]),
@@ -140,10 +144,12 @@ def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, d
 def main() -> None:
     parser = argparse.ArgumentParser(description="slserve template process (started by the gateway)")
     parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--family", required=True, help="the runtime family (shown in the process title)")
     parser.add_argument("--artifacts", type=Path, help="artifact store of the artifacts to preload")
     parser.add_argument("--preload", action="append", default=[], help="artifact digest to preload (repeatable)")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args()
+    setproctitle(f"slserve template {args.family} ({len(args.preload)} builds preloaded)")
     # Ctrl-C reaches the whole process group: the gateway drains and stops instances itself.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctrl = socket.socket(fileno=args.control_fd)

@@ -54,6 +54,7 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
+        cmd += ["--family", self.family]
         cmd += ["--artifacts", str(self.artifacts), *(f"--preload={d}" for d in self.preload)]
         self.proc = subprocess.Popen([*cmd, *self.modules], pass_fds=[theirs.fileno()], env=env)
         theirs.close()
@@ -70,7 +71,9 @@ class Template:
     def ready(self) -> bool:
         return self._ready.is_set() and self.error is None
 
-    async def spawn(self, function: str, artifacts: Path, digest: str, device: str | None) -> tuple[socket.socket, int]:
+    async def spawn(
+        self, function: str, instance: str, artifacts: Path, digest: str, device: str | None = None
+    ) -> tuple[socket.socket, int]:
         """Fork an instance; returns the gateway's end of its socket and its pid."""
         await self.wait_ready()
         assert self._ctrl is not None
@@ -81,6 +84,7 @@ class Template:
         request = {
             "spawn": token,
             "function": function,
+            "instance": instance,
             "artifacts": str(artifacts),
             "digest": digest,
             "device": device,
