@@ -80,17 +80,19 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
 
 def check_inputs(signature: Signature, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every declared input present, none unknown, each of the right datatype and shape, one batch size."""
-    declared = {t.name for t in signature.inputs}
-    unknown = sorted(set(inputs) - declared)
-    if unknown:
-        raise InvalidInput(f"unknown input(s) {unknown}; this function takes {sorted(declared)}")
-    missing = sorted(declared - set(inputs))
-    if missing:
+    specs = signature.inputs
+    if len(inputs) != len(specs) or any(t.name not in inputs for t in specs):
+        declared = {t.name for t in specs}
+        unknown = sorted(set(inputs) - declared)
+        if unknown:
+            raise InvalidInput(f"unknown input(s) {unknown}; this function takes {sorted(declared)}")
+        missing = sorted(declared - set(inputs))
         raise InvalidInput(f"missing input(s) {missing}; this function takes {sorted(declared)}")
-    checked = {t.name: check_tensor(t, inputs[t.name]) for t in signature.inputs}
-    batch_sizes = {name: arr.shape[0] for name, arr in checked.items()}
-    if len(set(batch_sizes.values())) > 1:
-        raise InvalidInput(f"inputs disagree on the batch size (first dimension): {batch_sizes}")
+    checked = {t.name: check_tensor(t, inputs[t.name]) for t in specs}
+    if len(checked) > 1:
+        batch_sizes = {name: arr.shape[0] for name, arr in checked.items()}
+        if len(set(batch_sizes.values())) > 1:
+            raise InvalidInput(f"inputs disagree on the batch size (first dimension): {batch_sizes}")
     return checked
 
 

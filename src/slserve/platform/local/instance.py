@@ -43,6 +43,7 @@ class Connection:
         self.frames = FrameAssembler()
         self.ready: list[Message] = []
         self.closed = False
+        self.maybe_more = False  # the last read filled its buffer: more may be waiting in the socket
 
     def receive(self, timeout: float | None) -> list[Message]:
         """Whatever complete messages arrive within `timeout` (None: block for at least one)."""
@@ -51,25 +52,30 @@ class Connection:
             wait = None if deadline is None else max(0.0, deadline - time.monotonic())
             if not self._fill(wait):
                 break
-        while not self.closed and self._fill(0.0):  # and everything already waiting
+        while not self.closed and self.maybe_more and self._fill(0.0):  # and everything already waiting
             pass
         messages, self.ready = self.ready, []
         return messages
 
     def _fill(self, timeout: float | None) -> bool:
         """Read what the socket has; wait up to `timeout` (None: forever) for something to arrive."""
+        buffer = self.frames.buffer()
         try:
             if timeout is None:
-                n = self.sock.recv_into(self.frames.buffer())
+                n = self.sock.recv_into(buffer)
             elif timeout == 0.0:
-                n = self.sock.recv_into(self.frames.buffer(), 0, socket.MSG_DONTWAIT)
+                n = self.sock.recv_into(buffer, 0, socket.MSG_DONTWAIT)
             else:
                 readable, _, _ = select.select([self.sock], [], [], timeout)
                 if not readable:
                     return False
-                n = self.sock.recv_into(self.frames.buffer())
+                n = self.sock.recv_into(buffer)
         except BlockingIOError:
+            self.maybe_more = False
             return False
+        # A read that did not fill its buffer took all the socket had (at concurrency 1, always): asking again
+        # would only cost a syscall and an exception.
+        self.maybe_more = n == len(buffer)
         if not n:
             self.closed = True
             return False
