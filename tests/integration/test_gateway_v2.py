@@ -90,6 +90,9 @@ def test_the_premium_tier_is_the_kept_warm_fp16_function(server: Server) -> None
     assert int(premium.headers["x-slserve-cost"]) > int(standard.headers["x-slserve-cost"])
     a, b = output(premium.json(), "embedding"), output(standard.json(), "embedding")
     assert ((a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1))).min() > 0.9999
+    [instance] = server.status("minilm-fp16")["instances"]
+    on_cpu = "names a GPU (L4) but this host has none: it runs on the CPU"
+    assert (on_cpu in server.log.read_text()) == (instance["device"] == "cpu")  # said where it is true, only there
 
 
 def test_classifier_and_requested_outputs(server: Server) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import logging
 import os
 import signal
 import time
@@ -38,6 +39,7 @@ MAX_START_FAILURES = 3
 START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
 SPEED_WEIGHT = 0.1  # of each new reply in the moving average of an instance's rows per second
 _request_ids = itertools.count(1)
+log = logging.getLogger("slserve.platform")
 
 
 class InstanceState(StrEnum):
@@ -151,7 +153,8 @@ class FunctionPool:
         self.failed = 0
         self.start_failures = 0
         self.failed_start_at = -START_RETRY_S
-        self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
+        self.rows_per_s: float | None = None
+        self.warned_cpu = False  # one instance's speed, a moving average over replies
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: dict[int, asyncio.Future[str]] = {}
@@ -384,6 +387,14 @@ class FunctionPool:
         inst.device = str(msg.meta.get("device"))
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
         inst.preloaded = bool(msg.meta.get("preloaded"))
+        if self.spec.resources.gpu and inst.device == "cpu" and not self.warned_cpu:
+            self.warned_cpu = True  # once per function, not per instance
+            log.warning(
+                "function %s names a GPU (%s) but this host has none: it runs on the CPU, slower than its tier "
+                "promises",
+                self.fdef.name,
+                self.spec.resources.gpu,
+            )
         if inst.state is InstanceState.STARTING:
             inst.state = InstanceState.IDLE
         replaced = [
