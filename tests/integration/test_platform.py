@@ -118,6 +118,8 @@ def test_scale_from_zero_and_back_to_zero(server: Server) -> None:
     assert instance["state"] == "idle" and instance["preloaded"] is True
     title = Path(f"/proc/{instance['pid']}/cmdline").read_bytes().split(b"\0")[0].decode()
     assert title.startswith(f"slserve instance {instance['name']} ({instance['artifact']})"), title  # as in ps
+    gateway_nice = os.getpriority(os.PRIO_PROCESS, server.proc.pid)
+    assert os.getpriority(os.PRIO_PROCESS, instance["pid"]) == min(19, gateway_nice + 5)  # models yield the CPU
     assert wait_for(lambda: server.status("tiny-zero")["instances"] == [], timeout=10), server.status("tiny-zero")
     again = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
     assert "x-slserve-cold-start-ms" in again.headers

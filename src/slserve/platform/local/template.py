@@ -34,6 +34,8 @@ from typing import Any
 import orjson
 from setproctitle import setproctitle
 
+INSTANCE_NICE = 5
+
 
 def describe_status(status: int) -> str:
     if os.WIFSIGNALED(status):
@@ -61,6 +63,10 @@ def _fork_instance(
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         for w in wake:
             os.close(w)
+        # Models yield the CPU to the gateway and the ledger writer: those are light but on every request's
+        # path, and waiting behind a batch for a core stalls every request. (At concurrency 8 on 2 cores:
+        # +10% req/s, p50 66 -> 54 ms; no change when the instances saturate the cores.)
+        os.nice(INSTANCE_NICE)
         from slserve.platform.local.instance import InstanceConfig, serve_instance
 
         # `ps` and `top` say which instance this is, not the template's command line it was forked with.
