@@ -22,7 +22,7 @@ from harness import ARTIFACTS, OUT, gateway, machine, make_functions, save
 TEXT = "The quick brown fox jumps over the lazy dog."
 BODY = '{"inputs":[{"name":"text","datatype":"BYTES","shape":[1],"data":["' + TEXT + '"]}]}'
 FUNCTIONS = {
-    "minilm": ("minilm-torch", {}),  # the sample as shipped: batching 32 / 2 ms, up to 2 instances
+    "minilm": ("minilm-torch", {}),  # the sample as shipped: batching 32 / 8 ms, up to 2 instances
     "minilm-nobatch": ("minilm-torch", {"batching": {"max_batch_size": 1, "max_delay_ms": 0}}),
 }
 CONCURRENCY = [1, 8, 32, 64]
