@@ -152,7 +152,7 @@ class LocalPlatform:
         for pool in self._family(family):
             pool.use_template(renewed)
         old.retire()
-        self._retired.append(old)
+        self._retired = [t for t in self._retired if t.proc is not None and t.proc.poll() is None] + [old]
         log.info("the %s template was renewed; it preloads %s", family, ", ".join(sorted(p.fdef.name for p in pools)))
         if any(p.digest not in renewed.preload for p in self._family(family)):
             asyncio.get_running_loop().call_soon(self._renew_stale_templates)  # rebuilt again meanwhile

@@ -153,8 +153,8 @@ class FunctionPool:
         self.failed = 0
         self.start_failures = 0
         self.failed_start_at = -START_RETRY_S
-        self.rows_per_s: float | None = None
-        self.warned_cpu = False  # one instance's speed, a moving average over replies
+        self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
+        self.warned_cpu = False  # said once that it names a GPU but runs on the CPU
         self._numbers = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: dict[int, asyncio.Future[str]] = {}

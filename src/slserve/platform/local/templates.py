@@ -146,21 +146,20 @@ class Template:
             self._close()
 
     def _close(self) -> None:
-        """Close the control socket (the template process exits when it sees that) and reap it off the loop."""
-        if self._ctrl is not None:
-            with contextlib.suppress(RuntimeError):
-                asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
-            self._ctrl.close()
-            self._ctrl = None
+        """Let the template process go (it exits when its control socket closes) and reap it off the loop."""
+        self._close_control()
         if self.proc is not None and self._exited is None:
             self._exited = asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
-    def stop(self) -> None:
+    def _close_control(self) -> None:
         if self._ctrl is not None:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
             self._ctrl.close()
             self._ctrl = None
+
+    def stop(self) -> None:
+        self._close_control()
         if self.proc is not None:
             try:
                 self.proc.wait(timeout=5)
