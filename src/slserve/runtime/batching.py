@@ -73,9 +73,6 @@ class ExactBatcher:
     def plan(self, items: Sequence[Mapping[str, np.ndarray]]) -> list[Call]:
         """Group requests of one proven shape, first come first served, at most `max_rows` rows per group, and
         cut each group into ladder-sized calls (`_cut`); everything else runs alone."""
-        if len(items) == 1:  # concurrency 1, the common case: what the loop below would plan, without the loop
-            rows, floor = rows_of(items[0]), self.floors.get(shape_key(items[0]))
-            return [Call([0], rows if floor is None or rows > self.max_rows else self.size_for(rows, floor))]
         calls: list[tuple[list[int], str | None]] = []
         open_call: dict[str, tuple[list[int], int]] = {}
         for i, feeds in enumerate(items):

@@ -70,7 +70,7 @@ def _fork_instance(
         from slserve.platform.local.instance import InstanceConfig, serve_instance
 
         # `ps` and `top` say which instance this is, not the template's command line it was forked with.
-        setproctitle(f"slserve instance {request.get('instance', request['function'])} ({str(request['digest'])[:12]})")
+        setproctitle(f"slserve instance {request['instance']} ({str(request['digest'])[:12]})")
         sock = socket.socket(fileno=fd)
         config = InstanceConfig(
             function=str(request["function"]),
