@@ -6,6 +6,11 @@
   a unix socket pair to a forked child that echoes it (a blocking loop, as an instance's). The gateway's own
   path has this hop too, so `/hop` minus `/echo` is what the process boundary itself costs, and anything the
   gateway adds beyond `/hop` is its own work.
+- `POST /v2hop/{model}` is the protocol's own floor: what any gateway must do to serve a v2 request from a
+  process instance, with slserve's code and nothing else. It parses the v2 body against the sample's signature
+  (`parse_infer`), sends the tensors to a second forked child as a wire frame, which the child reads with the
+  instance's `Connection` and answers with a RESULT frame of the declared outputs (zeros, no model), and encodes
+  the v2 response (`encode_infer`). No API key, route, limits, timeout, metrics, pool or batching.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import socket
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
+from pathlib import Path
 
+import numpy as np
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -25,12 +32,37 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from slserve.framing import LENGTH
+from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.platform.base import InferResult
+from slserve.platform.local.instance import Connection
+from slserve.platform.wire import Kind, Message, decode, encode
+from slserve.runtime.tensors import NUMPY_OF
+from slserve.spec import load_function
+
+SAMPLES = Path(__file__).resolve().parents[1] / "functions"
+FLOORS = {"classifier": load_function(SAMPLES / "classifier"), "minilm": load_function(SAMPLES / "minilm-torch")}
+
+
+def zeros_for(model: str, rows: int) -> dict[str, np.ndarray]:
+    """The model's declared outputs for `rows` rows, as zeros."""
+    outputs = FLOORS[model].spec.signature.outputs
+    return {t.name: np.zeros([rows if d == -1 else d for d in t.shape], NUMPY_OF[t.datatype]) for t in outputs}
 
 
 def echo_child(sock: socket.socket) -> None:
     while header := sock.recv(LENGTH.size, socket.MSG_WAITALL):
         (n,) = LENGTH.unpack(header)
         sock.sendall(header + sock.recv(n, socket.MSG_WAITALL))
+
+
+def instance_child(sock: socket.socket) -> None:
+    """Answers INFER frames as an instance would, minus the model: its input comes back as the output."""
+    conn = Connection(sock)
+    while not conn.closed:
+        for msg in conn.receive(None):
+            rows = len(next(iter(msg.tensors.values())))
+            meta = {"compute_ms": 0.0, "batch_size": 1, "tokens": None}
+            conn.send(Message(Kind.RESULT, msg.request_id, meta, zeros_for(msg.meta["model"], rows)))
 
 
 class Hop(asyncio.Protocol):
@@ -59,9 +91,19 @@ class Hop(asyncio.Protocol):
         self.transport.write(LENGTH.pack(len(body)) + body)
         return await future
 
+    async def send(self, msg: Message) -> Message:
+        """A wire message to the instance child; its answer (the frame's length prefix is in `encode`'s parts)."""
+        assert self.transport is not None
+        future = asyncio.get_running_loop().create_future()
+        self.waiting.append(future)
+        self.transport.writelines(encode(msg))
+        return decode(await future)
+
 
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+ours_v2, theirs_v2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 hop = Hop()
+hop_v2 = Hop()
 hop_child_forked = False
 
 
@@ -73,10 +115,21 @@ async def forward(request: Request) -> Response:
     return Response(await hop.call(await request.body()), media_type="application/json")
 
 
+async def v2_floor(request: Request) -> Response:
+    model = request.path_params["model"]
+    v2 = parse_infer(FLOORS[model], await request.body(), request.headers.get(HEADER_LENGTH))
+    meta = {"model": model, "outputs": v2.request.outputs}
+    reply = await hop_v2.send(Message(Kind.INFER, 1, meta, v2.request.inputs))
+    result = InferResult(reply.tensors, model, "1", "floor", 0.0, reply.meta["compute_ms"], reply.meta["batch_size"])
+    body, headers = encode_infer(result, model, v2)
+    return Response(body, headers=headers)
+
+
 @contextlib.asynccontextmanager
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
     if hop_child_forked:  # not when another server imports the app (server_stack.py): only /echo is used there
         await asyncio.get_running_loop().connect_accepted_socket(lambda: hop, ours)
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: hop_v2, ours_v2)
     yield
 
 
@@ -84,17 +137,27 @@ app = Starlette(
     routes=[
         Route("/echo", echo, methods=["POST"]),
         Route("/hop", forward, methods=["POST"]),
+        Route("/v2hop/{model}", v2_floor, methods=["POST"]),
         Route("/ready", lambda r: Response("ok")),
     ],
     lifespan=lifespan,
 )
 
 if __name__ == "__main__":
+    # Each child keeps only its own end: a child holding any other end would keep its sibling from seeing EOF
+    # when the server exits.
     if os.fork() == 0:
-        ours.close()
+        for s in (ours, ours_v2, theirs_v2):
+            s.close()
         echo_child(theirs)
         os._exit(0)
+    if os.fork() == 0:
+        for s in (ours, theirs, ours_v2):
+            s.close()
+        instance_child(theirs_v2)
+        os._exit(0)
     theirs.close()
+    theirs_v2.close()
     hop_child_forked = True
     uvicorn.run(
         app,

@@ -4,8 +4,11 @@ endpoint on the same server stack, in the same run. Run: `make bench`.
 The model call is what the instance measured for that very request (`x-slserve-compute-ms`: preprocessing and
 the model call), so overhead = gateway decode + routing + unix-socket hop + framing + encode + HTTP. The client
 (aiohttp, one keep-alive connection, sequential) is the same for both servers, so its own cost is in both.
-Beside the echo, the same echo through one process hop (`/hop` in echo_app.py): the floor for any gateway whose
-instances are processes; what the gateway adds beyond it is its own per-request work.
+Beside the echo, two floors on the same server: the same echo through one process hop (`/hop` in echo_app.py),
+the floor for any gateway whose instances are processes; and the protocol's floor (`/v2hop/{model}`): the
+same v2 request parsed, sent to a process as a wire frame, answered with zeros of the declared outputs (no
+model) and encoded, with slserve's own code and none of the platform (no key, route, limits, pool, batching).
+What the gateway adds beyond the protocol floor is the platform's per-request work.
 
     python benchmarks/warm_overhead.py [--requests 2000]
 """
@@ -68,16 +71,19 @@ def main() -> None:
     print(f"\nMachine: {machine()}. {args.requests} requests per function, concurrency 1.\n")
     print(
         "| function | ledger | e2e p50 / p99 (ms) | model call p50 (ms) | **overhead** p50 / p99 (ms) "
-        "| bare echo p50 / p99 (ms) | overhead / echo (p50, p99) | echo + one hop p50 / p99 (ms) | hop / echo (p50) |"
+        "| bare echo p50 / p99 (ms) | overhead / echo (p50, p99) | echo + one hop p50 / p99 (ms) | hop / echo (p50) "
+        "| protocol floor p50 / p99 (ms) | floor / echo (p50) | overhead / floor (p50) |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for key, r in results.items():
         name, ledger = key.split(" / ")
         print(
             f"| {name} | {ledger} | {r['e2e_p50']:.2f} / {r['e2e_p99']:.2f} | {r['model_p50']:.2f} | "
             f"**{r['overhead_p50']:.2f}** / {r['overhead_p99']:.2f} | {r['echo_p50']:.2f} / {r['echo_p99']:.2f} | "
             f"**{r['overhead_p50'] / r['echo_p50']:.2f}x**, {r['overhead_p99'] / r['echo_p99']:.2f}x | "
-            f"{r['hop_p50']:.2f} / {r['hop_p99']:.2f} | {r['hop_p50'] / r['echo_p50']:.2f}x |"
+            f"{r['hop_p50']:.2f} / {r['hop_p99']:.2f} | {r['hop_p50'] / r['echo_p50']:.2f}x | "
+            f"{r['floor_p50']:.2f} / {r['floor_p99']:.2f} | {r['floor_p50'] / r['echo_p50']:.2f}x | "
+            f"{r['overhead_p50'] / r['floor_p50']:.2f}x |"
         )
 
 
@@ -86,13 +92,15 @@ def measure(gw: Gateway, port: int, requests: int, results: dict[str, dict[str, 
     overhead; metering on adds the durable ledger write (an fsync) before every response."""
     for name, body in BODIES.items():
         raw = orjson.dumps(body)
-        lat, comp, echo_lat, hop_lat = [], [], [], []
+        lat, comp, echo_lat, hop_lat, floor_lat = [], [], [], [], []
         for _ in range(4):
             e, _ = asyncio.run(sequential(f"http://127.0.0.1:{port}/echo", raw, requests // 4))
             h, _ = asyncio.run(sequential(f"http://127.0.0.1:{port}/hop", raw, requests // 4))
+            f, _ = asyncio.run(sequential(f"http://127.0.0.1:{port}/v2hop/{name}", raw, requests // 4))
             m, c = asyncio.run(sequential(f"{gw.url}/v2/models/{name}/infer", raw, requests // 4, gw.auth))
             echo_lat += e
             hop_lat += h
+            floor_lat += f
             lat += m
             comp += c
         overhead = [m - c for m, c in zip(lat, comp, strict=True)]
@@ -106,6 +114,8 @@ def measure(gw: Gateway, port: int, requests: int, results: dict[str, dict[str, 
             "echo_p99": pct(echo_lat, 99),
             "hop_p50": pct(hop_lat, 50),
             "hop_p99": pct(hop_lat, 99),
+            "floor_p50": pct(floor_lat, 50),
+            "floor_p99": pct(floor_lat, 99),
         }
 
 
