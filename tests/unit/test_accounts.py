@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 import stat
 import time
@@ -49,6 +50,18 @@ def test_revocation_and_rotation_reach_a_running_authenticator(tmp_path: Path) -
         auth.authenticate({"x-api-key": rotated})
     with pytest.raises(SpecError, match="revoked"):
         store.rotate(key_id, 0)
+
+
+def test_every_commit_by_another_connection_changes_the_store_version(tmp_path: Path) -> None:
+    writer, reader = SQLiteKeyStore(tmp_path), SQLiteKeyStore(tmp_path)
+    seen = [reader.version()]
+    for i in range(60):
+        writer.create(new_key("acme"))
+        if i % 20 == 19:  # a checkpoint that restarts the WAL must not hide the next commit
+            writer.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        seen.append(reader.version())
+    assert all(a != b for a, b in itertools.pairwise(seen))
+    assert reader.version() == seen[-1]  # and it holds still while nothing changes
 
 
 def test_a_remembered_token_still_ends_with_its_rotation_grace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

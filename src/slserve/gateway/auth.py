@@ -36,7 +36,7 @@ class Authenticator:
 
     def __init__(self, store: KeyStore) -> None:
         self.store = store
-        self._version = -1
+        self._version = b""
         self._cache: dict[str, KeyRecord] = {}
         self._verified: dict[str, KeyRecord] = {}
 

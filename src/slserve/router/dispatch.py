@@ -122,7 +122,8 @@ class Router:
         last: SlserveError | None = None
         for tier, function in ordered:
             try:
-                result = await platform.infer(dataclasses.replace(request, function=function))
+                routed = request if request.function == function else dataclasses.replace(request, function=function)
+                result = await platform.infer(routed)
             except CANNOT_SERVE as e:
                 last = e
                 continue

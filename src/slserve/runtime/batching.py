@@ -125,15 +125,21 @@ class ExactBatcher:
 def merge(items: Sequence[Mapping[str, np.ndarray]], size: int) -> tuple[Tensors, list[int]]:
     """Concatenate the items' feeds, padded to `size` rows; returns the feeds and each item's row count."""
     counts = [rows_of(f) for f in items]
-    pad = max(0, size - sum(counts))
-    if len(items) == 1 and pad == 0:
+    rows = sum(counts)
+    if len(items) == 1 and size <= rows:
         return dict(items[0]), counts
     merged: Tensors = {}
-    for name in items[0]:
-        parts = [f[name] for f in items]
-        if pad:
-            parts.append(np.repeat(parts[-1][-1:], pad, axis=0))
-        merged[name] = np.concatenate(parts, axis=0)
+    for name, first in items[0].items():
+        # One allocation, each part copied in once, padding rows broadcast from the last real row (half the
+        # time of np.repeat + np.concatenate for a single request padded to its floor).
+        out = np.empty((max(size, rows), *first.shape[1:]), first.dtype)
+        at = 0
+        for feeds in items:
+            part = feeds[name]
+            out[at : at + len(part)] = part
+            at += len(part)
+        out[at:] = out[at - 1]
+        merged[name] = out
     return merged, counts
 
 
