@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import Limiter
 from slserve.errors import GatewayTimeout, IdempotencyMismatch, InvalidInput, PayloadTooLarge, SlserveError
+from slserve.gateway.deadlines import Deadlines
 from slserve.metering.ledger import Ledger, Record, StoredResponse
 from slserve.platform.base import InferRequest, Platform
 from slserve.router.dispatch import Router, Served
@@ -62,6 +63,7 @@ class Pipeline:
         self.limiter = limiter
         self.ledger = ledger
         self.timeout_s = timeout_s
+        self.deadlines = Deadlines(timeout_s)
         self.max_elements = max_elements
         self._in_progress: dict[tuple[str, str], asyncio.Future[StoredResponse | None]] = {}
 
@@ -112,8 +114,7 @@ class Pipeline:
     async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route
         try:
-            async with asyncio.timeout(self.timeout_s):
-                served = await self.router.infer(self.platform, route, request)
+            served = await self.deadlines.run(self.router.infer(self.platform, route, request))
         except TimeoutError:
             error: SlserveError = GatewayTimeout(
                 f"{route.model} did not answer within {self.timeout_s:g} s (request_timeout_s); retry later"
