@@ -10,7 +10,10 @@
   process instance, with slserve's code and nothing else. It parses the v2 body against the sample's signature
   (`parse_infer`), sends the tensors to a second forked child as a wire frame, which the child reads with the
   instance's `Connection` and answers with a RESULT frame of the declared outputs (zeros, no model), and encodes
-  the v2 response (`encode_infer`). No API key, route, limits, timeout, metrics, pool or batching.
+  the v2 response (`encode_infer`). No API key, route, limits, timeout, metrics, pool or batching. With
+  `?wait_ms=W` the child sleeps W ms before answering, as long as the model call would take (a process that
+  waited 26 ms for a model wakes slower than one that waited 0.2 ms), and reports the time it slept in
+  `x-slserve-compute-ms`, as an instance reports its model call.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import contextlib
 import os
 import socket
 import sys
+import time
 from collections import deque
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -61,7 +65,10 @@ def instance_child(sock: socket.socket) -> None:
     while not conn.closed:
         for msg in conn.receive(None):
             rows = len(next(iter(msg.tensors.values())))
-            meta = {"compute_ms": 0.0, "batch_size": 1, "tokens": None}
+            started = time.perf_counter()
+            if msg.meta["wait_ms"]:
+                time.sleep(msg.meta["wait_ms"] / 1000)
+            meta = {"compute_ms": (time.perf_counter() - started) * 1000, "batch_size": 1, "tokens": None}
             conn.send(Message(Kind.RESULT, msg.request_id, meta, zeros_for(msg.meta["model"], rows)))
 
 
@@ -118,10 +125,12 @@ async def forward(request: Request) -> Response:
 async def v2_floor(request: Request) -> Response:
     model = request.path_params["model"]
     v2 = parse_infer(FLOORS[model], await request.body(), request.headers.get(HEADER_LENGTH))
-    meta = {"model": model, "outputs": v2.request.outputs}
+    wait_ms = float(request.query_params.get("wait_ms", 0))
+    meta = {"model": model, "outputs": v2.request.outputs, "wait_ms": wait_ms}
     reply = await hop_v2.send(Message(Kind.INFER, 1, meta, v2.request.inputs))
     result = InferResult(reply.tensors, model, "1", "floor", 0.0, reply.meta["compute_ms"], reply.meta["batch_size"])
     body, headers = encode_infer(result, model, v2)
+    headers["x-slserve-compute-ms"] = f"{result.compute_ms:.2f}"
     return Response(body, headers=headers)
 
 
