@@ -11,8 +11,9 @@
   (`parse_infer`), sends the tensors to a second forked child as a wire frame, which the child reads with the
   instance's `Connection` and answers with a RESULT frame of the declared outputs (zeros, no model), and encodes
   the v2 response (`encode_infer`). No API key, route, limits, timeout, metrics, pool or batching. With
-  `?wait_ms=W` the child sleeps W ms before answering, as long as the model call would take (a process that
-  waited 26 ms for a model wakes slower than one that waited 0.2 ms), and reports the time it slept in
+  `?wait_ms=W` the child keeps its core busy for W ms before answering, as a model call would (a process that
+  waited 26 ms for a model wakes slower than one that waited 0.2 ms; sleeping instead of spinning lets the
+  core idle, which costs more to wake from than a model call does), and reports that time in
   `x-slserve-compute-ms`, as an instance reports its model call.
 """
 
@@ -66,8 +67,9 @@ def instance_child(sock: socket.socket) -> None:
         for msg in conn.receive(None):
             rows = len(next(iter(msg.tensors.values())))
             started = time.perf_counter()
-            if msg.meta["wait_ms"]:
-                time.sleep(msg.meta["wait_ms"] / 1000)
+            until = started + msg.meta["wait_ms"] / 1000
+            while time.perf_counter() < until:  # busy, like a model call
+                pass
             meta = {"compute_ms": (time.perf_counter() - started) * 1000, "batch_size": 1, "tokens": None}
             conn.send(Message(Kind.RESULT, msg.request_id, meta, zeros_for(msg.meta["model"], rows)))
 

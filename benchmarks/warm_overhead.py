@@ -8,8 +8,8 @@ Beside the echo, two floors on the same server: the same echo through one proces
 the floor for any gateway whose instances are processes; and the protocol's floor (`/v2hop/{model}`): the
 same v2 request parsed, sent to a process as a wire frame, answered with zeros of the declared outputs (no
 model) and encoded, with slserve's own code and none of the platform (no key, route, limits, pool, batching).
-The floor's process sleeps as long as the model call took in the same block (its median) and its overhead is
-counted the same way (latency minus the time it slept), so both pay the same wake-up after a long wait.
+The floor's process keeps its core busy as long as the model call took in the same block (its median), and its
+overhead is counted the same way (latency minus that time), so both pay the same wake-up after a long call.
 What the gateway adds beyond the protocol floor is the platform's per-request work.
 
     python benchmarks/warm_overhead.py [--requests 2000]
