@@ -58,3 +58,18 @@ def test_a_cancel_from_elsewhere_stays_a_cancel() -> None:
             await task
 
     asyncio.run(main())
+
+
+def test_finished_requests_leave_nothing_behind() -> None:
+    async def main() -> int:
+        deadlines = Deadlines(60)
+        slow = asyncio.create_task(deadlines.run(_slow(0.05, "slow")))
+        await asyncio.sleep(0)
+        for _ in range(100):
+            await deadlines.run(_slow(0, "quick"))
+        queued_while_slow_runs = len(deadlines._entries)  # the slow one heads the queue: finished ones wait behind
+        await slow
+        assert len(deadlines._entries) == 0
+        return queued_while_slow_runs
+
+    assert asyncio.run(main()) == 101

@@ -3,8 +3,9 @@
 `asyncio.timeout` starts and closes an event-loop timer per request (on uvloop a libuv handle: measured ~15 µs
 a request, as much as decoding the request's JSON). Every request here has the same timeout, so deadlines come
 in arrival order: a queue of them and one timer armed for the earliest live one cover them all. A request that
-finishes only marks its entry; the timer drops finished entries when it fires (at concurrency 1 that is once
-per timeout, not once per request).
+finishes marks its entry and drops the finished entries at the head of the queue, so the queue holds about the
+requests in flight; the timer is left armed (at concurrency 1 it fires once per timeout, not once per request)
+and, when it fires, cancels what is overdue and re-arms for the next live deadline.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ class Deadlines:
             raise  # cancelled by someone else (the client went away, the server is stopping)
         finally:
             entry.task = None
+            entries = self._entries
+            while entries and entries[0].task is None:
+                entries.popleft()
 
     def _expire(self) -> None:
         """Cancel every request past its deadline, drop finished ones, arm for the next live deadline."""
