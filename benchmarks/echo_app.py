@@ -8,13 +8,13 @@
   gateway adds beyond `/hop` is its own work.
 - `POST /v2hop/{model}` is the protocol's own floor: what any gateway must do to serve a v2 request from a
   process instance, with slserve's code and nothing else. It parses the v2 body against the sample's signature
-  (`parse_infer`), sends the tensors to a second forked child as a wire frame, which the child reads with the
-  instance's `Connection` and answers with a RESULT frame of the declared outputs (zeros, no model), and encodes
-  the v2 response (`encode_infer`). No API key, route, limits, timeout, metrics, pool or batching. With
-  `?wait_ms=W` the child keeps its core busy for W ms before answering, as a model call would (a process that
-  waited 26 ms for a model wakes slower than one that waited 0.2 ms; sleeping instead of spinning lets the
-  core idle, which costs more to wake from than a model call does), and reports that time in
-  `x-slserve-compute-ms`, as an instance reports its model call.
+  (`parse_infer`), sends the tensors to a second forked child as a wire frame through the pool's own
+  `InstanceProtocol`, which the child reads with the instance's `Connection` and answers with a RESULT frame
+  of the declared outputs (zeros, no model), and encodes the v2 response (`encode_infer`). No API key, route,
+  limits, timeout, metrics, pool queue or batching. With `?wait_ms=W` the child keeps its core busy for W ms
+  before answering, as a model call would (a process that waited 26 ms for a model wakes slower than one that
+  waited 0.2 ms; sleeping instead of spinning lets the core idle, which costs more to wake from than a model
+  call does), and reports that time in `x-slserve-compute-ms`, as an instance reports its model call.
 """
 
 from __future__ import annotations
@@ -40,7 +40,8 @@ from slserve.framing import LENGTH
 from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
 from slserve.platform.base import InferResult
 from slserve.platform.local.instance import Connection
-from slserve.platform.wire import Kind, Message, decode, encode
+from slserve.platform.local.pool import InstanceProtocol
+from slserve.platform.wire import Kind, Message
 from slserve.runtime.tensors import NUMPY_OF
 from slserve.spec import load_function
 
@@ -61,7 +62,7 @@ def echo_child(sock: socket.socket) -> None:
 
 
 def instance_child(sock: socket.socket) -> None:
-    """Answers INFER frames as an instance would, minus the model: its input comes back as the output."""
+    """Answers INFER frames as an instance would, minus the model: zeros of the declared outputs."""
     conn = Connection(sock)
     while not conn.closed:
         for msg in conn.receive(None):
@@ -100,19 +101,30 @@ class Hop(asyncio.Protocol):
         self.transport.write(LENGTH.pack(len(body)) + body)
         return await future
 
-    async def send(self, msg: Message) -> Message:
-        """A wire message to the instance child; its answer (the frame's length prefix is in `encode`'s parts)."""
-        assert self.transport is not None
+
+class FloorChannel:
+    """The gateway's end of the floor's instance: the pool's own `InstanceProtocol`, answers in order."""
+
+    def __init__(self) -> None:
+        self.waiting: deque[asyncio.Future[Message]] = deque()
+        self.protocol: InstanceProtocol | None = None
+
+    async def connect(self, sock: socket.socket) -> None:
+        protocol = self.protocol = InstanceProtocol(lambda msg: self.waiting.popleft().set_result(msg))
+        await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
+
+    async def call(self, msg: Message) -> Message:
+        assert self.protocol is not None
         future = asyncio.get_running_loop().create_future()
         self.waiting.append(future)
-        self.transport.writelines(encode(msg))
-        return decode(await future)
+        self.protocol.send(msg)
+        return await future
 
 
 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 ours_v2, theirs_v2 = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 hop = Hop()
-hop_v2 = Hop()
+floor = FloorChannel()
 hop_child_forked = False
 
 
@@ -129,7 +141,7 @@ async def v2_floor(request: Request) -> Response:
     v2 = parse_infer(FLOORS[model], await request.body(), request.headers.get(HEADER_LENGTH))
     wait_ms = float(request.query_params.get("wait_ms", 0))
     meta = {"model": model, "outputs": v2.request.outputs, "wait_ms": wait_ms}
-    reply = await hop_v2.send(Message(Kind.INFER, 1, meta, v2.request.inputs))
+    reply = await floor.call(Message(Kind.INFER, 1, meta, v2.request.inputs))
     result = InferResult(reply.tensors, model, "1", "floor", 0.0, reply.meta["compute_ms"], reply.meta["batch_size"])
     body, headers = encode_infer(result, model, v2)
     headers["x-slserve-compute-ms"] = f"{result.compute_ms:.2f}"
@@ -140,7 +152,7 @@ async def v2_floor(request: Request) -> Response:
 async def lifespan(_: Starlette) -> AsyncIterator[None]:
     if hop_child_forked:  # not when another server imports the app (server_stack.py): only /echo is used there
         await asyncio.get_running_loop().connect_accepted_socket(lambda: hop, ours)
-        await asyncio.get_running_loop().connect_accepted_socket(lambda: hop_v2, ours_v2)
+        await floor.connect(ours_v2)
     yield
 
 
