@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve build test lint typecheck check bench clean
+.PHONY: install serve build test test-fast lint typecheck check bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ typecheck: install
 test: install lint typecheck
 	$(BIN)/python -m pytest -q
 
+# The inner loop: unit and reliability tests, one server, no big builds (the full gate is `make test`).
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow" tests/unit tests/reliability
+
 check: test
 
 # Each prints a markdown table (copied into benchmarks/RESULTS.md); throughput needs wrk (apt-get install wrk).
@@ -57,6 +61,10 @@ bench: build
 	cd benchmarks && ../$(BIN)/python transport.py
 	cd benchmarks && ../$(BIN)/python router.py
 	cd benchmarks && ../$(BIN)/python metering.py
+
+# Bounded, loopback only: 60 s at 3x capacity with hostile inputs, then recovery (benchmarks/RESULTS.md, Reliability).
+soak: build
+	cd benchmarks && ../$(BIN)/python soak.py
 
 clean:
 	rm -rf .slserve

@@ -36,6 +36,7 @@ NAIVE = {
     "minilm": """
         import torch
         from slserve_samples.minilm import build_encoder
+        from slserve.runtime.base import RequestContext
         from slserve_samples.text import TextProcessor
         model = build_encoder()
         model.load_state_dict(torch.load(cfg["pt"], weights_only=True), strict=False)
@@ -43,7 +44,7 @@ NAIVE = {
         processor = TextProcessor({"tokenizer.json": cfg["tokenizer"]})
         def call():
             import numpy as np
-            f = processor.preprocess({"text": np.array([b"The quick brown fox."], dtype=object)})
+            f = processor.preprocess({"text": np.array([b"The quick brown fox."], dtype=object)}, RequestContext())
             with torch.inference_mode():
                 return model(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"]))
     """,

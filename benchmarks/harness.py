@@ -45,10 +45,16 @@ def override(toml: str, section: str, key: str, value: object) -> str:
     return head + header + body + sep + tail
 
 
-def make_functions(target: Path, functions: Mapping[str, tuple[str, Overrides]]) -> Path:
-    """functions: new name -> (sample to copy, overrides). Builds each into the default artifact store."""
+def make_functions(
+    target: Path, functions: Mapping[str, tuple[str, Overrides]], written: Mapping[str, str] | None = None
+) -> Path:
+    """functions: new name -> (sample to copy, overrides); written: name -> a function.toml of its own. Builds
+    each into the default artifact store."""
     if target.exists():
         shutil.rmtree(target)
+    for name, toml in (written or {}).items():
+        (target / name).mkdir(parents=True)
+        (target / name / "function.toml").write_text(toml)
     for name, (sample, overrides) in functions.items():
         shutil.copytree(ROOT / "functions" / sample, target / name)
         spec = target / name / "function.toml"
@@ -69,6 +75,7 @@ class Gateway:
     url: str
     proc: subprocess.Popen[bytes]
     key: str  # an admin API key made for the run
+    state: Path  # its keys and ledger
 
     @property
     def auth(self) -> dict[str, str]:
@@ -89,8 +96,15 @@ class Gateway:
 
 
 @contextmanager
-def gateway(functions: Path, routes: Path | None = None, metering: bool = True) -> Iterator[Gateway]:
-    """A gateway on a free port with a fresh state folder (keys, ledger) and one admin key."""
+def gateway(
+    functions: Path,
+    routes: Path | None = None,
+    metering: bool = True,
+    log: Path | None = None,
+    settings: Mapping[str, str] | None = None,
+) -> Iterator[Gateway]:
+    """A gateway on a free port with a fresh state folder (keys, ledger) and one admin key; `log` keeps its
+    output (at info level), `settings` are SLSERVE_* variables without the prefix."""
     from slserve.accounts.keys import SQLiteKeyStore, new_key
 
     port = free_port()
@@ -108,18 +122,22 @@ def gateway(functions: Path, routes: Path | None = None, metering: bool = True) 
         "--artifacts",
         str(ARTIFACTS),
     ]
-    env = {**os.environ, "SLSERVE_LOG_LEVEL": "warning", "SLSERVE_STATE": str(state)}
+    env = {**os.environ, "SLSERVE_LOG_LEVEL": "info" if log else "warning", "SLSERVE_STATE": str(state)}
     env["SLSERVE_METERING"] = "true" if metering else "false"
     if routes is not None:
         env["SLSERVE_ROUTES"] = str(routes)
-    proc = subprocess.Popen(cmd, env=env)
-    gw = Gateway(f"http://127.0.0.1:{port}", proc, key)
+    env.update({f"SLSERVE_{k.upper()}": v for k, v in (settings or {}).items()})
+    out = log.open("wb") if log else None
+    proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT if out else None)
+    gw = Gateway(f"http://127.0.0.1:{port}", proc, key, state)
     try:
         wait_ready(gw.url + "/v2/health/ready", proc)
         yield gw
     finally:
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=60)
+        if out is not None:
+            out.close()
         shutil.rmtree(state, ignore_errors=True)
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Mapping
+from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -79,3 +82,53 @@ class Sleepy(nn.Module):
 
 def build_sleepy() -> Sleepy:
     return Sleepy()
+
+
+# --- Hazards: one function that can misbehave in every way a tenant's input might make it ---------------------
+
+SLEEP = 4242.0  # row = [SLEEP, seconds, ...]: the call sleeps that long (the longest asked, once per call)
+MODEL_BUG = -7777.0  # row = [MODEL_BUG, ...]: the model raises ValueError
+CRASH = -1001.0  # row = [CRASH, ...]: the process exits at once (as a segfault would)
+HOG = 9999.0  # row = [HOG, megabytes, seconds, ...]: the call holds that much memory for that long
+PROCESSOR_BUG = -3333.0  # row = [PROCESSOR_BUG, ...]: the processor raises IndexError
+
+
+class Hazards(nn.Module):
+    """A linear layer, unless a row of the call starts with one of the sentinels above."""
+
+    def __init__(self, features: int = 16) -> None:
+        super().__init__()
+        self.linear = nn.Linear(features, features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        rows = x.tolist() if x.shape[0] <= 64 else []
+        time.sleep(max([min(max(row[1], 0.0), 60.0) for row in rows if row[0] == SLEEP], default=0.0))
+        for row in rows:
+            if row[0] == CRASH:
+                os._exit(3)
+            if row[0] == MODEL_BUG:
+                raise ValueError("this row breaks the model on purpose")
+            if row[0] == HOG:
+                held = torch.ones(int(row[1]) * 1024 * 1024 // 4)  # touched pages: resident memory
+                time.sleep(min(max(row[2], 0.0), 60.0))
+                del held
+        return self.linear(x)
+
+
+def build_hazards() -> Hazards:
+    return Hazards()
+
+
+class HazardProcessor:
+    """Passes tensors through; raises IndexError, as buggy processor code would, on PROCESSOR_BUG."""
+
+    def __init__(self, assets: Mapping[str, Path]) -> None:
+        pass
+
+    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if bool((inputs["x"][:, 0] == PROCESSOR_BUG).any()):
+            return {"x": inputs["x"][[]][0]}  # IndexError: index 0 is out of bounds
+        return dict(inputs)
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(outputs)

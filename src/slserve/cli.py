@@ -473,12 +473,14 @@ def usage(
     if as_json:
         console.print_json(data=doc)
         return
-    table = Table("model", "version", "tier", "requests", "failed", "tokens", "charged", box=box.SIMPLE_HEAD)
+    columns = ("model", "version", "tier", "requests", "failed", "abandoned", "tokens", "charged")
+    table = Table(*columns, box=box.SIMPLE_HEAD)
     for row in doc["usage"]:
-        counts = (row["requests"], row["failed"], row["tokens"])
+        counts = (row["requests"], row["failed"], row["abandoned"], row["tokens"])
         table.add_row(row["model"], row["version"], row["tier"], *map(str, counts), row["charged"])
     total = doc["total"]
-    table.add_row("total", "", "", str(total["requests"]), str(total["failed"]), "", total["charged"], style="bold")
+    totals = (str(total["requests"]), str(total["failed"]), str(total["abandoned"]))
+    table.add_row("total", "", "", *totals, "", total["charged"], style="bold")
     console.print(f"usage of tenant {tenant!r} in {name} ({doc['currency']})")
     console.print(table)
 

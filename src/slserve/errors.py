@@ -66,11 +66,24 @@ class ModelNotFound(SlserveError):
     code = "model_not_found"
 
 
+class NotFound(SlserveError):
+    """No such endpoint."""
+
+    status = 404
+    code = "not_found"
+
+
 class InferenceFailed(SlserveError):
     """The model itself raised while computing; the request was well-formed."""
 
     status = 500
     code = "inference_failed"
+
+
+class PoisonRequest(InferenceFailed):
+    """The request crashed an instance, and crashed another when it was retried alone: it is not tried again."""
+
+    code = "poison_request"
 
 
 class RuntimeUnavailable(SlserveError):
@@ -83,6 +96,12 @@ class RuntimeUnavailable(SlserveError):
 class PayloadTooLarge(SlserveError):
     status = 413
     code = "payload_too_large"
+
+
+class OverMemoryLimit(PayloadTooLarge):
+    """The request took its instance over the function's memory limit, twice (the second time alone)."""
+
+    code = "over_memory_limit"
 
 
 class TooManyRequests(SlserveError):
@@ -122,6 +141,13 @@ class QuotaExceeded(TooManyRequests):
 class GatewayTimeout(SlserveError):
     status = 504
     code = "timeout"
+
+
+class IdempotencyInProgress(SlserveError):
+    """Another request with this Idempotency-Key is still running."""
+
+    status = 409
+    code = "idempotency_key_in_use"
 
 
 class IdempotencyMismatch(SlserveError):
@@ -165,6 +191,13 @@ class InstanceFailed(SlserveError):
 class ShuttingDown(SlserveError):
     status = 503
     code = "shutting_down"
+
+
+class ClientClosedRequest(SlserveError):
+    """The client went away before its request's work started: the work was dropped (nginx's 499)."""
+
+    status = 499
+    code = "client_closed_request"
 
 
 def error_from_wire(status: int, code: str, message: str) -> SlserveError:

@@ -31,6 +31,7 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
         proxy_headers=False,  # nothing reads the client address; spares a middleware layer per request
         server_header=False,  # says nothing about the software; one header less per response
         timeout_graceful_shutdown=round(settings.drain_seconds),
+        timeout_keep_alive=round(settings.keep_alive_s),
     )
     return uvicorn.Server(config)
 

@@ -33,6 +33,24 @@ class ServeSettings(BaseSettings):
     metering: bool = Field(
         True, description="Write the ledger (off only to measure its cost: nothing billed, no replays)"
     )
+    bill_abandoned: bool = Field(
+        False,
+        description="Charge a request whose client went away after its model call began (recorded with status "
+        "499 either way; work not yet begun is dropped and never charged)",
+    )
+    idempotency_retention_s: Annotated[float, Field(gt=0)] = Field(
+        24 * 3600.0, description="How long an Idempotency-Key's stored answer is replayed (then pruned)"
+    )
+    public_metrics: bool = Field(
+        True,
+        description="GET /metrics without a key (money is left out unless an admin key is sent); false: an admin "
+        "key is needed for /metrics at all",
+    )
+    keep_alive_s: Annotated[float, Field(gt=0)] = Field(
+        75.0,
+        description="How long an idle client connection is kept open: longer than clients' own pool expiry, so "
+        "the server never closes a connection a client is about to reuse",
+    )
     currency: str = Field("USD", description="What prices' micro-units are millionths of")
     log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")

@@ -160,6 +160,16 @@ class Batching(_Strict):
     max_delay_ms: Annotated[float, Field(ge=0, le=10_000)] = 0.0
 
 
+class Limits(_Strict):
+    """What one request may ask of the function (deployment settings: changing them rebuilds nothing)."""
+
+    max_rows: Annotated[int, Field(ge=1, le=1_000_000)] = Field(
+        default=256,
+        description="rows (the first, batch dimension) one request may carry; more are refused (413) before they "
+        "queue, so that no request can take more memory than `resources.memory_mb` allows",
+    )
+
+
 class FunctionSpec(_Strict):
     model: ModelRef
     source: Source
@@ -169,6 +179,7 @@ class FunctionSpec(_Strict):
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
     batching: Batching = Batching()
+    limits: Limits = Limits()
 
     @property
     def framework(self) -> Framework:

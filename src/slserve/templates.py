@@ -36,7 +36,7 @@ datatype = "FP32"
 shape = [-1, 16]
 
 [resources]
-memory_mb = 2048
+memory_mb = 2048                   # resident memory of one instance; one over it is stopped (and named)
 # gpu = "A10G"                     # run on a GPU where one is available
 threads = 1
 
@@ -49,6 +49,9 @@ idle_seconds = 60
 [batching]
 max_batch_size = 1                 # >1 merges concurrent requests into one model call
 max_delay_ms = 0
+
+[limits]
+max_rows = 256                     # rows one request may carry (413 above): keep the largest within memory_mb
 """
 
 

@@ -177,16 +177,15 @@ def test_a_rotated_key_keeps_its_id_and_the_old_secret_stops_after_the_grace(ser
 
 
 def test_the_rate_limit_is_a_token_bucket_with_an_exact_burst(server: Server) -> None:
-    key = make_key(server, "acme", rate_per_s=0.5, burst=5)
+    """The burst, exactly, on a live server; the refill over time is the unit test's, on an injected clock (a
+    refill here would depend on how fast this machine sends eight requests)."""
+    key = make_key(server, "acme", rate_per_s=1 / 3600, burst=5)  # one token an hour: none comes back here
     codes = []
     for _ in range(8):
         r = server.post("/v2/models/meter/infer", json=tiny_request(), headers=bearer(key))
         codes.append(r.status_code)
     assert codes == [200] * 5 + [429] * 3, codes
-    assert "0.5 requests/s" in r.json()["error"] and int(r.headers["retry-after"]) >= 1
-    time.sleep(2.1)  # one token back at 0.5/s
-    assert server.post("/v2/models/meter/infer", json=tiny_request(), headers=bearer(key)).status_code == 200
-    assert server.post("/v2/models/meter/infer", json=tiny_request(), headers=bearer(key)).status_code == 429
+    assert "requests/s (burst 5)" in r.json()["error"] and int(r.headers["retry-after"]) > 3000
 
 
 def test_the_concurrency_limit_counts_requests_in_flight(server: Server) -> None:
@@ -195,7 +194,7 @@ def test_the_concurrency_limit_counts_requests_in_flight(server: Server) -> None
     url = server.url + "/v2/models/sleepy/infer"
     responses = asyncio.run(post_all(url, [(sleepy_request(0.6), bearer(key))] * 4, concurrency=4))
     codes = sorted(r.status_code for r in responses)
-    assert codes == [200, 200, 429, 429], codes
+    assert codes == [200, 200, 429, 429], [(r.status_code, r.text) for r in responses]
     assert "in flight" in next(r for r in responses if r.status_code == 429).json()["error"]
 
 
@@ -373,7 +372,9 @@ def test_the_openai_client_gets_the_same_embeddings_as_v2(server: Server) -> Non
 def test_metrics_and_logs_follow_a_request(server: Server) -> None:
     r = server.post("/v2/models/meter/infer", json=tiny_request())
     request_id = r.headers["x-request-id"]
-    text = httpx.get(server.url + "/metrics").text
+    public = httpx.get(server.url + "/metrics").text
+    assert "slserve_requests_total" in public and "charged" not in public  # money only for an admin key
+    text = server.get("/metrics").text
     for name in (
         "slserve_requests_total",
         "slserve_request_duration_seconds_bucket",

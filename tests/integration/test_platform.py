@@ -187,12 +187,12 @@ def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) ->
     assert [r.status_code for r in responses] == [200] * total
 
 
-def test_an_input_that_kills_every_instance_is_a_502_and_others_are_served(server: Server) -> None:
+def test_an_input_that_kills_every_instance_is_refused_as_poison_and_others_are_served(server: Server) -> None:
     ok = server.post("/v2/models/crashy/infer", json=tiny_request(1.0))
     assert ok.status_code == 200
     bad = server.post("/v2/models/crashy/infer", json=tiny_request(-5000.0))
-    assert bad.status_code == 502
-    assert "died (exit code 3)" in bad.json()["error"] and "retry" in bad.json()["error"]
+    assert bad.status_code == 500 and bad.json()["code"] == "poison_request", bad.text
+    assert "(exit code 3)" in bad.json()["error"] and "alone" in bad.json()["error"]
     assert server.post("/v2/models/crashy/infer", json=tiny_request(2.0)).status_code == 200
 
 

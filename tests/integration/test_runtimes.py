@@ -9,6 +9,7 @@ import torch
 from slserve.build import build_function
 from slserve.errors import BuildError, InvalidInput, RuntimeUnavailable
 from slserve.runtime import load_runtime
+from slserve.runtime.base import RequestContext
 from slserve.runtime.onnx_runtime import OnnxRuntime, check_single_install
 from slserve.spec import load_function
 
@@ -22,6 +23,7 @@ SENTENCES = [
     "emoji 🚀🔥 and punctuation?!…",
     " ".join(["a very long sentence that goes past the 256-token limit"] * 40),  # truncated at 256 tokens
 ]
+TRUNCATE = RequestContext(options={"truncate": True})  # as sentence-transformers does, for the long sentence
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -40,7 +42,7 @@ def sentence_transformers_reference() -> np.ndarray:
 
 def test_minilm_torch_matches_sentence_transformers(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
     runtime = load_runtime(build_sample("minilm-torch"))
-    out = runtime.infer({"text": np.array(SENTENCES, dtype=object)})["embedding"]
+    out = runtime.infer({"text": np.array(SENTENCES, dtype=object)}, TRUNCATE)["embedding"]
     assert out.shape == (len(SENTENCES), 384) and out.dtype == np.float32
     assert _cosine(out, sentence_transformers_reference).min() > 0.9999
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
@@ -55,8 +57,8 @@ def test_minilm_int8_variant_agrees_with_fp32_within_its_recorded_threshold(buil
     assert agreement["min_cosine"] >= threshold and agreement["mean_cosine"] > 0.98
     assert int8.manifest.weight_bytes < fp32.manifest.weight_bytes / 3  # int8 weights: a quarter, plus scales
     texts = {"text": np.array(SENTENCES, dtype=object)}
-    got = load_runtime(int8).infer(texts)["embedding"]
-    assert _cosine(got, load_runtime(fp32).infer(texts)["embedding"]).min() >= threshold
+    got = load_runtime(int8).infer(texts, TRUNCATE)["embedding"]
+    assert _cosine(got, load_runtime(fp32).infer(texts, TRUNCATE)["embedding"]).min() >= threshold
 
 
 def test_minilm_fp16_variant_agrees_with_fp32_and_halves_the_weights(build_sample) -> None:  # type: ignore[no-untyped-def]
@@ -67,9 +69,9 @@ def test_minilm_fp16_variant_agrees_with_fp32_and_halves_the_weights(build_sampl
     assert {t.dtype for t in fp16.manifest.tensors.values() if t.nbytes > 4096} == {"float16"}
     assert fp16.manifest.weight_bytes < fp32.manifest.weight_bytes * 0.55
     texts = {"text": np.array(SENTENCES, dtype=object)}
-    got = load_runtime(fp16).infer(texts)["embedding"]
+    got = load_runtime(fp16).infer(texts, TRUNCATE)["embedding"]
     assert got.dtype == np.float32  # fp32 at the edges: the signature is unchanged
-    assert _cosine(got, load_runtime(fp32).infer(texts)["embedding"]).min() >= 0.9999
+    assert _cosine(got, load_runtime(fp32).infer(texts, TRUNCATE)["embedding"]).min() >= 0.9999
 
 
 def test_a_variant_below_its_agreement_threshold_is_refused(copy_function, store) -> None:  # type: ignore[no-untyped-def]
@@ -84,17 +86,17 @@ def test_a_variant_below_its_agreement_threshold_is_refused(copy_function, store
 
 
 def test_minilm_onnx_agrees_with_torch(build_sample, sentence_transformers_reference) -> None:  # type: ignore[no-untyped-def]
-    torch_out = load_runtime(build_sample("minilm-torch")).infer({"text": np.array(SENTENCES, dtype=object)})
+    torch_out = load_runtime(build_sample("minilm-torch")).infer({"text": np.array(SENTENCES, dtype=object)}, TRUNCATE)
     onnx_rt = load_runtime(build_sample("minilm-onnx"))
     assert isinstance(onnx_rt, OnnxRuntime) and onnx_rt.providers == ["CPUExecutionProvider"]
-    onnx_out = onnx_rt.infer({"text": np.array(SENTENCES, dtype=object)})
+    onnx_out = onnx_rt.infer({"text": np.array(SENTENCES, dtype=object)}, TRUNCATE)
     assert _cosine(onnx_out["embedding"], torch_out["embedding"]).min() > 0.9999
     assert _cosine(onnx_out["embedding"], sentence_transformers_reference).min() > 0.9999
 
 
 def test_minilm_one_sentence_equals_its_row_in_a_batch(build_sample) -> None:  # type: ignore[no-untyped-def]
     runtime = load_runtime(build_sample("minilm-onnx"))
-    batch = runtime.infer({"text": np.array(SENTENCES[:3], dtype=object)})["embedding"]
+    batch = runtime.infer({"text": np.array(SENTENCES[:3], dtype=object)}, TRUNCATE)["embedding"]
     single = runtime.infer({"text": np.array(SENTENCES[1:2], dtype=object)})["embedding"]
     assert _cosine(single[0], batch[1]) > 0.99999
 
@@ -171,10 +173,10 @@ def test_exactly_one_onnxruntime_distribution_is_installed() -> None:
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_minilm_on_cuda_matches_cpu(build_sample) -> None:  # type: ignore[no-untyped-def]
     text = {"text": np.array(SENTENCES, dtype=object)}
-    cpu = load_runtime(build_sample("minilm-torch"), device="cpu").infer(text)["embedding"]
+    cpu = load_runtime(build_sample("minilm-torch"), device="cpu").infer(text, TRUNCATE)["embedding"]
     gpu_rt = load_runtime(build_sample("minilm-torch"), device="cuda")
     assert gpu_rt.device == "cuda"
-    assert _cosine(gpu_rt.infer(text)["embedding"], cpu).min() > 0.9999
+    assert _cosine(gpu_rt.infer(text, TRUNCATE)["embedding"], cpu).min() > 0.9999
 
 
 @pytest.mark.gpu
@@ -184,8 +186,8 @@ def test_minilm_onnx_on_cuda_really_gets_the_cuda_provider(build_sample) -> None
     assert isinstance(runtime, OnnxRuntime)
     assert runtime.providers[0] == "CUDAExecutionProvider"  # what the session got, not what the wheel lists
     text = {"text": np.array(SENTENCES, dtype=object)}
-    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text)["embedding"]
-    assert _cosine(runtime.infer(text)["embedding"], cpu).min() > 0.9999
+    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text, TRUNCATE)["embedding"]
+    assert _cosine(runtime.infer(text, TRUNCATE)["embedding"], cpu).min() > 0.9999
 
 
 @pytest.mark.gpu
@@ -196,5 +198,5 @@ def test_minilm_fp16_on_cuda_agrees_with_fp32_and_batching_was_proven_there(buil
     assert runtime.device == "cuda"
     assert set(artifact.manifest.build.batch_floors) == {"cpu", "cuda"}
     text = {"text": np.array(SENTENCES, dtype=object)}
-    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text)["embedding"]
-    assert _cosine(runtime.infer(text)["embedding"], cpu).min() >= artifact.manifest.spec.source.min_agreement
+    cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text, TRUNCATE)["embedding"]
+    assert _cosine(runtime.infer(text, TRUNCATE)["embedding"], cpu).min() >= artifact.manifest.spec.source.min_agreement

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key, new_key, split_token
 from slserve.accounts.limits import Limiter, month_bounds, parse_duration, parse_expiry, parse_quota, parse_rate
-from slserve.errors import QuotaExceeded, RateLimited, SpecError, Unauthorized
+from slserve.errors import LedgerUnavailable, QuotaExceeded, RateLimited, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
 from slserve.metering.ledger import Record, SQLiteLedger
 from slserve.metering.usage import money, month_span, report, to_csv
@@ -198,7 +198,7 @@ def test_a_duplicate_request_id_is_never_written_twice(tmp_path: Path) -> None:
     async def run() -> None:
         ledger = SQLiteLedger(tmp_path / "ledger.sqlite")
         await ledger.append(_record(1, "acme", 5))
-        with pytest.raises(Exception, match="could not be written"):
+        with pytest.raises(LedgerUnavailable, match="billing record was refused"):
             await ledger.append(_record(1, "acme", 5))
         await ledger.append(_record(2, "acme", 5))  # the writer keeps working
         await ledger.close()

@@ -13,7 +13,6 @@ import hashlib
 import hmac
 import os
 import secrets
-import sqlite3
 import time
 import weakref
 from dataclasses import dataclass, field, replace
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 import orjson
 
 from slserve.errors import SpecError
+from slserve.private import connect_private, private_dir
 
 PREFIX = "sls"
 
@@ -121,7 +121,7 @@ def _server_secret(path: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
-    path.parent.mkdir(parents=True, exist_ok=True)
+    private_dir(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process made it first
@@ -138,7 +138,7 @@ class SQLiteKeyStore:
     def __init__(self, state: Path) -> None:
         self.path = state / "keys.sqlite"
         self._secret = _server_secret(state / "server-secret")
-        self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self.db = connect_private(self.path)
         wal = self.db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal"
         self.db.execute("PRAGMA busy_timeout=5000")
         self.db.executescript(SCHEMA)

@@ -24,6 +24,7 @@ DEPLOYMENT: dict[str, IncEx | bool] = {
     "scaling": True,
     "batching": {"max_delay_ms"},
     "resources": {"memory_mb"},
+    "limits": True,
 }
 SPEC_FILE = "function/function.toml"  # its content takes part through the parsed spec
 

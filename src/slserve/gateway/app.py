@@ -18,7 +18,7 @@ from starlette.routing import Route
 import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
-from slserve.errors import SlserveError
+from slserve.errors import MethodNotAllowed, NotFound, SlserveError
 from slserve.gateway import openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.front import Front, caller, error_reply
@@ -56,8 +56,9 @@ class Gateway:
     def function(self, request: Request, model: str, version: str | None) -> FunctionDef:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
         `version` (a version or an alias), if the caller's key opens it."""
-        route = self.router.route(model, version, "", None, True, 1.0)
-        check_model(caller(request.scope), route.model)
+        key = caller(request.scope)
+        route = self.router.route(model, version, "", None, True, 1.0, key.models)
+        check_model(key, route.model)
         return self.router.signature_function(route)
 
     def metadata(self, request: Request, model: str, version: str | None) -> dict[str, Any]:
@@ -88,10 +89,15 @@ class Gateway:
         return json_response(self.metadata(request, request.path_params["model"], request.path_params.get("version")))
 
     async def model_ready(self, request: Request) -> Response:
+        """Ready when the function the model resolves to can take a request now: built, its artifact checked
+        intact, its runtime's template up, not failing to start (else 503, with why)."""
         fdef = self.function(request, request.path_params["model"], request.path_params.get("version"))
         status = next(s for s in self.platform.status() if s.name == fdef.name)
-        ready = status.artifact is not None and self.platform.ready()
-        return json_response({"name": request.path_params["model"], "ready": ready}, 200 if ready else 503)
+        ready = status.ready and self.platform.ready()
+        doc: dict[str, Any] = {"name": request.path_params["model"], "ready": ready}
+        if not ready:
+            doc["reason"] = status.error or "the runtime is starting"
+        return json_response(doc, 200 if ready else 503)
 
     async def functions_status(self, request: Request) -> Response:
         return json_response({"functions": [s.to_dict() for s in self.platform.status()]})
@@ -146,10 +152,15 @@ async def _slserve_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
-    message = {404: f"no route {request.url.path}; see GET /openapi.json", 405: f"{request.method} is not allowed here"}
-    error = SlserveError(message.get(exc.status_code, exc.detail))
-    _, body, headers = error_reply(error, request.url.path)
-    return Response(body, exc.status_code, headers)
+    error: SlserveError
+    if exc.status_code == 404:
+        error = NotFound(f"no route {request.url.path}; see GET /openapi.json")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed here")
+    else:
+        error = SlserveError(str(exc.detail))
+    status, body, headers = error_reply(error, request.url.path)
+    return Response(body, exc.status_code if status == 500 else status, headers)
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
@@ -163,9 +174,11 @@ def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference."""
     router = Router(platform.functions(), settings.routes)
     keys = keys or SQLiteKeyStore(settings.state)
-    ledger = SQLiteLedger(settings.state / "ledger.sqlite") if settings.metering else None
+    ledger = None
+    if settings.metering:
+        ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
     limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
-    pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.max_tensor_elements)
+    pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.bill_abandoned)
     metrics = Metrics(platform, router, ledger)
     gw = Gateway(platform, settings, router, ledger)
     model = "/v2/models/{model}"
@@ -200,7 +213,7 @@ def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Front(app, Authenticator(keys), pipeline, metrics, settings.max_body_bytes)
+    return Front(app, Authenticator(keys), pipeline, metrics, settings)
 
 
 async def watch_changes(platform: Platform, router: Router, every_s: float = 1.0) -> None:

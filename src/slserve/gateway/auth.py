@@ -25,7 +25,7 @@ def presented_key(headers: dict[str, str]) -> str | None:
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthorized(f"the Authorization header must be `Bearer <key>`; {HOW}")
         return token.strip()
-    return headers.get("x-api-key") or None
+    return headers.get("x-api-key", "").strip() or None  # trimmed as a Bearer token is
 
 
 class Authenticator:

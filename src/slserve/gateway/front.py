@@ -10,6 +10,7 @@ endpoints, OpenAI's `{"error": {"message", "type", "code"}}` under /v1.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import random
@@ -23,12 +24,13 @@ import orjson
 from slserve.accounts.keys import KeyRecord
 from slserve.errors import MethodNotAllowed, PayloadTooLarge, SlserveError, Unauthorized
 from slserve.gateway import logs, openai
-from slserve.gateway.auth import Authenticator, require_admin, scoped, tier_for
+from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
 from slserve.gateway.pipeline import Call, Pipeline, Reply
-from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.base import InferResult
 from slserve.router.dispatch import Router, Served
+from slserve.settings import ServeSettings
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -75,6 +77,9 @@ def result_headers(served: Served) -> dict[str, str]:
         headers["x-slserve-alias"] = served.route.alias
     if served.fallback is not None:
         headers["x-slserve-fallback"] = served.fallback
+    truncated = result.notes.get("truncated")
+    if truncated:
+        headers["x-slserve-truncated"] = str(truncated)  # rows cut to the model's input limit, as asked
     return headers
 
 
@@ -91,14 +96,21 @@ def error_reply(error: SlserveError, path: str) -> Reply:
 
 class Front:
     def __init__(
-        self, app: ASGIApp, auth: Authenticator, pipeline: Pipeline, metrics: Metrics, max_body_bytes: int
+        self,
+        app: ASGIApp,
+        auth: Authenticator,
+        pipeline: Pipeline,
+        metrics: Metrics,
+        settings: ServeSettings,
     ) -> None:
         self.app = app
         self.auth = auth
         self.pipeline = pipeline
         self.router: Router = pipeline.router
         self.metrics = metrics
-        self.max_body_bytes = max_body_bytes
+        self.max_body_bytes = settings.max_body_bytes
+        self.max_elements = settings.max_tensor_elements
+        self.public_metrics = settings.public_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,7 +119,7 @@ class Front:
         path: str = scope["path"]
         if path in PUBLIC:
             if path == "/metrics":
-                await _respond(send, 200, self.metrics.render(), {"content-type": CONTENT_TYPE})
+                await self.serve_metrics(scope, send)
             else:
                 await self.app(scope, receive, send)
             return
@@ -126,11 +138,11 @@ class Front:
                 return
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{scope['method']} is not allowed here; POST an inference request")
-            call = Call(request_id, key, "v2" if match else "openai", b"", headers.get("idempotency-key"))
+            call = Call(request_id, key, "v2" if match else "openai", headers, b"", headers.get("idempotency-key"))
             if match:
-                reply = await self.v2(call, match["model"], match["version"], headers, receive, path)
+                reply = await self.v2(call, match["model"], match["version"], receive, path)
             else:
-                reply = await self.embeddings(call, headers, receive, path)
+                reply = await self.embeddings(call, receive, path)
         except ClientGone:
             return
         except SlserveError as e:
@@ -148,26 +160,26 @@ class Front:
         await _respond(send, status, body, out_headers)
         self._observe(call, path, status, time.perf_counter() - started, out_headers["x-request-id"])
 
-    async def v2(
-        self, call: Call, model: str, version: str | None, headers: dict[str, str], receive: Receive, path: str
-    ) -> Reply:
-        key = call.key
+    async def v2(self, call: Call, model: str, version: str | None, receive: Receive, path: str) -> Reply:
+        key, headers = call.key, call.headers
         tier = tier_for(key, headers.get("x-slserve-tier"))
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         draw = random.random()
         sticky = routing_key(key, headers)
-        route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw))
+        route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw, key.models))
         call.route = route
-        call.body = await self.read_body(headers, receive)
+        await self.read_request(call, receive)
         replayed = await self.pipeline.replay(call, path)
         if replayed is not None:
             return replayed
-        v2 = parse_infer(self.router.signature_function(route), call.body, headers.get(HEADER_LENGTH))
+        fdef = self.router.signature_function(route)
+        limits = RequestLimits(self.max_elements, fdef.spec.limits.max_rows)
+        v2 = parse_infer(fdef, call.body, headers.get(HEADER_LENGTH), limits)
         asked_tier, asked_upgrade = v2.parameters.get("tier"), v2.parameters.get("allow_upgrade")
         if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
             tier = str(asked_tier) if asked_tier else tier
             upgrade = upgrade or asked_upgrade is True
-            route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw))
+            route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw, key.models))
 
         def encode(served: Served) -> tuple[bytes, dict[str, str]]:
             content, out = encode_infer(served.result, model, v2)
@@ -176,20 +188,21 @@ class Front:
 
         return await self.pipeline.serve(call, route, v2.request, path, encode)
 
-    async def embeddings(self, call: Call, headers: dict[str, str], receive: Receive, path: str) -> Reply:
-        key = call.key
-        call.body = await self.read_body(headers, receive)
+    async def embeddings(self, call: Call, receive: Receive, path: str) -> Reply:
+        key, headers = call.key, call.headers
+        await self.read_request(call, receive)
         request = openai.parse_embeddings(call.body)
         tier = tier_for(key, headers.get("x-slserve-tier") or request.tier)
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         sticky = routing_key(key, headers)
-        route = scoped(key, self.router.route(request.model, request.selector, sticky, tier, upgrade, random.random()))
+        draw = random.random()
+        route = scoped(key, self.router.route(request.model, request.selector, sticky, tier, upgrade, draw, key.models))
         call.route = route
         replayed = await self.pipeline.replay(call, path)
         if replayed is not None:
             return replayed
         fdef = self.router.signature_function(route)
-        infer = openai.infer_request(fdef, request, call.request_id)
+        infer = openai.infer_request(fdef, request, call.request_id, self.max_elements)
         output = fdef.spec.signature.outputs[0].name
         model_name = request.model if request.selector is None else f"{request.model}@{route.version}"
 
@@ -199,6 +212,30 @@ class Front:
             return body, {"content-type": "application/json", **result_headers(served)}
 
         return await self.pipeline.serve(call, route, infer, path, encode)
+
+    async def serve_metrics(self, scope: Scope, send: Send) -> None:
+        """Operational metrics for anyone (unless `public_metrics` is off); money only for an admin key."""
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            key = self.auth.authenticate(headers) if presented_key(headers) or not self.public_metrics else None
+            if key is not None:
+                require_admin(key, "/metrics with a key")
+        except SlserveError as e:
+            await _respond(send, *error_reply(e, "/metrics"))
+            return
+        await _respond(send, 200, self.metrics.render(money=key is not None), {"content-type": CONTENT_TYPE})
+
+    async def read_request(self, call: Call, receive: Receive) -> None:
+        """The body; from then on, a disconnect cancels the call (work not yet started for it is dropped)."""
+        call.body = await self.read_body(call.headers, receive)
+        watcher = asyncio.ensure_future(receive())  # resolves at the disconnect, or once the response is sent
+
+        def on_message(done: asyncio.Future[Message]) -> None:
+            if not done.cancelled() and done.exception() is None and done.result()["type"] == "http.disconnect":
+                call.client_gone()
+
+        watcher.add_done_callback(on_message)
+        call.watcher = watcher
 
     async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
         limit = self.max_body_bytes

@@ -41,11 +41,12 @@ class Metrics:
         self.batch_size = Histogram(
             "slserve_batch_size", "Requests per model call", ["function"], buckets=BATCH_BUCKETS, registry=self.registry
         )
+        self.money = CollectorRegistry(auto_describe=False)  # shown to admin keys only
         self.charged = Counter(
             "slserve_charged_micros",
             "Money charged, in micro-units of currency",
             ["model", "tier"],
-            registry=self.registry,
+            registry=self.money,
         )
         self.fallbacks = Counter(
             "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
@@ -73,8 +74,9 @@ class Metrics:
             child = self._batches[function] = self.batch_size.labels(function)
         child.observe(size)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, money: bool = False) -> bytes:
+        text = generate_latest(self.registry)
+        return text + generate_latest(self.money) if money else text
 
 
 class StateCollector(Collector):

@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 
 from slserve.errors import InvalidInput, SlserveError
+from slserve.gateway.v2 import RequestLimits
 from slserve.platform.base import InferRequest
 from slserve.spec import Datatype, FunctionDef
 
@@ -35,6 +36,7 @@ class EmbeddingsRequest:
     encoding_format: str
     tier: str | None
     dimensions: int | None
+    truncate: bool  # cut texts longer than the model's limit (else they are refused)
 
 
 def embedding_io(fdef: FunctionDef) -> tuple[str, str] | None:
@@ -88,20 +90,25 @@ def parse_embeddings(body: bytes) -> EmbeddingsRequest:
     dimensions = doc.get("dimensions")
     if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)):
         raise InvalidInput("'dimensions' must be an integer")
+    truncate = doc.get("truncate", False)
+    if not isinstance(truncate, bool):
+        raise InvalidInput("'truncate' must be true or false")
     name, selector = split_model(model)
-    return EmbeddingsRequest(name, selector, texts, encoding, tier, dimensions)
+    return EmbeddingsRequest(name, selector, texts, encoding, tier, dimensions, truncate)
 
 
-def infer_request(fdef: FunctionDef, request: EmbeddingsRequest, request_id: str) -> InferRequest:
+def infer_request(fdef: FunctionDef, request: EmbeddingsRequest, request_id: str, max_elements: int) -> InferRequest:
     io = embedding_io(fdef)
     if io is None:
         raise InvalidInput(f"{fdef.spec.model.name} is not a text-embedding model; GET /v1/models lists those that are")
     dim = fdef.spec.signature.outputs[0].shape[1]
     if request.dimensions is not None and request.dimensions != dim:
         raise InvalidInput(f"'dimensions' must be {dim} for {fdef.spec.model.name} (or left out); it is fixed")
+    RequestLimits(max_elements, fdef.spec.limits.max_rows).check("input", [len(request.texts)], 0)
     texts = np.empty(len(request.texts), dtype=object)
     texts[:] = [t.encode() for t in request.texts]
-    return InferRequest(fdef.name, {io[0]: texts}, [io[1]], request_id)
+    options = {"truncate": True} if request.truncate else {}
+    return InferRequest(fdef.name, {io[0]: texts}, [io[1]], request_id, options)
 
 
 def encode_embeddings(embeddings: np.ndarray, model: str, encoding: str, tokens: int | None) -> bytes:

@@ -4,27 +4,30 @@ limits, the router (under the request timeout), the ledger, the response.
     replay?  ──► limits (429) ──► router.infer (504 past request_timeout_s) ──► ledger (durable) ──► response
 
 A request that reaches the router writes exactly one ledger record, whatever happens next: charged when it
-succeeded, price 0 with its status when it did not.
+succeeded, price 0 with its status when it did not. A request whose client went away is recorded with status
+499: its work is dropped if it had not started, and when it had, it is charged only if `bill_abandoned` says so.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import Limiter
-from slserve.errors import GatewayTimeout, IdempotencyMismatch, InvalidInput, PayloadTooLarge, SlserveError
+from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, SlserveError
 from slserve.gateway.deadlines import Deadlines
+from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
 from slserve.metering.ledger import Ledger, Record, StoredResponse
-from slserve.platform.base import InferRequest, Platform
+from slserve.platform.base import Cancellation, InferRequest, Platform
 from slserve.router.dispatch import Router, Served
 from slserve.router.table import Route
 
 REPLAY = "x-slserve-idempotent-replay"
+ABANDONED = 499  # the ledger status of a request whose client went away (nginx's "client closed request")
 Reply = tuple[int, bytes, dict[str, str]]
 Encode = Callable[[Served], tuple[bytes, dict[str, str]]]
 
@@ -36,16 +39,30 @@ class Call:
     request_id: str
     key: KeyRecord
     endpoint: str  # "v2" | "openai"
-    body: bytes
+    headers: dict[str, str]
+    body: bytes = b""
     idempotency_key: str | None = None
     started_wall: float = field(default_factory=time.time)
+    cancellation: Cancellation = field(default_factory=Cancellation)
+    slot: Slot | None = None  # the Idempotency-Key slot this call holds
+    watcher: asyncio.Future[Any] | None = None  # the ASGI receive that tells of a disconnect
+    finished: bool = False
+    charged: bool = False  # it counts against the key's quota (answered, or billed after its client left)
     # What happened, for logs and metrics (filled in as it is known).
     route: Route | None = None
     served: Served | None = None
-    stored: StoredResponse | None = None  # the answer kept for Idempotency-Key replays
+
+    @property
+    def gone(self) -> bool:
+        return self.cancellation.cancelled
+
+    def client_gone(self) -> None:
+        """The client disconnected: work not yet started for it is dropped."""
+        if not self.finished:
+            self.cancellation.cancel()
 
     def fingerprint(self, path: str) -> str:
-        return hashlib.sha256(f"{self.endpoint}\0{path}\0".encode() + self.body).hexdigest()
+        return fingerprint(self.endpoint, path, self.headers, self.body)
 
 
 class Pipeline:
@@ -56,29 +73,28 @@ class Pipeline:
         limiter: Limiter,
         ledger: Ledger | None,
         timeout_s: float,
-        max_elements: int,
+        bill_abandoned: bool = False,
     ) -> None:
         self.platform = platform
         self.router = router
         self.limiter = limiter
         self.ledger = ledger
         self.timeout_s = timeout_s
+        self.bill_abandoned = bill_abandoned
         self.deadlines = Deadlines(timeout_s)
-        self.max_elements = max_elements
-        self._in_progress: dict[tuple[str, str], asyncio.Future[StoredResponse | None]] = {}
+        self.holders = KeyHolders()
 
     async def replay(self, call: Call, path: str) -> Reply | None:
-        """The stored answer to an earlier request with this Idempotency-Key, if there is one (waiting for it
-        when that request is still running). Replays are free and reach no function."""
+        """The stored answer to an earlier request with this Idempotency-Key, if there is one. The call holds the
+        key from here until `done`: a second request with it waits, then replays the first one's answer or,
+        when it left none (it failed), runs itself. Replays are free and reach no function."""
         if call.idempotency_key is None or self.ledger is None:
             return None
-        if not 0 < len(call.idempotency_key) <= 255:
-            raise InvalidInput("Idempotency-Key must be 1 to 255 characters")
-        slot = (call.key.key_id, call.idempotency_key)
-        running = self._in_progress.get(slot)
-        stored = await asyncio.shield(running) if running else self.ledger.stored_response(*slot)
+        slot = (call.key.key_id, check_key(call.idempotency_key))
+        await self.holders.acquire(slot, self.timeout_s)
+        call.slot = slot
+        stored = self.ledger.stored_response(*slot)
         if stored is None:
-            self._in_progress[slot] = asyncio.get_running_loop().create_future()
             return None
         if stored.fingerprint != call.fingerprint(path):
             raise IdempotencyMismatch(
@@ -88,50 +104,46 @@ class Pipeline:
         return stored.status, stored.body, {**stored.headers, REPLAY: "true"}
 
     def done(self, call: Call) -> None:
-        """The call is over (whatever happened): concurrent retries waiting on it get its stored answer, or
-        run themselves when it has none."""
-        if call.idempotency_key is not None:
-            waiting = self._in_progress.pop((call.key.key_id, call.idempotency_key), None)
-            if waiting is not None and not waiting.done():
-                waiting.set_result(call.stored)
+        """The call is over, whatever happened: the next request waiting for its Idempotency-Key goes on."""
+        call.finished = True
+        if call.slot is not None:
+            self.holders.release(call.slot)
+            call.slot = None
 
     async def serve(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
-        elements = sum(a.size for a in request.inputs.values())
-        if elements > self.max_elements:
-            raise PayloadTooLarge(
-                f"the request carries {elements} tensor elements, over the server's limit of "
-                f"{self.max_elements} (max_tensor_elements); split it into smaller requests"
-            )
         admission = self.limiter.admit(call.key)
-        charged = False
         try:
-            reply = await self._run(call, route, request, path, encode)
-            charged = True
-            return reply
+            return await self._run(call, route, request, path, encode)
         finally:
-            admission.release(charged)
+            admission.release(call.charged)
 
     async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route
+        request.cancellation = call.cancellation
+        request.deadline = time.monotonic() + self.timeout_s
         try:
+            if call.gone:  # left while waiting for its key or its body: nothing was started
+                raise ClientClosedRequest("the client went away before the request ran")
             served = await self.deadlines.run(self.router.infer(self.platform, route, request))
         except TimeoutError:
             error: SlserveError = GatewayTimeout(
                 f"{route.model} did not answer within {self.timeout_s:g} s (request_timeout_s); retry later"
             )
-            await self._record(call, route, None, error.status, 0)
+            await self._record(call, route, None, error.status)
             raise error from None
         except SlserveError as e:
-            await self._record(call, route, None, e.status, 0)
+            await self._record(call, route, None, e.status)
             raise
         call.served = served
+        if call.gone:  # it ran for a client that left meanwhile: recorded, charged by the policy
+            await self._record(call, route, served, ABANDONED, price=served.cost if self.bill_abandoned else 0)
+            raise ClientClosedRequest("the client went away while the request ran")
         body, headers = encode(served)
         headers["x-request-id"] = call.request_id
         stored = None
-        if call.idempotency_key is not None:
+        if call.slot is not None:
             stored = StoredResponse(call.request_id, call.fingerprint(path), 200, headers, body)
-        await self._record(call, route, served, 200, len(body), stored)
-        call.stored = stored
+        await self._record(call, route, served, 200, len(body), served.cost, stored)
         return 200, body, headers
 
     async def _record(
@@ -140,10 +152,13 @@ class Pipeline:
         route: Route,
         served: Served | None,
         status: int,
-        output_bytes: int,
+        output_bytes: int = 0,
+        price: int = 0,
         stored: StoredResponse | None = None,
     ) -> None:
+        counts = status == 200 or price > 0  # against the key's monthly quota
         if self.ledger is None:
+            call.charged = counts
             return
         result = served.result if served else None
         record = Record(
@@ -167,8 +182,9 @@ class Pipeline:
             batch_size=result.batch_size if result else None,
             tokens=result.tokens if result else None,
             status=status,
-            price=served.cost if served else 0,
+            price=price,
             fallback=served.fallback if served else None,
         )
-        kept = (call.key.key_id, call.idempotency_key, stored) if stored and call.idempotency_key else None
+        kept = (call.key.key_id, call.slot[1], stored) if stored and call.slot else None
         await self.ledger.append(record, kept)
+        call.charged = counts

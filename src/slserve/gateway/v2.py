@@ -13,13 +13,14 @@ from typing import Any
 import numpy as np
 import orjson
 
-from slserve.errors import InvalidInput
+from slserve.errors import InvalidInput, PayloadTooLarge
 from slserve.platform.base import InferRequest, InferResult
 from slserve.platform.wire import tensor_from_payload, tensor_payload
 from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
 from slserve.spec import Datatype, FunctionDef
 
 HEADER_LENGTH = "inference-header-content-length"
+MAX_DIMS = 32  # what the wire between the gateway and instances carries
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
 
@@ -35,10 +36,36 @@ def _fail(message: str) -> InvalidInput:
     return InvalidInput(message)
 
 
+@dataclass(frozen=True)
+class RequestLimits:
+    """What one request may declare, checked against each tensor's shape before its data is decoded."""
+
+    max_elements: int  # all inputs together (the server's max_tensor_elements)
+    max_rows: int  # the first (batch) dimension (the function's limits.max_rows)
+
+    def check(self, name: str, shape: list[int], elements_so_far: int) -> int:
+        """The elements `shape` declares (413 past either limit). A zero dimension makes no shape free: the
+        others are held to the limit too."""
+        if len(shape) > MAX_DIMS:
+            raise _fail(f"input {name!r}: shape {shape[:8]}... has {len(shape)} dimensions; at most {MAX_DIMS}")
+        count = math.prod(shape)
+        if elements_so_far + max(count, math.prod(d for d in shape if d)) > self.max_elements:
+            raise PayloadTooLarge(
+                f"input {name!r}: shape {shape} brings the request to {elements_so_far + count} tensor elements, "
+                f"over the server's limit of {self.max_elements} (max_tensor_elements); split it into smaller requests"
+            )
+        if shape and shape[0] > self.max_rows:
+            raise PayloadTooLarge(
+                f"input {name!r} has {shape[0]} rows, over this function's limit of {self.max_rows} per request "
+                "(limits.max_rows); split it into smaller requests"
+            )
+        return count
+
+
 def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
     if datatype is Datatype.BYTES:
-        flat = _flatten(data)
+        flat = _flatten(data, len(shape), name)
         if len(flat) != count:
             raise _fail(f"input {name!r}: {len(flat)} elements in data for shape {shape} ({count} expected)")
         out = np.empty(count, dtype=object)
@@ -68,12 +95,23 @@ def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> 
     return cast.reshape(shape)
 
 
-def _flatten(data: Any) -> list[Any]:
+def _flatten(data: Any, max_depth: int, name: str) -> list[Any]:
+    """Nested lists -> their leaves in order. Data is flat or nested as its shape; deeper nesting is refused
+    (without recursion, so no depth can exhaust the stack)."""
     if not isinstance(data, list):
         return [data]
     out: list[Any] = []
-    for v in data:
-        out.extend(_flatten(v) if isinstance(v, list) else [v])
+    stack = [iter(data)]
+    while stack:
+        for v in stack[-1]:
+            if isinstance(v, list):
+                if len(stack) >= max_depth:
+                    raise _fail(f"input {name!r}: data is nested deeper than its shape's {max_depth} dimension(s)")
+                stack.append(iter(v))
+                break
+            out.append(v)
+        else:
+            stack.pop()
     return out
 
 
@@ -104,7 +142,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
     return view[:n], view[n:]
 
 
-def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2Request:
+def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None, limits: RequestLimits) -> V2Request:
     header, binary = split_body(body, header_length)
     try:
         doc = orjson.loads(header)
@@ -116,7 +154,7 @@ def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _fail("'inputs' must be a non-empty list of tensors ({name, datatype, shape, data})")
     inputs: dict[str, np.ndarray] = {}
-    offset = 0
+    offset = elements = 0
     for i, raw in enumerate(raw_inputs):
         if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
             raise _fail(f"inputs[{i}] must be an object with a string 'name'")
@@ -124,6 +162,7 @@ def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2
         if name in inputs:
             raise _fail(f"input {name!r} appears twice")
         datatype, shape = _datatype(raw.get("datatype"), name), _shape(raw.get("shape"), name)
+        elements += limits.check(name, shape, elements)  # before anything is allocated for the shape
         params = raw.get("parameters") or {}
         size = params.get("binary_data_size") if isinstance(params, dict) else None
         if size is not None:
@@ -144,14 +183,14 @@ def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None) -> V2
         raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
     checked = check_inputs(fdef.spec.signature, inputs)
     outputs, binary_outputs = _requested_outputs(fdef, doc)
-    request_id = doc.get("id")
+    request_id = None if doc.get("id") is None else str(doc["id"])
     params = doc.get("parameters")
-    return V2Request(
-        InferRequest(fdef.name, checked, outputs, None if request_id is None else str(request_id)),
-        None if request_id is None else str(request_id),
-        binary_outputs,
-        params if isinstance(params, dict) else {},
-    )
+    params = params if isinstance(params, dict) else {}
+    truncate = params.get("truncate", False)
+    if not isinstance(truncate, bool):
+        raise _fail("parameters.truncate must be true or false")
+    options = {"truncate": True} if truncate else {}
+    return V2Request(InferRequest(fdef.name, checked, outputs, request_id, options), request_id, binary_outputs, params)
 
 
 def _requested_outputs(fdef: FunctionDef, doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:

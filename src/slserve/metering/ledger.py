@@ -37,6 +37,7 @@ import orjson
 from slserve.errors import LedgerUnavailable
 from slserve.framing import LENGTH
 from slserve.metering.writer import ACK, SEQ
+from slserve.private import connect_private
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x more, once per request
@@ -61,7 +62,7 @@ class Record:
     batch_size: int | None
     tokens: int | None
     status: int
-    price: int  # micro-units of currency; 0 unless status is 200
+    price: int  # micro-units of currency; 0 unless status is 200 (or 499 under the `bill_abandoned` policy)
     fallback: str | None = None
 
 
@@ -85,8 +86,9 @@ class UsageRow:
     model: str
     version: str
     tier: str
-    requests: int  # charged
-    failed: int  # recorded, not charged
+    requests: int  # answered
+    failed: int  # recorded, not answered: refused, failed or timed out
+    abandoned: int  # the client went away first (charged only under the `bill_abandoned` policy)
     compute_ms: float
     tokens: int
     charged: int  # micro-units
@@ -136,7 +138,10 @@ INSERT_RECORDS = (
     f"INSERT INTO records ({', '.join(COLUMNS)}) "
     f"SELECT {', '.join(f'value ->> {i}' for i in range(len(COLUMNS)))} FROM json_each(?)"
 )
-INSERT_RESPONSE = "INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)"
+# A stored answer is written only when the gateway found none in force for its key (the key's requests run one
+# at a time); one older than the retention may still sit there until the writer prunes it, and is replaced.
+INSERT_RESPONSE = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)"
+DEFAULT_RETENTION_S = 24 * 3600.0
 
 Pending = tuple[Record, tuple[str, str, StoredResponse] | None, asyncio.Future[None], float]
 
@@ -146,7 +151,7 @@ def _b64(data: bytes) -> str:
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    db = connect_private(path)  # it keeps response bodies: owner-only, as the keys
     db.execute("PRAGMA journal_mode=WAL")
     db.execute("PRAGMA synchronous=FULL")  # a commit is on disk: the response that follows is never unbilled
     db.execute("PRAGMA busy_timeout=10000")
@@ -154,14 +159,15 @@ def connect(path: Path) -> sqlite3.Connection:
 
 
 class SQLiteLedger:
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path, retention_s: float = DEFAULT_RETENTION_S) -> None:
         self.path = path
+        self.retention_s = retention_s  # how long stored idempotent answers are replayed
         self.db = connect(path)  # this process reads; the writer process writes
         self.db.executescript(SCHEMA)
         self._writer: asyncio.subprocess.Process | None = None
         self._start_lock = asyncio.Lock()
         self._reader_task: asyncio.Task[None] | None = None
+        self._acks_open = False  # the writer's acknowledgements are still being read
         self._group: list[Pending] = []
         self._flush_scheduled = False
         self._seq = 0
@@ -173,7 +179,7 @@ class SQLiteLedger:
         self._last_lag_s = 0.0
 
     async def append(self, record: Record, response: tuple[str, str, StoredResponse] | None = None) -> None:
-        if self._writer is None or self._writer.returncode is not None:
+        if not self._acks_open:
             await self._start()
         loop = asyncio.get_running_loop()
         future = loop.create_future()
@@ -188,7 +194,7 @@ class SQLiteLedger:
     async def _start(self) -> None:
         """Start the writer (the first time, or again after it stopped); concurrent callers start one."""
         async with self._start_lock:
-            if self._writer is not None and self._writer.returncode is None:
+            if self._acks_open:
                 return
             try:
                 writer = await asyncio.create_subprocess_exec(
@@ -196,12 +202,14 @@ class SQLiteLedger:
                     "-m",
                     "slserve.metering.writer",
                     str(self.path),
+                    str(self.retention_s),
                     stdin=asyncio.subprocess.PIPE,
                     stdout=asyncio.subprocess.PIPE,
                 )
             except OSError as e:
                 raise LedgerUnavailable(f"cannot start the ledger writer: {e}") from None
             self._writer = writer
+            self._acks_open = True
             self._reader_task = asyncio.get_running_loop().create_task(self._read_acks(writer))
 
     def _flush(self) -> None:
@@ -211,7 +219,9 @@ class SQLiteLedger:
         writer = self._writer
         if not group:
             return
-        if writer is None or writer.stdin is None or writer.returncode is not None:
+        # Once its acknowledgements stopped (the writer exited, even if not yet reaped), a group sent now would
+        # never be settled: its requests would hang holding their concurrency slots.
+        if writer is None or writer.stdin is None or not self._acks_open or writer.stdin.is_closing():
             self._fail(group, "the ledger writer is not running")
             return
         self._seq += 1
@@ -234,28 +244,36 @@ class SQLiteLedger:
                 (n,) = LENGTH.unpack(await writer.stdout.readexactly(LENGTH.size))
                 ack = await writer.stdout.readexactly(n)
                 first, last, ok = ACK.unpack_from(ack)
+                detail = bytes(ack[ACK.size :])
+                refused: dict[str, str] = orjson.loads(detail) if ok and detail else {}
                 for seq in range(first, last + 1):
                     group = self._sent.pop(seq, [])
                     if ok:
-                        self._settle(group)
+                        self._settle(group, refused)
                     else:
-                        self._fail(group, ack[ACK.size :].decode())
+                        self._fail(group, detail.decode())
                 self._commits += 1 if ok else 0
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:  # the writer is gone: what it did not acknowledge is not known to be durable
+            self._acks_open = False
             for seq in sorted(self._sent):
                 self._fail(self._sent.pop(seq), "the ledger writer stopped")
 
-    def _settle(self, group: list[Pending]) -> None:
+    def _settle(self, group: list[Pending], refused: dict[str, str]) -> None:
         if not group:
             return
         self._pending -= len(group)
-        self._records += len(group)
+        self._records += len(group) - len(refused)
         self._last_group, self._last_lag_s = len(group), time.monotonic() - group[0][3]
-        for _, _, future, _ in group:
-            if not future.done():
+        for record, _, future, _ in group:
+            if future.done():
+                continue
+            why = refused.get(record.request_id)
+            if why is None:
                 future.set_result(None)
+            else:
+                future.set_exception(LedgerUnavailable(f"the billing record was refused ({why}); retry"))
 
     def _fail(self, group: list[Pending], why: str) -> None:
         self._pending -= len(group)
@@ -264,9 +282,11 @@ class SQLiteLedger:
                 future.set_exception(LedgerUnavailable(f"the billing record could not be written ({why}); retry"))
 
     def stored_response(self, key_id: str, idempotency_key: str) -> StoredResponse | None:
+        """The answer kept for this key, unless it is older than the retention (then the key is free again)."""
         row = self.db.execute(
-            "SELECT request_id, fingerprint, status, headers, body FROM responses WHERE key_id=? AND idempotency_key=?",
-            (key_id, idempotency_key),
+            "SELECT r.request_id, r.fingerprint, r.status, r.headers, r.body FROM responses r"
+            " JOIN records USING (request_id) WHERE r.key_id=? AND r.idempotency_key=? AND records.time_us >= ?",
+            (key_id, idempotency_key, int((time.time() - self.retention_s) * 1e6)),
         ).fetchone()
         if row is None:
             return None
@@ -274,7 +294,7 @@ class SQLiteLedger:
 
     def charged_in_month(self, key_id: str, start: float, end: float) -> int:
         row = self.db.execute(
-            "SELECT count(*) FROM records WHERE key_id=? AND time_us>=? AND time_us<? AND status=200",
+            "SELECT count(*) FROM records WHERE key_id=? AND time_us>=? AND time_us<? AND (status=200 OR price>0)",
             (key_id, int(start * 1e6), int(end * 1e6)),
         ).fetchone()
         return int(row[0])
@@ -286,7 +306,8 @@ class SQLiteLedger:
                 where.append(f"{column} = ?")
                 args.append(value)  # type: ignore[arg-type]
         rows = self.db.execute(
-            "SELECT model, version, tier, sum(status = 200), sum(status != 200), coalesce(sum(compute_ms), 0),"
+            "SELECT model, version, tier, sum(status = 200), sum(status NOT IN (200, 499)), sum(status = 499),"
+            " coalesce(sum(compute_ms), 0),"
             " coalesce(sum(tokens), 0), sum(price) FROM records"
             f" WHERE {' AND '.join(where)} GROUP BY model, version, tier ORDER BY model, version, tier",
             args,

@@ -23,8 +23,8 @@ def month_span(month: str | None) -> tuple[str, float, float]:
         start, end = month_bounds(time.time())
         return dt.datetime.fromtimestamp(start, dt.UTC).strftime("%Y-%m"), start, end
     match = re.fullmatch(r"(\d{4})-(\d{2})", month)
-    if not match or not 1 <= int(match[2]) <= 12:
-        raise InvalidInput(f"month {month!r} must look like 2026-11")
+    if not match or not 1970 <= int(match[1]) <= 9998 or not 1 <= int(match[2]) <= 12:
+        raise InvalidInput(f"month {month!r} must look like 2026-11 (a year from 1970 to 9998)")
     start = dt.datetime(int(match[1]), int(match[2]), 1, tzinfo=dt.UTC).timestamp()
     return month, *month_bounds(start)
 
@@ -44,6 +44,7 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
             "tier": r.tier,
             "requests": r.requests,
             "failed": r.failed,
+            "abandoned": r.abandoned,
             "tokens": r.tokens,
             "compute_ms": round(r.compute_ms, 3),
             "charged_micros": r.charged,
@@ -60,6 +61,7 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
         "total": {
             "requests": sum(r.requests for r in rows),
             "failed": sum(r.failed for r in rows),
+            "abandoned": sum(r.abandoned for r in rows),
             "charged_micros": total,
             "charged": money(total),
         },
@@ -68,10 +70,14 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
 
 def to_csv(doc: dict[str, Any]) -> str:
     out = io.StringIO()
-    columns = ["model", "version", "tier", "requests", "failed", "tokens", "compute_ms", "charged_micros", "charged"]
+    columns = [
+        *("model", "version", "tier", "requests", "failed", "tokens", "compute_ms", "charged_micros", "charged"),
+        "abandoned",
+    ]
     writer = csv.DictWriter(out, columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(doc["usage"])
     total = doc["total"]
-    writer.writerow({"model": "TOTAL", **{k: total[k] for k in ("requests", "failed", "charged_micros", "charged")}})
+    totals = ("requests", "failed", "charged_micros", "charged", "abandoned")
+    writer.writerow({"model": "TOTAL", **{k: total[k] for k in totals}})
     return out.getvalue()

@@ -41,11 +41,13 @@ LITTLE_ENDIAN = {dt: np_dtype.newbyteorder("<") for dt, np_dtype in NUMPY_OF.ite
 
 
 class Kind(IntEnum):
-    INFER = 1  # gateway -> instance: a request
+    INFER = 1  # gateway -> instance: a request (meta: outputs, deadline, alone, options)
     RESULT = 2  # instance -> gateway: the request's outputs
     ERROR = 3  # instance -> gateway: the request failed (or, with id 0, the instance failed to start)
     READY = 4  # instance -> gateway: loaded and warmed up
     STOP = 5  # gateway -> instance: finish what you have, then exit
+    CANCEL = 6  # gateway -> instance: nobody wants this request's answer; drop it if it has not started
+    DROPPED = 7  # instance -> gateway: the request was not run (meta: reason, "cancelled" or "deadline")
 
 
 @dataclass
@@ -68,6 +70,11 @@ def encode_bytes_tensor(arr: np.ndarray) -> bytes:
 
 def decode_bytes_tensor(buf: memoryview, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
+    if count * _U32.size > len(buf):  # checked before anything is allocated for the declared shape
+        raise InvalidInput(
+            f"input {name!r}: shape {shape} declares {count} BYTES elements, but {len(buf)} bytes of data hold "
+            f"at most {len(buf) // _U32.size} (each element is a 4-byte length and its bytes)"
+        )
     out = np.empty(count, dtype=object)
     pos, end = 0, len(buf)
     for i in range(count):

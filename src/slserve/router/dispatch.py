@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from slserve.errors import InstanceFailed, ModelNotFound, Overloaded, RuntimeUnavailable, SlserveError, SpecError
+from slserve.errors import (
+    Forbidden,
+    InstanceFailed,
+    ModelNotFound,
+    Overloaded,
+    RuntimeUnavailable,
+    SlserveError,
+    SpecError,
+)
 from slserve.platform.base import InferRequest, InferResult, Platform
 from slserve.router.config import load_routes
 from slserve.router.shadow import ShadowStats
@@ -99,15 +107,29 @@ class Router:
         }
 
     def route(
-        self, model: str, selector: str | None, routing_key: str, tier: str | None, allow_upgrade: bool, draw: float
+        self,
+        model: str,
+        selector: str | None,
+        routing_key: str,
+        tier: str | None,
+        allow_upgrade: bool,
+        draw: float,
+        opens: tuple[str, ...] | None = None,
     ) -> Route:
-        """A model name goes through the table; a function's own name addresses that function alone."""
+        """A model name goes through the table; a function's own name addresses that function alone. `opens`:
+        the models the caller's key opens (None: all); errors name nothing outside them."""
+        fdef = self.functions.get(model)
+        owner = model if model in self.table.models else fdef.spec.model.name if fdef else None
+        if owner is not None and opens is not None and owner not in opens:
+            raise Forbidden(f"this API key does not open model {owner!r}; it opens {sorted(opens)}")
         if model in self.table.models:
             return self.table.resolve(model, selector, routing_key, tier, allow_upgrade, draw)
-        fdef = self.functions.get(model)
         if fdef is None:
-            known = sorted({*self.table.models, *self.functions})
-            raise ModelNotFound(f"unknown model {model!r}; this server has {known}")
+            known = {*self.table.models, *self.functions}
+            if opens is not None:
+                known = {m for m in self.table.models if m in opens}
+                known |= {f for f, d in self.functions.items() if d.spec.model.name in opens}
+            raise ModelNotFound(f"unknown model {model!r}; this API key can use {sorted(known)}")
         if selector is not None and selector != fdef.spec.model.version:
             raise ModelNotFound(f"function {model!r} serves version {fdef.spec.model.version!r}, not {selector!r}")
         return Route(fdef.spec.model.name, fdef.spec.model.version, None, fdef.spec.tier, [(fdef.spec.tier, model)])
@@ -140,7 +162,8 @@ class Router:
         shadow_version = self.table.models[route.model].aliases[route.alias or ""].shadow_version or "?"
         key = (route.model, route.alias or "", shadow_version)
         stats = self.shadows.setdefault(key, ShadowStats())
-        shadow_request = dataclasses.replace(request, function=route.shadow[0][1])
+        # The caller has its answer: its disconnect or deadline must not stop the shadow halfway.
+        shadow_request = dataclasses.replace(request, function=route.shadow[0][1], cancellation=None, deadline=None)
 
         async def run() -> None:
             try:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -18,6 +19,14 @@ from slserve.spec import FunctionSpec
 Tensors = dict[str, np.ndarray]
 
 
+@dataclass
+class RequestContext:
+    """What a processor may read of one request beyond its tensors, and report back about it."""
+
+    options: Mapping[str, Any] = field(default_factory=dict)  # request parameters, e.g. {"truncate": True}
+    notes: dict[str, Any] = field(default_factory=dict)  # e.g. {"truncated": 2}: rows cut to the model's limit
+
+
 @runtime_checkable
 class Runtime(Protocol):
     """A loaded function: infer on a batch of already-validated inputs."""
@@ -25,11 +34,11 @@ class Runtime(Protocol):
     spec: FunctionSpec
     device: str
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    def infer(self, inputs: Mapping[str, np.ndarray], context: RequestContext | None = None) -> Tensors:
         """Run the model on `inputs` (first dim = batch) and return the signature's outputs."""
         ...
 
-    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    def prepare(self, inputs: Mapping[str, np.ndarray], context: RequestContext | None = None) -> Tensors:
         """One request's inputs, checked and preprocessed into graph feeds (raises InvalidInput)."""
         ...
 
@@ -55,9 +64,12 @@ class Runtime(Protocol):
 
 
 class Processor(Protocol):
-    """Maps the signature's tensors to the graph's inputs, and the graph's outputs back (e.g. a tokenizer)."""
+    """Maps the signature's tensors to the graph's inputs, and the graph's outputs back (e.g. a tokenizer).
 
-    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors: ...
+    `preprocess` may take the request's context as a second argument (options in, notes out); one that takes
+    the inputs only is adapted once, when it is made."""
+
+    def preprocess(self, inputs: Mapping[str, np.ndarray], context: RequestContext) -> Tensors: ...
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors: ...
 
@@ -67,11 +79,36 @@ class Processor(Protocol):
 
 
 class IdentityProcessor:
-    def preprocess(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    def preprocess(self, inputs: Mapping[str, np.ndarray], context: RequestContext) -> Tensors:
         return dict(inputs)
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors:
         return dict(outputs)
+
+
+class _WithoutContext:
+    """A processor whose `preprocess` takes the inputs only: the context is not handed on."""
+
+    def __init__(self, processor: Any) -> None:
+        self.inner = processor
+
+    def preprocess(self, inputs: Mapping[str, np.ndarray], context: RequestContext) -> Tensors:
+        result: Tensors = self.inner.preprocess(inputs)
+        return result
+
+    def postprocess(self, outputs: Mapping[str, np.ndarray]) -> Tensors:
+        result: Tensors = self.inner.postprocess(outputs)
+        return result
+
+    def __getattr__(self, name: str) -> Any:  # the optional parts: count_tokens, feed_examples
+        return getattr(self.inner, name)
+
+
+def _takes_context(processor: Any) -> bool:
+    try:
+        return len(inspect.signature(processor.preprocess).parameters) >= 2
+    except (TypeError, ValueError):  # a builtin without a signature: assume the plain form
+        return False
 
 
 def import_ref(ref: str) -> Callable[..., Any]:
@@ -93,7 +130,8 @@ def make_processor(spec: FunctionSpec, assets: Mapping[str, Path], preloaded: Pr
         return preloaded
     if spec.processor is None:
         return IdentityProcessor()
-    processor: Processor = import_ref(spec.processor.factory)(dict(assets))
+    made = import_ref(spec.processor.factory)(dict(assets))
+    processor: Processor = made if _takes_context(made) else _WithoutContext(made)
     return processor
 
 
@@ -116,12 +154,12 @@ class RuntimeBase:
     device: str
     processor: Processor
 
-    def infer(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
-        return self.finish(self.run(self.prepare(inputs)))
+    def infer(self, inputs: Mapping[str, np.ndarray], context: RequestContext | None = None) -> Tensors:
+        return self.finish(self.run(self.prepare(inputs, context)))
 
-    def prepare(self, inputs: Mapping[str, np.ndarray]) -> Tensors:
+    def prepare(self, inputs: Mapping[str, np.ndarray], context: RequestContext | None = None) -> Tensors:
         """Check one request's inputs against the signature and turn them into the graph's feeds."""
-        return self.processor.preprocess(check_inputs(self.spec.signature, inputs))
+        return self.processor.preprocess(check_inputs(self.spec.signature, inputs), context or RequestContext())
 
     def run(self, feeds: Tensors) -> Tensors:
         """The model call on feeds whose first dimension is the batch (one request's or several merged)."""

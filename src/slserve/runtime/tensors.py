@@ -75,6 +75,8 @@ def check_tensor(spec: TensorSpec, arr: np.ndarray) -> np.ndarray:
         raise InvalidInput(
             f"input {spec.name!r}: shape {list(arr.shape)} does not match the signature's {spec.shape} (-1 = any size)"
         )
+    if arr.shape[0] == 0:
+        raise InvalidInput(f"input {spec.name!r} has no rows (shape {list(arr.shape)}); send at least one")
     return arr
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
 from slserve.build.key import stale_reason
-from slserve.errors import ArtifactNotFound, ModelNotFound, RuntimeUnavailable, SpecError
+from slserve.errors import ArtifactCorrupt, ArtifactNotFound, ModelNotFound, RuntimeUnavailable, SpecError
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.pool import FunctionPool
 from slserve.platform.local.templates import RUNTIME_MODULES, Template
@@ -16,7 +18,10 @@ from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions
 
 TICK_S = 0.5
+POLICE_S = 0.1  # memory limits and abandoned work are checked this often (a few /proc reads)
 REMOVED_DRAIN_S = 30.0
+RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a template that keeps dying is restarted ever more slowly
+CHECK_ARTIFACTS_S = 2.0  # blobs are looked at this often: a stat and a marker read each, unless one changed
 log = logging.getLogger("slserve.platform")
 
 
@@ -47,6 +52,11 @@ class LocalPlatform:
         self._draining: set[asyncio.Task[None]] = set()
         self._renewing: dict[str, asyncio.Task[None]] = {}  # family -> its template being renewed
         self._retired: list[Template] = []
+        self._restarts: dict[str, int] = {}  # family -> template crashes in a row
+        self._police: asyncio.Task[None] | None = None
+        self._checker: asyncio.Task[None] | None = None
+        self._check_now = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         built: dict[str, str | None] = {}
@@ -58,13 +68,31 @@ class LocalPlatform:
         wanted = [f for f in self._functions.values() if built[f.name]]
         for family, modules in family_modules(wanted).items():
             digests = [d for f in wanted if f.spec.framework.value == family and (d := built[f.name])]
-            template = Template(family, modules, self.store.root, digests)
-            template.start()
-            self.templates[family] = template
+            self.templates[family] = self._new_template(family, modules, digests)
         for name, fdef in self._functions.items():
             template_of_family = self.templates.get(fdef.spec.framework.value)
             self.pools[name] = FunctionPool(fdef, template_of_family, self.store.root, built[name], errors.get(name))
         self._ticker = asyncio.get_running_loop().create_task(self._tick())
+        self._police = asyncio.get_running_loop().create_task(self._watch_instances())
+        self._checker = asyncio.get_running_loop().create_task(self._check_artifacts())
+
+    def _new_template(self, family: str, modules: list[str], digests: list[str]) -> Template:
+        template = Template(family, modules, self.store.root, digests)
+        template.on_gone(self._on_template_gone)
+        template.start()
+        return template
+
+    def _on_template_gone(self, template: Template) -> None:
+        """A template that died (crashed, killed) is replaced, after a pause that grows while it keeps dying; its
+        instances serve on until they exit."""
+        family = template.family
+        if self._stopping or self.templates.get(family) is not template or family in self._renewing:
+            return
+        crashes = self._restarts.get(family, 0)
+        self._restarts[family] = crashes + 1
+        delay = RESTART_BACKOFF_S[min(crashes, len(RESTART_BACKOFF_S) - 1)]
+        log.error("%s; restarting it in %.0f s", template.error, delay)
+        self._renewing[family] = asyncio.get_running_loop().create_task(self._renew(family, delay))
 
     def _current(self, fdef: FunctionDef) -> tuple[str | None, str | None]:
         """The digest to serve, or None and why not (never built, or built from another spec or model code)."""
@@ -126,18 +154,21 @@ class LocalPlatform:
             if stale and family not in self._renewing:
                 self._renewing[family] = asyncio.get_running_loop().create_task(self._renew(family))
 
-    async def _renew(self, family: str) -> None:
+    async def _renew(self, family: str, delay_s: float = 0.0) -> None:
         try:
+            await asyncio.sleep(delay_s)
             await self._start_renewed(family)
         finally:
             self._renewing.pop(family, None)
+        current = self.templates.get(family)
+        if current is not None and not current.alive:  # a restart that failed too: again, later
+            self._on_template_gone(current)
 
     async def _start_renewed(self, family: str) -> None:
         pools = self._family(family)
         digests = [p.digest for p in pools if p.digest]
         modules = family_modules([p.fdef for p in pools])[family]
-        renewed = Template(family, modules, self.store.root, digests)
-        renewed.start()
+        renewed = self._new_template(family, modules, digests)
         try:
             await renewed.wait_ready()
         except RuntimeUnavailable as e:
@@ -149,6 +180,8 @@ class LocalPlatform:
             raise
         old = self.templates[family]
         self.templates[family] = renewed
+        if not old.alive:  # it had died: this start counts as the recovery
+            self._restarts.pop(family, None)
         for pool in self._family(family):
             pool.use_template(renewed)
         old.retire()
@@ -169,7 +202,11 @@ class LocalPlatform:
             assert digest is not None
             pool.redeploy(fdef, template, digest)
         self._functions[name] = fdef
-        log.info("function %s now serves artifact %s", name, digest[:12] if digest else None)
+        self._check_now.set()
+        if digest:
+            log.info("function %s now serves artifact %s", name, digest[:12])
+        else:
+            log.warning("function %s cannot serve: %s", name, error)
         return True
 
     def _fingerprint(self) -> tuple[tuple[str, int, str | None], ...]:
@@ -184,9 +221,7 @@ class LocalPlatform:
         fork until the template is renewed (`_renew_stale_templates`)."""
         family = fdef.spec.framework.value
         if family not in self.templates:
-            modules = family_modules([fdef])[family]
-            self.templates[family] = template = Template(family, modules, self.store.root, [digest])
-            template.start()
+            self.templates[family] = self._new_template(family, family_modules([fdef])[family], [digest])
         return self.templates[family]
 
     async def _tick(self) -> None:
@@ -195,6 +230,32 @@ class LocalPlatform:
             await asyncio.sleep(TICK_S)
             for pool in self.pools.values():
                 pool.autoscale()
+
+    async def _check_artifacts(self) -> None:
+        """Each served artifact's blobs against their checksums, off the event loop: a blob hashed once keeps
+        a marker of its stat, so a check is a stat per blob, and a blob written to since is hashed again."""
+        while True:
+            for pool in list(self.pools.values()):
+                digest = pool.digest
+                if digest is not None:
+                    pool.artifact_checked(digest, await asyncio.to_thread(self._artifact_problem, digest))
+            self._check_now.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._check_now.wait(), CHECK_ARTIFACTS_S)
+
+    def _artifact_problem(self, digest: str) -> str | None:
+        try:
+            self.store.open(digest).verify()
+        except (ArtifactCorrupt, ArtifactNotFound) as e:
+            return e.message
+        return None
+
+    async def _watch_instances(self) -> None:
+        while True:
+            await asyncio.sleep(POLICE_S)
+            now = time.monotonic()
+            for pool in self.pools.values():
+                pool.police(now)
 
     async def wait_templates(self) -> None:
         await asyncio.gather(*(t.wait_ready() for t in self.templates.values()), return_exceptions=True)
@@ -221,8 +282,10 @@ class LocalPlatform:
         return [p.status() for p in self.pools.values()]
 
     async def stop(self, drain_seconds: float) -> None:
-        if self._ticker is not None:
-            self._ticker.cancel()
+        self._stopping = True
+        for task in (self._ticker, self._police, self._checker):
+            if task is not None:
+                task.cancel()
         for task in list(self._renewing.values()):
             task.cancel()
         await asyncio.gather(*(p.drain(drain_seconds) for p in self.pools.values()), *self._draining)

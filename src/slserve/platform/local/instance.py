@@ -2,6 +2,9 @@
 
 The loop is single-threaded and never idles on purpose: it blocks for the first request, takes every other
 request already waiting on the socket, runs them as exact batches (`runtime.batching`), answers, and repeats.
+An exception in the processor or the model fails the request that raised it (a merged call that raises is run
+again request by request, so the others are answered); the process serves on. A request the gateway cancelled,
+or whose deadline passed, is dropped if its model call has not begun.
 Requests that arrive while the model runs form the next batch by themselves, so at concurrency 1 nothing
 waits; `max_delay_ms` is spent waiting for more only while traffic is concurrent (the last batch held more
 than one request).
@@ -18,11 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from slserve.errors import SlserveError
+from slserve.errors import InferenceFailed, SlserveError
 from slserve.framing import FrameAssembler
 from slserve.platform.wire import Kind, Message, decode, encode, error_meta
-from slserve.runtime.base import Preloaded, Runtime, load_runtime
-from slserve.runtime.batching import Call, ExactBatcher, merge, split
+from slserve.runtime.base import Preloaded, RequestContext, Runtime, load_runtime
+from slserve.runtime.batching import ExactBatcher, merge, split
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
@@ -93,58 +96,137 @@ class Connection:
                 parts[0] = parts[0][sent:]
 
 
+@dataclass
+class Item:
+    """One request prepared for a model call."""
+
+    msg: Message
+    feeds: dict[str, np.ndarray]
+    context: RequestContext
+
+    @property
+    def id(self) -> int:
+        return self.msg.request_id
+
+
 class InstanceLoop:
-    def __init__(self, conn: Connection, runtime: Runtime, batcher: ExactBatcher, max_delay_ms: float) -> None:
+    def __init__(
+        self, conn: Connection, runtime: Runtime, batcher: ExactBatcher, max_delay_ms: float, function: str
+    ) -> None:
         self.conn = conn
         self.runtime = runtime
         self.batcher = batcher
+        self.function = function
         self.max_batch = batcher.max_rows
         self.max_delay = max_delay_ms / 1000.0
         self.last_batch = 1
+        self.waiting: list[Message] = []  # requests read, not yet taken into a round
+        self.unstarted: set[int] = set()  # requests of this round whose model call has not begun
+        self.stopping = False
 
     def run(self) -> None:
-        while not self.conn.closed:
-            messages = self.conn.receive(None)
-            requests = [m for m in messages if m.kind is Kind.INFER]
+        while True:
+            if not self.waiting:
+                if self.stopping or self.conn.closed:
+                    return
+                self._take(self.conn.receive(None))
             if self.max_batch > 1 and self.max_delay > 0 and self.last_batch > 1:
                 deadline = time.monotonic() + self.max_delay
-                while len(requests) < self.max_batch and (left := deadline - time.monotonic()) > 0:
-                    more = self.conn.receive(left)
-                    messages.extend(more)
-                    requests.extend(m for m in more if m.kind is Kind.INFER)
+                while len(self.waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    if self.conn.closed:
+                        break
+                    self._take(self.conn.receive(left))
+            requests, self.waiting = self.waiting, []
             if requests:
                 self.serve(requests)
-            if any(m.kind is Kind.STOP for m in messages):
+
+    def _take(self, messages: list[Message]) -> None:
+        """Requests wait for the next round; a cancel drops its request if it has not started; a stop lets
+        everything already here finish."""
+        for msg in messages:
+            if msg.kind is Kind.INFER:
+                self.waiting.append(msg)
+            elif msg.kind is Kind.CANCEL:
+                self._cancel(msg.request_id)
+            elif msg.kind is Kind.STOP:
+                self.stopping = True
+
+    def _cancel(self, request_id: int) -> None:
+        for msg in self.waiting:
+            if msg.request_id == request_id:
+                self.waiting.remove(msg)
+                self._drop(request_id, "cancelled")
                 return
+        if request_id in self.unstarted:
+            self.unstarted.discard(request_id)
+            self._drop(request_id, "cancelled")
+        # else: it is running or answered already
+
+    def _drop(self, request_id: int, reason: str) -> None:
+        self.conn.send(Message(Kind.DROPPED, request_id, {"reason": reason}))
+
+    def _expired(self, msg: Message, now: float) -> bool:
+        deadline = msg.meta.get("deadline")
+        if deadline is not None and now >= deadline:  # CLOCK_MONOTONIC: one clock for every process of the host
+            self._drop(msg.request_id, "deadline")
+            return True
+        return False
 
     def serve(self, requests: list[Message]) -> None:
-        prepared: list[tuple[Message, dict[str, np.ndarray]]] = []
+        """Prepare each request, plan exact batches (a request retried after a crash runs alone), run them.
+        Between calls, cancels that arrived meanwhile are taken in, and no call starts past its deadline."""
+        now = time.monotonic()
+        prepared: list[Item] = []
         for msg in requests:
+            if self._expired(msg, now):
+                continue
             try:
                 started = time.perf_counter()
-                request_feeds = self.runtime.prepare(msg.tensors)
-                prepared.append((msg, request_feeds))
+                context = RequestContext(options=msg.meta.get("options") or {})
+                item = Item(msg, self.runtime.prepare(msg.tensors, context), context)
                 msg.meta["prepare_ms"] = (time.perf_counter() - started) * 1000
-                msg.meta["tokens"] = self.runtime.tokens(request_feeds)
-            except SlserveError as e:
-                self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
-        calls = self.batcher.plan([f for _, f in prepared])
-        self.last_batch = max((len(c.items) for c in calls), default=1)
-        for call in calls:
-            self._run_call([prepared[i] for i in call.items], call)
+                msg.meta["tokens"] = self.runtime.tokens(item.feeds)
+            except Exception as e:  # processor code raised: this request fails, the instance serves on
+                self._fail(msg, e)
+                continue
+            prepared.append(item)
+        together = [i for i in prepared if not i.msg.meta.get("alone")]
+        calls = [([together[j] for j in c.items], c.size) for c in self.batcher.plan([i.feeds for i in together])]
+        calls += [([i], self._size_alone(i)) for i in prepared if i.msg.meta.get("alone")]
+        self.last_batch = max((len(items) for items, _ in calls), default=1)
+        self.unstarted = {i.id for i in prepared}
+        for n, (items, size) in enumerate(calls):
+            if n:  # the first call's requests were read just now; later ones may have been cancelled meanwhile
+                self._take(self.conn.receive(0))
+            now = time.monotonic()
+            live = [i for i in items if i.id in self.unstarted and not self._expired(i.msg, now)]
+            self.unstarted.difference_update(i.id for i in items)
+            if len(live) == len(items):
+                self._run_call(live, size)
+            elif live:
+                for planned in self.batcher.plan([i.feeds for i in live]):
+                    self._run_call([live[j] for j in planned.items], planned.size)
+        self.unstarted = set()
 
-    def _run_call(self, items: list[tuple[Message, dict[str, np.ndarray]]], call: Call) -> None:
+    def _size_alone(self, item: Item) -> int:
+        return self.batcher.plan([item.feeds])[0].size
+
+    def _run_call(self, items: list[Item], size: int) -> None:
         start = time.perf_counter()
         try:
-            merged, counts = merge([f for _, f in items], call.size)
+            merged, counts = merge([i.feeds for i in items], size)
             parts = split(self.runtime.run(merged), counts)
             outputs = [self.runtime.finish(p) for p in parts]
-        except SlserveError as e:
-            for msg, _ in items:
-                self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(e.status, e.code, e.message))))
+        except Exception as e:
+            if len(items) > 1:  # one request's input may have broken the call: each runs alone, the rest answered
+                for item in items:
+                    self._run_call([item], self._size_alone(item))
+                return
+            self._fail(items[0].msg, e)
             return
         compute_ms = (time.perf_counter() - start) * 1000
-        for (msg, _), out in zip(items, outputs, strict=True):
+        for item, out in zip(items, outputs, strict=True):
+            msg = item.msg
             wanted = msg.meta.get("outputs")
             tensors = {k: np.ascontiguousarray(v) for k, v in out.items() if wanted is None or k in wanted}
             meta = {
@@ -152,7 +234,14 @@ class InstanceLoop:
                 "batch_size": len(items),
                 "tokens": msg.meta.get("tokens"),
             }
+            if item.context.notes:
+                meta["notes"] = item.context.notes
             self.conn.send(Message(Kind.RESULT, msg.request_id, meta, tensors))
+
+    def _fail(self, msg: Message, error: Exception) -> None:
+        if not isinstance(error, SlserveError):  # the model's or processor's own exception, named for the caller
+            error = InferenceFailed(f"{self.function}: {type(error).__name__}: {error}")
+        self.conn.send(Message(Kind.ERROR, msg.request_id, dict(error_meta(error.status, error.code, error.message))))
 
 
 def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Preloaded | None = None) -> int:
@@ -166,16 +255,16 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         batching = artifact.manifest.spec.batching
         floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none measured: never merge
         batcher = ExactBatcher(batching.max_batch_size, floors)
-        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms)
+        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function)
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
         merged, counts = merge([feeds], batcher.plan([feeds])[0].size)
         runtime.finish(split(runtime.run(merged), counts)[0])
-    except SlserveError as e:
-        conn.send(Message(Kind.ERROR, 0, dict(error_meta(e.status, e.code, f"{config.function}: {e.message}"))))
+    except SlserveError as e:  # the gateway names the function
+        conn.send(Message(Kind.ERROR, 0, dict(error_meta(e.status, e.code, e.message))))
         return 1
     except Exception as e:  # a broken model must not look like a hung start: say what happened
-        message = f"{config.function}: instance failed to start: {type(e).__name__}: {e}"
+        message = f"instance failed to start: {type(e).__name__}: {e}"
         conn.send(Message(Kind.ERROR, 0, dict(error_meta(500, "instance_start_failed", message))))
         return 1
     ready = time.perf_counter()

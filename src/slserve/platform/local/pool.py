@@ -1,6 +1,16 @@
 """One function's instances on this machine: a bounded queue, dispatch, autoscaling, retries.
 
 Everything here runs on the gateway's event loop; instances are processes reached over unix sockets.
+
+What a request may cost others is bounded here:
+- a request whose caller stopped waiting is taken off the queue, or cancelled on its instance (dropped there if
+  its model call has not begun); an instance whose every request was given up `ABANDONED_STOP_S` ago is
+  stopped, so no core computes for nobody;
+- an instance over the function's `resources.memory_mb` (resident memory) is stopped, never the host's OOM
+  killer's choice;
+- the requests an instance held when it died are retried once each, alone on an instance (nothing merged with
+  it, nothing beside it); a request that kills that instance too is refused as a poison request, and the others
+  are answered.
 """
 
 from __future__ import annotations
@@ -13,120 +23,35 @@ import os
 import signal
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from slserve.errors import (
+    ClientClosedRequest,
+    GatewayTimeout,
     InstanceFailed,
     Overloaded,
+    OverMemoryLimit,
+    PoisonRequest,
     RuntimeUnavailable,
     ShuttingDown,
     SlserveError,
     error_from_wire,
 )
-from slserve.framing import FrameAssembler
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances, retry_after_s
+from slserve.platform.local.handle import Instance, InstanceProtocol, InstanceState, Pending
 from slserve.platform.local.templates import Template
-from slserve.platform.wire import Kind, Message, decode, encode
+from slserve.platform.wire import Kind, Message
 from slserve.spec import FunctionDef, FunctionSpec
 
 START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
 SPEED_WEIGHT = 0.1  # of each new reply in the moving average of an instance's rows per second
+ABANDONED_STOP_S = 1.0  # an instance computing only for callers gone this long is stopped
 _request_ids = itertools.count(1)
 log = logging.getLogger("slserve.platform")
-
-
-class InstanceState(StrEnum):
-    STARTING = "starting"
-    IDLE = "idle"
-    BUSY = "busy"
-    DRAINING = "draining"
-    DEAD = "dead"
-
-
-@dataclass
-class Pending:
-    request: InferRequest
-    future: asyncio.Future[InferResult]
-    enqueued_at: float
-    id: int = 0
-    attempts: int = 0
-    dispatched_at: float = 0.0
-    cold_start_ms: float | None = None
-
-
-class Instance:
-    def __init__(self, function: str, number: int, digest: str, version: str) -> None:
-        self.number = number
-        self.name = f"{function}-{number}"
-        self.digest = digest  # the artifact it runs (after a redeploy, old instances serve until replaced)
-        self.version = version
-        self.pid: int | None = None
-        self.state = InstanceState.STARTING
-        self.spawned_at = time.monotonic()
-        self.ready_at: float | None = None
-        self.idle_since: float | None = None
-        self.in_flight: dict[int, Pending] = {}
-        self.channel: InstanceProtocol | None = None
-        self.started: asyncio.Future[Message] | None = None
-        self.device: str | None = None
-        self.load_ms: float | None = None
-        self.preloaded: bool | None = None
-        self.served = 0
-        self.exit_status: str | None = None
-
-    @property
-    def cold_start_ms(self) -> float | None:
-        return None if self.ready_at is None else (self.ready_at - self.spawned_at) * 1000
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "pid": self.pid,
-            "state": self.state.value,
-            "artifact": self.digest[:12],
-            "in_flight": len(self.in_flight),
-            "served": self.served,
-            "cold_start_ms": None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
-            "load_ms": None if self.load_ms is None else round(self.load_ms, 1),
-            "device": self.device,
-            "preloaded": self.preloaded,
-        }
-
-
-class InstanceProtocol(asyncio.BufferedProtocol):
-    """The gateway's end of an instance's socket: frames in, handled in the event loop's read callback (no
-    reader task to wake per message); the loop reads straight into the frame assembler's buffers."""
-
-    def __init__(self, on_message: Callable[[Message], None]) -> None:
-        self.on_message = on_message
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._frames = FrameAssembler()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._frames.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        for body in self._frames.received(nbytes):
-            self.on_message(decode(body))  # tensors are views into `body`
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(encode(msg))
 
 
 def slots(spec: FunctionSpec) -> int:
@@ -143,9 +68,12 @@ class FunctionPool:
         self.template = template
         self.artifacts = artifacts
         self.digest = digest
-        self.error = error  # why it cannot serve (not built, or stale); None when it can
+        self.error = error  # why it cannot serve (not built, or stale, or failing to start); None when it can
+        self.artifact_error: str | None = None  # why its artifact may not be served (a blob corrupt or missing)
+        self.checked: str | None = None  # the digest whose blobs were last found intact, or found not to be
         self.instances: dict[int, Instance] = {}
         self.queue: deque[Pending] = deque()
+        self.retries: deque[Pending] = deque()  # held by an instance that died; each runs again alone
         self.slots = slots(self.spec)
         self.closing = False
         self.cold_starts = 0
@@ -168,6 +96,8 @@ class FunctionPool:
             raise ShuttingDown(f"{self.fdef.name}: the server is shutting down; retry on another server")
         if self.digest is None:
             raise RuntimeUnavailable(self.error or f"{self.fdef.name} has no artifact")
+        if self.artifact_error is not None:
+            raise RuntimeUnavailable(self.artifact_error)
         recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
@@ -180,11 +110,41 @@ class FunctionPool:
             )
         loop = asyncio.get_running_loop()
         pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
+        cancellation = request.cancellation
+
+        def abandon() -> None:
+            self._abandon(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away; not run"))
+
+        if cancellation is not None:
+            cancellation.add_callback(abandon)
         self.queue.append(pending)
         self._dispatch()
         if self.queue or self._may_scale_up():
             self.autoscale()
-        return await pending.future
+        try:
+            return await pending.future
+        except asyncio.CancelledError:  # the request timed out, or the server is stopping
+            self._abandon(pending, None)
+            raise
+        finally:
+            if cancellation is not None:
+                cancellation.remove_callback(abandon)
+
+    def _abandon(self, pending: Pending, error: SlserveError | None) -> None:
+        """Nobody waits for `pending` any more: off the queue if it is still there (failed with `error`), else
+        cancelled on its instance (which drops it unless its model call has begun)."""
+        for line in (self.queue, self.retries):
+            if pending in line:
+                line.remove(pending)
+                if error is not None:
+                    _fail(pending, error)
+                return
+        for inst in self.instances.values():
+            if inst.in_flight.get(pending.id) is pending:
+                pending.abandoned_at = time.monotonic()
+                if inst.channel is not None:
+                    inst.channel.send(Message(Kind.CANCEL, pending.id))
+                return
 
     def _may_scale_up(self) -> bool:
         """With an empty queue, whether the load in flight wants more instances than are running (the
@@ -198,19 +158,53 @@ class FunctionPool:
         return desired_instances(self.spec.scaling, in_flight) > ready
 
     def _dispatch(self) -> None:
+        now = time.monotonic()
+        while self.retries:  # each on an instance of its own, holding nothing else
+            instance = self._empty_instance()
+            if instance is None:
+                break
+            pending = self.retries.popleft()
+            if self._still_wanted(pending, now):
+                instance.exclusive = True
+                self._send(instance, pending)
         while self.queue:
             instance = self._least_loaded()
             if instance is None:
                 return
             pending = self.queue.popleft()
-            if not pending.future.done():  # a client that went away leaves a cancelled future
+            if self._still_wanted(pending, now):
                 self._send(instance, pending)
 
+    def _still_wanted(self, pending: Pending, now: float) -> bool:
+        """Work whose caller left or whose deadline passed is never started."""
+        if pending.future.done():
+            return False
+        if pending.expired(now):
+            _fail(pending, GatewayTimeout(f"{self.fdef.name}: the request's deadline passed while it waited"))
+            return False
+        return True
+
+    def _empty_instance(self) -> Instance | None:
+        for inst in self.instances.values():
+            if inst.serving and not inst.in_flight and inst.digest == self.digest:
+                return inst
+        return None
+
     def warm_capacity(self) -> int:
-        if self.queue:
+        if self.queue or self.retries:
             return 0
-        usable = (i for i in self.instances.values() if i.state in (InstanceState.IDLE, InstanceState.BUSY))
-        return sum(max(0, self.slots - len(i.in_flight)) for i in usable)
+        return sum(max(0, self.slots - len(i.in_flight)) for i in self.instances.values() if self._open(i))
+
+    def _open(self, inst: Instance) -> bool:
+        """Whether new requests may go to `inst`. While retries wait for an instance of their own, the least
+        loaded one takes nothing new, so that it empties for them even under load."""
+        if not inst.serving or inst.exclusive or len(inst.in_flight) >= self.slots:
+            return False
+        return not (self.retries and inst is self._reserved())
+
+    def _reserved(self) -> Instance | None:
+        current = [i for i in self.instances.values() if i.serving and not i.exclusive and i.digest == self.digest]
+        return min(current, key=lambda i: len(i.in_flight)) if current else None
 
     def _least_loaded(self) -> Instance | None:
         """The least loaded instance with a free slot, of the current build if one is up (during a redeploy,
@@ -218,7 +212,7 @@ class FunctionPool:
         best: Instance | None = None
         previous: Instance | None = None
         for inst in self.instances.values():
-            if inst.state not in (InstanceState.IDLE, InstanceState.BUSY) or len(inst.in_flight) >= self.slots:
+            if not self._open(inst):
                 continue
             if inst.digest != self.digest:
                 if previous is None or len(inst.in_flight) < len(previous.in_flight):
@@ -234,13 +228,22 @@ class FunctionPool:
         pending.dispatched_at = time.monotonic()
         inst.in_flight[pending.id] = pending
         inst.state, inst.idle_since = InstanceState.BUSY, None
-        meta = {"outputs": pending.request.outputs} if pending.request.outputs is not None else {}
-        inst.channel.send(Message(Kind.INFER, pending.id, meta, pending.request.inputs))
+        request = pending.request
+        meta: dict[str, Any] = {}
+        if request.outputs is not None:
+            meta["outputs"] = request.outputs
+        if request.deadline is not None:
+            meta["deadline"] = request.deadline
+        if request.options:
+            meta["options"] = request.options
+        inst.channel.send(Message(Kind.INFER, pending.id, meta, request.inputs))
 
     def _on_reply(self, inst: Instance, msg: Message) -> None:
         pending = inst.in_flight.pop(msg.request_id, None)
-        if not inst.in_flight and inst.state is InstanceState.BUSY:
-            inst.state, inst.idle_since = InstanceState.IDLE, time.monotonic()
+        if not inst.in_flight:
+            inst.exclusive = False
+            if inst.state is InstanceState.BUSY:
+                inst.state, inst.idle_since = InstanceState.IDLE, time.monotonic()
         if pending is None:
             return
         inst.served += 1
@@ -257,8 +260,14 @@ class FunctionPool:
                 batch_size=int(msg.meta.get("batch_size", 1)),
                 cold_start_ms=pending.cold_start_ms,
                 tokens=msg.meta.get("tokens"),
+                notes=msg.meta.get("notes") or {},
             )
             _resolve(pending, result)
+        elif msg.kind is Kind.DROPPED:
+            if msg.meta.get("reason") == "deadline":
+                _fail(pending, GatewayTimeout(f"{self.fdef.name}: the request's deadline passed before it ran"))
+            else:
+                _fail(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away; not run"))
         else:
             self.failed += 1
             _fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
@@ -277,7 +286,7 @@ class FunctionPool:
     def autoscale(self) -> None:
         if self.template is None or self.digest is None or self.closing:
             return
-        if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue:
+        if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue and not self.retries:
             return  # a function that keeps failing to start waits for the next request to try again
         now = time.monotonic()
         ready: list[InstanceLoad] = []
@@ -293,7 +302,8 @@ class FunctionPool:
                     idle_since = i.idle_since
                     if idle_since is not None and now - idle_since >= self.spec.scaling.idle_seconds:
                         self._retire(i)
-        decision = decide(self.spec.scaling, ready, starting, len(self.queue) + previous_load, now)
+        waiting = len(self.queue) + len(self.retries) + previous_load
+        decision = decide(self.spec.scaling, ready, starting, waiting, now)
         for _ in range(decision.start):
             self._launch()
         for number in decision.stop:
@@ -316,8 +326,9 @@ class FunctionPool:
         assert self.template is not None
         loop = asyncio.get_running_loop()
         start_error: SlserveError | None = None
+        inst.template = template = self.template
         try:
-            sock, inst.pid = await self.template.spawn(self.fdef.name, inst.name, self.artifacts, inst.digest)
+            sock, inst.pid = await template.spawn(self.fdef.name, inst.name, self.artifacts, inst.digest)
             self._exits[inst.pid] = loop.create_future()
             inst.started = loop.create_future()
             _, inst.channel = await loop.create_unix_connection(
@@ -367,7 +378,7 @@ class FunctionPool:
             self.use_template(template)
         self.fdef, self.spec, self.digest = fdef, fdef.spec, digest
         self.slots = slots(self.spec)
-        self.error, self.start_failures = None, 0
+        self.error, self.start_failures, self.artifact_error = None, 0, None
         serving = 0
         for inst in list(self.instances.values()):
             if inst.state is InstanceState.STARTING:
@@ -408,6 +419,29 @@ class FunctionPool:
         self._dispatch()
         self.autoscale()
 
+    def police(self, now: float) -> None:
+        """Stop the instances that harm others: over the memory limit, or computing only for callers gone."""
+        limit = self.spec.resources.memory_mb * 1024 * 1024
+        for inst in list(self.instances.values()):
+            if inst.pid is None or inst.stopped_because is not None:
+                continue
+            rss = inst.rss_bytes()
+            if rss is not None and rss > limit:
+                inst.over_memory = True
+                self._stop(
+                    inst,
+                    f"its resident memory reached {rss >> 20} MB, over the function's limit of "
+                    f"{self.spec.resources.memory_mb} MB (resources.memory_mb)",
+                )
+            elif inst.abandoned_by_all(now, ABANDONED_STOP_S):
+                self._stop(inst, f"every request it held was given up more than {ABANDONED_STOP_S:g} s ago")
+
+    def _stop(self, inst: Instance, why: str) -> None:
+        inst.stopped_because = why
+        log.warning("function %s: stopping instance %s (pid %s): %s", self.fdef.name, inst.name, inst.pid, why)
+        assert inst.pid is not None
+        _kill(inst.pid)
+
     async def _on_gone(self, inst: Instance, start_error: SlserveError | None) -> None:
         was_ready = inst.ready_at is not None
         expected = inst.state is InstanceState.DRAINING or self.closing
@@ -419,26 +453,25 @@ class FunctionPool:
         if inst.pid is not None:
             if not expected:
                 _kill(inst.pid)  # a half-dead instance (socket closed, process stuck) must not linger
-            status = await self._exit_status(inst.pid)
+            status = await self._exit_status(inst)
+        if inst.stopped_because:
+            status = f"stopped by the gateway: {inst.stopped_because}"
         orphans = list(inst.in_flight.values())
         inst.in_flight.clear()
+        if not expected and was_ready:
+            held = f", holding {len(orphans)} request(s)" if orphans else ""
+            log.warning(
+                "function %s: instance %s (pid %s) ended (%s)%s", self.fdef.name, inst.name, inst.pid, status, held
+            )
         for pending in orphans:
-            pending.attempts += 1
-            if pending.attempts >= 2:
-                self.failed += 1
-                _fail(
-                    pending,
-                    InstanceFailed(
-                        f"{self.fdef.name}: instance {inst.name} (pid {inst.pid}) died ({status}) while serving this "
-                        "request, and so did the retry on another instance; the model may crash on this input"
-                    ),
-                )
-            else:
-                self.queue.appendleft(pending)  # inference is idempotent: retry once, first in line
+            self._orphaned(pending, inst, status)
         if not was_ready and not expected:
             self.start_failures += 1
             self.failed_start_at = time.monotonic()
-            detail = start_error.message if start_error else f"instance {inst.name} exited while starting ({status})"
+            if start_error is not None:
+                detail = start_error.message.removeprefix(f"{self.fdef.name}: ")  # named once, here
+            else:
+                detail = f"instance {inst.name} exited while starting ({status})"
             self.error = f"{self.fdef.name}: cannot start an instance: {detail}"
             # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
             if start_error is not None or self.start_failures >= MAX_START_FAILURES:
@@ -446,25 +479,63 @@ class FunctionPool:
         self._dispatch()
         self.autoscale()
 
+    def _orphaned(self, pending: Pending, inst: Instance, status: str) -> None:
+        """A request its instance died holding: retried once, alone on an instance (inference is idempotent),
+        unless its caller is gone; refused when it dies alone too."""
+        if pending.future.done():
+            return
+        if pending.abandoned_at is not None:
+            _fail(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away while it ran"))
+            return
+        pending.attempts += 1
+        if pending.attempts < 2:
+            self.retries.append(pending)
+            return
+        self.failed += 1
+        if inst.over_memory:
+            _fail(
+                pending,
+                OverMemoryLimit(
+                    f"{self.fdef.name}: this request took an instance over the function's memory limit of "
+                    f"{self.spec.resources.memory_mb} MB (resources.memory_mb), and again when it ran alone; "
+                    "send fewer or smaller rows"
+                ),
+            )
+        elif inst.stopped_because is None:
+            _fail(
+                pending,
+                PoisonRequest(
+                    f"{self.fdef.name}: this request crashed instance {inst.name} ({status}) while it ran alone, "
+                    "after a first crash; it is not retried again (poison request): the model cannot take this input"
+                ),
+            )
+        else:
+            _fail(pending, InstanceFailed(f"{self.fdef.name}: instance {inst.name} was lost twice ({status})"))
+
     def _fail_queue(self, error: SlserveError) -> None:
-        while self.queue:
-            self.failed += 1
-            _fail(self.queue.popleft(), error)
+        for line in (self.queue, self.retries):
+            while line:
+                self.failed += 1
+                _fail(line.popleft(), error)
 
     def _on_process_exit(self, pid: int, status: str) -> None:
         waiter = self._exits.get(pid)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
 
-    async def _exit_status(self, pid: int) -> str:
+    async def _exit_status(self, inst: Instance) -> str:
         """How the process ended, as its template reaped it (the socket closes first; the report follows)."""
-        waiter = self._exits.setdefault(pid, asyncio.get_running_loop().create_future())
+        assert inst.pid is not None
+        if inst.template is not None and not inst.template.alive:
+            self._exits.pop(inst.pid, None)
+            return "exit status unknown: its template process is gone"
+        waiter = self._exits.setdefault(inst.pid, asyncio.get_running_loop().create_future())
         try:
             return await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
         except TimeoutError:
             return "exit status unknown"
         finally:
-            self._exits.pop(pid, None)
+            self._exits.pop(inst.pid, None)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -472,7 +543,7 @@ class FunctionPool:
         """Stop taking requests, let the accepted ones finish, then stop every instance."""
         self.closing = True
         deadline = time.monotonic() + timeout
-        while (self.queue or any(i.in_flight for i in self.instances.values())) and time.monotonic() < deadline:
+        while self._holds_work() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         self._fail_queue(ShuttingDown(f"{self.fdef.name}: the server shut down before this request could run"))
         for inst in list(self.instances.values()):
@@ -484,6 +555,36 @@ class FunctionPool:
         for inst in list(self.instances.values()):
             if inst.pid is not None:
                 _kill(inst.pid)
+
+    def _holds_work(self) -> bool:
+        return bool(self.queue or self.retries or any(i.in_flight for i in self.instances.values()))
+
+    def artifact_checked(self, digest: str, problem: str | None) -> None:
+        """The result of checking `digest`'s blobs against their checksums. A corrupt artifact is never served:
+        its instances finish what they hold and stop, and no new one starts until a rebuild."""
+        if digest != self.digest:
+            return  # redeployed meanwhile: the new build gets its own check
+        if problem is not None and problem != self.artifact_error:
+            log.error("function %s cannot serve: %s", self.fdef.name, problem)
+            for inst in list(self.instances.values()):
+                if inst.digest == digest and inst.state is not InstanceState.DRAINING:
+                    self._retire(inst)
+        elif problem is None and self.artifact_error is not None:
+            log.info("function %s: its artifact is intact again", self.fdef.name)
+        self.checked, self.artifact_error = digest, problem
+        if problem is not None:
+            self._fail_queue(RuntimeUnavailable(problem))
+
+    @property
+    def ready(self) -> bool:
+        """It can take requests now: built, its artifact checked intact, not failing to start."""
+        return (
+            self.digest is not None
+            and self.checked == self.digest
+            and self.artifact_error is None
+            and self.error is None
+            and not self.closing
+        )
 
     def status(self) -> FunctionStatus:
         spec = self.spec
@@ -500,7 +601,8 @@ class FunctionPool:
             cold_starts=self.cold_starts,
             served=self.served,
             failed=self.failed,
-            error=self.error,
+            error=self.artifact_error or self.error,
+            ready=self.ready,
         )
 
 

@@ -19,6 +19,7 @@ from slserve.errors import RuntimeUnavailable
 from slserve.framing import widen_buffers
 
 ExitListener = Callable[[int, str], None]
+GoneListener = Callable[["Template"], None]
 # What a family's template imports before anything else: the framework itself and slserve's adapter.
 RUNTIME_MODULES = {
     "torch": ["torch", "slserve.runtime.torch_runtime"],
@@ -43,12 +44,18 @@ class Template:
         self._tokens = itertools.count(1)
         self._spawned: dict[int, asyncio.Future[int]] = {}
         self._exit_listeners: list[ExitListener] = []
+        self._gone_listeners: list[GoneListener] = []
+        self.alive = False  # its control socket is open: it forks, and reports its instances' exits
         self.children: set[int] = set()  # instances forked and not yet exited
         self.retired = False  # replaced: forks nothing more, exits with its last instance
         self._exited: asyncio.Future[int | None] | None = None
 
     def on_exit(self, listener: ExitListener) -> None:
         self._exit_listeners.append(listener)
+
+    def on_gone(self, listener: GoneListener) -> None:
+        """`listener(template)` when the process goes away unasked (it crashed, or was killed)."""
+        self._gone_listeners.append(listener)
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -60,6 +67,7 @@ class Template:
         theirs.close()
         ours.setblocking(False)
         self._ctrl = ours
+        self.alive = True
         asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
 
     async def wait_ready(self) -> None:
@@ -104,6 +112,8 @@ class Template:
             data = self._ctrl.recv(1 << 16)
         except BlockingIOError:
             return
+        except ConnectionError:
+            data = b""
         if not data:
             self._on_gone()
             return
@@ -126,17 +136,22 @@ class Template:
                 self._close()
 
     def _on_gone(self) -> None:
-        assert self._ctrl is not None
-        asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
+        was_ready = self.ready
+        self._close_control()
         code = self.proc.poll() if self.proc else None
-        self.error = self.error or (
-            f"the {self.family} template process exited ({code}) while importing {self.modules}; "
-            "run `slserve serve` in a terminal to see its error"
-        )
+        if was_ready:
+            self.error = f"the {self.family} template process exited ({code}); it is being restarted"
+        else:
+            self.error = self.error or (
+                f"the {self.family} template process exited ({code}) while importing {self.modules}; "
+                "run `slserve serve` in a terminal to see its error"
+            )
         self._ready.set()
         for future in self._spawned.values():
             if not future.done():
                 future.set_exception(RuntimeUnavailable(self.error))
+        for listener in self._gone_listeners:
+            listener(self)
 
     def retire(self) -> None:
         """A renewed template took over: this one exits once the instances it forked have (their exits are
@@ -152,6 +167,7 @@ class Template:
             self._exited = asyncio.get_running_loop().run_in_executor(None, self.proc.wait)
 
     def _close_control(self) -> None:
+        self.alive = False
         if self._ctrl is not None:
             with contextlib.suppress(RuntimeError):
                 asyncio.get_running_loop().remove_reader(self._ctrl.fileno())
