@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from tests.integration.server import Server
 
@@ -89,6 +89,18 @@ DATATYPES = st.sampled_from(["BYTES", "FP32", "INT64", "FP16", "BOOL", "UINT8"])
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+@example(  # a zero dimension beside two huge ones: zero elements, but no array can have that shape
+    path="/v2/models/words/infer", name="text", datatype="BYTES", shape=[0, 2**30, 2**30], data=b"",
+    declared=0, header_length=None, depth=0,
+)  # fmt: skip
+@example(  # 200 M strings declared over 9 bytes
+    path="/v2/models/words/infer", name="text", datatype="BYTES", shape=[200_000_000], data=b"\x05\0\0\0hello",
+    declared=9, header_length=None, depth=0,
+)  # fmt: skip
+@example(  # nested far deeper than any shape
+    path="/v2/models/words/infer", name="text", datatype="BYTES", shape=[1], data=b"", declared=None,
+    header_length=None, depth=300,
+)  # fmt: skip
 @given(
     path=st.sampled_from(["/v2/models/words/infer", "/v2/models/hazards/infer"]),
     name=st.sampled_from(["text", "x"]),

@@ -196,6 +196,9 @@ class SQLiteLedger:
         async with self._start_lock:
             if self._acks_open:
                 return
+            old = self._writer
+            if old is not None and old.returncode is None and old.stdin is not None:
+                old.stdin.close()  # a writer whose acknowledgements stopped: it commits what it has and exits
             try:
                 writer = await asyncio.create_subprocess_exec(
                     sys.executable,
