@@ -251,14 +251,26 @@ def settle(gw: Gateway, functions: list[str], limit_s: float = 120) -> None:
         time.sleep(0.2)
 
 
-def ledger_check(state: Path, tenant: str, tally: Tally) -> tuple[int, int, collections.Counter[int]]:
-    """(billed but undelivered, mismatches, records by status) for the tenant."""
+def ledger_check(state: Path, tenant: str, tally: Tally) -> tuple[list[str], int, collections.Counter[int]]:
+    """(request ids billed but undelivered, mismatches, records by status) for the tenant."""
     with sqlite3.connect(state / "ledger.sqlite") as db:
         rows = db.execute("SELECT request_id, status, price FROM records WHERE tenant = ?", (tenant,)).fetchall()
     records = {r[0]: (r[1], r[2]) for r in rows}
-    undelivered = sum(1 for request_id, (_, price) in records.items() if price and request_id not in tally.delivered)
+    undelivered = [
+        request_id for request_id, (_, price) in records.items() if price and request_id not in tally.delivered
+    ]
     mismatches = sum(1 for request_id, cost in tally.delivered.items() if records.get(request_id) != (200, cost))
     return undelivered, mismatches, collections.Counter(r[1] for r in rows)
+
+
+def gateway_ms(log: Path, request_ids: list[str]) -> list[float]:
+    """How long the gateway took to answer each of these requests (its access log), largest first."""
+    wanted = set(request_ids)
+    found = []
+    for line in log.read_text().splitlines():
+        if '"infer"' in line and any(r in line for r in wanted):
+            found.append(float(json.loads(line)["ms"]))
+    return sorted(found, reverse=True)
 
 
 def main() -> None:
@@ -272,10 +284,11 @@ def main() -> None:
         from slserve.accounts.keys import SQLiteKeyStore, new_key
 
         key = SQLiteKeyStore(gw.state).create(new_key("soak"))
-        asyncio.run(closed_loop(gw, key, 4, 3.0))  # warm: instances up, page cache hot
-        _, alone = asyncio.run(closed_loop(gw, key, 1, 5.0))
+        probe = SQLiteKeyStore(gw.state).create(new_key("probe"))  # measuring, not in the soak's accounts
+        asyncio.run(closed_loop(gw, probe, 4, 3.0))  # warm: instances up, page cache hot
+        _, alone = asyncio.run(closed_loop(gw, probe, 1, 5.0))
         normal_ms = pct(alone, 50)
-        capacity, _ = asyncio.run(closed_loop(gw, key, 16, 10.0))
+        capacity, _ = asyncio.run(closed_loop(gw, probe, 16, 10.0))
         settle(gw, ["minilm"])
         rate = args.factor * capacity
         tally = Tally()
@@ -286,7 +299,7 @@ def main() -> None:
             watcher = asyncio.create_task(watch_memory(gw, peaks, stop))
             await open_loop(gw, key, rate, args.seconds, tally)
             await asyncio.to_thread(settle, gw, ["minilm", "hazards"])
-            recovered = await until_normal(gw, key, normal_ms)
+            recovered = await until_normal(gw, probe, normal_ms)
             stop.set()
             await watcher
             return recovered
@@ -294,7 +307,9 @@ def main() -> None:
         started = time.monotonic()
         recovered = asyncio.run(soak())
         wall = time.monotonic() - started
-        undelivered, mismatches, recorded = ledger_check(gw.state, "soak", tally)
+        billed_undelivered, mismatches, recorded = ledger_check(gw.state, "soak", tally)
+        undelivered = len(billed_undelivered)
+        undelivered_ms = gateway_ms(log, billed_undelivered)
         ended = [line for line in log.read_text().splitlines() if "instance" in line and " ended (" in line]
         stopped = sum(1 for line in ended if "stopped by the gateway" in line)
         crashes = len(ended) - stopped
@@ -312,6 +327,7 @@ def main() -> None:
         "lost": len(tally.lost),
         "lost_examples": tally.lost[:5],
         "billed_undelivered": undelivered,
+        "billed_undelivered_gateway_ms": undelivered_ms,
         "ledger_mismatches": mismatches,
         "records_by_status": dict(sorted(recorded.items())),
         "instance_crashes": crashes,
@@ -339,6 +355,8 @@ def main() -> None:
         f"{recovered:.1f} s (p50 within 1.5x of {normal_ms:.1f} ms) |"
     )
     print(f"\nledger records by status: {json.dumps(dict(sorted(recorded.items())))}")
+    if undelivered:
+        print(f"billed undelivered: the gateway answered them in {[round(ms) for ms in undelivered_ms]} ms")
     if tally.lost:
         print(f"lost, e.g.: {tally.lost[:3]}")
 

@@ -76,3 +76,7 @@ def test_a_crashing_request_is_refused_after_two_crashes_and_its_batch_mates_are
     (row,) = ledger_rows(server.state, "request_id = ?", poison.headers["x-request-id"])
     assert row[1:3] == (500, 0)
     assert server.post("/v2/models/hazards/infer", json=fine()).status_code == 200  # and it serves on
+    # The same input again is refused at once: it costs no instance (a tenant cannot keep a function cold).
+    again = server.post("/v2/models/hazards/infer", json=crashing())
+    assert again.status_code == 500 and "refused again without running it" in again.json()["error"], again.text
+    assert len(crash_lines(server)) == crashes_before + 2

@@ -144,6 +144,11 @@ class Pipeline:
         if call.slot is not None:
             stored = StoredResponse(call.request_id, call.fingerprint(path), 200, headers, body)
         await self._record(call, route, served, 200, len(body), served.cost, stored)
+        if call.gone and self.ledger is not None:  # left while its record was made durable: the answer goes nowhere
+            price = served.cost if self.bill_abandoned else 0
+            await self.ledger.correct(call.request_id, ABANDONED, price)
+            call.charged = price > 0
+            raise ClientClosedRequest("the client went away before its answer was sent")
         return 200, body, headers
 
     async def _record(

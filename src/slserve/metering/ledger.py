@@ -66,6 +66,15 @@ class Record:
     fallback: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Correction:
+    """A record already written, set to another status and price: its client left before the answer went out."""
+
+    request_id: str
+    status: int
+    price: int
+
+
 COLUMNS = [f.name for f in fields(Record)]
 _row = attrgetter(*COLUMNS)  # Record -> its row, in column order (dataclasses.astuple deep-copies: slow)
 
@@ -98,6 +107,10 @@ class Ledger(Protocol):
     async def append(self, record: Record, response: tuple[str, str, StoredResponse] | None = None) -> None:
         """Make `record` durable (and `response` under (key id, idempotency key), in the same transaction);
         return once it is. Raises LedgerUnavailable when it cannot be."""
+        ...
+
+    async def correct(self, request_id: str, status: int, price: int) -> None:
+        """Set a written record's status and price (and drop its stored answer); return once durable."""
         ...
 
     def stored_response(self, key_id: str, idempotency_key: str) -> StoredResponse | None: ...
@@ -141,9 +154,13 @@ INSERT_RECORDS = (
 # A stored answer is written only when the gateway found none in force for its key (the key's requests run one
 # at a time); one older than the retention may still sit there until the writer prunes it, and is replaced.
 INSERT_RESPONSE = "INSERT OR REPLACE INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)"
+CORRECT = (
+    "UPDATE records SET status = ?, price = ? WHERE request_id = ?",
+    "DELETE FROM responses WHERE request_id = ?",
+)
 DEFAULT_RETENTION_S = 24 * 3600.0
 
-Pending = tuple[Record, tuple[str, str, StoredResponse] | None, asyncio.Future[None], float]
+Pending = tuple[Record | Correction, tuple[str, str, StoredResponse] | None, asyncio.Future[None], float]
 
 
 def _b64(data: bytes) -> str:
@@ -179,6 +196,12 @@ class SQLiteLedger:
         self._last_lag_s = 0.0
 
     async def append(self, record: Record, response: tuple[str, str, StoredResponse] | None = None) -> None:
+        await self._enqueue(record, response)
+
+    async def correct(self, request_id: str, status: int, price: int) -> None:
+        await self._enqueue(Correction(request_id, status, price), None)
+
+    async def _enqueue(self, record: Record | Correction, response: tuple[str, str, StoredResponse] | None) -> None:
         if not self._acks_open:
             await self._start()
         loop = asyncio.get_running_loop()
@@ -228,15 +251,17 @@ class SQLiteLedger:
             self._fail(group, "the ledger writer is not running")
             return
         self._seq += 1
-        records = [_row(r) for r, _, _, _ in group]
+        records = [_row(r) for r, _, _, _ in group if isinstance(r, Record)]
         responses = [
             [key_id, idem, s.request_id, s.fingerprint, s.status, orjson.dumps(s.headers).decode(), _b64(s.body)]
             for _, kept, _, _ in group
             if kept is not None
             for key_id, idem, s in [kept]
         ]
+        corrections = [[c.status, c.price, c.request_id] for c, _, _, _ in group if isinstance(c, Correction)]
         rows = orjson.dumps(records)
-        payload = SEQ.pack(self._seq) + LENGTH.pack(len(rows)) + rows + orjson.dumps(responses)
+        rest = orjson.dumps({"responses": responses, "corrections": corrections})
+        payload = SEQ.pack(self._seq) + LENGTH.pack(len(rows)) + rows + rest
         self._sent[self._seq] = group
         writer.stdin.write(LENGTH.pack(len(payload)) + payload)
 
@@ -267,7 +292,7 @@ class SQLiteLedger:
         if not group:
             return
         self._pending -= len(group)
-        self._records += len(group) - len(refused)
+        self._records += sum(1 for r, _, _, _ in group if isinstance(r, Record)) - len(refused)
         self._last_group, self._last_lag_s = len(group), time.monotonic() - group[0][3]
         for record, _, future, _ in group:
             if future.done():

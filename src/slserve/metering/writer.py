@@ -13,7 +13,8 @@ savepoints, so the others in its group commit (and it is reported by request id)
 older than RETENTION_S are pruned every few minutes, after an acknowledgement.
 
 Frames, both ways: u32 length, then the payload.
-    gateway -> writer: u64 group sequence number, u32 n, n bytes of JSON rows (records), JSON [responses]
+    gateway -> writer: u64 group sequence number, u32 n, n bytes of JSON rows (records),
+                       JSON {"responses": [...], "corrections": [[status, price, request id], ...]}
     writer -> gateway: u64 first sequence, u64 last sequence, u8 ok, then an error message if not ok, or if ok
                        and some records were refused, JSON {request id: why}
 """
@@ -89,24 +90,36 @@ def write_groups(
         return f"{type(e).__name__}: {e}", {}
 
 
-def _parts(payload: bytearray | bytes) -> tuple[bytes, list[list[Any]]]:
-    """A group's records (a JSON array of rows) and its stored responses (rows, body base64-decoded)."""
+def _parts(payload: bytearray | bytes) -> tuple[bytes, list[list[Any]], list[list[Any]]]:
+    """A group's records (a JSON array of rows), its stored responses (rows, body base64-decoded) and its
+    corrections ([status, price, request id])."""
     (n,) = LENGTH.unpack_from(payload, SEQ.size)
     start = SEQ.size + LENGTH.size
-    responses: list[list[Any]] = orjson.loads(payload[start + n :])
+    rest = orjson.loads(payload[start + n :])
+    responses: list[list[Any]] = rest["responses"]
     for row in responses:
         row[-1] = base64.b64decode(row[-1])
-    return bytes(payload[start : start + n]), responses
+    return bytes(payload[start : start + n]), responses, rest["corrections"]
+
+
+def _correct(db: sqlite3.Connection, corrections: list[list[Any]]) -> None:
+    from slserve.metering.ledger import CORRECT
+
+    update, forget = CORRECT
+    db.executemany(update, corrections)
+    db.executemany(forget, [[c[-1]] for c in corrections])
 
 
 def _insert_all(db: sqlite3.Connection, groups: list[bytearray | bytes], records: str, response: str) -> None:
     """The fast path: each group's records in one statement (SQLite unpacks the JSON array in C)."""
     db.execute("BEGIN IMMEDIATE")
     for payload in groups:
-        rows, responses = _parts(payload)
+        rows, responses, corrections = _parts(payload)
         db.execute(records, (rows.decode(),))
         if responses:
             db.executemany(response, responses)
+        if corrections:
+            _correct(db, corrections)
 
 
 def _insert_each(
@@ -117,7 +130,7 @@ def _insert_each(
     refused: dict[str, str] = {}
     db.execute("BEGIN IMMEDIATE")
     for payload in groups:
-        rows, responses = _parts(payload)
+        rows, responses, corrections = _parts(payload)
         kept = {row[2]: row for row in responses}  # request id -> its stored response
         for row in orjson.loads(rows):
             request_id = row[0]
@@ -130,6 +143,8 @@ def _insert_each(
                 db.execute("ROLLBACK TO one")
                 refused[request_id] = f"{type(e).__name__}: {e}"
             db.execute("RELEASE one")
+        if corrections:
+            _correct(db, corrections)
     return refused
 
 

@@ -57,7 +57,6 @@ class Instance:
         self.in_flight: dict[int, Pending] = {}
         self.exclusive = False  # holds a request retried after a crash, and nothing else
         self.channel: InstanceProtocol | None = None
-        self.started: asyncio.Future[Message] | None = None
         self.device: str | None = None
         self.load_ms: float | None = None
         self.preloaded: bool | None = None

@@ -16,11 +16,8 @@ What a request may cost others is bounded here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
-import os
-import signal
 import time
 from collections import deque
 from pathlib import Path
@@ -29,7 +26,6 @@ from typing import Any
 from slserve.errors import (
     ClientClosedRequest,
     GatewayTimeout,
-    InstanceFailed,
     Overloaded,
     OverMemoryLimit,
     PoisonRequest,
@@ -40,12 +36,13 @@ from slserve.errors import (
 )
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances, retry_after_s
-from slserve.platform.local.handle import Instance, InstanceProtocol, InstanceState, Pending
+from slserve.platform.local.deaths import PoisonMemory, after_death
+from slserve.platform.local.handle import Instance, InstanceState, Pending
+from slserve.platform.local.processes import Processes, kill
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Kind, Message
 from slserve.spec import FunctionDef, FunctionSpec
 
-START_TIMEOUT_S = 120.0
 MAX_START_FAILURES = 3
 START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
 SPEED_WEIGHT = 0.1  # of each new reply in the moving average of an instance's rows per second
@@ -65,8 +62,6 @@ class FunctionPool:
     ) -> None:
         self.fdef = fdef
         self.spec = fdef.spec
-        self.template = template
-        self.artifacts = artifacts
         self.digest = digest
         self.error = error  # why it cannot serve (not built, or stale, or failing to start); None when it can
         self.artifact_error: str | None = None  # why its artifact may not be served (a blob corrupt or missing)
@@ -74,6 +69,7 @@ class FunctionPool:
         self.instances: dict[int, Instance] = {}
         self.queue: deque[Pending] = deque()
         self.retries: deque[Pending] = deque()  # held by an instance that died; each runs again alone
+        self.poison = PoisonMemory()
         self.slots = slots(self.spec)
         self.closing = False
         self.cold_starts = 0
@@ -84,10 +80,7 @@ class FunctionPool:
         self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
         self.warned_cpu = False  # said once that it names a GPU but runs on the CPU
         self._numbers = itertools.count(1)
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._exits: dict[int, asyncio.Future[str]] = {}
-        if template is not None:
-            template.on_exit(self._on_process_exit)
+        self.processes = Processes(fdef.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)
 
     # --- requests ------------------------------------------------------------------------------------------
 
@@ -98,6 +91,7 @@ class FunctionPool:
             raise RuntimeUnavailable(self.error or f"{self.fdef.name} has no artifact")
         if self.artifact_error is not None:
             raise RuntimeUnavailable(self.artifact_error)
+        self.poison.check(request)
         recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
@@ -284,7 +278,7 @@ class FunctionPool:
     # --- instances -----------------------------------------------------------------------------------------
 
     def autoscale(self) -> None:
-        if self.template is None or self.digest is None or self.closing:
+        if self.processes.template is None or self.digest is None or self.closing:
             return
         if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue and not self.retries:
             return  # a function that keeps failing to start waits for the next request to try again
@@ -313,61 +307,15 @@ class FunctionPool:
         assert self.digest is not None
         inst = Instance(self.fdef.name, next(self._numbers), self.digest, self.spec.model.version)
         self.instances[inst.number] = inst
-        task = asyncio.get_running_loop().create_task(self._run_instance(inst))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.processes.start(inst)
 
     def _retire(self, inst: Instance) -> None:
         inst.state = InstanceState.DRAINING
         if inst.channel is not None:
             inst.channel.send(Message(Kind.STOP))
 
-    async def _run_instance(self, inst: Instance) -> None:
-        assert self.template is not None
-        loop = asyncio.get_running_loop()
-        start_error: SlserveError | None = None
-        inst.template = template = self.template
-        try:
-            sock, inst.pid = await template.spawn(self.fdef.name, inst.name, self.artifacts, inst.digest)
-            self._exits[inst.pid] = loop.create_future()
-            inst.started = loop.create_future()
-            _, inst.channel = await loop.create_unix_connection(
-                lambda: InstanceProtocol(lambda msg: self._on_message(inst, msg)), sock=sock
-            )
-            closed = inst.channel.closed
-            waiters: list[asyncio.Future[Any]] = [inst.started, closed]
-            await asyncio.wait(waiters, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
-            if not inst.started.done():
-                if not closed.done():
-                    raise TimeoutError
-                return  # died while starting
-            first = inst.started.result()
-            if first.kind is Kind.ERROR:
-                start_error = error_from_wire(first.meta["status"], first.meta["code"], first.meta["message"])
-                return
-            self._on_ready(inst, first)
-            await closed
-        except ConnectionError:
-            pass
-        except TimeoutError:
-            start_error = RuntimeUnavailable(f"{inst.name} did not report ready within {START_TIMEOUT_S:.0f} s")
-        except SlserveError as e:
-            start_error = e
-        finally:
-            await self._on_gone(inst, start_error)
-
-    def _on_message(self, inst: Instance, msg: Message) -> None:
-        if inst.started is not None and not inst.started.done():
-            inst.started.set_result(msg)  # READY, or ERROR with request id 0: the start failed
-        else:
-            self._on_reply(inst, msg)
-
     def use_template(self, template: Template) -> None:
-        """Fork new instances from `template` (a renewed one); instances of the previous template run on, and
-        their exits are still heard from it."""
-        if template is not self.template:
-            template.on_exit(self._on_process_exit)
-            self.template = template
+        self.processes.use(template)
 
     def redeploy(self, fdef: FunctionDef, template: Template | None, digest: str) -> None:
         """Serve `digest` from now on, without a cold start for anyone: each running instance gets a
@@ -385,7 +333,7 @@ class FunctionPool:
                 self._retire(inst)
             elif inst.state in (InstanceState.IDLE, InstanceState.BUSY):
                 serving += 1
-        if self.template is not None and not self.closing:
+        if self.processes.template is not None and not self.closing:
             for _ in range(min(serving, self.spec.scaling.max_instances)):
                 self._launch()
         self.autoscale()
@@ -428,34 +376,20 @@ class FunctionPool:
             rss = inst.rss_bytes()
             if rss is not None and rss > limit:
                 inst.over_memory = True
-                self._stop(
+                self.processes.stop(
                     inst,
                     f"its resident memory reached {rss >> 20} MB, over the function's limit of "
                     f"{self.spec.resources.memory_mb} MB (resources.memory_mb)",
                 )
             elif inst.abandoned_by_all(now, ABANDONED_STOP_S):
-                self._stop(inst, f"every request it held was given up more than {ABANDONED_STOP_S:g} s ago")
-
-    def _stop(self, inst: Instance, why: str) -> None:
-        inst.stopped_because = why
-        log.warning("function %s: stopping instance %s (pid %s): %s", self.fdef.name, inst.name, inst.pid, why)
-        assert inst.pid is not None
-        _kill(inst.pid)
+                self.processes.stop(inst, f"every request it held was given up more than {ABANDONED_STOP_S:g} s ago")
 
     async def _on_gone(self, inst: Instance, start_error: SlserveError | None) -> None:
         was_ready = inst.ready_at is not None
         expected = inst.state is InstanceState.DRAINING or self.closing
         inst.state = InstanceState.DEAD
         self.instances.pop(inst.number, None)
-        if inst.channel is not None and inst.channel.transport is not None:
-            inst.channel.transport.close()
-        status = "not started"
-        if inst.pid is not None:
-            if not expected:
-                _kill(inst.pid)  # a half-dead instance (socket closed, process stuck) must not linger
-            status = await self._exit_status(inst)
-        if inst.stopped_because:
-            status = f"stopped by the gateway: {inst.stopped_because}"
+        status = await self.processes.ended(inst, make_sure=not expected)  # a process stuck after its socket closed
         orphans = list(inst.in_flight.values())
         inst.in_flight.clear()
         if not expected and was_ready:
@@ -480,62 +414,22 @@ class FunctionPool:
         self.autoscale()
 
     def _orphaned(self, pending: Pending, inst: Instance, status: str) -> None:
-        """A request its instance died holding: retried once, alone on an instance (inference is idempotent),
-        unless its caller is gone; refused when it dies alone too."""
         if pending.future.done():
             return
-        if pending.abandoned_at is not None:
-            _fail(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away while it ran"))
-            return
-        pending.attempts += 1
-        if pending.attempts < 2:
+        error = after_death(pending, inst, status, self.fdef.name, self.spec.resources.memory_mb)
+        if error is None:
             self.retries.append(pending)
             return
         self.failed += 1
-        if inst.over_memory:
-            _fail(
-                pending,
-                OverMemoryLimit(
-                    f"{self.fdef.name}: this request took an instance over the function's memory limit of "
-                    f"{self.spec.resources.memory_mb} MB (resources.memory_mb), and again when it ran alone; "
-                    "send fewer or smaller rows"
-                ),
-            )
-        elif inst.stopped_because is None:
-            _fail(
-                pending,
-                PoisonRequest(
-                    f"{self.fdef.name}: this request crashed instance {inst.name} ({status}) while it ran alone, "
-                    "after a first crash; it is not retried again (poison request): the model cannot take this input"
-                ),
-            )
-        else:
-            _fail(pending, InstanceFailed(f"{self.fdef.name}: instance {inst.name} was lost twice ({status})"))
+        if isinstance(error, PoisonRequest | OverMemoryLimit):
+            self.poison.remember(pending.request, error)
+        _fail(pending, error)
 
     def _fail_queue(self, error: SlserveError) -> None:
         for line in (self.queue, self.retries):
             while line:
                 self.failed += 1
                 _fail(line.popleft(), error)
-
-    def _on_process_exit(self, pid: int, status: str) -> None:
-        waiter = self._exits.get(pid)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(status)
-
-    async def _exit_status(self, inst: Instance) -> str:
-        """How the process ended, as its template reaped it (the socket closes first; the report follows)."""
-        assert inst.pid is not None
-        if inst.template is not None and not inst.template.alive:
-            self._exits.pop(inst.pid, None)
-            return "exit status unknown: its template process is gone"
-        waiter = self._exits.setdefault(inst.pid, asyncio.get_running_loop().create_future())
-        try:
-            return await asyncio.wait_for(asyncio.shield(waiter), timeout=1.0)
-        except TimeoutError:
-            return "exit status unknown"
-        finally:
-            self._exits.pop(inst.pid, None)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -548,13 +442,10 @@ class FunctionPool:
         self._fail_queue(ShuttingDown(f"{self.fdef.name}: the server shut down before this request could run"))
         for inst in list(self.instances.values()):
             self._retire(inst)
-        if self._tasks:
-            _, still = await asyncio.wait(set(self._tasks), timeout=5)
-            for task in still:
-                task.cancel()
+        await self.processes.wait(timeout=5)
         for inst in list(self.instances.values()):
             if inst.pid is not None:
-                _kill(inst.pid)
+                kill(inst.pid)
 
     def _holds_work(self) -> bool:
         return bool(self.queue or self.retries or any(i.in_flight for i in self.instances.values()))
@@ -614,8 +505,3 @@ def _resolve(pending: Pending, result: InferResult) -> None:
 def _fail(pending: Pending, error: SlserveError) -> None:
     if not pending.future.done():
         pending.future.set_exception(error)
-
-
-def _kill(pid: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
