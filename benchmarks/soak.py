@@ -8,7 +8,7 @@ wait. It prints requests sent, answered, refused (by status), lost (no answer an
 billed but undelivered (must be 0), ledger mismatches (must be 0), instance crashes, peak gateway and instance
 resident memory, and the time back to normal latency.
 
-    python benchmarks/soak.py [--seconds 60] [--factor 3]
+    python benchmarks/soak.py [--seconds 60] [--factor 3] [--declare-timeout]
 """
 
 from __future__ import annotations
@@ -169,9 +169,11 @@ async def closed_loop(gw: Gateway, key: str, concurrency: int, seconds: float) -
     return tally.statuses[200] / elapsed, tally.latencies
 
 
-async def open_loop(gw: Gateway, key: str, rate: float, seconds: float, tally: Tally) -> None:
+async def open_loop(gw: Gateway, key: str, rate: float, seconds: float, tally: Tally, declare_timeout: bool) -> None:
     """Arrivals at `rate` per second whatever the answers do; one in ten hostile, duplicates after each idem."""
     base = {"content-type": "application/json", "authorization": f"Bearer {key}"}
+    if declare_timeout:  # the gateway then refuses at once what could not be answered in time
+        base["x-slserve-timeout-ms"] = str(int(CLIENT_TIMEOUT_S * 1000))
     timeout = aiohttp.ClientTimeout(total=CLIENT_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), timeout=timeout) as session:
         tasks: set[asyncio.Task[None]] = set()
@@ -277,6 +279,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--factor", type=float, default=3.0)
+    parser.add_argument(
+        "--declare-timeout", action="store_true", help="clients send x-slserve-timeout-ms with their own timeout"
+    )
     args = parser.parse_args()
     functions = make_functions(OUT / "functions-soak", FUNCTIONS, {"hazards": HAZARDS})
     log = OUT / "soak-gateway.log"
@@ -297,7 +302,7 @@ def main() -> None:
         async def soak() -> float:
             stop = asyncio.Event()
             watcher = asyncio.create_task(watch_memory(gw, peaks, stop))
-            await open_loop(gw, key, rate, args.seconds, tally)
+            await open_loop(gw, key, rate, args.seconds, tally, args.declare_timeout)
             await asyncio.to_thread(settle, gw, ["minilm", "hazards"])
             recovered = await until_normal(gw, probe, normal_ms)
             stop.set()
@@ -319,6 +324,7 @@ def main() -> None:
         "capacity_rps": capacity,
         "rate_rps": rate,
         "seconds": args.seconds,
+        "declared_timeout": args.declare_timeout,
         "normal_p50_ms": normal_ms,
         "sent": tally.sent,
         "answered": tally.statuses[200],
@@ -340,7 +346,8 @@ def main() -> None:
     save("soak", result)
     print(f"\nMachine: {machine()}. MiniLM (ONNX, 2 instances max) and a hazards function; {args.seconds:.0f} s at")
     print(f"{args.factor:g}x the measured capacity ({capacity:.1f} req/s at c=16 -> {rate:.1f} req/s offered, one in")
-    print(f"ten hostile); clients give up after {CLIENT_TIMEOUT_S:.0f} s.\n")
+    declared = " and say so (x-slserve-timeout-ms)" if args.declare_timeout else ""
+    print(f"ten hostile); clients give up after {CLIENT_TIMEOUT_S:.0f} s{declared}.\n")
     print("| sent | answered | refused (by status) | client timeouts | lost | billed undelivered | ledger mismatches |")
     print("| ---: | ---: | --- | ---: | ---: | ---: | ---: |")
     statuses = ", ".join(f"{s}: {n}" for s, n in refused.items())

@@ -17,6 +17,7 @@ from tests.integration.test_platform import wait_for
 from tests.reliability.hazards import TIMEOUT_S, bearer, ledger_rows, sleeping
 
 from slserve.accounts.keys import new_key
+from slserve.gateway.pipeline import CLIENT_TIMEOUT
 from slserve.snapshot import ArtifactStore
 
 
@@ -96,3 +97,27 @@ def test_the_bill_abandoned_policy_charges_work_that_ran(billing_server: Server)
     assert wait_for(lambda: len(ledger_rows(billing_server.state, "tenant = 'policy'")) == 1, timeout=10)
     ((_, status, price, _),) = ledger_rows(billing_server.state, "tenant = 'policy'")
     assert status == 499 and price > 0  # it ran to the end: charged under this policy
+
+
+def test_a_request_that_would_wait_past_its_deadline_is_refused_at_once(server: Server) -> None:
+    url = server.url + "/v2/models/hazards-eco/infer"  # one instance, eight requests a call
+
+    async def scenario() -> tuple[list[Any], httpx.Response, bool]:
+        measured = await post_with_timeout(url, [sleeping(1.0)] * 8, server.auth, timeout=60)  # its speed, batched
+        assert [r.status_code for r in measured] == [200] * 8
+        backlog = asyncio.ensure_future(post_with_timeout(url, [sleeping(1.0)] * 12, server.auth, timeout=60))
+        while (await asyncio.to_thread(server.status, "hazards-eco"))["queued"] == 0:
+            await asyncio.sleep(0.02)
+        async with httpx.AsyncClient(timeout=30) as client:
+            hurried = await client.post(url, json=sleeping(0), headers={**server.auth, CLIENT_TIMEOUT: "500"})
+        backlog_still_waiting = not backlog.done()
+        return await backlog, hurried, backlog_still_waiting
+
+    backlog, hurried, before_the_backlog = asyncio.run(scenario())
+    assert hurried.status_code == 429 and "more than this request's" in hurried.json()["error"], hurried.text
+    assert before_the_backlog and int(hurried.headers["retry-after"]) >= 1  # refused at once, not after waiting
+    assert [r.status_code for r in backlog] == [200] * 12
+    assert (
+        server.post("/v2/models/hazards-eco/infer", json=sleeping(0), headers={CLIENT_TIMEOUT: "abc"}).status_code
+        == 400
+    )

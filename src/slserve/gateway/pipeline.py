@@ -11,6 +11,7 @@ succeeded, price 0 with its status when it did not. A request whose client went 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,7 +19,7 @@ from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import Limiter
-from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, SlserveError
+from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, InvalidInput, SlserveError
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
 from slserve.metering.ledger import Ledger, Record, StoredResponse
@@ -27,6 +28,7 @@ from slserve.router.dispatch import Router, Served
 from slserve.router.table import Route
 
 REPLAY = "x-slserve-idempotent-replay"
+CLIENT_TIMEOUT = "x-slserve-timeout-ms"  # the client stops waiting after this: no work is queued or started past it
 ABANDONED = 499  # the ledger status of a request whose client went away (nginx's "client closed request")
 Reply = tuple[int, bytes, dict[str, str]]
 Encode = Callable[[Served], tuple[bytes, dict[str, str]]]
@@ -63,6 +65,16 @@ class Call:
 
     def fingerprint(self, path: str) -> str:
         return fingerprint(self.endpoint, path, self.headers, self.body)
+
+
+def client_timeout_s(headers: dict[str, str]) -> float:
+    """How long the client says it will wait (`x-slserve-timeout-ms`); infinity when it does not say."""
+    declared = headers.get(CLIENT_TIMEOUT)
+    if declared is None:
+        return math.inf
+    if not declared.isdigit() or int(declared) == 0:
+        raise InvalidInput(f"{CLIENT_TIMEOUT} must be a positive whole number of milliseconds, got {declared!r}")
+    return int(declared) / 1000
 
 
 class Pipeline:
@@ -120,7 +132,7 @@ class Pipeline:
     async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route
         request.cancellation = call.cancellation
-        request.deadline = time.monotonic() + self.timeout_s
+        request.deadline = time.monotonic() + min(self.timeout_s, client_timeout_s(call.headers))
         try:
             if call.gone:  # left while waiting for its key or its body: nothing was started
                 raise ClientClosedRequest("the client went away before the request ran")

@@ -61,3 +61,10 @@ def retry_after_s(queued: int, instances: int, rows_per_s: float | None) -> floa
         return MIN_RETRY_AFTER_S
     drain = queued / (max(1, instances) * rows_per_s)
     return min(MAX_RETRY_AFTER_S, max(MIN_RETRY_AFTER_S, drain))
+
+
+def expected_wait_s(rows_ahead: int, instances: int, rows_per_s: float | None) -> float | None:
+    """How long work of `rows_ahead` rows takes the instances at their measured speed; None: not measured."""
+    if rows_per_s is None or rows_per_s <= 0 or instances < 1:
+        return None
+    return rows_ahead / (instances * rows_per_s)

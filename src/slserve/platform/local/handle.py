@@ -36,6 +36,7 @@ class Pending:
     dispatched_at: float = 0.0
     cold_start_ms: float | None = None
     abandoned_at: float | None = None  # when its caller stopped waiting while an instance held it
+    rows: int = 1  # its batch dimension: the work it asks for
 
     def expired(self, now: float) -> bool:
         deadline = self.request.deadline

@@ -35,7 +35,13 @@ from slserve.errors import (
     error_from_wire,
 )
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult
-from slserve.platform.local.autoscaler import InstanceLoad, decide, desired_instances, retry_after_s
+from slserve.platform.local.autoscaler import (
+    InstanceLoad,
+    decide,
+    desired_instances,
+    expected_wait_s,
+    retry_after_s,
+)
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.handle import Instance, InstanceState, Pending
 from slserve.platform.local.processes import Processes, kill
@@ -68,6 +74,7 @@ class FunctionPool:
         self.checked: str | None = None  # the digest whose blobs were last found intact, or found not to be
         self.instances: dict[int, Instance] = {}
         self.queue: deque[Pending] = deque()
+        self.queued_rows = 0  # the rows of the requests in `queue`
         self.retries: deque[Pending] = deque()  # held by an instance that died; each runs again alone
         self.poison = PoisonMemory()
         self.slots = slots(self.spec)
@@ -102,8 +109,10 @@ class FunctionPool:
                 "retry after the Retry-After interval",
                 retry_after=retry_after_s(len(self.queue), serving, self.rows_per_s),
             )
+        self._admit_by_deadline(request)
         loop = asyncio.get_running_loop()
-        pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids))
+        rows = int(next(iter(request.inputs.values())).shape[0]) if request.inputs else 1
+        pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids), rows=rows)
         cancellation = request.cancellation
 
         def abandon() -> None:
@@ -112,6 +121,7 @@ class FunctionPool:
         if cancellation is not None:
             cancellation.add_callback(abandon)
         self.queue.append(pending)
+        self.queued_rows += pending.rows
         self._dispatch()
         if self.queue or self._may_scale_up():
             self.autoscale()
@@ -130,6 +140,8 @@ class FunctionPool:
         for line in (self.queue, self.retries):
             if pending in line:
                 line.remove(pending)
+                if line is self.queue:
+                    self.queued_rows -= pending.rows
                 if error is not None:
                     _fail(pending, error)
                 return
@@ -139,6 +151,23 @@ class FunctionPool:
                 if inst.channel is not None:
                     inst.channel.send(Message(Kind.CANCEL, pending.id))
                 return
+
+    def _admit_by_deadline(self, request: InferRequest) -> None:
+        """A request that would wait past its deadline behind the work already queued is refused now (429), not
+        left to time out in the queue: its client can retry elsewhere or later, and no capacity is spent on an
+        answer nobody will read."""
+        if request.deadline is None or not self.queue:
+            return
+        serving = [i for i in self.instances.values() if i.serving]
+        in_flight = sum(p.rows for i in serving for p in i.in_flight.values())
+        wait = expected_wait_s(self.queued_rows + in_flight, len(serving), self.rows_per_s)
+        left = request.deadline - time.monotonic()
+        if wait is not None and wait > left:
+            raise Overloaded(
+                f"{self.fdef.name}: the {len(self.queue)} requests waiting need about {wait:.1f} s, more than this "
+                f"request's {max(left, 0.0):.1f} s left (request_timeout_s, or x-slserve-timeout-ms); retry later",
+                retry_after=wait,
+            )
 
     def _may_scale_up(self) -> bool:
         """With an empty queue, whether the load in flight wants more instances than are running (the
@@ -166,6 +195,7 @@ class FunctionPool:
             if instance is None:
                 return
             pending = self.queue.popleft()
+            self.queued_rows -= pending.rows
             if self._still_wanted(pending, now):
                 self._send(instance, pending)
 
@@ -430,6 +460,7 @@ class FunctionPool:
             while line:
                 self.failed += 1
                 _fail(line.popleft(), error)
+        self.queued_rows = 0
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
