@@ -37,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from slserve.framing import LENGTH
-from slserve.gateway.v2 import HEADER_LENGTH, encode_infer, parse_infer
+from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.base import InferResult
 from slserve.platform.local.handle import InstanceProtocol
 from slserve.platform.local.instance import Connection
@@ -138,7 +138,9 @@ async def forward(request: Request) -> Response:
 
 async def v2_floor(request: Request) -> Response:
     model = request.path_params["model"]
-    v2 = parse_infer(FLOORS[model], await request.body(), request.headers.get(HEADER_LENGTH))
+    fdef = FLOORS[model]
+    limits = RequestLimits(16 * 1024 * 1024, fdef.spec.limits.max_rows)  # the gateway's default element limit
+    v2 = parse_infer(fdef, await request.body(), request.headers.get(HEADER_LENGTH), limits)
     wait_ms = float(request.query_params.get("wait_ms", 0))
     meta = {"model": model, "outputs": v2.request.outputs, "wait_ms": wait_ms}
     reply = await floor.call(Message(Kind.INFER, 1, meta, v2.request.inputs))

@@ -28,6 +28,7 @@ import aiohttp
 import orjson
 
 from harness import OUT, Gateway, gateway, machine, make_functions, pct, save
+from slserve_samples.faulty import hazards_function
 
 SENTENCES = [
     "Serverless inference scales to zero when nobody calls.",
@@ -39,35 +40,7 @@ SENTENCES = [
     "Bursty traffic arrives all at once.",
     "Every record is durable before its response is sent.",
 ]
-HAZARDS = """
-[model]
-name = "hazards"
-
-[source]
-framework = "torch"
-factory = "slserve_samples.faulty:build_hazards"
-seed = 5
-
-[processor]
-factory = "slserve_samples.faulty:HazardProcessor"
-
-[[signature.inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 16]
-
-[[signature.outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 16]
-
-[scaling]
-max_instances = 1
-
-[batching]
-max_batch_size = 8
-max_delay_ms = 5
-"""
+HAZARDS = hazards_function(max_instances=1, max_delay_ms=5)
 FUNCTIONS = {"minilm": ("minilm-onnx", {"scaling": {"max_instances": 2}})}
 CLIENT_TIMEOUT_S = 10.0
 V2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [8], "data": SENTENCES}]}

@@ -132,3 +132,50 @@ class HazardProcessor:
 
     def postprocess(self, outputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(outputs)
+
+
+_HAZARDS_TOML = """
+tier = "{tier}"
+
+[model]
+name = "hazards"
+
+[source]
+framework = "torch"
+factory = "slserve_samples.faulty:build_hazards"
+seed = 5
+
+[processor]
+factory = "slserve_samples.faulty:HazardProcessor"
+
+[[signature.inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 16]
+
+[[signature.outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 16]
+
+[resources]
+memory_mb = {memory_mb}
+
+[scaling]
+max_instances = {max_instances}
+target_concurrency = 4
+
+[batching]
+max_batch_size = 8
+max_delay_ms = {max_delay_ms}
+
+[limits]
+max_rows = 64
+"""
+
+
+def hazards_function(
+    tier: str = "standard", memory_mb: int = 2048, max_instances: int = 2, max_delay_ms: int = 20
+) -> str:
+    """The function.toml of a `hazards` function (the tests' and the soak's)."""
+    return _HAZARDS_TOML.format(tier=tier, memory_mb=memory_mb, max_instances=max_instances, max_delay_ms=max_delay_ms)

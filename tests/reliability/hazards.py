@@ -7,47 +7,9 @@ import sqlite3
 from typing import Any
 
 import httpx
+from tests.conftest import SMALL_MLP_TOML
 
-from slserve_samples.faulty import CRASH, HOG, MODEL_BUG, PROCESSOR_BUG, SLEEP
-
-HAZARDS = """
-tier = "{tier}"
-
-[model]
-name = "hazards"
-
-[source]
-framework = "torch"
-factory = "slserve_samples.faulty:build_hazards"
-seed = 5
-
-[processor]
-factory = "slserve_samples.faulty:HazardProcessor"
-
-[[signature.inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 16]
-
-[[signature.outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 16]
-
-[resources]
-memory_mb = {memory_mb}
-
-[scaling]
-max_instances = {max_instances}
-target_concurrency = 4
-
-[batching]
-max_batch_size = 8
-max_delay_ms = 20
-
-[limits]
-max_rows = 64
-"""
+from slserve_samples.faulty import CRASH, HOG, MODEL_BUG, PROCESSOR_BUG, SLEEP, hazards_function
 
 WORDS = """
 [model]
@@ -80,33 +42,15 @@ max_delay_ms = 10
 max_rows = 32
 """
 
-FRAGILE = """
-[model]
-name = "fragile"
-
-[source]
-framework = "torch"
-factory = "slserve_samples.big_mlp:build_small"
-seed = 11
-
-[[signature.inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 16]
-
-[[signature.outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 16]
-"""
+FRAGILE = SMALL_MLP_TOML.format(version="1", seed=11)  # weights of its own, for a test to corrupt
 
 MEMORY_MB = 800  # an instance of the tiny torch model is ~300 MB resident; HOG rows of 1 GB go over it
 TIMEOUT_S = 5.0
 FUNCTIONS = {
-    "hazards": HAZARDS.format(tier="standard", memory_mb=MEMORY_MB, max_instances=2),
-    "hazards-eco": HAZARDS.format(tier="economy", memory_mb=MEMORY_MB, max_instances=1),
+    "hazards": hazards_function("standard", memory_mb=MEMORY_MB, max_instances=2),
+    "hazards-eco": hazards_function("economy", memory_mb=MEMORY_MB, max_instances=1),
     "words": WORDS,
-    "fragile": FRAGILE,  # weights of its own (its seed), for a test to corrupt
+    "fragile": FRAGILE,
 }
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
 import logging
 import math
 from collections.abc import Mapping
@@ -48,22 +49,23 @@ class Router:
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.routes_path = routes_path
         self.error: str | None = None
-        self._mtime: float | None = None
+        self._seen: bytes | None = None
         self.table = RouteTable.build(functions.values(), load_routes(routes_path))
-        self._mtime = self._stat()
+        self._seen = self._content()
 
-    def _stat(self) -> float | None:
+    def _content(self) -> bytes | None:
+        """The routes file's digest: a change is seen even within one tick of a coarse file clock."""
         try:
-            return self.routes_path.stat().st_mtime
+            return hashlib.blake2b(self.routes_path.read_bytes(), digest_size=16).digest()
         except FileNotFoundError:
             return None
 
     def reload_if_changed(self) -> bool:
         """Swap in the new table when routes.toml changed; a bad file keeps the old routes in force."""
-        mtime = self._stat()
-        if mtime == self._mtime:
+        seen = self._content()
+        if seen == self._seen:
             return False
-        self._mtime = mtime
+        self._seen = seen
         return self.rebuild()
 
     def rebuild(self) -> bool:
