@@ -7,7 +7,9 @@ from setproctitle import setproctitle
 
 from slserve.gateway import logs
 from slserve.gateway.app import build_app
-from slserve.platform.local import LocalPlatform
+from slserve.platform.catalog import FolderCatalog
+from slserve.platform.local import LocalExecutor
+from slserve.platform.targets import Targets
 from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
 from slserve.spec import discover_functions
@@ -15,8 +17,9 @@ from slserve.spec import discover_functions
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
-    functions = discover_functions(settings.functions)
-    platform = LocalPlatform(functions, ArtifactStore(settings.artifacts), settings.functions)
+    store = ArtifactStore(settings.artifacts)
+    catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
+    platform = Targets(catalog, {"local": LocalExecutor(store)})
     app = build_app(platform, settings)
     config = uvicorn.Config(
         app,

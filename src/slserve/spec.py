@@ -9,7 +9,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -176,6 +176,10 @@ class FunctionSpec(_Strict):
     signature: Signature
     processor: Processor | None = None
     tier: Annotated[str, Field(pattern=_NAME)] = "standard"
+    target: Literal["local", "aws", "modal"] = Field(
+        default="local",
+        description="where it runs: this machine's processes, AWS Lambda, or Modal (a deployment setting)",
+    )
     resources: Resources = Resources()
     scaling: Scaling = Scaling()
     batching: Batching = Batching()
@@ -184,6 +188,16 @@ class FunctionSpec(_Strict):
     @property
     def framework(self) -> Framework:
         return self.source.framework
+
+
+class NamedSpec(Protocol):
+    """Anything that names a function and carries its spec: a folder's `FunctionDef`, a catalog's `Deployed`."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def spec(self) -> FunctionSpec: ...
 
 
 class FunctionDef(BaseModel):

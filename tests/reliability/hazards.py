@@ -51,6 +51,7 @@ FUNCTIONS = {
     "hazards-eco": hazards_function("economy", memory_mb=MEMORY_MB, max_instances=1),
     "words": WORDS,
     "fragile": FRAGILE,
+    "remote": 'target = "aws"\n' + SMALL_MLP_TOML.format(version="1", seed=12),  # no aws executor in this gateway
 }
 
 

@@ -91,3 +91,15 @@ def test_a_killed_template_is_restarted_and_serving_resumes(own_server: Server) 
         os.kill(inst["pid"], signal.SIGKILL)
     assert wait_for(lambda: "its template process is gone" in own_server.log.read_text(), timeout=10)
     assert own_server.post("/v2/models/hazards/infer", json=fine()).status_code == 200
+
+
+def test_a_function_whose_target_this_gateway_does_not_run_is_refused_with_the_reason(server: Server) -> None:
+    r = server.post("/v2/models/remote/infer", json=fine())
+    assert r.status_code == 503 and "names target 'aws'" in r.json()["error"], r.text
+    assert "it runs: local" in r.json()["error"]
+    status = server.status("remote")
+    assert status["target"] == "aws" and not status["ready"] and "target 'aws'" in status["error"]
+    not_ready = ready(server, "remote")
+    assert not_ready.status_code == 503 and "target 'aws'" in not_ready.json()["reason"]
+    assert server.get("/v2/health/ready").status_code == 200  # the rest of the house serves
+    assert server.post("/v2/models/hazards/infer", json=fine()).status_code == 200

@@ -21,6 +21,7 @@ from slserve.spec import FunctionDef, FunctionSpec
 # only writes a new manifest). `max_batch_size` and `threads` stay in: the batching proof depends on them.
 DEPLOYMENT: dict[str, IncEx | bool] = {
     "tier": True,
+    "target": True,
     "scaling": True,
     "batching": {"max_delay_ms"},
     "resources": {"memory_mb"},

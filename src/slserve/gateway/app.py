@@ -27,11 +27,10 @@ from slserve.gateway.openapi import openapi_document
 from slserve.gateway.pipeline import Pipeline
 from slserve.metering import usage
 from slserve.metering.ledger import Ledger, SQLiteLedger
-from slserve.platform.base import Platform
+from slserve.platform.base import Deployed, Platform
 from slserve.router.dispatch import Router
 from slserve.router.table import version_order
 from slserve.settings import ServeSettings
-from slserve.spec import FunctionDef
 
 log = logging.getLogger("slserve.gateway")
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
@@ -53,7 +52,7 @@ class Gateway:
         self.router = router
         self.ledger = ledger
 
-    def function(self, request: Request, model: str, version: str | None) -> FunctionDef:
+    def function(self, request: Request, model: str, version: str | None) -> Deployed:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
         `version` (a version or an alias), if the caller's key opens it."""
         key = caller(request.scope)
@@ -113,7 +112,7 @@ class Gateway:
     async def openai_models(self, request: Request) -> Response:
         """Models (and functions) whose signature is text -> embedding, that the caller's key opens."""
         allowed = caller(request.scope).models
-        names: dict[str, FunctionDef] = {}
+        names: dict[str, Deployed] = {}
         for name in sorted(self.router.table.models):
             names[name] = self.router.signature_function(self.router.route(name, None, "", None, True, 1.0))
         for fdef in self.platform.functions().values():
@@ -134,7 +133,7 @@ class Gateway:
         return json_response(doc)
 
 
-def model_metadata(fdef: FunctionDef) -> dict[str, Any]:
+def model_metadata(fdef: Deployed) -> dict[str, Any]:
     spec = fdef.spec
     return {
         "name": fdef.name,

@@ -96,7 +96,7 @@ class StateCollector(Collector):
             in_flight.add_metric([s.name], s.in_flight)
             states: dict[str, int] = {"starting": 0, "idle": 0, "busy": 0, "draining": 0}
             for inst in s.instances:
-                state = str(inst.get("state"))
+                state = inst.state
                 states[state] = states.get(state, 0) + 1
             for state, n in states.items():
                 instances.add_metric([s.name, state], n)

@@ -14,7 +14,7 @@ import orjson
 from slserve.errors import InvalidInput, SlserveError
 from slserve.gateway.v2 import RequestLimits
 from slserve.platform.base import InferRequest
-from slserve.spec import Datatype, FunctionDef
+from slserve.spec import Datatype, NamedSpec
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request
 ERROR_TYPES = {
@@ -39,7 +39,7 @@ class EmbeddingsRequest:
     truncate: bool  # cut texts longer than the model's limit (else they are refused)
 
 
-def embedding_io(fdef: FunctionDef) -> tuple[str, str] | None:
+def embedding_io(fdef: NamedSpec) -> tuple[str, str] | None:
     """(input name, output name) when the function maps text to an embedding, else None."""
     sig = fdef.spec.signature
     if len(sig.inputs) != 1 or len(sig.outputs) != 1:
@@ -97,7 +97,7 @@ def parse_embeddings(body: bytes) -> EmbeddingsRequest:
     return EmbeddingsRequest(name, selector, texts, encoding, tier, dimensions, truncate)
 
 
-def infer_request(fdef: FunctionDef, request: EmbeddingsRequest, request_id: str, max_elements: int) -> InferRequest:
+def infer_request(fdef: NamedSpec, request: EmbeddingsRequest, request_id: str, max_elements: int) -> InferRequest:
     io = embedding_io(fdef)
     if io is None:
         raise InvalidInput(f"{fdef.spec.model.name} is not a text-embedding model; GET /v1/models lists those that are")

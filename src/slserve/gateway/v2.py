@@ -17,7 +17,7 @@ from slserve.errors import InvalidInput, PayloadTooLarge
 from slserve.platform.base import InferRequest, InferResult
 from slserve.platform.wire import tensor_from_payload, tensor_payload
 from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
-from slserve.spec import Datatype, FunctionDef
+from slserve.spec import Datatype, NamedSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 MAX_DIMS = 32  # what the wire between the gateway and instances carries
@@ -142,7 +142,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
     return view[:n], view[n:]
 
 
-def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None, limits: RequestLimits) -> V2Request:
+def parse_infer(fdef: NamedSpec, body: bytes, header_length: str | None, limits: RequestLimits) -> V2Request:
     header, binary = split_body(body, header_length)
     try:
         doc = orjson.loads(header)
@@ -193,7 +193,7 @@ def parse_infer(fdef: FunctionDef, body: bytes, header_length: str | None, limit
     return V2Request(InferRequest(fdef.name, checked, outputs, request_id, options), request_id, binary_outputs, params)
 
 
-def _requested_outputs(fdef: FunctionDef, doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(fdef: NamedSpec, doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
     known = [t.name for t in fdef.spec.signature.outputs]
     params = doc.get("parameters") or {}
     binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False

@@ -1,14 +1,19 @@
-"""What the gateway asks of a platform (local process pool today; AWS Lambda and Modal later)."""
+"""The seam between the gateway and whatever runs functions.
+
+What is deployed (a `Catalog` of `Deployed` functions: name, spec, artifact digest, target) is apart from what
+runs it (an `Executor` per target: the local process pool, Lambda, Modal). A `Platform` puts the two together
+for the gateway, which sends each function's calls to the executor of its target.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
-from slserve.spec import FunctionDef
+from slserve.spec import FunctionSpec
 
 
 class Cancellation:
@@ -63,6 +68,37 @@ class InferResult:
     notes: dict[str, Any] = field(default_factory=dict)  # what the processor reported (e.g. truncated rows)
 
 
+@dataclass(frozen=True)
+class Deployed:
+    """A function as the catalog says it is deployed: enough to route, check and bill its requests, and nothing
+    about where it runs (`spec.target` says which executor runs it)."""
+
+    name: str
+    spec: FunctionSpec
+    digest: str | None  # the artifact it serves; None: it cannot serve, and `error` says why
+    error: str | None = None
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
+
+
+@dataclass
+class InstanceStatus:
+    """One running unit of a function (a process here, an execution environment or container elsewhere)."""
+
+    name: str
+    state: str  # starting | idle | busy | draining
+    artifact: str
+    in_flight: int = 0
+    served: int = 0
+    pid: int | None = None
+    cold_start_ms: float | None = None
+    load_ms: float | None = None
+    device: str | None = None
+    preloaded: bool | None = None
+
+
 @dataclass
 class FunctionStatus:
     name: str
@@ -70,8 +106,9 @@ class FunctionStatus:
     version: str
     framework: str
     tier: str
+    target: str
     artifact: str | None
-    instances: list[dict[str, Any]] = field(default_factory=list)
+    instances: list[InstanceStatus] = field(default_factory=list)
     queued: int = 0
     in_flight: int = 0
     cold_starts: int = 0
@@ -81,22 +118,48 @@ class FunctionStatus:
     ready: bool = False  # it can take requests now (instances may still be at zero)
 
     def to_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return asdict(self)
 
 
-class Platform(Protocol):
-    """Runs functions. The gateway decodes and validates; a platform only executes."""
+@dataclass(frozen=True)
+class Changes:
+    """What a catalog refresh found: functions new or deployed anew, and functions gone."""
 
-    async def start(self) -> None: ...
+    deployed: list[Deployed]
+    removed: list[str]
+
+    def __bool__(self) -> bool:
+        return bool(self.deployed or self.removed)
+
+
+class Catalog(Protocol):
+    """What is deployed: the functions, their specs and artifacts (a folder and an artifact store here; the same
+    manifests in S3 or a Modal volume elsewhere)."""
+
+    def functions(self) -> Mapping[str, Deployed]:
+        """Every function by name; the mapping is kept up to date in place by `refresh`."""
+        ...
+
+    def refresh(self) -> Changes:
+        """Look again; what changed since the last look (empty when nothing did)."""
+        ...
+
+
+class Executor(Protocol):
+    """Runs the functions of one target (local processes, Lambda, Modal)."""
+
+    async def start(self, functions: list[Deployed]) -> None: ...
 
     async def stop(self, drain_seconds: float) -> None:
         """Stop taking requests, finish the accepted ones (up to `drain_seconds`), then stop every instance."""
         ...
 
-    def functions(self) -> Mapping[str, FunctionDef]: ...
+    def deploy(self, function: Deployed) -> None:
+        """Serve `function` from now on: a new one, or a new artifact or spec of one it serves."""
+        ...
 
-    def ready(self) -> bool:
-        """Whether every function can take requests now (instances may still be at zero)."""
+    def remove(self, name: str) -> None:
+        """Stop serving `name`: what it holds finishes, nothing new is taken."""
         ...
 
     async def infer(self, request: InferRequest) -> InferResult: ...
@@ -105,8 +168,33 @@ class Platform(Protocol):
         """Requests the function's running instances could take now without queueing (0: would queue or start)."""
         ...
 
+    def status(self, function: str) -> FunctionStatus: ...
+
+    def ready(self) -> bool:
+        """Whether what every function of this target shares is up (templates, connections)."""
+        ...
+
+
+class Platform(Protocol):
+    """What the gateway runs functions on: a catalog, and an executor per target. The gateway decodes and
+    validates; a platform only executes."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self, drain_seconds: float) -> None: ...
+
+    def functions(self) -> Mapping[str, Deployed]: ...
+
+    def ready(self) -> bool:
+        """Whether every target can take requests now (instances may still be at zero)."""
+        ...
+
+    async def infer(self, request: InferRequest) -> InferResult: ...
+
+    def warm_capacity(self, function: str) -> int: ...
+
     def status(self) -> list[FunctionStatus]: ...
 
     def refresh(self) -> bool:
-        """Take in functions built, rebuilt or removed since the last call; returns whether the set changed."""
+        """Take in functions deployed, redeployed or removed since the last call; returns whether any were."""
         ...

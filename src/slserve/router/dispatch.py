@@ -22,11 +22,10 @@ from slserve.errors import (
     SlserveError,
     SpecError,
 )
-from slserve.platform.base import InferRequest, InferResult, Platform
+from slserve.platform.base import Deployed, InferRequest, InferResult, Platform
 from slserve.router.config import load_routes
 from slserve.router.shadow import ShadowStats
 from slserve.router.table import BUCKETS, Route, RouteTable
-from slserve.spec import FunctionDef
 
 log = logging.getLogger("slserve.router")
 # What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
@@ -43,7 +42,7 @@ class Served:
 
 
 class Router:
-    def __init__(self, functions: Mapping[str, FunctionDef], routes_path: Path) -> None:
+    def __init__(self, functions: Mapping[str, Deployed], routes_path: Path) -> None:
         self.functions = functions
         self.shadows: dict[tuple[str, str, str], ShadowStats] = {}  # (model, alias, shadow version) -> comparison
         self._shadow_tasks: set[asyncio.Task[None]] = set()
@@ -136,7 +135,7 @@ class Router:
             raise ModelNotFound(f"function {model!r} serves version {fdef.spec.model.version!r}, not {selector!r}")
         return Route(fdef.spec.model.name, fdef.spec.model.version, None, fdef.spec.tier, [(fdef.spec.tier, model)])
 
-    def signature_function(self, route: Route) -> FunctionDef:
+    def signature_function(self, route: Route) -> Deployed:
         """The function whose signature requests of this route are checked against (all candidates of one model
         version share it)."""
         return self.functions[route.candidates[0][1]]

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from slserve.errors import SpecError
 from slserve.router.config import Alias, ModelRoutes, RoutesConfig, Shadow, load_routes
 from slserve.router.table import RouteTable, version_order
-from slserve.spec import FunctionDef
+from slserve.spec import NamedSpec
 
 
 def dump_routes(config: RoutesConfig) -> str:
@@ -48,7 +48,7 @@ def _value(v: Any) -> str:
 
 
 class RoutesFile:
-    def __init__(self, path: Path, functions: Iterable[FunctionDef]) -> None:
+    def __init__(self, path: Path, functions: Iterable[NamedSpec]) -> None:
         self.path = path
         self.functions = list(functions)
         self.history = path.with_name(path.name + ".history")

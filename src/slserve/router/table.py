@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from slserve.errors import InvalidInput, ModelNotFound, SpecError
 from slserve.router.config import Alias, RoutesConfig, Tier
-from slserve.spec import FunctionDef, Signature
+from slserve.spec import NamedSpec, Signature
 
 BUCKETS = 10_000  # a split's weights (percent) map onto this many hash buckets
 
@@ -75,7 +75,7 @@ class RouteTable:
         self._memo: dict[tuple[str, str, str, bool], list[tuple[str, str]]] = {}  # the table is immutable
 
     @classmethod
-    def build(cls, functions: Iterable[FunctionDef], config: RoutesConfig) -> RouteTable:
+    def build(cls, functions: Iterable[NamedSpec], config: RoutesConfig) -> RouteTable:
         """Check `config` against the functions; any inconsistency is a SpecError naming it (and the caller keeps
         the routes it had)."""
         functions_list = list(functions)

@@ -8,10 +8,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, cast
+from typing import cast
 
 from slserve.framing import FrameAssembler
-from slserve.platform.base import InferRequest, InferResult
+from slserve.platform.base import InferRequest, InferResult, InstanceStatus
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Message, decode, encode
 
@@ -94,19 +94,19 @@ class Instance:
             latest = max(latest, pending.abandoned_at)
         return now - latest >= grace_s
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "pid": self.pid,
-            "state": self.state.value,
-            "artifact": self.digest[:12],
-            "in_flight": len(self.in_flight),
-            "served": self.served,
-            "cold_start_ms": None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
-            "load_ms": None if self.load_ms is None else round(self.load_ms, 1),
-            "device": self.device,
-            "preloaded": self.preloaded,
-        }
+    def status(self) -> InstanceStatus:
+        return InstanceStatus(
+            name=self.name,
+            state=self.state.value,
+            artifact=self.digest[:12],
+            in_flight=len(self.in_flight),
+            served=self.served,
+            pid=self.pid,
+            cold_start_ms=None if self.cold_start_ms is None else round(self.cold_start_ms, 1),
+            load_ms=None if self.load_ms is None else round(self.load_ms, 1),
+            device=self.device,
+            preloaded=self.preloaded,
+        )
 
 
 class InstanceProtocol(asyncio.BufferedProtocol):

@@ -34,7 +34,7 @@ from slserve.errors import (
     SlserveError,
     error_from_wire,
 )
-from slserve.platform.base import FunctionStatus, InferRequest, InferResult
+from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.autoscaler import (
     InstanceLoad,
     decide,
@@ -47,7 +47,7 @@ from slserve.platform.local.handle import Instance, InstanceState, Pending
 from slserve.platform.local.processes import Processes, kill
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Kind, Message
-from slserve.spec import FunctionDef, FunctionSpec
+from slserve.spec import FunctionSpec
 
 MAX_START_FAILURES = 3
 START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
@@ -63,13 +63,11 @@ def slots(spec: FunctionSpec) -> int:
 
 
 class FunctionPool:
-    def __init__(
-        self, fdef: FunctionDef, template: Template | None, artifacts: Path, digest: str | None, error: str | None
-    ) -> None:
-        self.fdef = fdef
-        self.spec = fdef.spec
-        self.digest = digest
-        self.error = error  # why it cannot serve (not built, or stale, or failing to start); None when it can
+    def __init__(self, function: Deployed, template: Template | None, artifacts: Path) -> None:
+        self.function = function
+        self.spec = function.spec
+        self.digest = function.digest
+        self.error = function.error  # why it cannot serve (not built, stale, failing to start); None when it can
         self.artifact_error: str | None = None  # why its artifact may not be served (a blob corrupt or missing)
         self.checked: str | None = None  # the digest whose blobs were last found intact, or found not to be
         self.instances: dict[int, Instance] = {}
@@ -87,15 +85,15 @@ class FunctionPool:
         self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
         self.warned_cpu = False  # said once that it names a GPU but runs on the CPU
         self._numbers = itertools.count(1)
-        self.processes = Processes(fdef.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)
+        self.processes = Processes(function.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)
 
     # --- requests ------------------------------------------------------------------------------------------
 
     async def infer(self, request: InferRequest) -> InferResult:
         if self.closing:
-            raise ShuttingDown(f"{self.fdef.name}: the server is shutting down; retry on another server")
+            raise ShuttingDown(f"{self.function.name}: the server is shutting down; retry on another server")
         if self.digest is None:
-            raise RuntimeUnavailable(self.error or f"{self.fdef.name} has no artifact")
+            raise RuntimeUnavailable(self.error or f"{self.function.name} has no artifact")
         if self.artifact_error is not None:
             raise RuntimeUnavailable(self.artifact_error)
         self.poison.check(request)
@@ -105,7 +103,7 @@ class FunctionPool:
         if len(self.queue) >= self.spec.scaling.queue_size:
             serving = sum(1 for i in self.instances.values() if i.state is not InstanceState.DRAINING)
             raise Overloaded(
-                f"{self.fdef.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
+                f"{self.function.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
                 "retry after the Retry-After interval",
                 retry_after=retry_after_s(len(self.queue), serving, self.rows_per_s),
             )
@@ -116,7 +114,7 @@ class FunctionPool:
         cancellation = request.cancellation
 
         def abandon() -> None:
-            self._abandon(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away; not run"))
+            self._abandon(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
 
         if cancellation is not None:
             cancellation.add_callback(abandon)
@@ -164,7 +162,7 @@ class FunctionPool:
         left = request.deadline - time.monotonic()
         if wait is not None and wait > left:
             raise Overloaded(
-                f"{self.fdef.name}: the {len(self.queue)} requests waiting need about {wait:.1f} s, more than this "
+                f"{self.function.name}: the {len(self.queue)} requests waiting need about {wait:.1f} s, more than this "
                 f"request's {max(left, 0.0):.1f} s left (request_timeout_s, or x-slserve-timeout-ms); retry later",
                 retry_after=wait,
             )
@@ -204,7 +202,7 @@ class FunctionPool:
         if pending.future.done():
             return False
         if pending.expired(now):
-            _fail(pending, GatewayTimeout(f"{self.fdef.name}: the request's deadline passed while it waited"))
+            _fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed while it waited"))
             return False
         return True
 
@@ -276,7 +274,7 @@ class FunctionPool:
             self._measure_speed(msg)
             result = InferResult(
                 outputs=msg.tensors,
-                function=self.fdef.name,
+                function=self.function.name,
                 version=inst.version,
                 instance=inst.name,
                 queue_ms=(pending.dispatched_at - pending.enqueued_at) * 1000,
@@ -289,9 +287,9 @@ class FunctionPool:
             _resolve(pending, result)
         elif msg.kind is Kind.DROPPED:
             if msg.meta.get("reason") == "deadline":
-                _fail(pending, GatewayTimeout(f"{self.fdef.name}: the request's deadline passed before it ran"))
+                _fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed before it ran"))
             else:
-                _fail(pending, ClientClosedRequest(f"{self.fdef.name}: the client went away; not run"))
+                _fail(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
         else:
             self.failed += 1
             _fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
@@ -335,7 +333,7 @@ class FunctionPool:
 
     def _launch(self) -> None:
         assert self.digest is not None
-        inst = Instance(self.fdef.name, next(self._numbers), self.digest, self.spec.model.version)
+        inst = Instance(self.function.name, next(self._numbers), self.digest, self.spec.model.version)
         self.instances[inst.number] = inst
         self.processes.start(inst)
 
@@ -347,14 +345,15 @@ class FunctionPool:
     def use_template(self, template: Template) -> None:
         self.processes.use(template)
 
-    def redeploy(self, fdef: FunctionDef, template: Template | None, digest: str) -> None:
+    def redeploy(self, function: Deployed, template: Template | None) -> None:
         """Serve `digest` from now on, without a cold start for anyone: each running instance gets a
         replacement, and keeps serving until one is ready (then it finishes what it holds and stops). If the
         new build cannot start, the previous one keeps serving. Instances still starting for the previous
         build stop at once."""
         if template is not None:
             self.use_template(template)
-        self.fdef, self.spec, self.digest = fdef, fdef.spec, digest
+        assert function.digest is not None
+        self.function, self.spec, self.digest = function, function.spec, function.digest
         self.slots = slots(self.spec)
         self.error, self.start_failures, self.artifact_error = None, 0, None
         serving = 0
@@ -381,7 +380,7 @@ class FunctionPool:
             log.warning(
                 "function %s names a GPU (%s) but this host has none: it runs on the CPU, slower than its tier "
                 "promises",
-                self.fdef.name,
+                self.function.name,
                 self.spec.resources.gpu,
             )
         if inst.state is InstanceState.STARTING:
@@ -425,7 +424,7 @@ class FunctionPool:
         if not expected and was_ready:
             held = f", holding {len(orphans)} request(s)" if orphans else ""
             log.warning(
-                "function %s: instance %s (pid %s) ended (%s)%s", self.fdef.name, inst.name, inst.pid, status, held
+                "function %s: instance %s (pid %s) ended (%s)%s", self.function.name, inst.name, inst.pid, status, held
             )
         for pending in orphans:
             self._orphaned(pending, inst, status)
@@ -433,10 +432,10 @@ class FunctionPool:
             self.start_failures += 1
             self.failed_start_at = time.monotonic()
             if start_error is not None:
-                detail = start_error.message.removeprefix(f"{self.fdef.name}: ")  # named once, here
+                detail = start_error.message.removeprefix(f"{self.function.name}: ")  # named once, here
             else:
                 detail = f"instance {inst.name} exited while starting ({status})"
-            self.error = f"{self.fdef.name}: cannot start an instance: {detail}"
+            self.error = f"{self.function.name}: cannot start an instance: {detail}"
             # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
             if start_error is not None or self.start_failures >= MAX_START_FAILURES:
                 self._fail_queue(RuntimeUnavailable(self.error))
@@ -446,7 +445,7 @@ class FunctionPool:
     def _orphaned(self, pending: Pending, inst: Instance, status: str) -> None:
         if pending.future.done():
             return
-        error = after_death(pending, inst, status, self.fdef.name, self.spec.resources.memory_mb)
+        error = after_death(pending, inst, status, self.function.name, self.spec.resources.memory_mb)
         if error is None:
             self.retries.append(pending)
             return
@@ -470,7 +469,7 @@ class FunctionPool:
         deadline = time.monotonic() + timeout
         while self._holds_work() and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        self._fail_queue(ShuttingDown(f"{self.fdef.name}: the server shut down before this request could run"))
+        self._fail_queue(ShuttingDown(f"{self.function.name}: the server shut down before this request could run"))
         for inst in list(self.instances.values()):
             self._retire(inst)
         await self.processes.wait(timeout=5)
@@ -487,12 +486,12 @@ class FunctionPool:
         if digest != self.digest:
             return  # redeployed meanwhile: the new build gets its own check
         if problem is not None and problem != self.artifact_error:
-            log.error("function %s cannot serve: %s", self.fdef.name, problem)
+            log.error("function %s cannot serve: %s", self.function.name, problem)
             for inst in list(self.instances.values()):
                 if inst.digest == digest and inst.state is not InstanceState.DRAINING:
                     self._retire(inst)
         elif problem is None and self.artifact_error is not None:
-            log.info("function %s: its artifact is intact again", self.fdef.name)
+            log.info("function %s: its artifact is intact again", self.function.name)
         self.checked, self.artifact_error = digest, problem
         if problem is not None:
             self._fail_queue(RuntimeUnavailable(problem))
@@ -511,13 +510,14 @@ class FunctionPool:
     def status(self) -> FunctionStatus:
         spec = self.spec
         return FunctionStatus(
-            name=self.fdef.name,
+            name=self.function.name,
             model=spec.model.name,
             version=spec.model.version,
             framework=spec.framework.value,
             tier=spec.tier,
+            target=spec.target,
             artifact=self.digest,
-            instances=[i.to_dict() for i in self.instances.values()],
+            instances=[i.status() for i in self.instances.values()],
             queued=len(self.queue),
             in_flight=sum(len(i.in_flight) for i in self.instances.values()),
             cold_starts=self.cold_starts,
