@@ -136,3 +136,13 @@ class InstanceProtocol(asyncio.BufferedProtocol):
     def send(self, msg: Message) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.writelines(encode(msg))
+
+
+def resolve(pending: Pending, result: InferResult) -> None:
+    if not pending.future.done():
+        pending.future.set_result(result)
+
+
+def fail(pending: Pending, error: Exception) -> None:
+    if not pending.future.done():
+        pending.future.set_exception(error)

@@ -19,9 +19,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections import deque
 from pathlib import Path
-from typing import Any
 
 from slserve.errors import (
     ClientClosedRequest,
@@ -43,7 +41,8 @@ from slserve.platform.local.autoscaler import (
     retry_after_s,
 )
 from slserve.platform.local.deaths import PoisonMemory, after_death
-from slserve.platform.local.handle import Instance, InstanceState, Pending
+from slserve.platform.local.dispatch import Dispatcher
+from slserve.platform.local.handle import Instance, InstanceState, Pending, fail, resolve
 from slserve.platform.local.processes import Processes, kill
 from slserve.platform.local.templates import Template
 from slserve.platform.wire import Kind, Message
@@ -71,11 +70,8 @@ class FunctionPool:
         self.artifact_error: str | None = None  # why its artifact may not be served (a blob corrupt or missing)
         self.checked: str | None = None  # the digest whose blobs were last found intact, or found not to be
         self.instances: dict[int, Instance] = {}
-        self.queue: deque[Pending] = deque()
-        self.queued_rows = 0  # the rows of the requests in `queue`
-        self.retries: deque[Pending] = deque()  # held by an instance that died; each runs again alone
+        self.dispatcher = Dispatcher(function.name, self.instances, slots(self.spec), self.digest)
         self.poison = PoisonMemory()
-        self.slots = slots(self.spec)
         self.closing = False
         self.cold_starts = 0
         self.served = 0
@@ -100,12 +96,13 @@ class FunctionPool:
         recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
-        if len(self.queue) >= self.spec.scaling.queue_size:
+        queued = len(self.dispatcher.queue)
+        if queued >= self.spec.scaling.queue_size:
             serving = sum(1 for i in self.instances.values() if i.state is not InstanceState.DRAINING)
             raise Overloaded(
-                f"{self.function.name}: {len(self.queue)} requests are already waiting (scaling.queue_size); "
+                f"{self.function.name}: {queued} requests are already waiting (scaling.queue_size); "
                 "retry after the Retry-After interval",
-                retry_after=retry_after_s(len(self.queue), serving, self.rows_per_s),
+                retry_after=retry_after_s(queued, serving, self.rows_per_s),
             )
         self._admit_by_deadline(request)
         loop = asyncio.get_running_loop()
@@ -114,58 +111,42 @@ class FunctionPool:
         cancellation = request.cancellation
 
         def abandon() -> None:
-            self._abandon(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
+            gone = ClientClosedRequest(f"{self.function.name}: the client went away; not run")
+            self.dispatcher.abandon(pending, gone)
 
         if cancellation is not None:
             cancellation.add_callback(abandon)
-        self.queue.append(pending)
-        self.queued_rows += pending.rows
-        self._dispatch()
-        if self.queue or self._may_scale_up():
+        self.dispatcher.enqueue(pending)
+        if self.dispatcher.queue or self._may_scale_up():
             self.autoscale()
         try:
             return await pending.future
         except asyncio.CancelledError:  # the request timed out, or the server is stopping
-            self._abandon(pending, None)
+            self.dispatcher.abandon(pending, None)
             raise
         finally:
             if cancellation is not None:
                 cancellation.remove_callback(abandon)
 
-    def _abandon(self, pending: Pending, error: SlserveError | None) -> None:
-        """Nobody waits for `pending` any more: off the queue if it is still there (failed with `error`), else
-        cancelled on its instance (which drops it unless its model call has begun)."""
-        for line in (self.queue, self.retries):
-            if pending in line:
-                line.remove(pending)
-                if line is self.queue:
-                    self.queued_rows -= pending.rows
-                if error is not None:
-                    _fail(pending, error)
-                return
-        for inst in self.instances.values():
-            if inst.in_flight.get(pending.id) is pending:
-                pending.abandoned_at = time.monotonic()
-                if inst.channel is not None:
-                    inst.channel.send(Message(Kind.CANCEL, pending.id))
-                return
-
     def _admit_by_deadline(self, request: InferRequest) -> None:
         """A request that would wait past its deadline behind the work already queued is refused now (429), not
         left to time out in the queue: its client can retry elsewhere or later, and no capacity is spent on an
         answer nobody will read."""
-        if request.deadline is None or not self.queue:
+        if request.deadline is None or not self.dispatcher.queue:
             return
-        serving = [i for i in self.instances.values() if i.serving]
-        in_flight = sum(p.rows for i in serving for p in i.in_flight.values())
-        wait = expected_wait_s(self.queued_rows + in_flight, len(serving), self.rows_per_s)
+        serving = sum(1 for i in self.instances.values() if i.serving)
+        wait = expected_wait_s(self.dispatcher.rows_ahead(), serving, self.rows_per_s)
         left = request.deadline - time.monotonic()
         if wait is not None and wait > left:
             raise Overloaded(
-                f"{self.function.name}: the {len(self.queue)} requests waiting need about {wait:.1f} s, more than this "
-                f"request's {max(left, 0.0):.1f} s left (request_timeout_s, or x-slserve-timeout-ms); retry later",
+                f"{self.function.name}: the {len(self.dispatcher.queue)} requests waiting need about {wait:.1f} s, "
+                f"more than this request's {max(left, 0.0):.1f} s left (request_timeout_s, or x-slserve-timeout-ms); "
+                "retry later",
                 retry_after=wait,
             )
+
+    def warm_capacity(self) -> int:
+        return self.dispatcher.warm_capacity()
 
     def _may_scale_up(self) -> bool:
         """With an empty queue, whether the load in flight wants more instances than are running (the
@@ -177,88 +158,6 @@ class FunctionPool:
                 ready += 1
                 in_flight += len(i.in_flight)
         return desired_instances(self.spec.scaling, in_flight) > ready
-
-    def _dispatch(self) -> None:
-        now = time.monotonic()
-        while self.retries:  # each on an instance of its own, holding nothing else
-            instance = self._empty_instance()
-            if instance is None:
-                break
-            pending = self.retries.popleft()
-            if self._still_wanted(pending, now):
-                instance.exclusive = True
-                self._send(instance, pending)
-        while self.queue:
-            instance = self._least_loaded()
-            if instance is None:
-                return
-            pending = self.queue.popleft()
-            self.queued_rows -= pending.rows
-            if self._still_wanted(pending, now):
-                self._send(instance, pending)
-
-    def _still_wanted(self, pending: Pending, now: float) -> bool:
-        """Work whose caller left or whose deadline passed is never started."""
-        if pending.future.done():
-            return False
-        if pending.expired(now):
-            _fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed while it waited"))
-            return False
-        return True
-
-    def _empty_instance(self) -> Instance | None:
-        for inst in self.instances.values():
-            if inst.serving and not inst.in_flight and inst.digest == self.digest:
-                return inst
-        return None
-
-    def warm_capacity(self) -> int:
-        if self.queue or self.retries:
-            return 0
-        return sum(max(0, self.slots - len(i.in_flight)) for i in self.instances.values() if self._open(i))
-
-    def _open(self, inst: Instance) -> bool:
-        """Whether new requests may go to `inst`. While retries wait for an instance of their own, the least
-        loaded one takes nothing new, so that it empties for them even under load."""
-        if not inst.serving or inst.exclusive or len(inst.in_flight) >= self.slots:
-            return False
-        return not (self.retries and inst is self._reserved())
-
-    def _reserved(self) -> Instance | None:
-        current = [i for i in self.instances.values() if i.serving and not i.exclusive and i.digest == self.digest]
-        return min(current, key=lambda i: len(i.in_flight)) if current else None
-
-    def _least_loaded(self) -> Instance | None:
-        """The least loaded instance with a free slot, of the current build if one is up (during a redeploy,
-        the previous build's instances serve until their replacements are ready)."""
-        best: Instance | None = None
-        previous: Instance | None = None
-        for inst in self.instances.values():
-            if not self._open(inst):
-                continue
-            if inst.digest != self.digest:
-                if previous is None or len(inst.in_flight) < len(previous.in_flight):
-                    previous = inst
-            elif best is None or len(inst.in_flight) < len(best.in_flight):
-                best = inst
-        return best or previous
-
-    def _send(self, inst: Instance, pending: Pending) -> None:
-        assert inst.channel is not None and inst.ready_at is not None
-        if inst.ready_at > pending.enqueued_at:
-            pending.cold_start_ms = inst.cold_start_ms
-        pending.dispatched_at = time.monotonic()
-        inst.in_flight[pending.id] = pending
-        inst.state, inst.idle_since = InstanceState.BUSY, None
-        request = pending.request
-        meta: dict[str, Any] = {}
-        if request.outputs is not None:
-            meta["outputs"] = request.outputs
-        if request.deadline is not None:
-            meta["deadline"] = request.deadline
-        if request.options:
-            meta["options"] = request.options
-        inst.channel.send(Message(Kind.INFER, pending.id, meta, request.inputs))
 
     def _on_reply(self, inst: Instance, msg: Message) -> None:
         pending = inst.in_flight.pop(msg.request_id, None)
@@ -284,16 +183,16 @@ class FunctionPool:
                 tokens=msg.meta.get("tokens"),
                 notes=msg.meta.get("notes") or {},
             )
-            _resolve(pending, result)
+            resolve(pending, result)
         elif msg.kind is Kind.DROPPED:
             if msg.meta.get("reason") == "deadline":
-                _fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed before it ran"))
+                fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed before it ran"))
             else:
-                _fail(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
+                fail(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
         else:
             self.failed += 1
-            _fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
-        self._dispatch()
+            fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
+        self.dispatcher.dispatch()
 
     def _measure_speed(self, msg: Message) -> None:
         """Rows per second of the model call that answered `msg` (its batch over its time), averaged."""
@@ -308,7 +207,7 @@ class FunctionPool:
     def autoscale(self) -> None:
         if self.processes.template is None or self.digest is None or self.closing:
             return
-        if self.error and self.start_failures >= MAX_START_FAILURES and not self.queue and not self.retries:
+        if self.error and self.start_failures >= MAX_START_FAILURES and not self.dispatcher.waiting:
             return  # a function that keeps failing to start waits for the next request to try again
         now = time.monotonic()
         ready: list[InstanceLoad] = []
@@ -324,7 +223,7 @@ class FunctionPool:
                     idle_since = i.idle_since
                     if idle_since is not None and now - idle_since >= self.spec.scaling.idle_seconds:
                         self._retire(i)
-        waiting = len(self.queue) + len(self.retries) + previous_load
+        waiting = self.dispatcher.waiting + previous_load
         decision = decide(self.spec.scaling, ready, starting, waiting, now)
         for _ in range(decision.start):
             self._launch()
@@ -354,7 +253,7 @@ class FunctionPool:
             self.use_template(template)
         assert function.digest is not None
         self.function, self.spec, self.digest = function, function.spec, function.digest
-        self.slots = slots(self.spec)
+        self.dispatcher.slots, self.dispatcher.digest = slots(self.spec), self.digest
         self.error, self.start_failures, self.artifact_error = None, 0, None
         serving = 0
         for inst in list(self.instances.values()):
@@ -393,7 +292,7 @@ class FunctionPool:
         self.cold_starts += 1
         self.start_failures = 0
         self.error = None
-        self._dispatch()
+        self.dispatcher.dispatch()
         self.autoscale()
 
     def police(self, now: float) -> None:
@@ -439,7 +338,7 @@ class FunctionPool:
             # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
             if start_error is not None or self.start_failures >= MAX_START_FAILURES:
                 self._fail_queue(RuntimeUnavailable(self.error))
-        self._dispatch()
+        self.dispatcher.dispatch()
         self.autoscale()
 
     def _orphaned(self, pending: Pending, inst: Instance, status: str) -> None:
@@ -447,19 +346,15 @@ class FunctionPool:
             return
         error = after_death(pending, inst, status, self.function.name, self.spec.resources.memory_mb)
         if error is None:
-            self.retries.append(pending)
+            self.dispatcher.retry(pending)
             return
         self.failed += 1
         if isinstance(error, PoisonRequest | OverMemoryLimit):
             self.poison.remember(pending.request, error)
-        _fail(pending, error)
+        fail(pending, error)
 
     def _fail_queue(self, error: SlserveError) -> None:
-        for line in (self.queue, self.retries):
-            while line:
-                self.failed += 1
-                _fail(line.popleft(), error)
-        self.queued_rows = 0
+        self.failed += self.dispatcher.fail_all(error)
 
     # --- lifecycle -----------------------------------------------------------------------------------------
 
@@ -478,7 +373,7 @@ class FunctionPool:
                 kill(inst.pid)
 
     def _holds_work(self) -> bool:
-        return bool(self.queue or self.retries or any(i.in_flight for i in self.instances.values()))
+        return bool(self.dispatcher.waiting or any(i.in_flight for i in self.instances.values()))
 
     def artifact_checked(self, digest: str, problem: str | None) -> None:
         """The result of checking `digest`'s blobs against their checksums. A corrupt artifact is never served:
@@ -518,7 +413,7 @@ class FunctionPool:
             target=spec.target,
             artifact=self.digest,
             instances=[i.status() for i in self.instances.values()],
-            queued=len(self.queue),
+            queued=len(self.dispatcher.queue),
             in_flight=sum(len(i.in_flight) for i in self.instances.values()),
             cold_starts=self.cold_starts,
             served=self.served,
@@ -526,13 +421,3 @@ class FunctionPool:
             error=self.artifact_error or self.error,
             ready=self.ready,
         )
-
-
-def _resolve(pending: Pending, result: InferResult) -> None:
-    if not pending.future.done():
-        pending.future.set_result(result)
-
-
-def _fail(pending: Pending, error: SlserveError) -> None:
-    if not pending.future.done():
-        pending.future.set_exception(error)
