@@ -115,6 +115,14 @@ CREATE INDEX IF NOT EXISTS keys_by_tenant ON keys (tenant);
 """
 
 
+def new_token(key_id: str) -> str:
+    return f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
+
+
+def keyed_hash(secret: bytes, token: str) -> bytes:
+    return hmac.new(secret, token.encode(), hashlib.sha256).digest()
+
+
 def _server_secret(path: Path) -> bytes:
     """The HMAC key, made once per state folder, readable by its owner only."""
     try:
@@ -134,7 +142,57 @@ def _server_secret(path: Path) -> bytes:
 WAL_INDEX_HEADER = 48  # bytes; its change counter moves with every commit (https://www.sqlite.org/walformat.html)
 
 
-class SQLiteKeyStore:
+class KeyStoreBase:
+    """What every key store does the same way (making, revoking and rotating keys); a store keeps the records
+    (`get`, `list`, `_write`) and says when they changed (`version`)."""
+
+    _secret: bytes
+
+    def hash(self, token: str) -> bytes:
+        return keyed_hash(self._secret, token)
+
+    def create(self, record: KeyRecord) -> str:
+        key_id = secrets.token_hex(6)
+        token = new_token(key_id)
+        stored = replace(record, key_id=key_id, secret_hash=self.hash(token))
+        self._write(stored, insert=True)
+        return token
+
+    def revoke(self, key_id: str) -> KeyRecord:
+        record = self._existing(key_id)
+        revoked = replace(record, revoked_at=record.revoked_at or time.time())
+        self._write(revoked)
+        return revoked
+
+    def rotate(self, key_id: str, grace_s: float) -> str:
+        record = self._existing(key_id)
+        if record.revoked_at is not None:
+            raise SpecError(f"key {key_id} is revoked; create a new one with `slserve keys create`")
+        token = new_token(key_id)
+        rotated = replace(
+            record,
+            secret_hash=self.hash(token),
+            previous_hash=record.secret_hash if grace_s > 0 else None,
+            previous_valid_until=time.time() + grace_s if grace_s > 0 else None,
+        )
+        self._write(rotated)
+        return token
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        raise NotImplementedError
+
+    def _existing(self, key_id: str) -> KeyRecord:
+        record = self.get(key_id)
+        if record is None:
+            raise SpecError(f"no key {key_id!r}; `slserve keys list` shows the keys")
+        return record
+
+    def _write(self, record: KeyRecord, insert: bool = False) -> None:
+        """Store `record` (`insert`: a new key, never one that exists)."""
+        raise NotImplementedError
+
+
+class SQLiteKeyStore(KeyStoreBase):
     def __init__(self, state: Path) -> None:
         self.path = state / "keys.sqlite"
         self._secret = _server_secret(state / "server-secret")
@@ -147,46 +205,16 @@ class SQLiteKeyStore:
         if self._wal_index is not None:
             weakref.finalize(self, os.close, self._wal_index)
 
-    def hash(self, token: str) -> bytes:
-        return hmac.new(self._secret, token.encode(), hashlib.sha256).digest()
-
-    def create(self, record: KeyRecord) -> str:
-        key_id = secrets.token_hex(6)
-        token = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        stored = replace(record, key_id=key_id, secret_hash=self.hash(token))
-        self._write(stored, insert=True)
-        return token
-
     def get(self, key_id: str) -> KeyRecord | None:
         row = self.db.execute(
             "SELECT record, secret_hash, previous_hash FROM keys WHERE key_id = ?", (key_id,)
         ).fetchone()
-        return _record(*row) if row else None
+        return record_from(*row) if row else None
 
     def list(self, tenant: str | None = None) -> list[KeyRecord]:
         query = "SELECT record, secret_hash, previous_hash FROM keys"
         rows = self.db.execute(query + " WHERE tenant = ?", (tenant,)) if tenant else self.db.execute(query)
-        return sorted((_record(*r) for r in rows), key=lambda k: (k.tenant, k.created_at))
-
-    def revoke(self, key_id: str) -> KeyRecord:
-        record = self._existing(key_id)
-        revoked = replace(record, revoked_at=record.revoked_at or time.time())
-        self._write(revoked)
-        return revoked
-
-    def rotate(self, key_id: str, grace_s: float) -> str:
-        record = self._existing(key_id)
-        if record.revoked_at is not None:
-            raise SpecError(f"key {key_id} is revoked; create a new one with `slserve keys create`")
-        token = f"{PREFIX}_{key_id}_{secrets.token_urlsafe(32)}"
-        rotated = replace(
-            record,
-            secret_hash=self.hash(token),
-            previous_hash=record.secret_hash if grace_s > 0 else None,
-            previous_valid_until=time.time() + grace_s if grace_s > 0 else None,
-        )
-        self._write(rotated)
-        return token
+        return sorted((record_from(*r) for r in rows), key=lambda k: (k.tenant, k.created_at))
 
     def version(self) -> bytes:
         """The WAL index header, read without a lock: every commit by any process rewrites it. One pread, where
@@ -196,22 +224,20 @@ class SQLiteKeyStore:
             return str(self.db.execute("PRAGMA data_version").fetchone()[0]).encode()
         return os.pread(self._wal_index, WAL_INDEX_HEADER, 0)
 
-    def _existing(self, key_id: str) -> KeyRecord:
-        record = self.get(key_id)
-        if record is None:
-            raise SpecError(f"no key {key_id!r}; `slserve keys list` shows the keys")
-        return record
-
     def _write(self, record: KeyRecord, insert: bool = False) -> None:
-        public = orjson.dumps({**record.public(), "previous_valid_until": record.previous_valid_until}).decode()
-        values = (record.key_id, record.tenant, public, record.secret_hash, record.previous_hash)
+        values = (record.key_id, record.tenant, record_json(record), record.secret_hash, record.previous_hash)
         verb = "INSERT" if insert else "REPLACE"
         self.db.execute(
             f"{verb} INTO keys (key_id, tenant, record, secret_hash, previous_hash) VALUES (?,?,?,?,?)", values
         )
 
 
-def _record(public: str, secret_hash: bytes, previous_hash: bytes | None) -> KeyRecord:
+def record_json(record: KeyRecord) -> str:
+    """What a store keeps of a key beside its hashes (every store keeps the same document)."""
+    return orjson.dumps({**record.public(), "previous_valid_until": record.previous_valid_until}).decode()
+
+
+def record_from(public: str, secret_hash: bytes, previous_hash: bytes | None) -> KeyRecord:
     d = orjson.loads(public)
     return KeyRecord(
         key_id=d["key_id"],
