@@ -1,0 +1,117 @@
+"""The key store and the ledger: one suite, two stores (SQLite here, DynamoDB on AWS through moto's server over
+real HTTP). Exactly one record per request, exact usage, idempotent answers that expire, keyed hashes only."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.integration.aws import client, moto_endpoint  # noqa: F401  (a fixture)
+
+from slserve.accounts.keys import KeyStore, SQLiteKeyStore, new_key, split_token
+from slserve.errors import LedgerUnavailable, SpecError, Unauthorized
+from slserve.gateway.auth import Authenticator
+from slserve.metering.ledger import Ledger, Record, SQLiteLedger, StoredResponse
+from slserve.metering.usage import month_span
+
+_prefixes = itertools.count()
+STORES = ["sqlite", "dynamodb"]
+
+
+@pytest.fixture(params=STORES)
+def stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[KeyStore, Any]]:
+    """(key store, a function making a ledger with a retention)."""
+    if request.param == "sqlite":
+        yield SQLiteKeyStore(tmp_path), lambda retention_s: SQLiteLedger(tmp_path / "ledger.sqlite", retention_s)
+        return
+    from slserve.accounts.dynamo import DynamoKeyStore
+    from slserve.aws.schema import create_tables
+    from slserve.metering.dynamo import DynamoLedger
+
+    dynamodb = client(request.getfixturevalue("moto_endpoint"), "dynamodb")
+    names = create_tables(dynamodb, f"t{next(_prefixes)}")
+    keys = DynamoKeyStore(dynamodb, names["keys"], b"server secret", refresh_s=0)
+    yield keys, lambda retention_s: DynamoLedger(dynamodb, names["ledger"], names["responses"], retention_s)
+
+
+def _record(
+    i: int | str, tenant: str, price: int, status: int = 200, tier: str = "standard", age_s: float = 0
+) -> Record:
+    return Record(
+        f"r{i}", int((time.time() - age_s) * 1e6), "k1", tenant, "v2", "m", "1", None, tier, "f", "f-1", False, None,
+        0.1, 1.5, 10, 20, 1, 3, status, price,
+    )  # fmt: skip
+
+
+def test_keys_keep_only_a_keyed_hash_and_changes_reach_a_running_gateway(stores: tuple[KeyStore, Any]) -> None:
+    store, _ = stores
+    auth = Authenticator(store)
+    token = store.create(new_key("acme", models=("minilm",)))
+    key_id, secret = split_token(token) or ("", "")
+    record = store.get(key_id)
+    assert record is not None and record.models == ("minilm",) and secret.encode() not in record.secret_hash
+    assert auth.authenticate({"x-api-key": token}).key_id == key_id
+    assert [k.key_id for k in store.list("acme")] == [key_id] and store.list("nobody") == []
+    rotated = store.rotate(key_id, grace_s=0)
+    with pytest.raises(Unauthorized, match="not valid"):
+        auth.authenticate({"x-api-key": token})
+    assert auth.authenticate({"x-api-key": rotated}).key_id == key_id
+    store.revoke(key_id)
+    with pytest.raises(Unauthorized, match="revoked"):
+        auth.authenticate({"x-api-key": rotated})
+    with pytest.raises(SpecError, match="revoked"):
+        store.rotate(key_id, 0)
+    with pytest.raises(SpecError, match="no key"):
+        store.revoke("000000000000")
+
+
+def test_the_ledger_is_exact_one_record_per_request(stores: tuple[KeyStore, Any]) -> None:
+    _, make = stores
+
+    async def run() -> None:
+        ledger: Ledger = make(3600)
+        records = [_record(i, "acme", 7 + i % 3, tier="economy" if i % 4 == 0 else "standard") for i in range(60)]
+        records += [_record(60, "acme", 0, status=503), _record(61, "acme", 0, status=499), _record(62, "other", 1000)]
+        await asyncio.gather(*(ledger.append(r) for r in records))
+        with pytest.raises(LedgerUnavailable, match="refused"):
+            await ledger.append(_record(5, "acme", 9))  # the same request id again: never written twice
+        _, start, end = month_span(None)
+        rows = ledger.usage(start, end, tenant="acme")
+        assert sum(r.charged for r in rows) == sum(7 + i % 3 for i in range(60))
+        totals = (sum(r.requests for r in rows), sum(r.failed for r in rows), sum(r.abandoned for r in rows))
+        assert totals == (60, 1, 1)
+        assert {(r.tier, r.requests) for r in rows} == {("economy", 15), ("standard", 45)}
+        assert ledger.charged_in_month("k1", start, end) == 61  # 60 acme + 1 other; the 503 and 499 not counted
+        mine = ledger.usage(start, end, key_id="k1")
+        assert sum(r.charged for r in mine) == sum(r.charged for r in rows) + 1000
+        await ledger.close()
+
+    asyncio.run(run())
+
+
+def test_stored_answers_replay_expire_and_go_with_a_correction(stores: tuple[KeyStore, Any]) -> None:
+    _, make = stores
+
+    async def run() -> None:
+        ledger: Ledger = make(60)
+        stored = StoredResponse("rnew", "fp", 200, {"x-slserve-cost": "9"}, b"\x00body")
+        await ledger.append(_record("new", "acme", 9), ("k1", "idem-1", stored))
+        old = StoredResponse("rold", "fp", 200, {}, b"old")
+        await ledger.append(_record("old", "acme", 9, age_s=120), ("k1", "idem-2", old))
+        got = ledger.stored_response("k1", "idem-1")
+        assert got == stored
+        assert ledger.stored_response("k1", "idem-2") is None  # past the retention: the key runs anew
+        assert ledger.stored_response("k2", "idem-1") is None  # another API key's
+        await ledger.correct("rnew", 499, 0)  # its client left before the answer went out
+        assert ledger.stored_response("k1", "idem-1") is None
+        _, start, end = month_span(None)
+        rows = ledger.usage(start, end, tenant="acme")
+        assert (sum(r.abandoned for r in rows), sum(r.charged for r in rows)) == (1, 9)
+        await ledger.close()
+
+    asyncio.run(run())
