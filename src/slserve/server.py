@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 import uvicorn
 from setproctitle import setproctitle
 
 from slserve.gateway import logs
 from slserve.gateway.app import build_app
+from slserve.platform.base import Executor
 from slserve.platform.catalog import FolderCatalog
 from slserve.platform.local import LocalExecutor
 from slserve.platform.targets import Targets
@@ -14,12 +17,14 @@ from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
 from slserve.spec import discover_functions
 
+log = logging.getLogger("slserve.gateway")
+
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
     store = ArtifactStore(settings.artifacts)
     catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
-    platform = Targets(catalog, {"local": LocalExecutor(store)})
+    platform = Targets(catalog, executors(settings, store, catalog))
     app = build_app(platform, settings)
     config = uvicorn.Config(
         app,
@@ -37,6 +42,22 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
         timeout_keep_alive=round(settings.keep_alive_s),
     )
     return uvicorn.Server(config)
+
+
+def executors(settings: ServeSettings, store: ArtifactStore, catalog: FolderCatalog) -> dict[str, Executor]:
+    """The local executor always; the `aws` one where a function targets it (it needs the `aws` extra)."""
+    out: dict[str, Executor] = {"local": LocalExecutor(store)}
+    if any(f.target == "aws" for f in catalog.functions().values()) or settings.aws_endpoint_url:
+        try:
+            import boto3
+        except ImportError:
+            log.warning("functions target aws, but boto3 is not installed: `pip install 'slserve[aws]'`")
+            return out
+        from slserve.platform.aws import LambdaExecutor
+
+        client = boto3.client("lambda", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        out["aws"] = LambdaExecutor(client, settings.aws_prefix)
+    return out
 
 
 def serve(settings: ServeSettings) -> None:

@@ -55,6 +55,9 @@ class ServeSettings(BaseSettings):
     log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
     log_level: str = Field("info", description="uvicorn log level")
+    aws_prefix: str = Field("slserve", description="Lambda functions of the `aws` target are named PREFIX-FUNCTION")
+    aws_region: str | None = Field(None, description="Region of the `aws` target (else boto3's own configuration)")
+    aws_endpoint_url: str | None = Field(None, description="Lambda endpoint of the `aws` target (tests, local peers)")
 
     @classmethod
     def settings_customise_sources(

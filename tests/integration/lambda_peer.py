@@ -159,3 +159,84 @@ def start_environment(handler: str, env: Mapping[str, str], log: Path) -> Enviro
             [sys.executable, "-m", "awslambdaric", handler], env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
     return Environment(api, server, proc, log)
+
+
+@dataclass
+class InvokeAPI:
+    """Lambda's Invoke API (`POST /2015-03-31/functions/{name}/invocations`), as boto3 calls it, in front of
+    execution environments run by the runtime client: what the gateway's `aws` executor talks to."""
+
+    environments: dict[str, Environment] = field(default_factory=dict)
+    throttled: set[str] = field(default_factory=set)  # functions answering 429 TooManyRequestsException
+    calls: list[tuple[str, str | None]] = field(default_factory=list)  # (function, qualifier)
+    server: ThreadingHTTPServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        host, port = self.server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> InvokeAPI:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _invoke_handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+
+
+def _invoke_handler(api: InvokeAPI) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            super().setup()
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+        def _reply(self, status: int, body: bytes, headers: Mapping[str, str]) -> None:
+            self.send_response(status)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_POST(self) -> None:
+            from urllib.parse import parse_qs, unquote, urlparse
+
+            url = urlparse(self.path)
+            payload = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            parts = url.path.strip("/").split("/")
+            if len(parts) != 4 or parts[:2] != ["2015-03-31", "functions"] or parts[3] != "invocations":
+                self._reply(404, b"{}", {})
+                return
+            name = unquote(parts[2])
+            qualifier = parse_qs(url.query).get("Qualifier", [None])[0]
+            api.calls.append((name, qualifier))
+            if name in api.throttled:
+                error = {
+                    "Type": "User",
+                    "message": "Rate Exceeded.",
+                    "Reason": "ReservedFunctionConcurrentInvocationLimitExceeded",
+                }
+                self._reply(429, json.dumps(error).encode(), {"x-amzn-ErrorType": "TooManyRequestsException"})
+                return
+            environment = api.environments.get(name)
+            if environment is None:
+                error = {"Type": "User", "Message": f"Function not found: {name}"}
+                self._reply(404, json.dumps(error).encode(), {"x-amzn-ErrorType": "ResourceNotFoundException"})
+                return
+            outcome = environment.api.invoke(json.loads(payload))
+            headers = {"Content-Type": "application/json", "X-Amz-Executed-Version": "1"}
+            if not outcome.ok:
+                headers["X-Amz-Function-Error"] = "Unhandled"
+            self._reply(200, json.dumps(outcome.body).encode(), headers)
+
+    return Handler

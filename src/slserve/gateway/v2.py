@@ -242,3 +242,38 @@ def encode_infer(result: InferResult, model: str, v2: V2Request) -> tuple[bytes,
         return header, {"content-type": "application/json"}
     body = b"".join([header, *blobs])
     return body, {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
+    """A request as another v2 server takes it: every input as binary data (exact, no JSON numbers), every
+    output asked for as binary; returns the body and its headers."""
+    inputs: list[dict[str, Any]] = []
+    blobs: list[bytes | memoryview] = []
+    for name, arr in request.inputs.items():
+        data = tensor_payload(arr)
+        size = len(data) if isinstance(data, bytes) else data.nbytes
+        entry = {"name": name, "datatype": datatype_of(arr).value, "shape": list(arr.shape)}
+        inputs.append({**entry, "parameters": {"binary_data_size": size}})
+        blobs.append(data)
+    doc: dict[str, Any] = {"inputs": inputs, "parameters": {"binary_data_output": True, **request.options}}
+    if request.outputs is not None:
+        doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in request.outputs]
+    header = orjson.dumps(doc)
+    return b"".join([header, *blobs]), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+
+
+def decode_outputs(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
+    """The outputs of a v2 response (JSON data or binary), as numpy arrays."""
+    header, binary = split_body(body, header_length)
+    doc = orjson.loads(header)
+    outputs: dict[str, np.ndarray] = {}
+    offset = 0
+    for out in doc.get("outputs", []):
+        datatype, shape = Datatype(out["datatype"]), list(out["shape"])
+        size = (out.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            outputs[out["name"]] = tensor_from_payload(datatype, shape, binary[offset : offset + size], out["name"])
+            offset += size
+        else:
+            outputs[out["name"]] = _json_tensor(out["data"], datatype, shape, out["name"])
+    return outputs

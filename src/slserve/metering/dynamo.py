@@ -219,4 +219,3 @@ def summarize(records: list[Record]) -> list[UsageRow]:
 def _reason(error: Exception) -> str:
     response = getattr(error, "response", {}) or {}
     return str(response.get("Error", {}).get("Message") or error)
-
