@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.integration.aws import client, moto_endpoint  # noqa: F401  (a fixture)
+from tests.integration.aws import client
 
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore, new_key, split_token
 from slserve.errors import LedgerUnavailable, SpecError, Unauthorized

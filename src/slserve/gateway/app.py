@@ -169,12 +169,14 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
-def build_app(platform: Platform, settings: ServeSettings, keys: KeyStore | None = None) -> Front:
-    """Starlette for health, metadata, status and usage; `Front` before it for keys and inference."""
+def build_app(
+    platform: Platform, settings: ServeSettings, keys: KeyStore | None = None, ledger: Ledger | None = None
+) -> Front:
+    """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
+    default to SQLite in the state folder (DynamoDB on AWS is handed in)."""
     router = Router(platform.functions(), settings.routes)
     keys = keys or SQLiteKeyStore(settings.state)
-    ledger = None
-    if settings.metering:
+    if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
     limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
     pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.bill_abandoned)

@@ -7,11 +7,13 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+import orjson
+
 from slserve.build.key import stale_reason
 from slserve.errors import ArtifactNotFound, SpecError
 from slserve.platform.base import Changes, Deployed
 from slserve.snapshot import ArtifactStore
-from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions
+from slserve.spec import SPEC_FILENAME, FunctionDef, FunctionSpec, discover_functions
 
 log = logging.getLogger("slserve.platform")
 Fingerprint = tuple[tuple[str, int, str | None], ...]
@@ -78,3 +80,30 @@ class FolderCatalog:
             return ()
         specs = sorted(d / SPEC_FILENAME for d in self.directory.iterdir() if (d / SPEC_FILENAME).is_file())
         return tuple((s.parent.name, s.stat().st_mtime_ns, self.store.ref(s.parent.name)) for s in specs)
+
+
+class ManifestCatalog:
+    """A catalog fixed at deploy time: a JSON document of the deployed functions (name, spec, artifact digest),
+    as `slserve deploy` writes it for targets that do not read a functions folder (the router on AWS)."""
+
+    def __init__(self, path: Path) -> None:
+        doc = orjson.loads(path.read_bytes())
+        self._functions = {
+            f["name"]: Deployed(f["name"], FunctionSpec.model_validate(f["spec"]), f["digest"])
+            for f in doc["functions"]
+        }
+
+    def functions(self) -> Mapping[str, Deployed]:
+        return self._functions
+
+    def refresh(self) -> Changes:
+        return Changes([], [])  # a new catalog is a new deployment
+
+    @staticmethod
+    def write(path: Path, functions: Mapping[str, Deployed]) -> None:
+        entries = [
+            {"name": f.name, "digest": f.digest, "spec": f.spec.model_dump(mode="json")}
+            for f in functions.values()
+            if f.digest is not None
+        ]
+        path.write_bytes(orjson.dumps({"functions": entries}, option=orjson.OPT_INDENT_2))

@@ -1,0 +1,125 @@
+"""The front on AWS, end to end: an API Gateway HTTP API event -> the router function (slserve's gateway under
+the runtime client, DynamoDB stores in moto's server) -> the model function by Lambda invoke (the Invoke API
+peer, the real handler under the runtime client) -> the answer, with keys, tiers and the ledger."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from tests.conftest import FUNCTIONS, write_function
+from tests.integration.aws import client
+from tests.integration.lambda_peer import Environment, InvokeAPI, start_environment
+
+from slserve.accounts.dynamo import DynamoKeyStore
+from slserve.accounts.keys import new_key
+from slserve.aws.schema import create_tables
+from slserve.build import build_function
+from slserve.platform.catalog import FolderCatalog, ManifestCatalog
+from slserve.snapshot import ArtifactStore
+from slserve.spec import load_function
+
+EVENTS = Path(__file__).resolve().parents[1] / "events"
+SECRET = b"router test secret".hex()
+BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
+
+
+def event(path: str, method: str = "POST", body: Any = None, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    doc = json.loads((EVENTS / "apigw_http_v2_infer.json").read_text())
+    doc["rawPath"] = doc["requestContext"]["http"]["path"] = path
+    doc["requestContext"]["http"]["method"] = method
+    doc["routeKey"] = "$default"
+    doc["headers"] = {"content-type": "application/json", **(headers or {})}
+    doc["body"] = json.dumps(body) if body is not None else None
+    doc.pop("pathParameters", None)
+    return doc
+
+
+def reply(environment: Environment, request: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    outcome = environment.api.invoke(request)
+    assert outcome.ok, outcome.body
+    body = outcome.body.get("body") or ""
+    raw = base64.b64decode(body) if outcome.body.get("isBase64Encoded") else body.encode()
+    return outcome.body["statusCode"], outcome.body.get("headers", {}), json.loads(raw) if raw else None
+
+
+@pytest.fixture(scope="module")
+def house(
+    build_sample,
+    sample_store: ArtifactStore,
+    moto_endpoint: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("aws-router")
+    functions = root / "functions"
+    write_function(
+        functions, "remote-classifier", 'target = "aws"\n' + (FUNCTIONS / "classifier" / "function.toml").read_text()
+    )
+    build_function(load_function(functions / "remote-classifier"), sample_store)
+    ManifestCatalog.write(root / "catalog.json", FolderCatalog(sample_store, functions).functions())
+    dynamodb = client(moto_endpoint, "dynamodb")
+    tables = create_tables(dynamodb, "router")
+    keys = DynamoKeyStore(dynamodb, tables["keys"], bytes.fromhex(SECRET))
+    model = start_environment(
+        "slserve.aws.handler.handler",
+        {"SLSERVE_ARTIFACTS": str(sample_store.root), "SLSERVE_FUNCTION": "remote-classifier"},
+        root / "model.log",
+    )
+    invoke = InvokeAPI({"slserve-remote-classifier": model}).start()
+    router = start_environment(
+        "slserve.aws.router.handler",
+        {
+            "SLSERVE_CATALOG": str(root / "catalog.json"),
+            "SLSERVE_ROUTES": str(root / "routes.toml"),
+            "SLSERVE_PREFIX": "slserve",
+            "SLSERVE_KEYS_TABLE": tables["keys"],
+            "SLSERVE_LEDGER_TABLE": tables["ledger"],
+            "SLSERVE_RESPONSES_TABLE": tables["responses"],
+            "SLSERVE_KEY_SECRET": SECRET,
+            "AWS_ENDPOINT_URL_LAMBDA": invoke.url,
+            "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+        root / "router.log",
+    )
+    yield {"router": router, "invoke": invoke, "keys": keys, "dynamodb": dynamodb, "tables": tables}
+    router.stop()
+    invoke.stop()
+    model.stop()
+
+
+def test_an_http_api_event_is_served_billed_and_recorded(house: dict[str, Any]) -> None:
+    key = house["keys"].create(new_key("acme"))
+    auth = {"authorization": f"Bearer {key}"}
+    status, headers, doc = reply(house["router"], event("/v2/models/remote-classifier/infer", body=BODY, headers=auth))
+    assert status == 200 and doc["model_name"] == "remote-classifier", doc
+    assert headers["x-slserve-function"] == "remote-classifier" and int(headers["x-slserve-cost"]) > 0
+    records = house["dynamodb"].scan(TableName=house["tables"]["ledger"])["Items"]
+    mine = [r for r in records if r["request_id"]["S"] == headers["x-request-id"]]
+    assert len(mine) == 1 and mine[0]["price"]["N"] == headers["x-slserve-cost"] and mine[0]["tenant"]["S"] == "acme"
+    status, _, usage = reply(house["router"], event("/v1/usage", method="GET", headers=auth))
+    assert status == 200 and usage["total"]["requests"] == 1
+
+
+def test_keys_and_bad_input_are_refused_before_any_model_function(house: dict[str, Any]) -> None:
+    calls = len(house["invoke"].calls)
+    status, _, doc = reply(house["router"], event("/v2/models/remote-classifier/infer", body=BODY))
+    assert status == 401 and "API key" in doc["error"]
+    key = house["keys"].create(new_key("acme", models=("other",)))
+    status, _, doc = reply(
+        house["router"], event("/v2/models/remote-classifier/infer", body=BODY, headers={"x-api-key": key})
+    )
+    assert status == 403
+    good = house["keys"].create(new_key("acme"))
+    bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2]}]}
+    status, _, doc = reply(
+        house["router"], event("/v2/models/remote-classifier/infer", body=bad, headers={"x-api-key": good})
+    )
+    assert status == 400
+    assert len(house["invoke"].calls) == calls  # none of them reached a model function
