@@ -138,7 +138,7 @@ class Environment:
         self.server.server_close()
 
 
-def start_environment(handler: str, env: Mapping[str, str], log: Path) -> Environment:
+def start_environment(handler: str, env: Mapping[str, str], log: Path, python: str = sys.executable) -> Environment:
     api = RuntimeAPI()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
     server.daemon_threads = True
@@ -156,7 +156,7 @@ def start_environment(handler: str, env: Mapping[str, str], log: Path) -> Enviro
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "awslambdaric", handler], env=full_env, stdout=out, stderr=subprocess.STDOUT
+            [python, "-m", "awslambdaric", handler], env=full_env, stdout=out, stderr=subprocess.STDOUT
         )
     return Environment(api, server, proc, log)
 

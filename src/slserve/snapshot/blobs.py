@@ -132,7 +132,10 @@ class BlobStore:
             return None
 
     def _mark_verified(self, digest: str, st: os.stat_result) -> None:
-        self._verified.mkdir(parents=True, exist_ok=True)
-        tmp = self._verified / f".{digest}.{os.getpid()}"
-        tmp.write_text(_stat_key(st))
-        os.replace(tmp, self._verified / digest)
+        try:
+            self._verified.mkdir(parents=True, exist_ok=True)
+            tmp = self._verified / f".{digest}.{os.getpid()}"
+            tmp.write_text(_stat_key(st))
+            os.replace(tmp, self._verified / digest)
+        except OSError:  # a read-only store (a Lambda package): each process hashes what it uses, once
+            pass

@@ -1,0 +1,315 @@
+"""The AWS deployment as one CDK stack, synthesized from a `DeployPlan` (what `slserve deploy aws` packaged).
+
+    HTTP API ──► router function (slserve's gateway) ──invoke alias `live`──► one Lambda per model function
+                     │                                                     (zip + SnapStart, or an image, or
+                     ├── DynamoDB: keys, ledger, responses                   provisioned concurrency)
+                     └── Secrets Manager: the API keys' HMAC key
+    S3: the artifacts, content-addressed (versioned, encrypted)
+
+Least privilege: the router may invoke only slserve's aliases, read and write only its tables, read only its
+secret; a model function may read only its own artifact's objects. Every cdk-nag finding left is acknowledged
+here, next to the construct, with its reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aws_cdk as cdk
+from aws_cdk import aws_apigatewayv2 as apigw
+from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_s3 as s3
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk.aws_apigatewayv2_integrations import HttpLambdaIntegration
+from constructs import Construct, IConstruct
+
+from slserve.aws.schema import TABLES, Table
+from slserve.platform.aws import ALIAS, lambda_name
+from slserve.spec import FunctionSpec
+
+PYTHON = lambda_.Runtime.PYTHON_3_12  # the zip's compiled wheels are built for it (and SnapStart needs 3.12+)
+SNAPSTART_TMP_LIMIT_MB = 512
+LOG_RETENTION = logs.RetentionDays.ONE_MONTH
+Start = Literal["snapstart", "provisioned", "on-demand"]
+BASIC_EXECUTION = "arn:<AWS::Partition>:iam::aws:policy/service-role/AWSLambdaBasicExecutionRole"
+XRAY = "X-Ray's PutTraceSegments and PutTelemetryRecords take no resource (Tracing.ACTIVE adds them)"
+
+
+@dataclass(frozen=True)
+class FunctionPlan:
+    name: str
+    spec: FunctionSpec
+    digest: str
+    package: Path  # the zip's contents, or a container image's build context
+    image: bool  # torch functions ship as images; ONNX Runtime ones as zips
+    ephemeral_mb: int = 512
+
+    def start(self) -> tuple[Start, str]:
+        """SnapStart where it applies, provisioned concurrency for functions kept warm, and why."""
+        warm = self.spec.scaling.min_instances
+        if warm >= 1:
+            return "provisioned", (
+                f"min_instances = {warm}: kept warm by provisioned concurrency (it excludes SnapStart on a version)"
+            )
+        if self.image:
+            return "on-demand", "a container image: SnapStart takes managed runtimes only"
+        if self.ephemeral_mb > SNAPSTART_TMP_LIMIT_MB:
+            return "on-demand", f"ephemeral storage of {self.ephemeral_mb} MB: SnapStart allows {SNAPSTART_TMP_LIMIT_MB}"
+        return "snapstart", f"a zip on {PYTHON.name}: the model is mapped and warmed before the snapshot"
+
+
+@dataclass(frozen=True)
+class DeployPlan:
+    prefix: str
+    functions: list[FunctionPlan]
+    router_package: Path
+    timeout_s: int = 60
+    rate_per_s: int = 1000  # the API's default throttling (steady rate; burst is twice it)
+
+
+def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
+    cdk.Validations.of(scope).acknowledge(cdk.Acknowledgment(id=rule, reason=reason))
+
+
+class SlserveStack(cdk.Stack):
+    def __init__(self, scope: Construct, construct_id: str, plan: DeployPlan, **kwargs: object) -> None:
+        super().__init__(scope, construct_id, **kwargs)  # type: ignore[arg-type]
+        self.plan = plan
+        self.bucket = self._artifacts_bucket()
+        self.tables = {t.name: self._table(t) for t in TABLES}
+        self.secret = secretsmanager.Secret(
+            self,
+            "KeySecret",
+            description="slserve: the HMAC key of API key hashes",
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
+        )
+        acknowledge(
+            self.secret,
+            "AwsSolutions-SMG4",
+            "rotating the HMAC key would invalidate every API key at once; keys rotate one by one (`slserve keys rotate`)",
+        )
+        self.aliases = {f.name: self._model_function(f) for f in plan.functions}
+        self.router = self._router()
+        self.api = self._http_api()
+
+    # --- storage ---------------------------------------------------------------------------------------------
+
+    def _artifacts_bucket(self) -> s3.Bucket:
+        access_logs = s3.Bucket(
+            self,
+            "AccessLogs",
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,  # log delivery by bucket policy, no ACLs
+        )
+        acknowledge(access_logs, "AwsSolutions-S1", "the access log bucket of the artifact bucket: logging it would recurse")
+        return s3.Bucket(
+            self,
+            "Artifacts",
+            versioned=True,
+            encryption=s3.BucketEncryption.S3_MANAGED,
+            block_public_access=s3.BlockPublicAccess.BLOCK_ALL,
+            enforce_ssl=True,
+            server_access_logs_bucket=access_logs,
+            server_access_logs_prefix="artifacts/",
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+
+    def _table(self, table: Table) -> dynamodb.TableV2:
+        indexes = [
+            dynamodb.GlobalSecondaryIndexPropsV2(
+                index_name=name,
+                partition_key=dynamodb.Attribute(name=partition, type=dynamodb.AttributeType.STRING),
+                sort_key=dynamodb.Attribute(name=sort, type=dynamodb.AttributeType.NUMBER),
+            )
+            for name, (partition, sort) in table.indexes.items()
+        ]
+        made = dynamodb.TableV2(
+            self,
+            f"Table-{table.name}",
+            table_name=table.full_name(self.plan.prefix),
+            partition_key=dynamodb.Attribute(name=table.partition, type=dynamodb.AttributeType.STRING),
+            global_secondary_indexes=indexes or None,
+            time_to_live_attribute=table.ttl,
+            billing=dynamodb.Billing.on_demand(),
+            point_in_time_recovery_specification=dynamodb.PointInTimeRecoverySpecification(
+                point_in_time_recovery_enabled=True
+            ),
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        cfn = made.node.default_child
+        assert isinstance(cfn, cdk.CfnResource)
+        cfn.override_logical_id(f"{table.name.capitalize()}Table")  # named in the acknowledgments below
+        return made
+
+    # --- functions -------------------------------------------------------------------------------------------
+
+    def _log_group(self, name: str) -> logs.LogGroup:
+        return logs.LogGroup(self, f"Logs-{name}", retention=LOG_RETENTION, removal_policy=cdk.RemovalPolicy.DESTROY)
+
+    def _model_function(self, f: FunctionPlan) -> lambda_.Alias:
+        start, why = f.start()
+        environment = {
+            "SLSERVE_FUNCTION": f.name,
+            "SLSERVE_DIGEST": f.digest,
+            "POWERTOOLS_SERVICE_NAME": "slserve",
+            "POWERTOOLS_METRICS_NAMESPACE": "slserve",
+        }
+        if f.image:
+            code: lambda_.Code = lambda_.Code.from_asset_image(str(f.package))
+            runtime, handler = lambda_.Runtime.FROM_IMAGE, lambda_.Handler.FROM_IMAGE
+        else:
+            code, runtime, handler = lambda_.Code.from_asset(str(f.package)), PYTHON, "slserve.aws.handler.handler"
+        fn = lambda_.Function(
+            self,
+            f"Fn-{f.name}",
+            function_name=lambda_name(self.plan.prefix, f.name),
+            runtime=runtime,
+            handler=handler,
+            code=code,
+            memory_size=max(128, min(10240, f.spec.resources.memory_mb)),
+            timeout=cdk.Duration.seconds(self.plan.timeout_s),
+            ephemeral_storage_size=cdk.Size.mebibytes(f.ephemeral_mb),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self._log_group(f.name),
+            environment=environment,
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS if start == "snapstart" else None,
+            description=f"slserve function {f.name}: model {f.spec.model.name} version {f.spec.model.version}",
+        )
+        alias = lambda_.Alias(
+            self,
+            f"Live-{f.name}",
+            alias_name=ALIAS,
+            version=fn.current_version,
+            provisioned_concurrent_executions=f.spec.scaling.min_instances if start == "provisioned" else None,
+        )
+        cfn = fn.node.default_child
+        assert isinstance(cfn, cdk.CfnResource)
+        cfn.add_metadata("slserve", {"function": f.name, "artifact": f.digest, "start": start, "why": why})
+        self._alarms(f.name, alias)
+        self._acknowledge_function(fn)
+        return alias
+
+    def _alarms(self, name: str, alias: lambda_.Alias) -> None:
+        period = cdk.Duration.minutes(5)
+        cloudwatch.Alarm(
+            self,
+            f"Errors-{name}",
+            metric=alias.metric_errors(period=period),
+            threshold=1,
+            evaluation_periods=1,
+            alarm_description=f"slserve {name}: invocations failed",
+        )
+        cloudwatch.Alarm(
+            self,
+            f"Throttles-{name}",
+            metric=alias.metric_throttles(period=period),
+            threshold=1,
+            evaluation_periods=1,
+            alarm_description=f"slserve {name}: Lambda throttled calls (raise its concurrency, or shed load)",
+        )
+        cold = cloudwatch.Metric(
+            namespace="slserve",
+            metric_name="ColdStart",
+            dimensions_map={"function_name": lambda_name(self.plan.prefix, name), "service": "slserve"},
+            statistic="Sum",
+            period=period,
+        )
+        rate = cloudwatch.MathExpression(
+            expression="100 * cold / MAX([invocations, 1])",
+            using_metrics={"cold": cold, "invocations": alias.metric_invocations(period=period)},
+            period=period,
+        )
+        cloudwatch.Alarm(
+            self,
+            f"ColdStarts-{name}",
+            metric=rate,
+            threshold=20,
+            evaluation_periods=3,
+            alarm_description=f"slserve {name}: more than 20% of calls waited for a cold start",
+        )
+
+    def _acknowledge_function(self, fn: lambda_.Function, wildcards: dict[str, str] | None = None) -> None:
+        """The findings every function shares; `wildcards`: resource -> why its wildcard is needed."""
+        wildcards = {"*": XRAY, **(wildcards or {})}
+        assert fn.role is not None
+        acknowledge(
+            fn.role,
+            f"AwsSolutions::AwsSolutions-IAM4[Policy::{BASIC_EXECUTION}]",
+            "AWSLambdaBasicExecutionRole: writing the function's own log streams, no more",
+        )
+        policy = fn.role.node.try_find_child("DefaultPolicy")  # where X-Ray's (and the grants') statements are
+        for resource in wildcards:
+            acknowledge(policy or fn.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]", wildcards[resource])
+        acknowledge(fn, "AwsSolutions-L1", f"pinned to {PYTHON.name}: the zip's compiled wheels are built for it")
+        acknowledge(fn, "Serverless-LambdaLatestVersion", f"pinned to {PYTHON.name}, as above")
+        acknowledge(fn, "Serverless-LambdaDLQ", "invoked synchronously only: the caller gets every failure")
+        acknowledge(fn, "Serverless-LambdaAsyncFailureDestination", "invoked synchronously only")
+
+    def _router(self) -> lambda_.Alias:
+        environment = {
+            "SLSERVE_PREFIX": self.plan.prefix,
+            "SLSERVE_KEYS_TABLE": self.tables["keys"].table_name,
+            "SLSERVE_LEDGER_TABLE": self.tables["ledger"].table_name,
+            "SLSERVE_RESPONSES_TABLE": self.tables["responses"].table_name,
+            "SLSERVE_KEY_SECRET_ARN": self.secret.secret_arn,
+            "POWERTOOLS_SERVICE_NAME": "slserve-router",
+        }
+        fn = lambda_.Function(
+            self,
+            "Router",
+            function_name=f"{self.plan.prefix}-router",
+            runtime=PYTHON,
+            handler="slserve.aws.router.handler",
+            code=lambda_.Code.from_asset(str(self.plan.router_package)),
+            memory_size=1024,
+            timeout=cdk.Duration.seconds(self.plan.timeout_s + 5),
+            tracing=lambda_.Tracing.ACTIVE,
+            log_group=self._log_group("router"),
+            environment=environment,
+            snap_start=lambda_.SnapStartConf.ON_PUBLISHED_VERSIONS,
+            description="slserve's gateway: keys, limits, routing, metering",
+        )
+        for table in self.tables.values():
+            table.grant_read_write_data(fn)
+        self.secret.grant_read(fn)
+        for alias in self.aliases.values():
+            alias.grant_invoke(fn)
+        self._acknowledge_function(
+            fn, {"<LedgerTable.Arn>/index/*": "the ledger's own two indexes (usage and quotas), no other table's"}
+        )
+        return lambda_.Alias(self, "RouterLive", alias_name=ALIAS, version=fn.current_version)
+
+    def _http_api(self) -> apigw.HttpApi:
+        api = apigw.HttpApi(
+            self,
+            "Api",
+            api_name=f"{self.plan.prefix}-api",
+            default_integration=HttpLambdaIntegration("RouterIntegration", self.router),
+        )
+        access = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION, removal_policy=cdk.RemovalPolicy.DESTROY)
+        stage = api.default_stage
+        assert stage is not None
+        cfn_stage = stage.node.default_child
+        assert isinstance(cfn_stage, apigw.CfnStage)
+        cfn_stage.access_log_settings = apigw.CfnStage.AccessLogSettingsProperty(
+            destination_arn=access.log_group_arn,
+            format=(
+                '{"requestId":"$context.requestId","ip":"$context.identity.sourceIp","time":"$context.requestTime",'
+                '"method":"$context.httpMethod","path":"$context.path","status":"$context.status",'
+                '"latency":"$context.responseLatency","integrationError":"$context.integrationErrorMessage"}'
+            ),
+        )
+        cfn_stage.default_route_settings = apigw.CfnStage.RouteSettingsProperty(
+            throttling_rate_limit=self.plan.rate_per_s, throttling_burst_limit=2 * self.plan.rate_per_s
+        )
+        acknowledge(api, "AwsSolutions-APIG4", "API keys are checked by slserve's router (keyed hashes in DynamoDB)")
+        acknowledge(api, "AwsSolutions-COG4", "API keys are checked by slserve's router, not by Cognito")
+        cdk.CfnOutput(self, "Url", value=api.url or "", description="the gateway: /v2/models/{model}/infer")
+        return api
