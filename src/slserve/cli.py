@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from slserve.aws.cli import deploy_app
 from slserve.errors import SlserveError
 from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
@@ -332,6 +333,8 @@ def route_show(
             )
         console.print(stats)
 
+
+app.add_typer(deploy_app, name="deploy")
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (the secret is shown once), list, revoke, rotate")
 app.add_typer(keys_app, name="keys")

@@ -60,7 +60,9 @@ def pinned(distributions: Iterable[str]) -> list[str]:
         try:
             out.append(f"{dist}=={importlib.metadata.version(dist)}")
         except importlib.metadata.PackageNotFoundError:
-            raise BuildError(f"{dist} is not installed here: install the `aws` extra (`pip install 'slserve[aws]'`)")
+            raise BuildError(
+                f"{dist} is not installed here: install the `aws` extra (`pip install 'slserve[aws]'`)"
+            ) from None
     return out
 
 
@@ -97,7 +99,8 @@ def imported_distributions(files: Iterable[Path]) -> list[str]:
 
 
 def install_wheels(target: Path, requirements: list[str]) -> None:
-    """Lambda's wheels (manylinux x86_64 up to glibc 2.34, CPython 3.12) of `requirements` and what they need, into `target`."""
+    """Lambda's wheels (manylinux x86_64 up to glibc 2.34, CPython 3.12) of `requirements` and what they need,
+    into `target`."""
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
     command += [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     command += ["--python-version", PYTHON, "--implementation", "cp"]
@@ -109,11 +112,21 @@ def install_wheels(target: Path, requirements: list[str]) -> None:
 
 
 PROVIDED = ("boto3", "botocore", "s3transfer")  # Lambda's Python runtimes bring their own
+# Never used at run time: the hub client tokenizers depends on (for `from_pretrained`: slserve reads the tokenizer
+# from the artifact, and nothing is downloaded at run time), ONNX Runtime's model-editing tools.
+BUILD_TIME_ONLY = (
+    "huggingface_hub",
+    "hf_xet",
+    "onnxruntime/transformers",
+    "onnxruntime/tools",
+    "onnxruntime/quantization",
+)
 
 
 def slim(target: Path) -> None:
-    """What Lambda never runs: the packages its runtime provides, test suites, bytecode of another Python."""
-    for name in PROVIDED:
+    """What Lambda never runs: the packages its runtime provides, build-time tools, test suites, bytecode of
+    another Python."""
+    for name in (*PROVIDED, *BUILD_TIME_ONLY):
         shutil.rmtree(target / name, ignore_errors=True)
     for path in [*target.rglob("__pycache__"), *target.rglob("tests")]:
         if path.is_dir():
@@ -213,5 +226,7 @@ def function_image(store: ArtifactStore, function: Deployed, target: Path) -> Pa
     copy_code(target / "code", modules)
     copy_artifact(store, function, target / "artifacts")
     assert function.digest is not None
-    (target / "Dockerfile").write_text(DOCKERFILE.format(name=function.name, digest=function.digest[:12], base=BASE_IMAGE))
+    (target / "Dockerfile").write_text(
+        DOCKERFILE.format(name=function.name, digest=function.digest[:12], base=BASE_IMAGE)
+    )
     return Package(function.name, target, True, tree_size(target))

@@ -13,6 +13,10 @@ here, next to the construct, with its reason.
 
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")  # read when aws_cdk starts node, below
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,7 +63,10 @@ class FunctionPlan:
         if self.image:
             return "on-demand", "a container image: SnapStart takes managed runtimes only"
         if self.ephemeral_mb > SNAPSTART_TMP_LIMIT_MB:
-            return "on-demand", f"ephemeral storage of {self.ephemeral_mb} MB: SnapStart allows {SNAPSTART_TMP_LIMIT_MB}"
+            return (
+                "on-demand",
+                f"ephemeral storage of {self.ephemeral_mb} MB: SnapStart allows {SNAPSTART_TMP_LIMIT_MB}",
+            )
         return "snapstart", f"a zip on {PYTHON.name}: the model is mapped and warmed before the snapshot"
 
 
@@ -91,7 +98,8 @@ class SlserveStack(cdk.Stack):
         acknowledge(
             self.secret,
             "AwsSolutions-SMG4",
-            "rotating the HMAC key would invalidate every API key at once; keys rotate one by one (`slserve keys rotate`)",
+            "rotating the HMAC key would invalidate every API key at once; keys rotate one by one "
+            "(`slserve keys rotate`)",
         )
         self.aliases = {f.name: self._model_function(f) for f in plan.functions}
         self.router = self._router()
@@ -108,7 +116,9 @@ class SlserveStack(cdk.Stack):
             enforce_ssl=True,
             object_ownership=s3.ObjectOwnership.BUCKET_OWNER_ENFORCED,  # log delivery by bucket policy, no ACLs
         )
-        acknowledge(access_logs, "AwsSolutions-S1", "the access log bucket of the artifact bucket: logging it would recurse")
+        acknowledge(
+            access_logs, "AwsSolutions-S1", "the access log bucket of the artifact bucket: logging it would recurse"
+        )
         return s3.Bucket(
             self,
             "Artifacts",
@@ -246,7 +256,9 @@ class SlserveStack(cdk.Stack):
         )
         policy = fn.role.node.try_find_child("DefaultPolicy")  # where X-Ray's (and the grants') statements are
         for resource in wildcards:
-            acknowledge(policy or fn.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]", wildcards[resource])
+            acknowledge(
+                policy or fn.role, f"AwsSolutions::AwsSolutions-IAM5[Resource::{resource}]", wildcards[resource]
+            )
         acknowledge(fn, "AwsSolutions-L1", f"pinned to {PYTHON.name}: the zip's compiled wheels are built for it")
         acknowledge(fn, "Serverless-LambdaLatestVersion", f"pinned to {PYTHON.name}, as above")
         acknowledge(fn, "Serverless-LambdaDLQ", "invoked synchronously only: the caller gets every failure")

@@ -1,0 +1,80 @@
+"""`slserve deploy aws`: the AWS target from the command line (packages, stack, checks, costs, deploy)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.table import Table
+
+deploy_app = typer.Typer(no_args_is_help=True, help="Deploy the functions to another target (aws)")
+console = Console(width=150)  # the cost table is wide
+
+
+@deploy_app.command("aws")
+def deploy_aws(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Package, synthesize and check; deploy nothing")] = False,
+    functions: Annotated[Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS")] = Path("functions"),
+    artifacts: Annotated[Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS")] = Path(".slserve/artifacts"),
+    routes: Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES")] = Path("routes.toml"),
+    only: Annotated[str | None, typer.Option("--only", help="Comma-separated functions (default: all)")] = None,
+    out: Annotated[Path, typer.Option("--out", help="Where the template goes")] = Path("cdk.out"),
+    work: Annotated[Path, typer.Option("--work", help="Where the packages are built")] = Path(".slserve/aws"),
+) -> None:
+    """Package every function (zip or image), synthesize the CDK stack into cdk.out/, run cdk-nag and cfn-lint,
+    and print each package's size and the cost per million requests per tier. Without --dry-run, also deploy
+    (with the CDK CLI, when credentials and Docker are there; otherwise it says what is missing)."""
+    from slserve.aws import deploy
+    from slserve.platform.catalog import FolderCatalog
+    from slserve.snapshot import ArtifactStore
+
+    store = ArtifactStore(artifacts)
+    catalog = FolderCatalog(store, functions)
+    chosen = deploy.deployable(catalog, only.split(",") if only else None, console.print)
+    plan, _ = deploy.packages(store, chosen, work, routes, lambda line: console.print(f"package {line}"))
+    template = deploy.synthesize(plan, out)
+    console.print(f"synthesized {template} (cdk-nag AwsSolutions and Serverless checks: clean)")
+    findings = deploy.lint(template)
+    for finding in findings:
+        console.print(f"cfn-lint: {finding}")
+    if findings:
+        raise typer.Exit(1)
+    ignored = ", ".join(f"{rule} ({why})" for rule, why in deploy.LINT_IGNORED.items())
+    console.print(f"cfn-lint: clean (ignoring {ignored})")
+    table = Table(
+        *("function", "tier", "start", "memory MB", "compute ms", "AWS $/M requests", "charged $/M"),
+        box=box.SIMPLE_HEAD,
+    )
+    for f in plan.functions:
+        function = catalog.functions()[f.name]
+        estimate = deploy.estimate(function, deploy.measure_compute_ms(store, function), routes)
+        start, _ = f.start()
+        table.add_row(
+            f.name,
+            estimate.tier,
+            start,
+            str(estimate.memory_mb),
+            f"{estimate.compute_ms:.1f}",
+            f"{estimate.aws_per_million:.2f}",
+            f"{estimate.charged_per_million:.2f}",
+        )
+    console.print(table)
+    console.print(
+        "AWS: model function + router (waiting for it) + HTTP API + one DynamoDB write, list prices (us-east-1, x86);"
+        " compute measured here. Charged: the tier's prices (micro-units per request = currency per million)."
+    )
+    if dry_run:
+        return
+    missing = deploy.missing_for_deploy()
+    if missing:
+        console.print("[red]cannot deploy from here[/red]; missing:")
+        for item in missing:
+            console.print(f"  - {item}")
+        raise typer.Exit(2)
+    subprocess.run(
+        ["npx", "--yes", "aws-cdk@2", "deploy", "--app", str(out), "--require-approval", "never"], check=True
+    )

@@ -1,0 +1,171 @@
+"""`slserve deploy aws`: package every function, synthesize the stack, check it, estimate what it costs, and
+(with credentials) upload the artifacts and deploy.
+
+    packages (zips, image contexts) ──► CDK synth ──► cdk-nag (during synth) ──► cfn-lint ──► cost per tier
+                                                   └─► without --dry-run: artifacts to S3, then `cdk deploy`
+"""
+
+from __future__ import annotations
+
+import shutil
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from slserve.aws.package import Package, function_image, function_zip, router_zip
+from slserve.aws.stack import DeployPlan, FunctionPlan
+from slserve.errors import BuildError
+from slserve.platform.base import Deployed
+from slserve.platform.catalog import FolderCatalog, ManifestCatalog
+from slserve.router.config import load_routes
+from slserve.snapshot import ArtifactStore
+
+# AWS list prices, us-east-1, x86 (2026-11): Lambda per GB-second and per request, HTTP API per request,
+# DynamoDB on-demand per write request unit (a ledger record is one; with an idempotent answer, two).
+LAMBDA_GB_S = 0.0000166667
+LAMBDA_REQUEST = 0.20 / 1e6
+HTTP_API_REQUEST = 1.00 / 1e6
+DYNAMODB_WRITE = 1.25 / 1e6
+ROUTER_MB = 1024
+ROUTER_OVERHEAD_MS = 15.0  # the router's own work per request, beside waiting for the model function
+CDK_FLAGS = {"@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True}
+LINT_IGNORED = {"W3005": "CDK adds a DependsOn on each function's role beside the GetAtt that already orders them"}
+
+
+@dataclass(frozen=True)
+class Estimate:
+    function: str
+    tier: str
+    memory_mb: int
+    compute_ms: float
+    aws_per_million: float  # US dollars: model function, router, HTTP API, ledger write
+    charged_per_million: float  # what the tier's prices charge a million such requests (currency units)
+
+
+def packages(
+    store: ArtifactStore, functions: list[Deployed], workdir: Path, routes: Path, report: Callable[[str], None]
+) -> tuple[DeployPlan, list[Package]]:
+    """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them."""
+    built: list[Package] = []
+    plans: list[FunctionPlan] = []
+    for function in functions:
+        assert function.digest is not None
+        image = function.spec.framework.value == "torch"
+        make = function_image if image else function_zip
+        package = make(store, function, workdir / "functions" / function.name)
+        report(package.describe())
+        built.append(package)
+        plans.append(FunctionPlan(function.name, function.spec, function.digest, package.directory, image))
+    catalog = workdir / "catalog.json"
+    ManifestCatalog.write(catalog, {f.name: f for f in functions})
+    router = router_zip(workdir / "router", catalog, routes)
+    report(router.describe())
+    built.append(router)
+    return DeployPlan("slserve", plans, router.directory), built
+
+
+def deployable(catalog: FolderCatalog, names: list[str] | None, report: Callable[[str], None]) -> list[Deployed]:
+    """The functions to deploy: built and current, on a CPU (a GPU function belongs on Modal)."""
+    out = []
+    for name, function in sorted(catalog.functions().items()):
+        if names is not None and name not in names:
+            continue
+        if function.digest is None:
+            raise BuildError(f"{function.error}")
+        if function.spec.resources.gpu:
+            report(
+                f"{name}: names a GPU ({function.spec.resources.gpu}); Lambda has none: left out (deploy it to Modal)"
+            )
+            continue
+        out.append(function)
+    unknown = sorted(set(names or []) - set(catalog.functions()))
+    if unknown:
+        raise BuildError(f"no function(s) {unknown} in the functions folder")
+    return out
+
+
+def synthesize(plan: DeployPlan, outdir: Path, account: str | None = None, region: str | None = None) -> Path:
+    """The CloudFormation template, with cdk-nag's AwsSolutions and Serverless checks run during synthesis."""
+    import aws_cdk as cdk
+    from cdk_nag import AwsSolutionsChecks, ServerlessChecks
+
+    from slserve.aws.stack import SlserveStack
+
+    if outdir.exists():
+        shutil.rmtree(outdir)
+    app = cdk.App(outdir=str(outdir), context=CDK_FLAGS)
+    cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), ServerlessChecks(app))
+    env = cdk.Environment(account=account, region=region) if account or region else None
+    SlserveStack(app, plan.prefix, plan, env=env)
+    try:
+        app.synth()
+    except Exception as e:  # jsii reports the validation failure as an error from node
+        report = outdir / "validation-report.json"
+        raise BuildError(f"the stack does not pass cdk-nag ({report}): {str(e)[:500]}") from None
+    return outdir / f"{plan.prefix}.template.json"
+
+
+def lint(template: Path) -> list[str]:
+    """cfn-lint's findings (errors and warnings), less the ones CDK's own output always has (LINT_IGNORED)."""
+    from cfnlint.api import lint_file
+    from cfnlint.config import ManualArgs
+
+    matches = lint_file(template, ManualArgs(ignore_checks=sorted(LINT_IGNORED)))
+    return [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches]
+
+
+def measure_compute_ms(store: ArtifactStore, function: Deployed, calls: int = 20) -> float:
+    """The median time of the function's model call on its example input, here (init and warm-up left out)."""
+    from slserve.runtime import load_runtime
+    from slserve.runtime.tensors import example_inputs
+
+    assert function.digest is not None
+    runtime = load_runtime(store.open(function.digest), device="cpu")
+    inputs = example_inputs(runtime.spec.signature)
+    runtime.infer(inputs)
+    times = []
+    for _ in range(calls):
+        started = time.perf_counter()
+        runtime.infer(inputs)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def estimate(function: Deployed, compute_ms: float, routes: Path) -> Estimate:
+    """What a million requests cost on AWS (list prices) beside what the tier charges for them."""
+    memory_mb = max(128, min(10240, function.spec.resources.memory_mb))
+    model_s = max(1.0, compute_ms) / 1000
+    router_s = model_s + ROUTER_OVERHEAD_MS / 1000  # the router waits for the model function
+    aws = 1e6 * (
+        LAMBDA_GB_S * (memory_mb / 1024 * model_s + ROUTER_MB / 1024 * router_s)
+        + 2 * LAMBDA_REQUEST
+        + HTTP_API_REQUEST
+        + DYNAMODB_WRITE
+    )
+    tier = load_routes(routes).tiers.get(function.spec.tier)
+    charged = 0.0
+    if tier is not None:
+        import math
+
+        charged = tier.price_per_request + math.ceil(compute_ms) * tier.price_per_compute_ms  # micro-units
+    return Estimate(function.name, function.spec.tier, memory_mb, compute_ms, aws, charged)
+
+
+def missing_for_deploy() -> list[str]:
+    """What a real deploy needs that this machine lacks (empty: it can deploy)."""
+    missing = []
+    try:
+        import boto3
+
+        if boto3.Session().get_credentials() is None:
+            missing.append("AWS credentials (`aws configure`, AWS_PROFILE, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
+    except ImportError:
+        missing.append("boto3 (`pip install 'slserve[aws]'`)")
+    if shutil.which("npx") is None:
+        missing.append("the AWS CDK CLI (`npm install -g aws-cdk`; it runs as `npx cdk`)")
+    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        missing.append("a running Docker engine (to build the torch functions' images)")
+    return missing

@@ -1,0 +1,126 @@
+"""`slserve deploy aws --dry-run` on a fresh functions folder: packages, a template that cdk-nag (AwsSolutions,
+Serverless) and cfn-lint pass, and CDK assertions on what it deploys: memory, aliases, SnapStart or provisioned
+concurrency (and why), least-privilege IAM, the stores' settings."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+from tests.conftest import FUNCTIONS, write_function
+
+from slserve.build import build_function
+from slserve.snapshot import ArtifactStore
+from slserve.spec import load_function
+
+
+@pytest.fixture(scope="module")
+def deployed(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    root = tmp_path_factory.mktemp("deploy")
+    functions = root / "functions"
+    for name in ("classifier", "minilm-torch", "minilm-fp16"):
+        write_function(functions, name, (FUNCTIONS / name / "function.toml").read_text())
+    warm = (FUNCTIONS / "classifier" / "function.toml").read_text() + "\n[scaling]\nmin_instances = 1\n"
+    write_function(functions, "warm-classifier", warm)
+    for name in ("classifier", "minilm-torch", "minilm-fp16", "warm-classifier"):
+        build_function(load_function(functions / name), sample_store)
+    command = [sys.executable, "-c", "from slserve.cli import main; main()", "deploy", "aws", "--dry-run"]
+    command += ["--functions", str(functions), "--artifacts", str(sample_store.root)]
+    command += ["--out", str(root / "cdk.out"), "--work", str(root / "work"), "--routes", str(root / "routes.toml")]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    template = json.loads((root / "cdk.out" / "slserve.template.json").read_text())
+    return {"stdout": done.stdout, "template": template, "root": root}
+
+
+def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {k: v for k, v in template["Resources"].items() if v["Type"] == kind}
+
+
+def test_the_dry_run_is_clean_and_reports_sizes_and_costs(deployed: dict[str, Any]) -> None:
+    out = deployed["stdout"]
+    assert "cdk-nag AwsSolutions and Serverless checks: clean" in out and "cfn-lint: clean" in out
+    assert "package classifier: zip, unzipped" in out and "package minilm-torch: image context" in out
+    assert "minilm-fp16: names a GPU" in out  # left for Modal
+    for line in out.splitlines():
+        if line.startswith("package classifier: zip"):
+            assert float(line.split()[-2]) < 250
+    assert "AWS $/M requests" in out and "charged $/M" in out
+    report = json.loads((deployed["root"] / "cdk.out" / "validation-report.json").read_text())
+    assert all(not plugin.get("violations") for plugin in report.get("pluginReports", []))
+
+
+def test_each_function_gets_its_memory_alias_and_start_strategy(deployed: dict[str, Any]) -> None:
+    from aws_cdk.assertions import Match, Template
+
+    template = Template.from_json(deployed["template"])
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"FunctionName": "slserve-classifier", "MemorySize": 256, "SnapStart": {"ApplyOn": "PublishedVersions"}},
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function", {"FunctionName": "slserve-minilm-torch", "PackageType": "Image", "MemorySize": 1024}
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Function", {"FunctionName": "slserve-warm-classifier", "SnapStart": Match.absent()}
+    )
+    template.has_resource_properties(
+        "AWS::Lambda::Alias", {"Name": "live", "ProvisionedConcurrencyConfig": {"ProvisionedConcurrentExecutions": 1}}
+    )
+    functions = resources(deployed["template"], "AWS::Lambda::Function")
+    starts = {
+        f["Properties"]["FunctionName"]: f["Metadata"]["slserve"]["start"]
+        for f in functions.values()
+        if "slserve" in f.get("Metadata", {})
+    }
+    assert starts == {
+        "slserve-classifier": "snapstart",
+        "slserve-minilm-torch": "on-demand",
+        "slserve-warm-classifier": "provisioned",
+    }
+    why = next(
+        f["Metadata"]["slserve"]["why"]
+        for f in functions.values()
+        if f.get("Metadata", {}).get("slserve", {}).get("start") == "on-demand"
+    )
+    assert "container image" in why
+    assert len(resources(deployed["template"], "AWS::Lambda::Alias")) == 4  # three model functions and the router
+
+
+def test_iam_is_scoped_to_named_resources(deployed: dict[str, Any]) -> None:
+    policies = resources(deployed["template"], "AWS::IAM::Policy")
+    for logical, policy in policies.items():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+            assert all(a != "*" and not a.endswith(":*") for a in actions), (logical, actions)
+            if statement["Resource"] == "*":  # only X-Ray's two actions take no resource
+                assert set(actions) <= {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}, (logical, actions)
+    router = next(p for k, p in policies.items() if k.startswith("RouterServiceRole"))
+    invoke = [s for s in router["Properties"]["PolicyDocument"]["Statement"] if "lambda:InvokeFunction" in s["Action"]]
+    targets = json.dumps([s["Resource"] for s in invoke])
+    assert (targets.count("Livewarmclassifier") >= 1 and ":live" not in targets) or "Live" in targets  # the aliases
+    assert all(s["Resource"] != "*" for s in invoke)
+
+
+def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
+    tables = resources(deployed["template"], "AWS::DynamoDB::GlobalTable")
+    assert {t["Properties"]["TableName"] for t in tables.values()} == {
+        "slserve-keys",
+        "slserve-ledger",
+        "slserve-responses",
+    }
+    for table in tables.values():
+        replica = table["Properties"]["Replicas"][0]
+        assert replica["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True
+    ledger = next(t for t in tables.values() if t["Properties"]["TableName"] == "slserve-ledger")
+    assert {i["IndexName"] for i in ledger["Properties"]["GlobalSecondaryIndexes"]} == {"by_key", "by_tenant"}
+    responses = next(t for t in tables.values() if t["Properties"]["TableName"] == "slserve-responses")
+    assert responses["Properties"]["TimeToLiveSpecification"] == {"AttributeName": "expires_at", "Enabled": True}
+    buckets = resources(deployed["template"], "AWS::S3::Bucket")
+    artifacts = next(b for k, b in buckets.items() if k.startswith("Artifacts"))
+    assert artifacts["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
+    assert artifacts["Properties"]["BucketEncryption"]
