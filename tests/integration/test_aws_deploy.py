@@ -101,9 +101,10 @@ def test_iam_is_scoped_to_named_resources(deployed: dict[str, Any]) -> None:
                 assert set(actions) <= {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}, (logical, actions)
     router = next(p for k, p in policies.items() if k.startswith("RouterServiceRole"))
     invoke = [s for s in router["Properties"]["PolicyDocument"]["Statement"] if "lambda:InvokeFunction" in s["Action"]]
-    targets = json.dumps([s["Resource"] for s in invoke])
-    assert (targets.count("Livewarmclassifier") >= 1 and ":live" not in targets) or "Live" in targets  # the aliases
-    assert all(s["Resource"] != "*" for s in invoke)
+    aliases = {k for k, v in deployed["template"]["Resources"].items() if v["Type"] == "AWS::Lambda::Alias"}
+    model_aliases = {k for k in aliases if not k.startswith("RouterLive")}
+    assert len(model_aliases) == 3
+    assert {s["Resource"]["Ref"] for s in invoke} == model_aliases  # each model function's alias, nothing else
 
 
 def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
