@@ -115,3 +115,47 @@ def test_stored_answers_replay_expire_and_go_with_a_correction(stores: tuple[Key
         await ledger.close()
 
     asyncio.run(run())
+
+
+def test_artifacts_go_to_s3_content_addressed_and_once(moto_endpoint: str, tmp_path: Path) -> None:
+    import hashlib
+
+    import numpy as np
+
+    from slserve.aws.upload import blob_key, upload
+    from slserve.snapshot import ArtifactStore
+    from slserve.snapshot.manifest import Manifest
+
+    store = ArtifactStore(tmp_path / "artifacts")
+    weights = np.random.default_rng(0).standard_normal(3 * 1024 * 1024).astype(np.float32)  # 12 MB: in parts
+    big, _ = store.blobs.put_bytes(memoryview(weights).cast("B"))
+    small, _ = store.blobs.put_bytes(b"a small file")
+    manifest = Manifest.model_validate(
+        {
+            **_manifest_doc(),
+            "tensors": {"w": {"digest": big, "dtype": "float32", "shape": [weights.size], "nbytes": weights.nbytes}},
+            "files": {"graph.onnx": {"digest": small, "size": 12}},
+        }
+    )
+    artifact = store.save(manifest)
+    s3 = client(moto_endpoint, "s3")
+    s3.create_bucket(Bucket="artifacts")
+    seen: list[int] = []
+    first = upload(s3, "artifacts", store, "fn", artifact.digest, seen.append, part_bytes=5 * 1024 * 1024)
+    assert (first.sent, first.skipped) == (3, 0) and sum(seen) == first.sent_bytes  # manifest, weights, file
+    again = upload(s3, "artifacts", store, "fn", artifact.digest, part_bytes=5 * 1024 * 1024)
+    assert (again.sent, again.skipped) == (0, 3)  # content-addressed: nothing twice
+    body = s3.get_object(Bucket="artifacts", Key=blob_key(big))["Body"].read()
+    assert hashlib.sha256(body).hexdigest() == big
+    assert s3.get_object(Bucket="artifacts", Key="refs/fn")["Body"].read().decode() == artifact.digest
+
+
+def _manifest_doc() -> dict[str, Any]:
+    """A valid manifest of the classifier sample, to carry other tensors."""
+    from tests.conftest import FUNCTIONS
+
+    from slserve.spec import load_function
+
+    spec = load_function(FUNCTIONS / "classifier").spec
+    build = {"build_key": "0" * 64, "slserve": "test", "python": "3", "created_at": "2026-11-30", "host": "here"}
+    return {"function": "fn", "spec": spec.model_dump(mode="json"), "tensors": {}, "files": {}, "build": build}

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from slserve.platform.base import Deployed
+    from slserve.snapshot import ArtifactStore
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Deploy the functions to another target (aws)")
 console = Console(width=150)  # the cost table is wide
@@ -75,6 +79,28 @@ def deploy_aws(
         for item in missing:
             console.print(f"  - {item}")
         raise typer.Exit(2)
-    subprocess.run(
-        ["npx", "--yes", "aws-cdk@2", "deploy", "--app", str(out), "--require-approval", "never"], check=True
-    )
+    outputs = work / "outputs.json"
+    command = ["npx", "--yes", "aws-cdk@2", "deploy", "--app", str(out), "--require-approval", "never"]
+    subprocess.run([*command, "--outputs-file", str(outputs)], check=True)
+    upload_artifacts(store, [catalog.functions()[f.name] for f in plan.functions], outputs)
+
+
+def upload_artifacts(store: ArtifactStore, functions: list[Deployed], outputs: Path) -> None:
+    """Every deployed artifact into the stack's bucket, content-addressed (what is there is not sent again)."""
+    import json
+
+    import boto3
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from slserve.aws.upload import upload
+
+    bucket = next(iter(json.loads(outputs.read_text()).values()))["ArtifactBucket"]
+    s3 = boto3.client("s3")
+    with Progress(*Progress.get_default_columns()[:1], BarColumn(), DownloadColumn(), TransferSpeedColumn()) as bar:
+        for function in functions:
+            assert function.digest is not None
+            task = bar.add_task(function.name, total=store.open(function.digest).manifest.weight_bytes)
+            done = upload(s3, bucket, store, function.name, function.digest, lambda n, t=task: bar.advance(t, n))
+            bar.console.print(
+                f"{function.name}: {done.sent} blobs sent ({done.sent_bytes >> 20} MB), {done.skipped} there"
+            )

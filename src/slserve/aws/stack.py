@@ -324,4 +324,5 @@ class SlserveStack(cdk.Stack):
         acknowledge(api, "AwsSolutions-APIG4", "API keys are checked by slserve's router (keyed hashes in DynamoDB)")
         acknowledge(api, "AwsSolutions-COG4", "API keys are checked by slserve's router, not by Cognito")
         cdk.CfnOutput(self, "Url", value=api.url or "", description="the gateway: /v2/models/{model}/infer")
+        cdk.CfnOutput(self, "ArtifactBucket", value=self.bucket.bucket_name, description="artifacts, by sha256")
         return api
