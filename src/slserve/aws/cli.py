@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -100,7 +101,6 @@ def upload_artifacts(store: ArtifactStore, functions: list[Deployed], outputs: P
         for function in functions:
             assert function.digest is not None
             task = bar.add_task(function.name, total=store.open(function.digest).manifest.weight_bytes)
-            done = upload(s3, bucket, store, function.name, function.digest, lambda n, t=task: bar.advance(t, n))
-            bar.console.print(
-                f"{function.name}: {done.sent} blobs sent ({done.sent_bytes >> 20} MB), {done.skipped} there"
-            )
+            done = upload(s3, bucket, store, function.name, function.digest, partial(bar.advance, task))
+            sent = f"{done.sent} blobs sent ({done.sent_bytes >> 20} MB)"
+            bar.console.print(f"{function.name}: {sent}, {done.skipped} already there")
