@@ -341,6 +341,15 @@ app.add_typer(keys_app, name="keys")
 
 
 def _key_store(state: Path) -> Any:
+    """The local key store, or the deployed one on AWS when SLSERVE_KEYS_TABLE names its table (with the HMAC
+    key's secret in SLSERVE_KEY_SECRET_ARN, as the router reads it)."""
+    table = os.environ.get("SLSERVE_KEYS_TABLE")
+    if table:
+        import boto3
+
+        from slserve.accounts.dynamo import DynamoKeyStore, key_secret
+
+        return DynamoKeyStore(boto3.client("dynamodb"), table, key_secret())
     from slserve.accounts.keys import SQLiteKeyStore
 
     return SQLiteKeyStore(state)

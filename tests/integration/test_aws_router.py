@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
-SECRET = b"router test secret".hex()
+SECRET = "router test secret"
 BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
 
 
@@ -63,7 +64,7 @@ def house(
     ManifestCatalog.write(root / "catalog.json", FolderCatalog(sample_store, functions).functions())
     dynamodb = client(moto_endpoint, "dynamodb")
     tables = create_tables(dynamodb, "router")
-    keys = DynamoKeyStore(dynamodb, tables["keys"], bytes.fromhex(SECRET))
+    keys = DynamoKeyStore(dynamodb, tables["keys"], SECRET.encode())
     model = start_environment(
         "slserve.aws.handler.handler",
         {"SLSERVE_ARTIFACTS": str(sample_store.root), "SLSERVE_FUNCTION": "remote-classifier"},
@@ -123,3 +124,27 @@ def test_keys_and_bad_input_are_refused_before_any_model_function(house: dict[st
     )
     assert status == 400
     assert len(house["invoke"].calls) == calls  # none of them reached a model function
+
+
+def test_slserve_keys_manages_the_deployed_key_store(house: dict[str, Any], moto_endpoint: str) -> None:
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "SLSERVE_KEYS_TABLE": house["tables"]["keys"],
+        "SLSERVE_KEY_SECRET": SECRET,
+        "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "COLUMNS": "200",
+    }
+    cli = [sys.executable, "-c", "from slserve.cli import main; main()", "keys"]
+    made = subprocess.run([*cli, "create", "--tenant", "cli-co"], capture_output=True, text=True, env=env, timeout=60)
+    assert made.returncode == 0, made.stderr
+    key = next(word for word in made.stdout.split() if word.startswith("sls_"))
+    status, _, doc = reply(
+        house["router"], event("/v2/models/remote-classifier/infer", body=BODY, headers={"x-api-key": key})
+    )
+    assert status == 200, doc
+    listed = subprocess.run([*cli, "list", "--tenant", "cli-co"], capture_output=True, text=True, env=env, timeout=60)
+    assert key.split("_")[1] in listed.stdout

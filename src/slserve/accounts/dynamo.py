@@ -86,3 +86,17 @@ def _to_item(record: KeyRecord) -> dict[str, Any]:
 def _from_item(item: dict[str, Any]) -> KeyRecord:
     previous = item.get("previous_hash")
     return record_from(item["record"]["S"], bytes(item["secret_hash"]["B"]), bytes(previous["B"]) if previous else None)
+
+
+def key_secret() -> bytes:
+    """The HMAC key: the Secrets Manager secret SLSERVE_KEY_SECRET_ARN names (the stack makes it), or the value
+    of SLSERVE_KEY_SECRET (tests, local peers)."""
+    import os
+
+    import boto3
+
+    arn = os.environ.get("SLSERVE_KEY_SECRET_ARN")
+    if arn:
+        secret: str = boto3.client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        return secret.encode()
+    return os.environ["SLSERVE_KEY_SECRET"].encode()

@@ -10,7 +10,7 @@ Configuration, from the environment (the CDK app sets it):
     SLSERVE_ROUTES            routes.toml in the package
     SLSERVE_PREFIX            Lambda functions are named PREFIX-FUNCTION
     SLSERVE_KEYS_TABLE, SLSERVE_LEDGER_TABLE, SLSERVE_RESPONSES_TABLE
-    SLSERVE_KEY_SECRET_ARN    the HMAC key of API keys, in Secrets Manager (or SLSERVE_KEY_SECRET, hex, for tests)
+    SLSERVE_KEY_SECRET_ARN    the HMAC key of API keys, in Secrets Manager (or SLSERVE_KEY_SECRET itself, for tests)
 Other endpoints (tests, local peers) come from boto3's own AWS_ENDPOINT_URL_<SERVICE> variables.
 
 Limits per key (rate, concurrency) are counted per router environment: Lambda runs many side by side. Monthly
@@ -28,7 +28,7 @@ from typing import Any
 import boto3
 from mangum import Mangum
 
-from slserve.accounts.dynamo import DynamoKeyStore
+from slserve.accounts.dynamo import DynamoKeyStore, key_secret
 from slserve.gateway.app import build_app
 from slserve.gateway.front import Front
 from slserve.metering.dynamo import DynamoLedger
@@ -42,13 +42,6 @@ TASK_ROOT = Path(os.environ.get("LAMBDA_TASK_ROOT", "."))
 
 def _client(service: str) -> Any:
     return boto3.client(service)
-
-
-def key_secret() -> bytes:
-    arn = os.environ.get("SLSERVE_KEY_SECRET_ARN")
-    if arn:
-        return bytes.fromhex(_client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"])
-    return bytes.fromhex(os.environ["SLSERVE_KEY_SECRET"])
 
 
 def build() -> tuple[Front, Targets]:
