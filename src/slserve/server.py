@@ -53,9 +53,15 @@ def executors(settings: ServeSettings, store: ArtifactStore, catalog: FolderCata
         except ImportError:
             log.warning("functions target aws, but boto3 is not installed: `pip install 'slserve[aws]'`")
             return out
+        from botocore.exceptions import BotoCoreError
+
         from slserve.platform.aws import LambdaExecutor
 
-        client = boto3.client("lambda", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        try:
+            client = boto3.client("lambda", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+        except BotoCoreError as e:  # no region, a broken profile: its functions are refused with the reason
+            log.warning("functions target aws, but no Lambda client could be made (%s): set SLSERVE_AWS_REGION", e)
+            return out
         out["aws"] = LambdaExecutor(client, settings.aws_prefix)
     return out
 

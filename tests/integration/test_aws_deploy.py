@@ -125,3 +125,21 @@ def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
     artifacts = next(b for k, b in buckets.items() if k.startswith("Artifacts"))
     assert artifacts["Properties"]["VersioningConfiguration"] == {"Status": "Enabled"}
     assert artifacts["Properties"]["BucketEncryption"]
+
+
+def test_the_rest_variant_adds_usage_plans_and_a_waf_and_stays_clean(deployed: dict[str, Any], build_sample) -> None:  # type: ignore[no-untyped-def]
+    from slserve.aws.deploy import lint, synthesize
+    from slserve.aws.stack import DeployPlan, FunctionPlan
+
+    root = deployed["root"]
+    spec = load_function(root / "functions" / "classifier").spec
+    classifier = FunctionPlan("classifier", spec, "0" * 64, root / "work" / "functions" / "classifier", False)
+    plan = DeployPlan("slserve", [classifier], root / "work" / "router", api="rest")
+    template_path = synthesize(plan, root / "cdk.out-rest")  # raises unless cdk-nag is clean
+    assert lint(template_path) == []
+    template = json.loads(template_path.read_text())
+    assert resources(template, "AWS::WAFv2::WebACLAssociation") and resources(template, "AWS::ApiGateway::UsagePlan")
+    (stage,) = resources(template, "AWS::ApiGateway::Stage").values()
+    settings = stage["Properties"]["MethodSettings"][0]
+    assert settings["ThrottlingRateLimit"] == 1000 and stage["Properties"]["TracingEnabled"] is True
+    assert not resources(template, "AWS::ApiGatewayV2::Api")

@@ -29,10 +29,18 @@ def deploy_aws(
     only: Annotated[str | None, typer.Option("--only", help="Comma-separated functions (default: all)")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the template goes")] = Path("cdk.out"),
     work: Annotated[Path, typer.Option("--work", help="Where the packages are built")] = Path(".slserve/aws"),
+    api: Annotated[str, typer.Option("--api", help="http (default) or rest (usage plans and a WAF)")] = "http",
 ) -> None:
     """Package every function (zip or image), synthesize the CDK stack into cdk.out/, run cdk-nag and cfn-lint,
     and print each package's size and the cost per million requests per tier. Without --dry-run, also deploy
     (with the CDK CLI, when credentials and Docker are there; otherwise it says what is missing)."""
+    import importlib.util
+
+    missing = [m for m in ("boto3", "aws_cdk", "cdk_nag", "cfnlint") if importlib.util.find_spec(m) is None]
+    if missing:  # before minutes of packaging
+        console.print(f"deploy aws needs {', '.join(missing)}: pip install 'slserve[deploy]'")
+        raise typer.Exit(2)
+
     from slserve.aws import deploy
     from slserve.platform.catalog import FolderCatalog
     from slserve.snapshot import ArtifactStore
@@ -40,7 +48,13 @@ def deploy_aws(
     store = ArtifactStore(artifacts)
     catalog = FolderCatalog(store, functions)
     chosen = deploy.deployable(catalog, only.split(",") if only else None, console.print)
-    plan, _ = deploy.packages(store, chosen, work, routes, lambda line: console.print(f"package {line}"))
+    if api not in ("http", "rest"):
+        raise typer.BadParameter("--api is http or rest")
+
+    def report(line: str) -> None:
+        console.print(f"package {line}")
+
+    plan, _ = deploy.packages(store, chosen, work, routes, report, "rest" if api == "rest" else "http")
     template = deploy.synthesize(plan, out)
     console.print(f"synthesized {template} (cdk-nag AwsSolutions and Serverless checks: clean)")
     findings = deploy.lint(template)

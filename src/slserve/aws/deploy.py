@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from slserve.aws.package import Package, function_image, function_zip, router_zip
 from slserve.aws.stack import DeployPlan, FunctionPlan
@@ -46,7 +47,12 @@ class Estimate:
 
 
 def packages(
-    store: ArtifactStore, functions: list[Deployed], workdir: Path, routes: Path, report: Callable[[str], None]
+    store: ArtifactStore,
+    functions: list[Deployed],
+    workdir: Path,
+    routes: Path,
+    report: Callable[[str], None],
+    api: Literal["http", "rest"] = "http",
 ) -> tuple[DeployPlan, list[Package]]:
     """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them."""
     built: list[Package] = []
@@ -64,7 +70,7 @@ def packages(
     router = router_zip(workdir / "router", catalog, routes)
     report(router.describe())
     built.append(router)
-    return DeployPlan("slserve", plans, router.directory), built
+    return DeployPlan("slserve", plans, router.directory, api=api), built
 
 
 def deployable(catalog: FolderCatalog, names: list[str] | None, report: Callable[[str], None]) -> list[Deployed]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 import aws_cdk as cdk
+from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
@@ -29,6 +30,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_wafv2 as wafv2
 from aws_cdk.aws_apigatewayv2_integrations import HttpLambdaIntegration
 from constructs import Construct, IConstruct
 
@@ -77,6 +79,7 @@ class DeployPlan:
     router_package: Path
     timeout_s: int = 60
     rate_per_s: int = 1000  # the API's default throttling (steady rate; burst is twice it)
+    api: Literal["http", "rest"] = "http"  # rest: usage plans and a WAF in front, at REST API prices
 
 
 def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
@@ -103,7 +106,10 @@ class SlserveStack(cdk.Stack):
         )
         self.aliases = {f.name: self._model_function(f) for f in plan.functions}
         self.router = self._router()
-        self.api = self._http_api()
+        if plan.api == "rest":
+            self._rest_api()
+        else:
+            self._http_api()
 
     # --- storage ---------------------------------------------------------------------------------------------
 
@@ -326,3 +332,78 @@ class SlserveStack(cdk.Stack):
         cdk.CfnOutput(self, "Url", value=api.url or "", description="the gateway: /v2/models/{model}/infer")
         cdk.CfnOutput(self, "ArtifactBucket", value=self.bucket.bucket_name, description="artifacts, by sha256")
         return api
+
+    def _rest_api(self) -> apigateway.LambdaRestApi:
+        """The REST API variant: API Gateway's own throttling per stage and per usage plan (per client key, where
+        a team issues AWS API keys too), and a WAF web ACL with a rate rule per source address."""
+        access = logs.LogGroup(self, "ApiAccessLogs", retention=LOG_RETENTION, removal_policy=cdk.RemovalPolicy.DESTROY)
+        api = apigateway.LambdaRestApi(
+            self,
+            "RestApi",
+            rest_api_name=f"{self.plan.prefix}-api",
+            handler=self.router,
+            proxy=True,
+            cloud_watch_role=True,
+            deploy_options=apigateway.StageOptions(
+                stage_name="v1",
+                throttling_rate_limit=self.plan.rate_per_s,
+                throttling_burst_limit=2 * self.plan.rate_per_s,
+                tracing_enabled=True,
+                metrics_enabled=True,
+                logging_level=apigateway.MethodLoggingLevel.ERROR,
+                access_log_destination=apigateway.LogGroupLogDestination(access),
+                access_log_format=apigateway.AccessLogFormat.json_with_standard_fields(
+                    caller=False, http_method=True, ip=True, protocol=True, request_time=True,
+                    resource_path=True, response_length=True, status=True, user=False,
+                ),
+            ),
+        )  # fmt: skip
+        api.add_usage_plan(
+            "UsagePlan",
+            name=f"{self.plan.prefix}-default",
+            throttle=apigateway.ThrottleSettings(rate_limit=self.plan.rate_per_s, burst_limit=2 * self.plan.rate_per_s),
+            api_stages=[apigateway.UsagePlanPerApiStage(api=api, stage=api.deployment_stage)],
+        )
+        acl = wafv2.CfnWebACL(
+            self,
+            "WebAcl",
+            scope="REGIONAL",
+            default_action=wafv2.CfnWebACL.DefaultActionProperty(allow={}),
+            visibility_config=_visibility("slserve-api"),
+            rules=[
+                wafv2.CfnWebACL.RuleProperty(
+                    name="rate-per-address",
+                    priority=0,
+                    action=wafv2.CfnWebACL.RuleActionProperty(block={}),
+                    statement=wafv2.CfnWebACL.StatementProperty(
+                        rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
+                            aggregate_key_type="IP", limit=60 * self.plan.rate_per_s
+                        )
+                    ),
+                    visibility_config=_visibility("rate-per-address"),
+                )
+            ],
+        )
+        wafv2.CfnWebACLAssociation(
+            self, "WebAclAssociation", resource_arn=api.deployment_stage.stage_arn, web_acl_arn=acl.attr_arn
+        )
+        acknowledge(api, "AwsSolutions-APIG2", "requests are validated by slserve's router against each signature")
+        acknowledge(api, "AwsSolutions-APIG4", "API keys are checked by slserve's router (keyed hashes in DynamoDB)")
+        acknowledge(api, "AwsSolutions-COG4", "API keys are checked by slserve's router, not by Cognito")
+        role = api.node.try_find_child("CloudWatchRole")
+        if role is not None:
+            acknowledge(
+                role,
+                "AwsSolutions::AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
+                "AmazonAPIGatewayPushToCloudWatchLogs]",
+                "API Gateway's account-level role for writing its own logs",
+            )
+        cdk.CfnOutput(self, "Url", value=api.url, description="the gateway: /v2/models/{model}/infer")
+        cdk.CfnOutput(self, "ArtifactBucket", value=self.bucket.bucket_name, description="artifacts, by sha256")
+        return api
+
+
+def _visibility(name: str) -> wafv2.CfnWebACL.VisibilityConfigProperty:
+    return wafv2.CfnWebACL.VisibilityConfigProperty(
+        cloud_watch_metrics_enabled=True, metric_name=name, sampled_requests_enabled=True
+    )
