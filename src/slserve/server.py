@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 
 import uvicorn
@@ -48,21 +49,22 @@ def executors(settings: ServeSettings, store: ArtifactStore, catalog: FolderCata
     """The local executor always; the `aws` one where a function targets it (it needs the `aws` extra)."""
     out: dict[str, Executor] = {"local": LocalExecutor(store)}
     if any(f.target == "aws" for f in catalog.functions().values()) or settings.aws_endpoint_url:
-        try:
-            import boto3
-        except ImportError:
+        if importlib.util.find_spec("boto3") is None:
             log.warning("functions target aws, but boto3 is not installed: `pip install 'slserve[aws]'`")
             return out
         from botocore.exceptions import BotoCoreError
 
-        from slserve.platform.aws import LambdaExecutor
+        from slserve.platform.aws import LambdaExecutor, lambda_client
 
+        concurrency = 64
         try:
-            client = boto3.client("lambda", region_name=settings.aws_region, endpoint_url=settings.aws_endpoint_url)
+            client = lambda_client(
+                settings.aws_region, settings.aws_endpoint_url, concurrency, settings.request_timeout_s
+            )
         except BotoCoreError as e:  # no region, a broken profile: its functions are refused with the reason
             log.warning("functions target aws, but no Lambda client could be made (%s): set SLSERVE_AWS_REGION", e)
             return out
-        out["aws"] = LambdaExecutor(client, settings.aws_prefix)
+        out["aws"] = LambdaExecutor(client, settings.aws_prefix, concurrency=concurrency)
     return out
 
 

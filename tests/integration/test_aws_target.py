@@ -29,8 +29,8 @@ def gateway(
     classifier = (FUNCTIONS / "classifier" / "function.toml").read_text()
     functions = root / "functions"
     write_function(functions, "classifier", classifier)
-    for name in ("remote-classifier", "ghost"):
-        write_function(functions, name, 'target = "aws"\n' + classifier)
+    for name in ("remote-classifier", "ghost"):  # rows uncapped: Lambda's payload limit is what refuses
+        write_function(functions, name, 'target = "aws"\n' + classifier + "\n[limits]\nmax_rows = 1000000\n")
     for name in ("classifier", "remote-classifier", "ghost"):
         build_function(load_function(functions / name), sample_store)
     env = start_environment(
@@ -77,4 +77,21 @@ def test_lambdas_refusals_are_the_gateways_own_errors(gateway: tuple[Server, Inv
     bad = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [1, 2, 3]}]}
     r = server.post("/v2/models/remote-classifier/infer", json=bad)
     assert r.status_code == 400  # checked at the gateway, never sent
+    assert server.post("/v2/models/remote-classifier/infer", json=BODY).status_code == 200
+
+
+def test_a_call_over_lambdas_payload_limit_is_refused_before_it_is_sent(gateway: tuple[Server, InvokeAPI]) -> None:
+    server, invoke = gateway
+    rows = 300_000  # 4.8 MB of FP32, 6.4 MB once base64 is in the invoke payload: over Lambda's 6 MB
+    features = np.random.default_rng(0).random((rows, 4), dtype=np.float32).tobytes()
+    header = b'{"inputs":[{"name":"features","datatype":"FP32","shape":[%d,4],"parameters":{"binary_data_size":%d}}]}'
+    head = header % (rows, len(features))
+    calls = len(invoke.calls)
+    r = server.post(
+        "/v2/models/remote-classifier/infer",
+        content=head + features,
+        headers={"inference-header-content-length": str(len(head)), "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 413 and "Lambda's 6291456-byte limit" in r.json()["error"], r.text
+    assert len(invoke.calls) == calls  # never sent
     assert server.post("/v2/models/remote-classifier/infer", json=BODY).status_code == 200

@@ -19,12 +19,12 @@ import numpy as np
 
 from slserve.errors import GatewayTimeout, PayloadTooLarge, SlserveError
 from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
+from slserve.platform.aws import PAYLOAD_LIMIT
 from slserve.platform.base import Deployed, InferResult
 from slserve.runtime.base import RequestContext, Runtime, load_runtime
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
-PAYLOAD_LIMIT = 6 * 1024 * 1024  # synchronous invocations, request and response alike
 MAX_ELEMENTS = 16 * 1024 * 1024
 SAFETY_MS = 50  # a call is not started with less time than this left in the invocation
 

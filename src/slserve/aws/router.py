@@ -32,7 +32,7 @@ from slserve.accounts.dynamo import DynamoKeyStore, key_secret
 from slserve.gateway.app import build_app
 from slserve.gateway.front import Front
 from slserve.metering.dynamo import DynamoLedger
-from slserve.platform.aws import LambdaExecutor
+from slserve.platform.aws import LambdaExecutor, lambda_client
 from slserve.platform.catalog import ManifestCatalog
 from slserve.platform.targets import Targets
 from slserve.settings import ServeSettings
@@ -46,9 +46,12 @@ def _client(service: str) -> Any:
 
 def build() -> tuple[Front, Targets]:
     catalog = ManifestCatalog(Path(os.environ.get("SLSERVE_CATALOG", TASK_ROOT / "catalog.json")))
-    platform = Targets(catalog, {"aws": LambdaExecutor(_client("lambda"), os.environ.get("SLSERVE_PREFIX", "slserve"))})
-    dynamodb = _client("dynamodb")
     settings = ServeSettings(routes=Path(os.environ.get("SLSERVE_ROUTES", TASK_ROOT / "routes.toml")))
+    # One invocation at a time per environment; a shadow or a fallback may add a call or two beside it.
+    invokes = lambda_client(None, None, concurrency=4, timeout_s=settings.request_timeout_s)
+    prefix = os.environ.get("SLSERVE_PREFIX", "slserve")
+    platform = Targets(catalog, {"aws": LambdaExecutor(invokes, prefix, concurrency=4)})
+    dynamodb = _client("dynamodb")
     keys = DynamoKeyStore(dynamodb, os.environ["SLSERVE_KEYS_TABLE"], key_secret())
     ledger = DynamoLedger(
         dynamodb,

@@ -13,16 +13,28 @@ import asyncio
 import base64
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from slserve.errors import InstanceFailed, ModelNotFound, Overloaded, RuntimeUnavailable, SlserveError, error_from_wire
+from slserve.errors import (
+    ClientClosedRequest,
+    GatewayTimeout,
+    InstanceFailed,
+    ModelNotFound,
+    Overloaded,
+    PayloadTooLarge,
+    RuntimeUnavailable,
+    SlserveError,
+    error_from_wire,
+)
 from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs, encode_request
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
 
 ALIAS = "live"  # the alias every deployed function is invoked through (it moves on each deploy)
+PAYLOAD_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous invocations, request and response alike
 
 
 def lambda_name(prefix: str, function: str) -> str:
@@ -37,12 +49,37 @@ class _Counters:
     in_flight: int = 0
 
 
+def lambda_client(region: str | None, endpoint_url: str | None, concurrency: int, timeout_s: float) -> Any:
+    """A boto3 Lambda client for synchronous invokes: no retries (a throttle is the gateway's 429 and a tier's
+    fallback; a timed-out invoke retried would run the model twice), a read timeout past the request's own, and a
+    connection per concurrent call."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(
+        retries={"total_max_attempts": 1},
+        read_timeout=timeout_s + 5,
+        connect_timeout=5,
+        max_pool_connections=concurrency,
+    )
+    return boto3.client("lambda", region_name=region, endpoint_url=endpoint_url, config=config)
+
+
 class LambdaExecutor:
-    def __init__(self, client: Any, prefix: str = "slserve", naming: Callable[[str, str], str] = lambda_name) -> None:
-        """`client`: a boto3 Lambda client (its own endpoint, region and credentials)."""
+    def __init__(
+        self,
+        client: Any,
+        prefix: str = "slserve",
+        naming: Callable[[str, str], str] = lambda_name,
+        concurrency: int = 64,
+    ) -> None:
+        """`client`: a boto3 Lambda client (its own endpoint, region and credentials); `concurrency`: invokes in
+        flight at once from this gateway (each holds a thread while Lambda computes; asyncio's default pool would
+        cap them at the core count + 4)."""
         self.client = client
         self.prefix = prefix
         self.naming = naming
+        self.calls = ThreadPoolExecutor(concurrency, thread_name_prefix="lambda-invoke")
         self.functions: dict[str, Deployed] = {}
         self.counters: dict[str, _Counters] = {}
 
@@ -51,7 +88,7 @@ class LambdaExecutor:
             self.deploy(function)
 
     async def stop(self, drain_seconds: float) -> None:
-        return None
+        self.calls.shutdown(wait=False, cancel_futures=True)
 
     def deploy(self, function: Deployed) -> None:
         self.functions[function.name] = function
@@ -70,13 +107,23 @@ class LambdaExecutor:
         function = self.functions.get(request.function)
         if function is None:
             raise ModelNotFound(f"no function named {request.function!r} on the aws target")
+        if request.cancellation is not None and request.cancellation.cancelled:
+            raise ClientClosedRequest("the client went away before the call")
+        if request.deadline is not None and time.monotonic() >= request.deadline:
+            raise GatewayTimeout(f"{request.function}: the request's deadline passed before the call")
         body, headers = encode_request(request)
         payload = orjson.dumps({"slserve": 1, "body": base64.b64encode(body).decode(), "headers": headers})
+        if len(payload) > PAYLOAD_LIMIT:  # refused here, not by Lambda as a 503 after the upload
+            raise PayloadTooLarge(
+                f"the call to {function.name} would be {len(payload)} bytes (base64 makes binary tensors 4/3 "
+                f"larger), over Lambda's {PAYLOAD_LIMIT}-byte limit for synchronous calls; send fewer rows"
+            )
         counters = self.counters[function.name]
         counters.in_flight += 1
         started = time.perf_counter()
         try:
-            reply = await asyncio.to_thread(self._invoke, self.naming(self.prefix, function.name), payload)
+            name = self.naming(self.prefix, function.name)
+            reply = await asyncio.get_running_loop().run_in_executor(self.calls, self._invoke, name, payload)
         except SlserveError:
             counters.failed += 1
             raise
@@ -110,6 +157,8 @@ class LambdaExecutor:
             response = self.client.invoke(FunctionName=name, Qualifier=ALIAS, Payload=payload)
         except errors.TooManyRequestsException:
             raise Overloaded(f"{name}: Lambda is throttling this function; retry later", retry_after=1.0) from None
+        except errors.RequestTooLargeException:
+            raise PayloadTooLarge(f"{name}: over Lambda's {PAYLOAD_LIMIT}-byte limit; send fewer rows") from None
         except errors.ResourceNotFoundException:
             raise RuntimeUnavailable(
                 f"{name}:{ALIAS} does not exist on Lambda; deploy it (`slserve deploy aws`)"
