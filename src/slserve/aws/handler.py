@@ -23,13 +23,14 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2Model
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from slserve.aws.model import ModelFunction, decode_body
+from slserve.platform.aws import PAYLOAD_LIMIT
+from slserve.remote.model import ModelFunction, decode_body
 
 logger = Logger(service="slserve")
 metrics = Metrics(namespace="slserve", service="slserve")
 tracer = Tracer(service="slserve")
 
-MODEL = ModelFunction.from_environment()  # the init phase: artifact mapped, model warmed up
+MODEL = ModelFunction.from_environment(PAYLOAD_LIMIT)  # the init phase: artifact mapped, model warmed up
 logger.info("model loaded", extra={"function": MODEL.function.name, "init_ms": round(MODEL.init_ms, 1)})
 
 try:  # SnapStart's runtime hooks exist only in Lambda's managed Python runtimes

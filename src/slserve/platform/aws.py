@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
-from slserve.errors import (
-    ClientClosedRequest,
-    GatewayTimeout,
-    InstanceFailed,
-    ModelNotFound,
-    Overloaded,
-    PayloadTooLarge,
-    RuntimeUnavailable,
-    SlserveError,
-    error_from_wire,
-)
-from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs, encode_request
-from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.errors import InstanceFailed, Overloaded, PayloadTooLarge, RuntimeUnavailable
+from slserve.platform.base import Deployed, InferRequest
+from slserve.platform.remote import RemoteExecutor, Reply
 
 ALIAS = "live"  # the alias every deployed function is invoked through (it moves on each deploy)
 PAYLOAD_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous invocations, request and response alike
@@ -39,14 +27,6 @@ PAYLOAD_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous invocations, request and
 
 def lambda_name(prefix: str, function: str) -> str:
     return f"{prefix}-{function}"
-
-
-@dataclass
-class _Counters:
-    served: int = 0
-    failed: int = 0
-    cold_starts: int = 0
-    in_flight: int = 0
 
 
 def lambda_client(region: str | None, endpoint_url: str | None, concurrency: int, timeout_s: float) -> Any:
@@ -65,7 +45,9 @@ def lambda_client(region: str | None, endpoint_url: str | None, concurrency: int
     return boto3.client("lambda", region_name=region, endpoint_url=endpoint_url, config=config)
 
 
-class LambdaExecutor:
+class LambdaExecutor(RemoteExecutor):
+    target = "aws"
+
     def __init__(
         self,
         client: Any,
@@ -76,82 +58,30 @@ class LambdaExecutor:
         """`client`: a boto3 Lambda client (its own endpoint, region and credentials); `concurrency`: invokes in
         flight at once from this gateway (each holds a thread while Lambda computes; asyncio's default pool would
         cap them at the core count + 4)."""
+        super().__init__()
         self.client = client
         self.prefix = prefix
         self.naming = naming
         self.calls = ThreadPoolExecutor(concurrency, thread_name_prefix="lambda-invoke")
-        self.functions: dict[str, Deployed] = {}
-        self.counters: dict[str, _Counters] = {}
-
-    async def start(self, functions: list[Deployed]) -> None:
-        for function in functions:
-            self.deploy(function)
 
     async def stop(self, drain_seconds: float) -> None:
         self.calls.shutdown(wait=False, cancel_futures=True)
 
-    def deploy(self, function: Deployed) -> None:
-        self.functions[function.name] = function
-        self.counters.setdefault(function.name, _Counters())
-
-    def remove(self, name: str) -> None:
-        self.functions.pop(name, None)
-
-    def ready(self) -> bool:
-        return True
-
-    def warm_capacity(self, function: str) -> int:
-        return 0  # unknown from here: Lambda keeps its own warm environments
-
-    async def infer(self, request: InferRequest) -> InferResult:
-        function = self.functions.get(request.function)
-        if function is None:
-            raise ModelNotFound(f"no function named {request.function!r} on the aws target")
-        if request.cancellation is not None and request.cancellation.cancelled:
-            raise ClientClosedRequest("the client went away before the call")
-        if request.deadline is not None and time.monotonic() >= request.deadline:
-            raise GatewayTimeout(f"{request.function}: the request's deadline passed before the call")
-        body, headers = encode_request(request)
+    async def _call(self, function: Deployed, body: bytes, headers: dict[str, str], request: InferRequest) -> Reply:
         payload = orjson.dumps({"slserve": 1, "body": base64.b64encode(body).decode(), "headers": headers})
         if len(payload) > PAYLOAD_LIMIT:  # refused here, not by Lambda as a 503 after the upload
             raise PayloadTooLarge(
                 f"the call to {function.name} would be {len(payload)} bytes (base64 makes binary tensors 4/3 "
                 f"larger), over Lambda's {PAYLOAD_LIMIT}-byte limit for synchronous calls; send fewer rows"
             )
-        counters = self.counters[function.name]
-        counters.in_flight += 1
-        started = time.perf_counter()
-        try:
-            name = self.naming(self.prefix, function.name)
-            reply = await asyncio.get_running_loop().run_in_executor(self.calls, self._invoke, name, payload)
-        except SlserveError:
-            counters.failed += 1
-            raise
-        finally:
-            counters.in_flight -= 1
-        total_ms = (time.perf_counter() - started) * 1000
-        status, out_headers = int(reply["statusCode"]), reply.get("headers") or {}
-        content = base64.b64decode(reply.get("body") or "")
-        if status != 200:
-            counters.failed += 1
-            error = orjson.loads(content)
-            raise error_from_wire(status, error.get("code", "internal"), error.get("error", "the function failed"))
-        counters.served += 1
-        cold = out_headers.get("x-slserve-cold-start-ms")
-        counters.cold_starts += cold is not None
-        compute_ms = float(out_headers.get("x-slserve-compute-ms", 0.0))
-        return InferResult(
-            outputs=decode_outputs(content, out_headers.get(HEADER_LENGTH)),
-            function=function.name,
-            version=out_headers.get("x-slserve-version", function.spec.model.version),
-            instance=out_headers.get("x-request-id", "lambda"),
-            queue_ms=max(0.0, total_ms - compute_ms),  # the invoke's own time: network, Lambda's queue, init
-            compute_ms=compute_ms,
-            batch_size=1,
-            cold_start_ms=None if cold is None else float(cold),
-        )
+        name = self.naming(self.prefix, function.name)
+        reply = await asyncio.get_running_loop().run_in_executor(self.calls, self._invoke, name, payload)
+        out = {k.lower(): str(v) for k, v in (reply.get("headers") or {}).items()}
+        return Reply(int(reply["statusCode"]), base64.b64decode(reply.get("body") or ""), out)
 
     def _invoke(self, name: str, payload: bytes) -> dict[str, Any]:
+        from botocore.exceptions import BotoCoreError, ReadTimeoutError  # here: model functions import this module
+
         errors = self.client.exceptions
         try:
             response = self.client.invoke(FunctionName=name, Qualifier=ALIAS, Payload=payload)
@@ -165,6 +95,10 @@ class LambdaExecutor:
             ) from None
         except errors.ClientError as e:
             raise RuntimeUnavailable(f"{name}: Lambda refused the call ({e})") from None
+        except ReadTimeoutError:  # not retried: the function may have run
+            raise InstanceFailed(f"{name}: no answer from Lambda within the client's read timeout") from None
+        except BotoCoreError as e:  # the endpoint unreachable, credentials missing
+            raise RuntimeUnavailable(f"{name}: Lambda could not be called ({e})") from None
         body = response["Payload"].read()
         if response.get("FunctionError"):
             detail = orjson.loads(body) if body else {}
@@ -172,22 +106,3 @@ class LambdaExecutor:
             raise InstanceFailed(f"{name}: the invocation failed ({response['FunctionError']}: {message})")
         reply: dict[str, Any] = orjson.loads(body)
         return reply
-
-    def status(self, function: str) -> FunctionStatus:
-        deployed = self.functions[function]
-        spec, counters = deployed.spec, self.counters[function]
-        return FunctionStatus(
-            name=deployed.name,
-            model=spec.model.name,
-            version=spec.model.version,
-            framework=spec.framework.value,
-            tier=spec.tier,
-            target="aws",
-            artifact=deployed.digest,
-            in_flight=counters.in_flight,
-            served=counters.served,
-            failed=counters.failed,
-            cold_starts=counters.cold_starts,
-            error=deployed.error,
-            ready=deployed.digest is not None,
-        )

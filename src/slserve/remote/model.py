@@ -1,8 +1,9 @@
-"""One model function in a Lambda execution environment: loaded once, in the init phase (or before a SnapStart
-snapshot), with the same runtime adapters as the local platform, answering the Open Inference Protocol v2.
+"""One model function in a remote container (a Lambda execution environment, a Modal container): loaded once,
+before any request (Lambda's init phase, a snapshot's enter hook), with the same runtime adapters as the local
+platform, answering the Open Inference Protocol v2 with the same checks.
 
-Lambda's own limits are refused before the model runs, each as a clear 4xx: a request over the 6 MB synchronous
-payload, an answer that would be over it, a call whose invocation has too little time left to run.
+The platform's own limits are refused before the model runs, each as a clear error: a request or an answer over
+its payload limit (Lambda's 6 MB for synchronous calls: 413), a call with too little time left to run (504).
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import numpy as np
 
 from slserve.errors import GatewayTimeout, PayloadTooLarge, SlserveError
 from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
-from slserve.platform.aws import PAYLOAD_LIMIT
 from slserve.platform.base import Deployed, InferResult
 from slserve.runtime.base import RequestContext, Runtime, load_runtime
 from slserve.runtime.tensors import example_inputs
@@ -36,11 +36,15 @@ class ModelFunction:
     function: Deployed
     runtime: Runtime
     init_ms: float
+    payload_limit: int | None = None  # the platform's limit on a request or an answer, in bytes
+    instance: str = "remote"  # this container's name, for the answer's x-slserve-instance
     cold: bool = True  # the next invocation is this environment's first (after init, or after a restore)
     served: int = field(default=0)
 
     @classmethod
-    def load(cls, artifacts: Path, name: str, digest: str | None = None) -> ModelFunction:
+    def load(
+        cls, artifacts: Path, name: str, digest: str | None = None, payload_limit: int | None = None
+    ) -> ModelFunction:
         """Map the artifact and warm the model up through the same path requests take."""
         started = time.perf_counter()
         store = ArtifactStore(artifacts)
@@ -48,16 +52,18 @@ class ModelFunction:
         runtime = load_runtime(artifact)
         runtime.infer(example_inputs(runtime.spec.signature))
         function = Deployed(name, artifact.manifest.spec, artifact.digest)
-        return cls(function, runtime, (time.perf_counter() - started) * 1000)
+        instance = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or os.environ.get("MODAL_TASK_ID") or "remote"
+        return cls(function, runtime, (time.perf_counter() - started) * 1000, payload_limit, instance)
 
     @classmethod
-    def from_environment(cls) -> ModelFunction:
-        """`SLSERVE_ARTIFACTS` (the store in the package, or in /tmp), `SLSERVE_FUNCTION`, `SLSERVE_DIGEST`."""
+    def from_environment(cls, payload_limit: int | None = None) -> ModelFunction:
+        """`SLSERVE_ARTIFACTS` (the store in the package, or on a volume), `SLSERVE_FUNCTION`, `SLSERVE_DIGEST`."""
         root = Path(os.environ.get("SLSERVE_ARTIFACTS", Path(os.environ.get("LAMBDA_TASK_ROOT", ".")) / "artifacts"))
-        return cls.load(root, os.environ["SLSERVE_FUNCTION"], os.environ.get("SLSERVE_DIGEST") or None)
+        name, digest = os.environ["SLSERVE_FUNCTION"], os.environ.get("SLSERVE_DIGEST") or None
+        return cls.load(root, name, digest, payload_limit)
 
     def after_restore(self) -> None:
-        """A SnapStart restore: every environment restored from one snapshot must not share random state."""
+        """A snapshot's restore: every container restored from one snapshot must not share random state."""
         seed = int.from_bytes(os.urandom(8), "little")
         random.seed(seed)
         np.random.seed(seed % 2**32)
@@ -74,13 +80,13 @@ class ModelFunction:
             return e.status, _error_body(e), {"content-type": "application/json"}
 
     def _answer(self, body: bytes, headers: dict[str, str], remaining_ms: int | None) -> Reply:
-        if len(body) > PAYLOAD_LIMIT:
+        if self.payload_limit is not None and len(body) > self.payload_limit:
             raise PayloadTooLarge(
-                f"the request is {len(body)} bytes, over Lambda's {PAYLOAD_LIMIT}-byte limit for synchronous calls; "
-                "send fewer rows per request"
+                f"the request is {len(body)} bytes, over the platform's {self.payload_limit}-byte limit for "
+                "synchronous calls; send fewer rows per request"
             )
         if remaining_ms is not None and remaining_ms < SAFETY_MS:
-            raise GatewayTimeout(f"{self.function.name}: only {remaining_ms} ms left in this invocation; retry")
+            raise GatewayTimeout(f"{self.function.name}: only {remaining_ms} ms left before its deadline; retry")
         limits = RequestLimits(MAX_ELEMENTS, self.function.spec.limits.max_rows)
         v2 = parse_infer(self.function, body, headers.get(HEADER_LENGTH), limits)
         started = time.perf_counter()
@@ -94,17 +100,17 @@ class ModelFunction:
             outputs=outputs,
             function=self.function.name,
             version=self.function.spec.model.version,
-            instance=os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME", "lambda"),
+            instance=self.instance,
             queue_ms=0.0,
             compute_ms=compute_ms,
             batch_size=1,
             cold_start_ms=self.init_ms if cold else None,
         )
         content, out = encode_infer(result, self.function.spec.model.name, v2)
-        if len(content) > PAYLOAD_LIMIT:
+        if self.payload_limit is not None and len(content) > self.payload_limit:
             raise PayloadTooLarge(
-                f"the answer would be {len(content)} bytes, over Lambda's {PAYLOAD_LIMIT}-byte limit; ask for fewer "
-                "rows or outputs"
+                f"the answer would be {len(content)} bytes, over the platform's {self.payload_limit}-byte limit; "
+                "ask for fewer rows or outputs"
             )
         out.update(
             {

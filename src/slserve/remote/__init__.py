@@ -1,0 +1,1 @@
+"""One model function served away from the local platform: in a Lambda environment or a Modal container."""
