@@ -25,7 +25,7 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
     store = ArtifactStore(settings.artifacts)
     catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
-    platform = Targets(catalog, executors(settings, store, catalog))
+    platform = Targets(catalog, *executors(settings, catalog))
     app = build_app(platform, settings)
     config = uvicorn.Config(
         app,
@@ -45,27 +45,53 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
-def executors(settings: ServeSettings, store: ArtifactStore, catalog: FolderCatalog) -> dict[str, Executor]:
-    """The local executor always; the `aws` one where a function targets it (it needs the `aws` extra)."""
-    out: dict[str, Executor] = {"local": LocalExecutor(store)}
-    if any(f.target == "aws" for f in catalog.functions().values()) or settings.aws_endpoint_url:
-        if importlib.util.find_spec("boto3") is None:
-            log.warning("functions target aws, but boto3 is not installed: `pip install 'slserve[aws]'`")
-            return out
-        from botocore.exceptions import BotoCoreError
+def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str, Executor], dict[str, str]]:
+    """The local executor always; the `aws` and `modal` ones where a function targets them; and for each
+    target named but not runnable here, what would make it runnable."""
+    out: dict[str, Executor] = {"local": LocalExecutor(catalog.store)}
+    missing: dict[str, str] = {}
+    targets = {f.target for f in catalog.functions().values()}
+    if "aws" in targets or settings.aws_endpoint_url:
+        aws = _aws_executor(settings)
+        if isinstance(aws, str):
+            missing["aws"] = aws
+            log.warning("functions target aws, but %s", aws)
+        else:
+            out["aws"] = aws
+    if "modal" in targets or settings.modal_url:
+        modal = _modal_executor(settings)
+        if isinstance(modal, str):
+            missing["modal"] = modal
+            log.warning("functions target modal, but %s", modal)
+        else:
+            out["modal"] = modal
+    return out, missing
 
-        from slserve.platform.aws import LambdaExecutor, lambda_client
 
-        concurrency = 64
-        try:
-            client = lambda_client(
-                settings.aws_region, settings.aws_endpoint_url, concurrency, settings.request_timeout_s
-            )
-        except BotoCoreError as e:  # no region, a broken profile: its functions are refused with the reason
-            log.warning("functions target aws, but no Lambda client could be made (%s): set SLSERVE_AWS_REGION", e)
-            return out
-        out["aws"] = LambdaExecutor(client, settings.aws_prefix, concurrency=concurrency)
-    return out
+def _aws_executor(settings: ServeSettings) -> Executor | str:
+    if importlib.util.find_spec("boto3") is None:
+        return "boto3 is not installed: `pip install 'slserve[aws]'`"
+    from botocore.exceptions import BotoCoreError
+
+    from slserve.platform.aws import LambdaExecutor, lambda_client
+
+    concurrency = 64
+    try:
+        client = lambda_client(settings.aws_region, settings.aws_endpoint_url, concurrency, settings.request_timeout_s)
+    except BotoCoreError as e:  # no region, a broken profile
+        return f"no Lambda client could be made ({e}): set SLSERVE_AWS_REGION"
+    return LambdaExecutor(client, settings.aws_prefix, concurrency=concurrency)
+
+
+def _modal_executor(settings: ServeSettings) -> Executor | str:
+    if importlib.util.find_spec("httpx") is None:
+        return "httpx is not installed: `pip install 'slserve[modal]'`"
+    if not settings.modal_url or settings.modal_secret is None:
+        return "set SLSERVE_MODAL_URL and SLSERVE_MODAL_SECRET (`slserve deploy modal` prints both)"
+    from slserve.platform.modal import ModalExecutor
+
+    secret = settings.modal_secret.get_secret_value()
+    return ModalExecutor(settings.modal_url, secret, settings.request_timeout_s, settings.modal_prefix)
 
 
 def serve(settings: ServeSettings) -> None:

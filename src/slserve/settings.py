@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
 from slserve.errors import SpecError
@@ -58,6 +58,13 @@ class ServeSettings(BaseSettings):
     aws_prefix: str = Field("slserve", description="Lambda functions of the `aws` target are named PREFIX-FUNCTION")
     aws_region: str | None = Field(None, description="Region of the `aws` target (else boto3's own configuration)")
     aws_endpoint_url: str | None = Field(None, description="Lambda endpoint of the `aws` target (tests, local peers)")
+    modal_url: str | None = Field(
+        None,
+        description="Endpoints of the `modal` target, `{label}` where each function's label goes "
+        "(`slserve deploy modal` prints it, e.g. https://WORKSPACE--{label}.modal.run)",
+    )
+    modal_secret: SecretStr | None = Field(None, description="The Bearer secret the `modal` target's endpoints expect")
+    modal_prefix: str = Field("slserve", description="Modal endpoints' labels are PREFIX-FUNCTION")
 
     @classmethod
     def settings_customise_sources(

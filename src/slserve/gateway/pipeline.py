@@ -11,7 +11,6 @@ succeeded, price 0 with its status when it did not. A request whose client went 
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,16 +18,16 @@ from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import Limiter
-from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, InvalidInput, SlserveError
+from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, SlserveError
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
+from slserve.gateway.v2 import client_timeout_s
 from slserve.metering.ledger import Ledger, Record, StoredResponse
 from slserve.platform.base import Cancellation, InferRequest, Platform
 from slserve.router.dispatch import Router, Served
 from slserve.router.table import Route
 
 REPLAY = "x-slserve-idempotent-replay"
-CLIENT_TIMEOUT = "x-slserve-timeout-ms"  # the client stops waiting after this: no work is queued or started past it
 ABANDONED = 499  # the ledger status of a request whose client went away (nginx's "client closed request")
 Reply = tuple[int, bytes, dict[str, str]]
 Encode = Callable[[Served], tuple[bytes, dict[str, str]]]
@@ -65,16 +64,6 @@ class Call:
 
     def fingerprint(self, path: str) -> str:
         return fingerprint(self.endpoint, path, self.headers, self.body)
-
-
-def client_timeout_s(headers: dict[str, str]) -> float:
-    """How long the client says it will wait (`x-slserve-timeout-ms`); infinity when it does not say."""
-    declared = headers.get(CLIENT_TIMEOUT)
-    if declared is None:
-        return math.inf
-    if not declared.isdigit() or int(declared) == 0:
-        raise InvalidInput(f"{CLIENT_TIMEOUT} must be a positive whole number of milliseconds, got {declared!r}")
-    return int(declared) / 1000
 
 
 class Pipeline:

@@ -20,6 +20,7 @@ from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
 from slserve.spec import Datatype, NamedSpec
 
 HEADER_LENGTH = "inference-header-content-length"
+CLIENT_TIMEOUT = "x-slserve-timeout-ms"  # the client stops waiting after this: no work is queued or started past it
 MAX_DIMS = 32  # what the wire between the gateway and instances carries
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 
@@ -30,6 +31,16 @@ class V2Request:
     id: str | None
     binary_outputs: set[str]  # outputs to return as binary data
     parameters: dict[str, Any]  # the request-level v2 parameters
+
+
+def client_timeout_s(headers: dict[str, str]) -> float:
+    """How long the client says it will wait (`x-slserve-timeout-ms`); infinity when it does not say."""
+    declared = headers.get(CLIENT_TIMEOUT)
+    if declared is None:
+        return math.inf
+    if not declared.isdigit() or int(declared) == 0:
+        raise InvalidInput(f"{CLIENT_TIMEOUT} must be a positive whole number of milliseconds, got {declared!r}")
+    return int(declared) / 1000
 
 
 def _fail(message: str) -> InvalidInput:

@@ -112,6 +112,8 @@ class RemoteExecutor(ABC):
             compute_ms=compute_ms,
             batch_size=int(out.get("x-slserve-batch-size", 1)),
             cold_start_ms=None if cold is None else float(cold),
+            tokens=int(out["x-slserve-tokens"]) if "x-slserve-tokens" in out else None,
+            notes=orjson.loads(out["x-slserve-notes"]) if "x-slserve-notes" in out else {},
         )
 
     def status(self, function: str) -> FunctionStatus:

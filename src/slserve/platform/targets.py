@@ -18,9 +18,13 @@ log = logging.getLogger("slserve.platform")
 
 
 class Targets:
-    def __init__(self, catalog: Catalog, executors: Mapping[str, Executor]) -> None:
+    def __init__(
+        self, catalog: Catalog, executors: Mapping[str, Executor], missing: Mapping[str, str] | None = None
+    ) -> None:
+        """`missing`: why a target has no executor here (what to configure), said in its functions' refusals."""
         self.catalog = catalog
         self.executors = dict(executors)
+        self.missing = dict(missing or {})
         self._retry: dict[str, Deployed] = {}  # deployments an executor could not take in: tried again
 
     def functions(self) -> Mapping[str, Deployed]:
@@ -31,9 +35,10 @@ class Targets:
 
     def _unrunnable(self, function: Deployed) -> str:
         known = ", ".join(sorted(self.executors)) or "none"
+        why = self.missing.get(function.target, "configure that target")
         return (
             f"{function.name} names target {function.target!r}, which this gateway does not run (it runs: {known}); "
-            "configure that target, or set `target` in its function.toml"
+            f"{why}, or set `target` in its function.toml"
         )
 
     async def start(self) -> None:

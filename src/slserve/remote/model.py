@@ -17,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import orjson
 
-from slserve.errors import GatewayTimeout, PayloadTooLarge, SlserveError
-from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
+from slserve.errors import GatewayTimeout, InferenceFailed, PayloadTooLarge, SlserveError
+from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, V2Request, encode_infer, parse_infer
 from slserve.platform.base import Deployed, InferResult
-from slserve.runtime.base import RequestContext, Runtime, load_runtime
+from slserve.runtime.base import RequestContext, Runtime, Tensors, load_runtime
+from slserve.runtime.batching import ExactBatcher, run_call
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
@@ -36,6 +38,7 @@ class ModelFunction:
     function: Deployed
     runtime: Runtime
     init_ms: float
+    batcher: ExactBatcher  # the build's batching floors for this runtime's device (local and remote answer alike)
     payload_limit: int | None = None  # the platform's limit on a request or an answer, in bytes
     instance: str = "remote"  # this container's name, for the answer's x-slserve-instance
     cold: bool = True  # the next invocation is this environment's first (after init, or after a restore)
@@ -53,7 +56,10 @@ class ModelFunction:
         runtime.infer(example_inputs(runtime.spec.signature))
         function = Deployed(name, artifact.manifest.spec, artifact.digest)
         instance = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or os.environ.get("MODAL_TASK_ID") or "remote"
-        return cls(function, runtime, (time.perf_counter() - started) * 1000, payload_limit, instance)
+        floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none proven: never merged
+        batcher = ExactBatcher(artifact.manifest.spec.batching.max_batch_size, floors)
+        init_ms = (time.perf_counter() - started) * 1000
+        return cls(function, runtime, init_ms, batcher, payload_limit, instance)
 
     @classmethod
     def from_environment(cls, payload_limit: int | None = None) -> ModelFunction:
@@ -73,13 +79,34 @@ class ModelFunction:
         self.cold = True
 
     def answer(self, body: bytes, headers: dict[str, str], remaining_ms: int | None) -> Reply:
-        """One v2 request: (status, body, headers), errors included."""
+        """One v2 request, run alone: (status, body, headers), errors included."""
         try:
-            return self._answer(body, headers, remaining_ms)
+            v2 = self.parse(body, headers, remaining_ms)
+            context = RequestContext(options=v2.request.options)
+            started = time.perf_counter()
+            try:
+                feeds = self.runtime.prepare(v2.request.inputs, context)
+            except SlserveError:
+                raise
+            except Exception as e:  # the processor's own: this request fails, the container serves on
+                raise failure(self.function.name, e) from None
+            prepare_ms = (time.perf_counter() - started) * 1000
+            outcome = run_call(self.runtime, [feeds], self.size_alone(feeds), self.size_alone)[0]
+            if outcome.outputs is None:
+                assert outcome.error is not None
+                raise failure(self.function.name, outcome.error)
+            compute_ms = prepare_ms + outcome.compute_ms
+            return self.reply(v2, outcome.outputs, compute_ms, 1, self.runtime.tokens(feeds), context.notes)
         except SlserveError as e:
-            return e.status, _error_body(e), {"content-type": "application/json"}
+            return error_reply(e)
 
-    def _answer(self, body: bytes, headers: dict[str, str], remaining_ms: int | None) -> Reply:
+    def size_alone(self, feeds: Tensors) -> int:
+        """The rows of a call that runs these feeds alone: padded to their shape's floor, as locally."""
+        return self.batcher.plan([feeds])[0].size
+
+    def parse(self, body: bytes, headers: dict[str, str], remaining_ms: int | None) -> V2Request:
+        """A request checked as the gateway checks it (signature, declared sizes, rows) and against the
+        platform's limits, before anything runs."""
         if self.payload_limit is not None and len(body) > self.payload_limit:
             raise PayloadTooLarge(
                 f"the request is {len(body)} bytes, over the platform's {self.payload_limit}-byte limit for "
@@ -88,10 +115,18 @@ class ModelFunction:
         if remaining_ms is not None and remaining_ms < SAFETY_MS:
             raise GatewayTimeout(f"{self.function.name}: only {remaining_ms} ms left before its deadline; retry")
         limits = RequestLimits(MAX_ELEMENTS, self.function.spec.limits.max_rows)
-        v2 = parse_infer(self.function, body, headers.get(HEADER_LENGTH), limits)
-        started = time.perf_counter()
-        outputs = self.runtime.infer(v2.request.inputs, RequestContext(options=v2.request.options))
-        compute_ms = (time.perf_counter() - started) * 1000
+        return parse_infer(self.function, body, headers.get(HEADER_LENGTH), limits)
+
+    def reply(
+        self,
+        v2: V2Request,
+        outputs: Tensors,
+        compute_ms: float,
+        batch_size: int,
+        tokens: int | None = None,
+        notes: dict[str, Any] | None = None,
+    ) -> Reply:
+        """The answer, with the headers the gateway turns into its own answer's and the ledger's fields."""
         if v2.request.outputs is not None:
             outputs = {k: v for k, v in outputs.items() if k in v2.request.outputs}
         cold, self.cold = self.cold, False
@@ -103,7 +138,7 @@ class ModelFunction:
             instance=self.instance,
             queue_ms=0.0,
             compute_ms=compute_ms,
-            batch_size=1,
+            batch_size=batch_size,
             cold_start_ms=self.init_ms if cold else None,
         )
         content, out = encode_infer(result, self.function.spec.model.name, v2)
@@ -116,18 +151,32 @@ class ModelFunction:
             {
                 "x-slserve-function": self.function.name,
                 "x-slserve-version": result.version,
+                "x-slserve-instance": self.instance,
                 "x-slserve-compute-ms": f"{compute_ms:.2f}",
-                "x-slserve-batch-size": "1",
+                "x-slserve-batch-size": str(batch_size),
             }
         )
         if cold:
             out["x-slserve-cold-start-ms"] = f"{self.init_ms:.1f}"
+        if tokens is not None:
+            out["x-slserve-tokens"] = str(tokens)
+        if notes:
+            out["x-slserve-notes"] = orjson.dumps(notes).decode()  # what the processor reported (rows truncated)
         return 200, content, out
 
 
-def _error_body(error: SlserveError) -> bytes:
-    import orjson
+def failure(function: str, error: Exception) -> SlserveError:
+    """An exception from model or processor code, as the error that fails its request (500, its type named)."""
+    if isinstance(error, SlserveError):
+        return error
+    return InferenceFailed(f"{function}: {type(error).__name__}: {error}")
 
+
+def error_reply(error: SlserveError) -> Reply:
+    return error.status, _error_body(error), {"content-type": "application/json"}
+
+
+def _error_body(error: SlserveError) -> bytes:
     return orjson.dumps(error.to_dict())
 
 

@@ -18,7 +18,8 @@ make a response independent of whatever else shared its model call:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -160,6 +161,31 @@ def split(produced: Mapping[str, np.ndarray], counts: Sequence[int]) -> list[Ten
         out.append({name: arr[start : start + n] for name, arr in produced.items()})
         start += n
     return out
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One request's part of a model call: its outputs, or the exception that failed it."""
+
+    outputs: Tensors | None
+    error: Exception | None
+    compute_ms: float
+    batch_size: int  # requests in the call that computed it
+
+
+def run_call(runtime: Runtime, feeds: Sequence[Tensors], size: int, alone: Callable[[Tensors], int]) -> list[Outcome]:
+    """One planned model call for prepared requests, an `Outcome` each. When a merged call raises, each request
+    is run again alone (at `alone(feeds)` rows), so one request's input fails that request only."""
+    started = time.perf_counter()
+    try:
+        merged, counts = merge(feeds, size)
+        outputs = [runtime.finish(part) for part in split(runtime.run(merged), counts)]
+    except Exception as e:
+        if len(feeds) == 1:
+            return [Outcome(None, e, (time.perf_counter() - started) * 1000, 1)]
+        return [run_call(runtime, [f], alone(f), alone)[0] for f in feeds]
+    compute_ms = (time.perf_counter() - started) * 1000
+    return [Outcome(out, None, compute_ms, len(feeds)) for out in outputs]
 
 
 def prove_shapes(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int]:

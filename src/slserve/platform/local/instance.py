@@ -24,8 +24,8 @@ import numpy as np
 from slserve.errors import InferenceFailed, SlserveError
 from slserve.framing import FrameAssembler
 from slserve.platform.wire import Kind, Message, decode, encode, error_meta
-from slserve.runtime.base import Preloaded, RequestContext, Runtime, load_runtime
-from slserve.runtime.batching import ExactBatcher, merge, split
+from slserve.runtime.base import Preloaded, RequestContext, Runtime, Tensors, load_runtime
+from slserve.runtime.batching import ExactBatcher, merge, run_call, split
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
@@ -209,29 +209,24 @@ class InstanceLoop:
         self.unstarted = set()
 
     def _size_alone(self, item: Item) -> int:
-        return self.batcher.plan([item.feeds])[0].size
+        return self._size_of(item.feeds)
+
+    def _size_of(self, feeds: Tensors) -> int:
+        return self.batcher.plan([feeds])[0].size
 
     def _run_call(self, items: list[Item], size: int) -> None:
-        start = time.perf_counter()
-        try:
-            merged, counts = merge([i.feeds for i in items], size)
-            parts = split(self.runtime.run(merged), counts)
-            outputs = [self.runtime.finish(p) for p in parts]
-        except Exception as e:
-            if len(items) > 1:  # one request's input may have broken the call: each runs alone, the rest answered
-                for item in items:
-                    self._run_call([item], self._size_alone(item))
-                return
-            self._fail(items[0].msg, e)
-            return
-        compute_ms = (time.perf_counter() - start) * 1000
-        for item, out in zip(items, outputs, strict=True):
+        outcomes = run_call(self.runtime, [i.feeds for i in items], size, self._size_of)
+        for item, outcome in zip(items, outcomes, strict=True):
             msg = item.msg
+            if outcome.outputs is None:
+                assert outcome.error is not None
+                self._fail(msg, outcome.error)
+                continue
             wanted = msg.meta.get("outputs")
-            tensors = {k: np.ascontiguousarray(v) for k, v in out.items() if wanted is None or k in wanted}
+            tensors = {k: np.ascontiguousarray(v) for k, v in outcome.outputs.items() if wanted is None or k in wanted}
             meta = {
-                "compute_ms": compute_ms + msg.meta.get("prepare_ms", 0.0),
-                "batch_size": len(items),
+                "compute_ms": outcome.compute_ms + msg.meta.get("prepare_ms", 0.0),
+                "batch_size": outcome.batch_size,
                 "tokens": msg.meta.get("tokens"),
             }
             if item.context.notes:
