@@ -22,10 +22,10 @@ import orjson
 from slserve.errors import GatewayTimeout, InferenceFailed, PayloadTooLarge, SlserveError
 from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, V2Request, encode_infer, parse_infer
 from slserve.platform.base import Deployed, InferResult
-from slserve.runtime.base import RequestContext, Runtime, Tensors, load_runtime
+from slserve.runtime.base import Preloaded, RequestContext, Runtime, Tensors, load_runtime
 from slserve.runtime.batching import ExactBatcher, run_call
 from slserve.runtime.tensors import example_inputs
-from slserve.snapshot import ArtifactStore
+from slserve.snapshot import Artifact, ArtifactStore
 
 MAX_ELEMENTS = 16 * 1024 * 1024
 SAFETY_MS = 50  # a call is not started with less time than this left in the invocation
@@ -48,16 +48,27 @@ class ModelFunction:
     def load(
         cls, artifacts: Path, name: str, digest: str | None = None, payload_limit: int | None = None
     ) -> ModelFunction:
-        """Map the artifact and warm the model up through the same path requests take."""
-        started = time.perf_counter()
         store = ArtifactStore(artifacts)
-        artifact = store.open(digest) if digest else store.current(name)
-        runtime = load_runtime(artifact)
+        return cls.from_artifact(store.open(digest) if digest else store.current(name), payload_limit=payload_limit)
+
+    @classmethod
+    def from_artifact(
+        cls,
+        artifact: Artifact,
+        device: str | None = None,
+        preloaded: Preloaded | None = None,
+        payload_limit: int | None = None,
+    ) -> ModelFunction:
+        """Map the artifact, load the model (on `device`, else as the spec and the host say; from what a snapshot
+        preloaded, if anything) and warm it up through the same path requests take."""
+        started = time.perf_counter()
+        runtime = load_runtime(artifact, device, preloaded)
         runtime.infer(example_inputs(runtime.spec.signature))
-        function = Deployed(name, artifact.manifest.spec, artifact.digest)
+        spec = artifact.manifest.spec
+        function = Deployed(artifact.manifest.function, spec, artifact.digest)
         instance = os.environ.get("AWS_LAMBDA_LOG_STREAM_NAME") or os.environ.get("MODAL_TASK_ID") or "remote"
         floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none proven: never merged
-        batcher = ExactBatcher(artifact.manifest.spec.batching.max_batch_size, floors)
+        batcher = ExactBatcher(spec.batching.max_batch_size, floors)
         init_ms = (time.perf_counter() - started) * 1000
         return cls(function, runtime, init_ms, batcher, payload_limit, instance)
 
