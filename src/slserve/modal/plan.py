@@ -1,0 +1,150 @@
+"""What `slserve deploy modal` deploys, decided offline from the functions and their artifacts (one source of
+truth: `function.toml` and the build): per function a Modal class with its GPU, snapshots, scaling, concurrency
+and the blobs its volume must hold. The plan is written as JSON into the image, so that a container rebuilds
+the very same app (`slserve.modal.container`) without the functions folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+from slserve.errors import BuildError
+from slserve.platform.base import Deployed
+from slserve.platform.modal import modal_label
+from slserve.remote.requirements import imported_distributions, module_files, pinned
+from slserve.snapshot import ArtifactStore
+
+PYTHON = "3.12"
+VOLUME = "slserve-artifacts"  # the store on Modal: blobs by sha256, as in the local store
+SECRET = "slserve-endpoint"  # holds SLSERVE_ENDPOINT_SECRET, which the gateways send as their Bearer token
+ARTIFACTS = "/artifacts"  # where the volume is mounted
+# Modal's GPU snapshots (alpha) checkpoint the CUDA context with the process; slserve turns them on where the
+# runtime's CUDA state is what Modal's examples and tests cover (torch). ONNX Runtime's CUDA provider starts
+# cuDNN/cuBLAS handles of its own: until that is proven on Modal, its weights go to the GPU after each restore.
+GPU_SNAPSHOT_FRAMEWORKS = {"torch"}
+ENDPOINT_REQUIREMENTS = ["numpy", "orjson", "pydantic", "starlette"]  # what slserve.remote imports
+TIMEOUT_S = 300  # per input, Modal's default: the gateway's own deadline (x-slserve-timeout-ms) is the real bound
+SCALEDOWN_RANGE = (2, 3600)  # Modal's bounds on scaledown_window, in seconds
+
+
+@dataclass(frozen=True)
+class ModalFunction:
+    name: str
+    cls_name: str  # the Python class Modal knows it by
+    label: str  # its web endpoint: https://<workspace>--<label>.modal.run
+    digest: str
+    framework: str
+    gpu: str | None
+    memory_mb: int
+    timeout_s: int
+    min_containers: int
+    max_containers: int
+    scaledown_window: int
+    max_inputs: int  # requests one container takes at once (batched exactly inside)
+    gpu_snapshot: bool
+    snapshot: str  # what the memory snapshot holds, and why
+    blobs: dict[str, int]  # digest -> bytes: the artifact's manifest and blobs, for the volume
+
+
+@dataclass(frozen=True)
+class ModalPlan:
+    app: str
+    prefix: str
+    volume: str
+    secret: str
+    python: str
+    requirements: list[str]  # pinned, as installed here (GPU builds of the runtimes)
+    modules: list[str]  # the function code's top-level packages, shipped as source beside slserve
+    functions: list[ModalFunction]
+
+    def to_json(self) -> bytes:
+        return orjson.dumps(dataclasses.asdict(self), option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> ModalPlan:
+        doc = orjson.loads(data)
+        return cls(**{**doc, "functions": [ModalFunction(**f) for f in doc["functions"]]})
+
+    def write(self, path: Path) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(self.to_json())
+        return path
+
+
+def class_name(function: str) -> str:
+    """`minilm-fp16` -> `MinilmFp16`: a Python identifier, one per function."""
+    words = [w for w in re.split(r"[^0-9A-Za-z]+", function) if w]
+    name = "".join(w[:1].upper() + w[1:] for w in words)
+    return name if name[:1].isalpha() else f"Fn{name}"
+
+
+def gpu_requirements(frameworks: set[str]) -> list[str]:
+    """The runtimes' CUDA builds at the versions installed here: torch's default wheel on Linux is its CUDA
+    build (this host's `+cpu` local version is dropped); ONNX Runtime's is the `onnxruntime-gpu` distribution."""
+    out = []
+    for requirement in pinned(["torch"] if "torch" in frameworks else []):
+        out.append(requirement.split("+")[0])
+    if "onnx" in frameworks:
+        version = pinned(["onnxruntime"])[0].split("==")[1]
+        out.append(f"onnxruntime-gpu=={version}")
+    return out
+
+
+def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> ModalFunction:
+    spec = function.spec
+    if function.digest is None:
+        raise BuildError(f"{function.name} is not built: run `slserve build {function.name}` first")
+    artifact = store.open(function.digest)
+    gpu_snapshot = spec.resources.gpu is not None and spec.framework.value in GPU_SNAPSHOT_FRAMEWORKS
+    if spec.resources.gpu is None:
+        snapshot = "memory: the model loaded on the CPU and warmed up"
+    elif gpu_snapshot:
+        snapshot = "memory and GPU: the weights on the GPU and warmed up (CUDA checkpoint)"
+    else:
+        snapshot = (
+            f"memory: the runtime imported and the weights mapped; {spec.framework.value} moves them to the GPU "
+            "after each restore (GPU snapshots are on for torch only)"
+        )
+    low, high = SCALEDOWN_RANGE
+    return ModalFunction(
+        name=function.name,
+        cls_name=class_name(function.name),
+        label=modal_label(prefix, function.name),
+        digest=function.digest,
+        framework=spec.framework.value,
+        gpu=spec.resources.gpu,
+        memory_mb=spec.resources.memory_mb,
+        timeout_s=TIMEOUT_S,
+        min_containers=spec.scaling.min_instances,
+        max_containers=spec.scaling.max_instances,
+        scaledown_window=min(high, max(low, round(spec.scaling.idle_seconds))),
+        max_inputs=max(spec.scaling.target_concurrency, spec.batching.max_batch_size),
+        gpu_snapshot=gpu_snapshot,
+        snapshot=snapshot,
+        blobs={function.digest: store.blobs.path(function.digest).stat().st_size, **artifact.manifest.unique_blobs()},
+    )
+
+
+def plan_app(store: ArtifactStore, functions: list[Deployed], prefix: str = "slserve") -> ModalPlan:
+    if not functions:
+        raise BuildError('no function to deploy to Modal: name a GPU in its [resources], or set target = "modal"')
+    refs = [f.spec.processor.factory if f.spec.processor else None for f in functions]
+    refs += [f.spec.source.factory for f in functions if f.spec.framework.value == "torch"]
+    modules = module_files(refs)
+    frameworks = {f.spec.framework.value for f in functions}
+    requirements = pinned([*ENDPOINT_REQUIREMENTS, *imported_distributions(modules.values())])
+    return ModalPlan(
+        app=prefix,
+        prefix=prefix,
+        volume=VOLUME,
+        secret=SECRET,
+        python=PYTHON,
+        requirements=sorted(set(requirements + gpu_requirements(frameworks))),
+        modules=sorted({name.split(".")[0] for name in modules}),
+        functions=[plan_function(store, f, prefix) for f in functions],
+    )
