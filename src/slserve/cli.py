@@ -16,8 +16,9 @@ from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from slserve.aws.cli import deploy_app
+from slserve.aws.cli import deploy_aws
 from slserve.errors import SlserveError
+from slserve.modal.cli import deploy_modal
 from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
 
@@ -334,6 +335,9 @@ def route_show(
         console.print(stats)
 
 
+deploy_app = typer.Typer(no_args_is_help=True, help="Deploy the functions to another target (aws, modal)")
+deploy_app.command("aws")(deploy_aws)
+deploy_app.command("modal")(deploy_modal)
 app.add_typer(deploy_app, name="deploy")
 
 keys_app = typer.Typer(no_args_is_help=True, help="API keys: create (the secret is shown once), list, revoke, rotate")

@@ -16,11 +16,9 @@ if TYPE_CHECKING:
     from slserve.platform.base import Deployed
     from slserve.snapshot import ArtifactStore
 
-deploy_app = typer.Typer(no_args_is_help=True, help="Deploy the functions to another target (aws)")
 console = Console(width=150)  # the cost table is wide
 
 
-@deploy_app.command("aws")
 def deploy_aws(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Package, synthesize and check; deploy nothing")] = False,
     functions: Annotated[Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS")] = Path("functions"),
@@ -43,6 +41,7 @@ def deploy_aws(
 
     from slserve.aws import deploy
     from slserve.platform.catalog import FolderCatalog
+    from slserve.remote.costs import measure_compute
     from slserve.snapshot import ArtifactStore
 
     store = ArtifactStore(artifacts)
@@ -70,7 +69,7 @@ def deploy_aws(
     )
     for f in plan.functions:
         function = catalog.functions()[f.name]
-        estimate = deploy.estimate(function, deploy.measure_compute_ms(store, function), routes)
+        estimate = deploy.estimate(function, measure_compute(store, function)[0], routes)
         start, _ = f.start()
         table.add_row(
             f.name,

@@ -8,9 +8,7 @@
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +19,7 @@ from slserve.aws.stack import DeployPlan, FunctionPlan
 from slserve.errors import BuildError
 from slserve.platform.base import Deployed
 from slserve.platform.catalog import FolderCatalog, ManifestCatalog
-from slserve.router.config import load_routes
+from slserve.remote.costs import charged_per_million
 from slserve.snapshot import ArtifactStore
 
 # AWS list prices, us-east-1, x86 (2026-11): Lambda per GB-second and per request, HTTP API per request,
@@ -123,23 +121,6 @@ def lint(template: Path) -> list[str]:
     return [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches]
 
 
-def measure_compute_ms(store: ArtifactStore, function: Deployed, calls: int = 20) -> float:
-    """The median time of the function's model call on its example input, here (init and warm-up left out)."""
-    from slserve.runtime import load_runtime
-    from slserve.runtime.tensors import example_inputs
-
-    assert function.digest is not None
-    runtime = load_runtime(store.open(function.digest), device="cpu")
-    inputs = example_inputs(runtime.spec.signature)
-    runtime.infer(inputs)
-    times = []
-    for _ in range(calls):
-        started = time.perf_counter()
-        runtime.infer(inputs)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
-
-
 def estimate(function: Deployed, compute_ms: float, routes: Path) -> Estimate:
     """What a million requests cost on AWS (list prices) beside what the tier charges for them."""
     memory_mb = max(128, min(10240, function.spec.resources.memory_mb))
@@ -151,12 +132,7 @@ def estimate(function: Deployed, compute_ms: float, routes: Path) -> Estimate:
         + HTTP_API_REQUEST
         + DYNAMODB_WRITE
     )
-    tier = load_routes(routes).tiers.get(function.spec.tier)
-    charged = 0.0
-    if tier is not None:
-        import math
-
-        charged = tier.price_per_request + math.ceil(compute_ms) * tier.price_per_compute_ms  # micro-units
+    charged = charged_per_million(function, compute_ms, routes)
     return Estimate(function.name, function.spec.tier, memory_mb, compute_ms, aws, charged)
 
 

@@ -99,6 +99,7 @@ def build_app(plan: ModalPlan, plan_file: Path, module: str, namespace: MutableM
             enable_memory_snapshot=True,
             gpu=f.gpu,
             memory=f.memory_mb,
+            cpu=f.cpu,
             timeout=f.timeout_s,
             min_containers=f.min_containers,
             max_containers=f.max_containers,

@@ -41,6 +41,7 @@ class ModalFunction:
     framework: str
     gpu: str | None
     memory_mb: int
+    cpu: float  # physical cores (the spec's threads)
     timeout_s: int
     min_containers: int
     max_containers: int
@@ -119,6 +120,7 @@ def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> Moda
         framework=spec.framework.value,
         gpu=spec.resources.gpu,
         memory_mb=spec.resources.memory_mb,
+        cpu=float(spec.resources.threads),
         timeout_s=TIMEOUT_S,
         min_containers=spec.scaling.min_instances,
         max_containers=spec.scaling.max_instances,
