@@ -15,12 +15,18 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
 import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+import httpx
 import orjson
 import uvicorn
 from starlette.types import Receive, Scope, Send
+from tests.integration.server import free_port
 
 from slserve.remote.endpoint import endpoint_app
 from slserve.remote.model import ModelFunction
@@ -69,6 +75,41 @@ async def _send(send: Send, status: int, body: bytes, content_type: str = "text/
     headers = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode()), *extra]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+@dataclass
+class Peer:
+    url: str
+    proc: subprocess.Popen[bytes]
+
+    def mode(self, mode: str, delay_s: float = 0.0) -> int:
+        """Switch the stand-in's behaviour; returns the calls it has had."""
+        r = httpx.post(f"{self.url}/_peer/mode", json={"mode": mode, "delay_s": delay_s}, timeout=5)
+        return int(r.json()["calls"])
+
+
+def start_peer(artifacts: Path, function: str, secret: str, log: Path) -> Peer:
+    port = free_port()
+    env = {
+        **os.environ,
+        "SLSERVE_ARTIFACTS": str(artifacts),
+        "SLSERVE_FUNCTION": function,
+        "SLSERVE_ENDPOINT_SECRET": secret,
+    }
+    with log.open("wb") as out:
+        cmd = [sys.executable, "-m", "tests.integration.modal_peer", str(port)]
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    peer = Peer(f"http://127.0.0.1:{port}", proc)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{peer.url}/v2/health/ready", timeout=2).status_code == 200:
+                return peer
+        except httpx.TransportError:
+            time.sleep(0.1)
+    proc.kill()
+    raise RuntimeError(f"the Modal stand-in did not start:\n{log.read_text()}")
 
 
 def main() -> None:

@@ -127,14 +127,15 @@ def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
     assert artifacts["Properties"]["BucketEncryption"]
 
 
-def test_the_rest_variant_adds_usage_plans_and_a_waf_and_stays_clean(deployed: dict[str, Any], build_sample) -> None:  # type: ignore[no-untyped-def]
+def test_the_rest_variant_and_the_modal_target_stay_clean(deployed: dict[str, Any], build_sample) -> None:  # type: ignore[no-untyped-def]
     from slserve.aws.deploy import lint, synthesize
     from slserve.aws.stack import DeployPlan, FunctionPlan
 
     root = deployed["root"]
     spec = load_function(root / "functions" / "classifier").spec
     classifier = FunctionPlan("classifier", spec, "0" * 64, root / "work" / "functions" / "classifier", False)
-    plan = DeployPlan("slserve", [classifier], root / "work" / "router", api="rest")
+    modal_url = "https://acme--{label}.modal.run"
+    plan = DeployPlan("slserve", [classifier], root / "work" / "router", api="rest", modal_url=modal_url)
     template_path = synthesize(plan, root / "cdk.out-rest")  # raises unless cdk-nag is clean
     assert lint(template_path) == []
     template = json.loads(template_path.read_text())
@@ -143,3 +144,12 @@ def test_the_rest_variant_adds_usage_plans_and_a_waf_and_stays_clean(deployed: d
     settings = stage["Properties"]["MethodSettings"][0]
     assert settings["ThrottlingRateLimit"] == 1000 and stage["Properties"]["TracingEnabled"] is True
     assert not resources(template, "AWS::ApiGatewayV2::Api")
+    # GPU functions on Modal: the router knows where, and may read the endpoints' secret (and no other new one)
+    router = next(f for f in resources(template, "AWS::Lambda::Function").values() if "router" in json.dumps(f))
+    env = router["Properties"]["Environment"]["Variables"]
+    assert env["SLSERVE_MODAL_URL"] == modal_url and "Ref" in env["SLSERVE_MODAL_SECRET_ARN"]
+    secret_id = env["SLSERVE_MODAL_SECRET_ARN"]["Ref"]
+    assert template["Resources"][secret_id]["Type"] == "AWS::SecretsManager::Secret"
+    policies = resources(template, "AWS::IAM::Policy").values()
+    statements = [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
+    assert any(s["Resource"] == {"Ref": secret_id} for s in statements)

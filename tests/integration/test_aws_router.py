@@ -15,17 +15,20 @@ import pytest
 from tests.conftest import FUNCTIONS, write_function
 from tests.integration.aws import client
 from tests.integration.lambda_peer import Environment, InvokeAPI, start_environment
+from tests.integration.modal_peer import start_peer
 
 from slserve.accounts.dynamo import DynamoKeyStore
 from slserve.accounts.keys import new_key
+from slserve.aws.deploy import router_catalog
 from slserve.aws.schema import create_tables
 from slserve.build import build_function
-from slserve.platform.catalog import FolderCatalog, ManifestCatalog
+from slserve.platform.catalog import FolderCatalog
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 SECRET = "router test secret"
+MODAL_SECRET = "modal endpoint secret"
 BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [1, 4], "data": [0.1, 0.2, 0.3, 0.4]}]}
 
 
@@ -57,11 +60,14 @@ def house(
 ) -> Iterator[dict[str, Any]]:  # type: ignore[no-untyped-def]
     root = tmp_path_factory.mktemp("aws-router")
     functions = root / "functions"
-    write_function(
-        functions, "remote-classifier", 'target = "aws"\n' + (FUNCTIONS / "classifier" / "function.toml").read_text()
-    )
-    build_function(load_function(functions / "remote-classifier"), sample_store)
-    ManifestCatalog.write(root / "catalog.json", FolderCatalog(sample_store, functions).functions())
+    classifier = (FUNCTIONS / "classifier" / "function.toml").read_text()
+    write_function(functions, "remote-classifier", classifier)  # its target as shipped: `deploy aws` places it
+    write_function(functions, "gpu-classifier", classifier.replace('tier = "economy"', 'tier = "premium"'))
+    for name in ("remote-classifier", "gpu-classifier"):
+        build_function(load_function(functions / name), sample_store)
+    deployed = FolderCatalog(sample_store, functions).functions()
+    router_catalog(root / "catalog.json", [deployed["remote-classifier"]], [deployed["gpu-classifier"]])
+    modal = start_peer(sample_store.root, "gpu-classifier", MODAL_SECRET, root / "modal.log")
     dynamodb = client(moto_endpoint, "dynamodb")
     tables = create_tables(dynamodb, "router")
     keys = DynamoKeyStore(dynamodb, tables["keys"], SECRET.encode())
@@ -81,6 +87,8 @@ def house(
             "SLSERVE_LEDGER_TABLE": tables["ledger"],
             "SLSERVE_RESPONSES_TABLE": tables["responses"],
             "SLSERVE_KEY_SECRET": SECRET,
+            "SLSERVE_MODAL_URL": modal.url,
+            "SLSERVE_MODAL_SECRET": MODAL_SECRET,
             "AWS_ENDPOINT_URL_LAMBDA": invoke.url,
             "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
@@ -93,6 +101,8 @@ def house(
     router.stop()
     invoke.stop()
     model.stop()
+    modal.proc.terminate()
+    modal.proc.wait(10)
 
 
 def test_an_http_api_event_is_served_billed_and_recorded(house: dict[str, Any]) -> None:
@@ -106,6 +116,18 @@ def test_an_http_api_event_is_served_billed_and_recorded(house: dict[str, Any]) 
     assert len(mine) == 1 and mine[0]["price"]["N"] == headers["x-slserve-cost"] and mine[0]["tenant"]["S"] == "acme"
     status, _, usage = reply(house["router"], event("/v1/usage", method="GET", headers=auth))
     assert status == 200 and usage["total"]["requests"] == 1
+
+
+def test_a_gpu_function_on_the_modal_target_is_served_through_the_router(house: dict[str, Any]) -> None:
+    key = house["keys"].create(new_key("acme"))
+    request = event("/v2/models/gpu-classifier/infer", body=BODY, headers={"authorization": f"Bearer {key}"})
+    status, headers, doc = reply(house["router"], request)
+    assert status == 200 and headers["x-slserve-function"] == "gpu-classifier", doc
+    assert headers["x-slserve-tier"] == "premium" and "x-slserve-cold-start-ms" in headers
+    records = house["dynamodb"].scan(TableName=house["tables"]["ledger"])["Items"]
+    mine = [r for r in records if r["request_id"]["S"] == headers["x-request-id"]]
+    assert len(mine) == 1 and mine[0]["function"]["S"] == "gpu-classifier"
+    assert mine[0]["price"]["N"] == headers["x-slserve-cost"]
 
 
 def test_keys_and_bad_input_are_refused_before_any_model_function(house: dict[str, Any]) -> None:

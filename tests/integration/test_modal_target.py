@@ -4,13 +4,9 @@ fallback and the ledger."""
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +14,8 @@ import httpx
 import numpy as np
 import pytest
 from tests.conftest import FUNCTIONS, write_function
-from tests.integration.server import Server, free_port, start_server
+from tests.integration.modal_peer import Peer, start_peer
+from tests.integration.server import Server, start_server
 
 from slserve.build import build_function
 from slserve.snapshot import ArtifactStore
@@ -27,41 +24,6 @@ from slserve.spec import load_function
 SECRET = "s3cret-for-the-tests"
 BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": [0.1, 0.2, 0.3, 0.4] * 2}]}
 PREMIUM = {"x-slserve-tier": "premium"}
-
-
-@dataclass
-class Peer:
-    url: str
-    proc: subprocess.Popen[bytes]
-
-    def mode(self, mode: str, delay_s: float = 0.0) -> int:
-        """Switch the stand-in's behaviour; returns the calls it has had."""
-        r = httpx.post(f"{self.url}/_peer/mode", json={"mode": mode, "delay_s": delay_s}, timeout=5)
-        return int(r.json()["calls"])
-
-
-def start_peer(artifacts: Path, function: str, log: Path) -> Peer:
-    port = free_port()
-    env = {
-        **os.environ,
-        "SLSERVE_ARTIFACTS": str(artifacts),
-        "SLSERVE_FUNCTION": function,
-        "SLSERVE_ENDPOINT_SECRET": SECRET,
-    }
-    with log.open("wb") as out:
-        cmd = [sys.executable, "-m", "tests.integration.modal_peer", str(port)]
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-    peer = Peer(f"http://127.0.0.1:{port}", proc)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, log.read_text()
-        try:
-            if httpx.get(f"{peer.url}/v2/health/ready", timeout=2).status_code == 200:
-                return peer
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"the Modal stand-in did not start:\n{log.read_text()}")
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +38,7 @@ def gateway(
     write_function(functions, "classifier-gpu", gpu)
     for name in ("classifier", "classifier-gpu"):
         build_function(load_function(functions / name), sample_store)
-    peer = start_peer(sample_store.root, "classifier-gpu", root / "peer.log")
+    peer = start_peer(sample_store.root, "classifier-gpu", SECRET, root / "peer.log")
     srv = start_server(functions, sample_store.root, root / "serve.log", modal_url=peer.url, modal_secret=SECRET)
     yield srv, peer
     srv.stop()

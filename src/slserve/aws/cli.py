@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich import box
@@ -28,6 +28,10 @@ def deploy_aws(
     out: Annotated[Path, typer.Option("--out", help="Where the template goes")] = Path("cdk.out"),
     work: Annotated[Path, typer.Option("--work", help="Where the packages are built")] = Path(".slserve/aws"),
     api: Annotated[str, typer.Option("--api", help="http (default) or rest (usage plans and a WAF)")] = "http",
+    modal_url: Annotated[
+        str | None,
+        typer.Option("--modal-url", help="Where GPU functions run (`deploy modal` prints it)"),
+    ] = None,
 ) -> None:
     """Package every function (zip or image), synthesize the CDK stack into cdk.out/, run cdk-nag and cfn-lint,
     and print each package's size and the cost per million requests per tier. Without --dry-run, also deploy
@@ -53,7 +57,12 @@ def deploy_aws(
     def report(line: str) -> None:
         console.print(f"package {line}")
 
-    plan, _ = deploy.packages(store, chosen, work, routes, report, "rest" if api == "rest" else "http")
+    on_modal = [f for f in catalog.functions().values() if f.digest and (f.spec.resources.gpu or f.target == "modal")]
+    kind: Literal["http", "rest"] = "rest" if api == "rest" else "http"
+    plan, _ = deploy.packages(store, chosen, work, routes, report, kind, on_modal, modal_url)
+    if modal_url:
+        names = ", ".join(f.name for f in on_modal) or "none"
+        console.print(f"the router sends {names} to the modal target ({modal_url}); its secret: ModalEndpointSecret")
     template = deploy.synthesize(plan, out)
     console.print(f"synthesized {template} (cdk-nag AwsSolutions and Serverless checks: clean)")
     findings = deploy.lint(template)

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 from collections.abc import Callable
@@ -51,8 +52,12 @@ def packages(
     routes: Path,
     report: Callable[[str], None],
     api: Literal["http", "rest"] = "http",
+    on_modal: list[Deployed] | None = None,
+    modal_url: str | None = None,
 ) -> tuple[DeployPlan, list[Package]]:
-    """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them."""
+    """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them.
+    `on_modal`: functions the router sends to the modal target at `modal_url` (deployed by `deploy modal`)."""
+    modal_functions = (on_modal or []) if modal_url else []
     built: list[Package] = []
     plans: list[FunctionPlan] = []
     for function in functions:
@@ -63,12 +68,24 @@ def packages(
         report(package.describe())
         built.append(package)
         plans.append(FunctionPlan(function.name, function.spec, function.digest, package.directory, image))
-    catalog = workdir / "catalog.json"
-    ManifestCatalog.write(catalog, {f.name: f for f in functions})
+    catalog = router_catalog(workdir / "catalog.json", functions, modal_functions)
     router = router_zip(workdir / "router", catalog, routes)
     report(router.describe())
     built.append(router)
-    return DeployPlan("slserve", plans, router.directory, api=api), built
+    return DeployPlan("slserve", plans, router.directory, api=api, modal_url=modal_url), built
+
+
+def router_catalog(path: Path, on_lambda: list[Deployed], on_modal: list[Deployed]) -> Path:
+    """What the router serves, each function's target set to where this deploy puts it (a function.toml's
+    `target` says where the local gateway sends it; on AWS, CPU functions are Lambda functions and GPU ones
+    are the modal target's)."""
+    placed = {f.name: _placed(f, "aws") for f in on_lambda} | {f.name: _placed(f, "modal") for f in on_modal}
+    ManifestCatalog.write(path, placed)
+    return path
+
+
+def _placed(function: Deployed, target: str) -> Deployed:
+    return dataclasses.replace(function, spec=function.spec.model_copy(update={"target": target}))
 
 
 def deployable(catalog: FolderCatalog, names: list[str] | None, report: Callable[[str], None]) -> list[Deployed]:

@@ -34,7 +34,7 @@ ONNX_REQUIREMENTS = ["onnxruntime"]
 TORCH_REQUIREMENTS = ["torch"]
 ROUTER_REQUIREMENTS = [
     *("numpy", "orjson", "pydantic", "pydantic-settings", "starlette", "mangum", "prometheus-client"),
-    *("setproctitle", "aws-lambda-powertools", "aws-xray-sdk"),
+    *("setproctitle", "aws-lambda-powertools", "aws-xray-sdk", "httpx"),  # httpx: calls to the modal target
 ]
 
 

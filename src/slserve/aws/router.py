@@ -33,6 +33,7 @@ from slserve.gateway.app import build_app
 from slserve.gateway.front import Front
 from slserve.metering.dynamo import DynamoLedger
 from slserve.platform.aws import LambdaExecutor, lambda_client
+from slserve.platform.base import Executor
 from slserve.platform.catalog import ManifestCatalog
 from slserve.platform.targets import Targets
 from slserve.settings import ServeSettings
@@ -44,13 +45,29 @@ def _client(service: str) -> Any:
     return boto3.client(service)
 
 
+def modal_secret() -> str:
+    """The Modal endpoints' secret: the Secrets Manager secret SLSERVE_MODAL_SECRET_ARN names (the stack makes it;
+    `slserve deploy modal` prints the value to put there), or SLSERVE_MODAL_SECRET (tests, local peers)."""
+    arn = os.environ.get("SLSERVE_MODAL_SECRET_ARN")
+    if arn:
+        value: str = _client("secretsmanager").get_secret_value(SecretId=arn)["SecretString"]
+        return value
+    return os.environ["SLSERVE_MODAL_SECRET"]
+
+
 def build() -> tuple[Front, Targets]:
     catalog = ManifestCatalog(Path(os.environ.get("SLSERVE_CATALOG", TASK_ROOT / "catalog.json")))
     settings = ServeSettings(routes=Path(os.environ.get("SLSERVE_ROUTES", TASK_ROOT / "routes.toml")))
     # One invocation at a time per environment; a shadow or a fallback may add a call or two beside it.
     invokes = lambda_client(None, None, concurrency=4, timeout_s=settings.request_timeout_s)
     prefix = os.environ.get("SLSERVE_PREFIX", "slserve")
-    platform = Targets(catalog, {"aws": LambdaExecutor(invokes, prefix, concurrency=4)})
+    executors: dict[str, Executor] = {"aws": LambdaExecutor(invokes, prefix, concurrency=4)}
+    if os.environ.get("SLSERVE_MODAL_URL"):  # GPU functions on Modal, behind the same keys, tiers and ledger
+        from slserve.platform.modal import ModalExecutor
+
+        url, secret = os.environ["SLSERVE_MODAL_URL"], modal_secret()
+        executors["modal"] = ModalExecutor(url, secret, settings.request_timeout_s, prefix, concurrency=4)
+    platform = Targets(catalog, executors)
     dynamodb = _client("dynamodb")
     keys = DynamoKeyStore(dynamodb, os.environ["SLSERVE_KEYS_TABLE"], key_secret())
     ledger = DynamoLedger(

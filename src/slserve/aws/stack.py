@@ -80,6 +80,7 @@ class DeployPlan:
     timeout_s: int = 60
     rate_per_s: int = 1000  # the API's default throttling (steady rate; burst is twice it)
     api: Literal["http", "rest"] = "http"  # rest: usage plans and a WAF in front, at REST API prices
+    modal_url: str | None = None  # the modal target's endpoints (`slserve deploy modal` prints it), for GPU functions
 
 
 def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
@@ -279,6 +280,21 @@ class SlserveStack(cdk.Stack):
             "SLSERVE_KEY_SECRET_ARN": self.secret.secret_arn,
             "POWERTOOLS_SERVICE_NAME": "slserve-router",
         }
+        modal_secret = None
+        if self.plan.modal_url:
+            modal_secret = secretsmanager.Secret(
+                self,
+                "ModalEndpointSecret",
+                description="slserve: the Bearer secret of the Modal endpoints (put the value `slserve deploy modal` "
+                "printed: aws secretsmanager put-secret-value)",
+            )
+            acknowledge(
+                modal_secret,
+                "AwsSolutions-SMG4",
+                "Modal makes the endpoints' secret (`slserve deploy modal`); rotating it is a redeploy of both sides",
+            )
+            environment["SLSERVE_MODAL_URL"] = self.plan.modal_url
+            environment["SLSERVE_MODAL_SECRET_ARN"] = modal_secret.secret_arn
         fn = lambda_.Function(
             self,
             "Router",
@@ -297,6 +313,8 @@ class SlserveStack(cdk.Stack):
         for table in self.tables.values():
             table.grant_read_write_data(fn)
         self.secret.grant_read(fn)
+        if modal_secret is not None:
+            modal_secret.grant_read(fn)
         for alias in self.aliases.values():
             alias.grant_invoke(fn)
         self._acknowledge_function(

@@ -1,6 +1,7 @@
 """The torch adapter: the module is built on the meta device and its weights assigned from the mapped snapshot.
 
-Nothing is copied on the CPU: each parameter is a tensor over the blob's copy-on-write mapping.
+Nothing is copied on the CPU: each parameter is a tensor over the blob's copy-on-write mapping. On a GPU the
+weights go from the mapping to the device through pinned chunks (`device_copy`), never whole on the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 from slserve.errors import ArtifactCorrupt, SpecError
 from slserve.runtime.base import Preloaded, Processor, RuntimeBase, Tensors, import_ref, make_processor, name_outputs
 from slserve.runtime.device import choose_device
+from slserve.runtime.device_copy import to_device
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
 
@@ -91,10 +93,11 @@ class TorchRuntime(RuntimeBase):
         chosen = choose_device(spec, device, torch.cuda.is_available())
         torch.set_num_threads(spec.resources.threads)
         module = preloaded.module if preloaded and preloaded.module is not None else build_skeleton(spec)
-        assign_tensors(module, torch_tensors(artifact))
+        tensors = torch_tensors(artifact)
+        if chosen == "cuda":  # straight from the mapping to the GPU, through pinned chunks (never whole on the CPU)
+            tensors = to_device(tensors, "cuda")
+        assign_tensors(module, tensors)
         module.eval()
-        if chosen == "cuda":
-            module.to("cuda")
         processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None)
         return cls(spec, module, chosen, processor)
 
