@@ -51,20 +51,16 @@ def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str
     out: dict[str, Executor] = {"local": LocalExecutor(catalog.store)}
     missing: dict[str, str] = {}
     targets = {f.target for f in catalog.functions().values()}
-    if "aws" in targets or settings.aws_endpoint_url:
-        aws = _aws_executor(settings)
-        if isinstance(aws, str):
-            missing["aws"] = aws
-            log.warning("functions target aws, but %s", aws)
+    remote = {"aws": (_aws_executor, settings.aws_endpoint_url), "modal": (_modal_executor, settings.modal_url)}
+    for target, (make, configured) in remote.items():
+        if target not in targets and not configured:
+            continue
+        made = make(settings)
+        if isinstance(made, str):
+            missing[target] = made
+            log.warning("functions target %s, but %s", target, made)
         else:
-            out["aws"] = aws
-    if "modal" in targets or settings.modal_url:
-        modal = _modal_executor(settings)
-        if isinstance(modal, str):
-            missing["modal"] = modal
-            log.warning("functions target modal, but %s", modal)
-        else:
-            out["modal"] = modal
+            out[target] = made
     return out, missing
 
 

@@ -12,6 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from slserve.remote.deploying import stop_unless_deployable
+
 if TYPE_CHECKING:
     from slserve.platform.base import Deployed
     from slserve.snapshot import ArtifactStore
@@ -96,12 +98,7 @@ def deploy_aws(
     )
     if dry_run:
         return
-    missing = deploy.missing_for_deploy()
-    if missing:
-        console.print("[red]cannot deploy from here[/red]; missing:")
-        for item in missing:
-            console.print(f"  - {item}")
-        raise typer.Exit(2)
+    stop_unless_deployable(console, deploy.missing_for_deploy())
     outputs = work / "outputs.json"
     command = ["npx", "--yes", "aws-cdk@2", "deploy", "--app", str(out), "--require-approval", "never"]
     subprocess.run([*command, "--outputs-file", str(outputs)], check=True)

@@ -12,6 +12,8 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
+from slserve.remote.deploying import stop_unless_deployable
+
 console = Console(width=150)
 
 
@@ -80,12 +82,7 @@ def deploy_modal(
     )
     if dry_run:
         return
-    missing = deploy.missing_for_deploy()
-    if missing:
-        console.print("[red]cannot deploy from here[/red]; missing:")
-        for item in missing:
-            console.print(f"  - {item}")
-        raise typer.Exit(2)
+    stop_unless_deployable(console, deploy.missing_for_deploy())
     urls = deploy.deploy(plan, plan_file, store, console.print)
     for name, url in urls.items():
         console.print(f"{name}: {url}")
