@@ -98,23 +98,19 @@ def missing_for_deploy() -> list[str]:
     return []
 
 
-def volume_paths(f: ModalFunction) -> dict[str, int]:
-    """The files the volume must hold for `f`: its blobs, where an `ArtifactStore` on the volume finds them."""
-    return {f"blobs/sha256/{digest}": size for digest, size in f.blobs.items()}
-
-
 def fill_volume(plan: ModalPlan, store: ArtifactStore, volume: Any, report: Callable[[str], None]) -> int:
-    """Send the blobs the volume lacks (a blob's name is its content's sha256: one there is that content).
-    Returns the bytes sent."""
+    """Send the blobs the volume lacks, each where an `ArtifactStore` on the mounted volume finds it (a blob's name
+    is its content's sha256: one there is that content). Returns the bytes sent."""
     for f in plan.functions:
         store.open(f.digest).verify()  # nothing corrupt leaves this machine
     present = _present(volume)
-    wanted = {path: size for f in plan.functions for path, size in volume_paths(f).items()}
-    missing = {path: size for path, size in wanted.items() if PurePosixPath(path).name not in present}
+    wanted = {digest: size for f in plan.functions for digest, size in f.blobs.items()}
+    missing = {digest: size for digest, size in wanted.items() if digest not in present}
     if missing:
         with volume.batch_upload() as batch:
-            for path in sorted(missing):
-                batch.put_file(store.blobs.path(PurePosixPath(path).name), f"/{path}")
+            for digest in sorted(missing):
+                path = store.blobs.path(digest)
+                batch.put_file(path, f"/{path.relative_to(store.root).as_posix()}")
     sent = sum(missing.values())
     there = len(wanted) - len(missing)
     report(f"volume {plan.volume}: sent {len(missing)} blob(s) ({sent / 2**20:.1f} MB); {there} already there")
@@ -122,12 +118,15 @@ def fill_volume(plan: ModalPlan, store: ArtifactStore, volume: Any, report: Call
 
 
 def _present(volume: Any) -> set[str]:
+    """The digests of the blobs on the volume."""
     from modal.exception import NotFoundError
+    from modal.types import FileEntryType
 
     try:
-        return {PurePosixPath(entry.path).name for entry in volume.listdir("blobs/sha256")}
+        entries = volume.listdir("blobs", recursive=True)
     except NotFoundError:  # a new volume
         return set()
+    return {PurePosixPath(entry.path).name for entry in entries if entry.type == FileEntryType.FILE}
 
 
 def ensure_secret(name: str, report: Callable[[str], None]) -> str | None:
