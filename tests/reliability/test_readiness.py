@@ -77,6 +77,18 @@ def test_a_killed_template_is_restarted_and_serving_resumes(own_server: Server) 
     old = template_pid(own_server)
     assert old is not None
     os.kill(old, signal.SIGKILL)
+
+    def says_torch_is_starting() -> bool:  # while the new template imports torch (seconds): per function
+        health = httpx.get(own_server.url + "/v2/health/ready")
+        model = ready(own_server, "hazards")
+        return (
+            health.status_code == 503
+            and health.json()["functions"]["hazards"] is False
+            and model.status_code == 503
+            and "runtime (torch) is starting" in model.json()["reason"]
+        )
+
+    assert wait_for(says_torch_is_starting, timeout=30)
     assert wait_for(lambda: template_pid(own_server) not in (None, old), timeout=30)
     assert wait_for(lambda: httpx.get(own_server.url + "/v2/health/ready").status_code == 200, timeout=60)
     assert (
@@ -101,5 +113,7 @@ def test_a_function_whose_target_this_gateway_does_not_run_is_refused_with_the_r
     assert status["target"] == "aws" and not status["ready"] and "target 'aws'" in status["error"]
     not_ready = ready(server, "remote")
     assert not_ready.status_code == 503 and "target 'aws'" in not_ready.json()["reason"]
-    assert server.get("/v2/health/ready").status_code == 200  # the rest of the house serves
+    health = server.get("/v2/health/ready")
+    assert health.status_code == 200  # the rest of the house serves
+    assert health.json()["functions"]["remote"] is False and health.json()["functions"]["hazards"] is True
     assert server.post("/v2/models/hazards/infer", json=fine()).status_code == 200

@@ -73,7 +73,8 @@ class Gateway:
 
     async def ready(self, request: Request) -> Response:
         ready = self.platform.ready()
-        return json_response({"ready": ready}, 200 if ready else 503)
+        functions = {s.name: s.ready for s in self.platform.status()}  # which can serve already, which not yet
+        return json_response({"ready": ready, "functions": functions}, 200 if ready else 503)
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "slserve", "version": slserve.__version__, "extensions": ["binary_tensor_data"]})
@@ -92,10 +93,10 @@ class Gateway:
         intact, its runtime's template up, not failing to start (else 503, with why)."""
         fdef = self.function(request, request.path_params["model"], request.path_params.get("version"))
         status = next(s for s in self.platform.status() if s.name == fdef.name)
-        ready = status.ready and self.platform.ready()
+        ready = status.ready  # its own runtime family's template: not every family's
         doc: dict[str, Any] = {"name": request.path_params["model"], "ready": ready}
         if not ready:
-            doc["reason"] = status.error or "the runtime is starting"
+            doc["reason"] = status.error or f"its runtime ({status.framework}) is starting"
         return json_response(doc, 200 if ready else 503)
 
     async def functions_status(self, request: Request) -> Response:

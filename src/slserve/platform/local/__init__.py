@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
@@ -117,7 +118,13 @@ class LocalExecutor:
         return self.pool(function).warm_capacity()
 
     def status(self, function: str) -> FunctionStatus:
-        return self.pool(function).status()
+        """The pool's status; ready only once its runtime family's template is up too (an ONNX function is ready
+        while torch still imports for another)."""
+        status = self.pool(function).status()
+        template = self.families.templates.get(status.framework)
+        if status.ready and template is not None and not template.ready:
+            return dataclasses.replace(status, ready=False)
+        return status
 
     async def stop(self, drain_seconds: float) -> None:
         self.families.halt()
