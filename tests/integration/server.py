@@ -61,7 +61,9 @@ class Server:
         return self.proc.returncode
 
 
-def start_server(functions: Path, artifacts: Path, log: Path, state: Path | None = None, **env: str) -> Server:
+def start_server(
+    functions: Path, artifacts: Path, log: Path, state: Path | None = None, own_group: bool = False, **env: str
+) -> Server:
     """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key."""
     port = free_port()
     state = state or log.parent / f"state-{port}"
@@ -71,7 +73,13 @@ def start_server(functions: Path, artifacts: Path, log: Path, state: Path | None
     env = {"state": str(state), **env}
     full_env = {**os.environ, **{f"SLSERVE_{k.upper()}": v for k, v in env.items()}}
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=out, stderr=subprocess.STDOUT, env=full_env)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=own_group,  # a process group of its own, for a test to signal as a whole
+        )
     server = Server(f"http://127.0.0.1:{port}", proc, log, state, key)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

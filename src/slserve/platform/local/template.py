@@ -139,7 +139,7 @@ def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, d
         data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
         if not data:  # the gateway is gone: so are we (instances see their own sockets close)
             for pid in children:
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM; their work has no one to answer to
             return
         request = orjson.loads(data)
         pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w), preloaded.get(str(request["digest"])))
@@ -156,8 +156,11 @@ def main() -> None:
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args()
     setproctitle(f"slserve template {args.family} ({len(args.preload)} builds preloaded)")
-    # Ctrl-C reaches the whole process group: the gateway drains and stops instances itself.
+    # Ctrl-C, and a SIGTERM sent to the whole process group (systemd, `timeout`, a container's init), reach the
+    # templates and their instances as well as the gateway: they ignore both (instances inherit it), so that the
+    # gateway drains the work in flight and then stops them; they go when its sockets close.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     ctrl = socket.socket(fileno=args.control_fd)
     # BrokenPipe/ConnectionReset: the gateway went away first; instances notice their own sockets closing.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
