@@ -25,6 +25,7 @@ import base64
 import contextlib
 import os
 import select
+import signal
 import sqlite3
 import struct
 import sys
@@ -184,6 +185,10 @@ def serve(path: Path, source: int, sink: BinaryIO, retention_s: float) -> None:
 
 def main() -> None:
     setproctitle(f"slserve ledger writer ({sys.argv[1]})")
+    # Ctrl-C and a SIGTERM to the whole process group reach the writer too: it ignores both, so that the records
+    # of the work the gateway still drains are written by it; it ends when the gateway closes its input.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     serve(Path(sys.argv[1]), sys.stdin.fileno(), sys.stdout.buffer, float(sys.argv[2]))
 
 
