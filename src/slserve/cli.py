@@ -13,6 +13,7 @@ import numpy as np
 import typer
 from rich import box
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -112,7 +113,10 @@ def init(
     target.mkdir(parents=True, exist_ok=True)
     (target / SPEC_FILENAME).write_text(function_template(name))
     load_function(target)  # the template itself must parse
-    console.print(f"wrote {target / SPEC_FILENAME}; edit [source] and [signature], then `slserve build {name}`")
+    console.print(
+        f"wrote {target / SPEC_FILENAME}; edit its [source] and [signature], then `slserve build {name}`",
+        markup=False,
+    )
 
 
 @app.command()
@@ -226,7 +230,7 @@ def status(
     console.print(table)
     for f in doc["functions"]:
         if f["error"]:
-            console.print(f"[red]{f['name']}[/]: {f['error']}")
+            console.print(f"[red]{escape(f['name'])}[/]: {escape(f['error'])}")
 
 
 route_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, canaries and shadows (routes.toml)")
@@ -299,7 +303,8 @@ def route_show(
         console.print_json(data=doc)
         return
     if doc["error"]:
-        console.print(f"[red]{doc['routes_file']} was refused[/]: {doc['error']} (the routes below stay in force)")
+        refused = f"{escape(doc['routes_file'])} was refused"
+        console.print(f"[red]{refused}[/]: {escape(doc['error'])} (the routes below stay in force)")
     table = Table("model", "alias", "versions", "shadow", box=box.SIMPLE_HEAD)
     for model, m in doc["models"].items():
         for alias, a in m["aliases"].items():
@@ -535,5 +540,5 @@ def main() -> None:
     try:
         app()
     except SlserveError as e:
-        err_console.print(f"[red]error[/] ({e.code}): {e.message}")
+        err_console.print(f"[red]error[/] ({e.code}): {escape(e.message)}")
         raise SystemExit(2) from None

@@ -28,13 +28,34 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(doc, default=str).decode()
 
 
+class TextFormatter(logging.Formatter):
+    """One plain line, carrying every field the JSON line carries (as key=value after the message)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = getattr(record, "fields", None)
+        if not fields:
+            return line
+        pairs = " ".join(f"{k}={_text(v)}" for k, v in fields.items() if v is not None)
+        head, newline, rest = line.partition("\n")  # a traceback stays below the line
+        return f"{head} {pairs}{newline}{rest}"
+
+
+def _text(value: Any) -> str:
+    text = value if isinstance(value, str) else orjson.dumps(value, default=str).decode()
+    return orjson.dumps(text).decode() if not text or any(c in text for c in ' "=') else text
+
+
 def configure(level: str, fmt: str) -> None:
     """slserve's loggers (and uvicorn's) write to stderr, as JSON lines unless `fmt` is "text"."""
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter())
     for name in ("slserve", "uvicorn", "uvicorn.error"):
         logger = logging.getLogger(name)
         logger.handlers[:] = [handler]
