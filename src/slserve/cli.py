@@ -102,19 +102,28 @@ def build(
 @app.command()
 def init(
     name: Annotated[str, typer.Argument(help="Function name (lowercase, digits, '-')")],
+    framework: Annotated[str, typer.Option(help="torch (writes model.py) or onnx (writes export.py)")] = "torch",
     functions: FunctionsDir = DEFAULT_FUNCTIONS,
 ) -> None:
-    """Write a commented function.toml template to functions/NAME/."""
-    from slserve.templates import function_template
+    """Start a function in functions/NAME/: a commented function.toml and starter code that builds and serves
+    as it is; replace the code with your model's, and keep the [signature] in step."""
+    from slserve.templates import FRAMEWORKS, code_template, function_template
 
+    if framework not in FRAMEWORKS:
+        raise SlserveError(f"--framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")
     target = functions / name
     if (target / SPEC_FILENAME).exists():
         raise SlserveError(f"{target / SPEC_FILENAME} exists already; edit it or pick another name")
+    code_name, code = code_template(name, framework)
+    if (target / code_name).exists():
+        raise SlserveError(f"{target / code_name} exists already; move it away or pick another name")
     target.mkdir(parents=True, exist_ok=True)
-    (target / SPEC_FILENAME).write_text(function_template(name))
+    (target / SPEC_FILENAME).write_text(function_template(name, framework))
+    (target / code_name).write_text(code)
     load_function(target)  # the template itself must parse
     console.print(
-        f"wrote {target / SPEC_FILENAME}; edit its [source] and [signature], then `slserve build {name}`",
+        f"wrote {target / SPEC_FILENAME} and {target / code_name} (a working starter); put your model in "
+        f"{code_name}, keep [signature] in step, then `slserve build {name}`: a running gateway serves it at once",
         markup=False,
     )
 

@@ -232,11 +232,13 @@ def test_a_function_that_cannot_start_is_a_clear_503_and_others_keep_serving(ser
     assert server.post("/v2/models/tiny-burst/infer", json=tiny_request()).status_code == 200
 
 
-def test_a_function_edited_since_its_build_is_refused_until_rebuilt(server: Server) -> None:
+def test_a_function_edited_since_its_build_serves_its_last_build_and_says_so(server: Server) -> None:
+    """The same as an edit while the gateway runs (test_deploy): `slserve build` is the deploy."""
     r = server.post("/v2/models/stale/infer", json=tiny_request())
-    assert r.status_code == 503
-    assert "function.toml changed since the last build; run `slserve build stale`" in r.json()["error"]
-    assert server.post("/v2/models/tiny-burst/infer", json=tiny_request()).status_code == 200
+    assert r.status_code == 200, r.text
+    status = server.status("stale")
+    assert status["error"] is None and status["artifact"]
+    assert "function.toml changed since the last build; run `slserve build stale`" in status["stale"]
 
 
 def test_status_command_shows_the_pools(server: Server) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import slserve
 from slserve.errors import BuildError
 from slserve.platform.base import Deployed
-from slserve.remote.requirements import imported_distributions, module_files, pinned
+from slserve.remote.requirements import imported_distributions, module_files, own_code, pinned
 from slserve.snapshot import ArtifactStore
 
 ZIP_LIMIT = 250 * 1024 * 1024  # Lambda's limit on a function's unzipped code
@@ -125,8 +125,11 @@ def function_zip(store: ArtifactStore, function: Deployed, target: Path) -> Pack
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    modules = module_files([spec.processor.factory if spec.processor else None])
-    install_wheels(target, pinned([*MODEL_REQUIREMENTS, *ONNX_REQUIREMENTS, *imported_distributions(modules.values())]))
+    assert function.digest is not None
+    artifact = store.open(function.digest)
+    modules = module_files([spec.processor.factory if spec.processor else None], [artifact])
+    imported = imported_distributions([*modules.values(), *own_code([artifact])])
+    install_wheels(target, pinned([*MODEL_REQUIREMENTS, *ONNX_REQUIREMENTS, *imported]))
     copy_code(target, modules)
     copy_artifact(store, function, target / "artifacts")
     if (target / "torch").exists():
@@ -172,8 +175,11 @@ def function_image(store: ArtifactStore, function: Deployed, target: Path) -> Pa
         shutil.rmtree(target)
     target.mkdir(parents=True)
     spec = function.spec
-    modules = module_files([spec.source.factory, spec.processor.factory if spec.processor else None])
-    requirements = pinned([*MODEL_REQUIREMENTS, *TORCH_REQUIREMENTS, *imported_distributions(modules.values())])
+    assert function.digest is not None
+    artifact = store.open(function.digest)
+    modules = module_files([spec.source.factory, spec.processor.factory if spec.processor else None], [artifact])
+    imported = imported_distributions([*modules.values(), *own_code([artifact])])
+    requirements = pinned([*MODEL_REQUIREMENTS, *TORCH_REQUIREMENTS, *imported])
     (target / "requirements.txt").write_text("\n".join(requirements) + "\n")
     copy_code(target / "code", modules)
     copy_artifact(store, function, target / "artifacts")

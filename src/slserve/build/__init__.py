@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import slserve
 from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
+from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
 from slserve.spec import Framework, FunctionDef
 
@@ -53,6 +54,9 @@ def build_function(
 
         report("snapshotting ONNX graph and initializers")
         tensors, files, reference = snapshot_onnx(fdef, store.blobs)
+    for rel, path in folder_code(fdef.name, fdef.directory).files.items():
+        digest, size = store.blobs.put_file(path)
+        files[f"{CODE_PREFIX}{rel}"] = FileEntry(digest=digest, size=size)
     if fdef.spec.processor:
         report("storing assets")
         for location in fdef.spec.processor.assets:

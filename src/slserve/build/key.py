@@ -13,6 +13,7 @@ from pydantic.main import IncEx
 import slserve
 from slserve.build.locations import module_file, resolve_location
 from slserve.errors import SpecError
+from slserve.runtime.code import folder_code
 from slserve.snapshot import FORMAT, Artifact
 from slserve.snapshot.blobs import sha256_file
 from slserve.spec import FunctionDef, FunctionSpec
@@ -52,7 +53,10 @@ def source_digests(fdef: FunctionDef) -> dict[str, str]:
     files = {f"function/{p.relative_to(base)}": p for p in sorted(base.rglob("*")) if p.is_file()}
     files = {k: p for k, p in files.items() if "__pycache__" not in k}
     refs = [spec.source.factory, spec.source.export, spec.processor.factory if spec.processor else None]
+    own = folder_code(fdef.name, base)  # the folder's own modules: hashed above, with the folder
     for ref in filter(None, refs):
+        if own.owns(ref.partition(":")[0]):
+            continue
         path = module_file(ref)
         if path is not None:
             files[f"code/{ref}"] = path
@@ -101,6 +105,13 @@ def stale_reason(fdef: FunctionDef, artifact: Artifact) -> str | None:
             f"{fdef.name}: its deployment settings changed since the last build; run `slserve build {fdef.name}` "
             "(it only writes a new manifest)"
         )
+    build = f"run `slserve build {fdef.name}`"
+    own = folder_code(fdef.name, fdef.directory).digests
+    sources = built.build.source_files
+    built_own = {k[9:]: d for k, d in sources.items() if k.startswith("function/") and k.endswith(".py")}
+    if own != built_own:
+        changed = sorted(set(own) ^ set(built_own) | {rel for rel in own if own[rel] != built_own.get(rel)})
+        return f"{fdef.name}: its code ({', '.join(changed)}) changed since the last build; {build}"
     for key, digest in built.build.source_files.items():
         if not key.startswith("code/"):
             continue
@@ -109,6 +120,5 @@ def stale_reason(fdef: FunctionDef, artifact: Artifact) -> str | None:
         except SpecError as e:
             return f"{fdef.name}: {e}"
         if path is not None and (not path.is_file() or sha256_file(path) != digest):
-            build = f"run `slserve build {fdef.name}`"
             return f"{fdef.name}: its model code ({path.name}) changed since the last build; {build}"
     return None

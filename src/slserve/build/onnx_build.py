@@ -16,6 +16,7 @@ import numpy as np
 from slserve.build.locations import resolve_location
 from slserve.errors import BuildError, SpecError
 from slserve.runtime.base import import_ref
+from slserve.runtime.code import folder_code
 from slserve.runtime.onnx_runtime import (
     CPU,
     GRAPH,
@@ -38,7 +39,7 @@ def load_model(fdef: FunctionDef) -> Any:
     if source.path:
         return onnx.load(str(resolve_location(source.path, fdef.directory)))
     assert source.export is not None
-    model = import_ref(source.export)()
+    model = import_ref(source.export, folder_code(fdef.name, fdef.directory))()
     if not isinstance(model, onnx.ModelProto):
         raise SpecError(f"{source.export} returned {type(model).__name__}, expected an onnx.ModelProto")
     return model

@@ -10,6 +10,7 @@ import torch
 from slserve.build.locations import resolve_location
 from slserve.errors import BuildError, SpecError
 from slserve.runtime.base import import_ref
+from slserve.runtime.code import folder_code
 from slserve.snapshot import BlobStore, TensorEntry, write_tensors
 from slserve.spec import FunctionDef
 
@@ -19,7 +20,7 @@ def load_module(fdef: FunctionDef) -> torch.nn.Module:
     source = fdef.spec.source
     assert source.factory is not None
     torch.manual_seed(source.seed)
-    module = import_ref(source.factory)()
+    module = import_ref(source.factory, folder_code(fdef.name, fdef.directory))()
     if not isinstance(module, torch.nn.Module):
         raise SpecError(f"{source.factory} returned {type(module).__name__}, expected a torch.nn.Module")
     if source.weights:

@@ -18,7 +18,7 @@ from starlette.routing import Route
 import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
-from slserve.errors import MethodNotAllowed, NotFound, SlserveError
+from slserve.errors import MethodNotAllowed, NotFound, RuntimeUnavailable, SlserveError
 from slserve.gateway import openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.front import Front, caller, error_reply
@@ -62,6 +62,8 @@ class Gateway:
 
     def metadata(self, request: Request, model: str, version: str | None) -> dict[str, Any]:
         fdef = self.function(request, model, version)
+        if fdef.digest is None:  # nothing to serve yet: no metadata promises what no request can get
+            raise RuntimeUnavailable(fdef.error or f"{fdef.name} cannot serve")
         table = self.router.table.models.get(model)
         versions = sorted(table.versions, key=version_order) if table else [fdef.spec.model.version]
         return {**model_metadata(fdef), "name": model, "versions": versions}
@@ -136,13 +138,14 @@ class Gateway:
 
 def model_metadata(fdef: Deployed) -> dict[str, Any]:
     spec = fdef.spec
-    return {
+    doc = {
         "name": fdef.name,
         "versions": [spec.model.version],
         "platform": PLATFORMS[spec.framework.value],
         "inputs": [t.model_dump(mode="json") for t in spec.signature.inputs],
         "outputs": [t.model_dump(mode="json") for t in spec.signature.outputs],
     }
+    return doc if fdef.error is None else {**doc, "error": fdef.error}
 
 
 async def _slserve_error(request: Request, exc: Exception) -> Response:

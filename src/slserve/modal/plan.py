@@ -16,7 +16,7 @@ import orjson
 from slserve.errors import BuildError
 from slserve.platform.base import Deployed
 from slserve.platform.modal import modal_label
-from slserve.remote.requirements import imported_distributions, module_files, pinned
+from slserve.remote.requirements import imported_distributions, module_files, own_code, pinned
 from slserve.snapshot import ArtifactStore
 
 PYTHON = "3.12"
@@ -137,9 +137,11 @@ def plan_app(store: ArtifactStore, functions: list[Deployed], prefix: str = "sls
         raise BuildError('no function to deploy to Modal: name a GPU in its [resources], or set target = "modal"')
     refs = [f.spec.processor.factory if f.spec.processor else None for f in functions]
     refs += [f.spec.source.factory for f in functions if f.spec.framework.value == "torch"]
-    modules = module_files(refs)
+    artifacts = [store.open(f.digest) for f in functions if f.digest]
+    modules = module_files(refs, artifacts)
     frameworks = {f.spec.framework.value for f in functions}
-    requirements = pinned([*ENDPOINT_REQUIREMENTS, *imported_distributions(modules.values())])
+    imported = imported_distributions([*modules.values(), *own_code(artifacts)])
+    requirements = pinned([*ENDPOINT_REQUIREMENTS, *imported])
     return ModalPlan(
         app=prefix,
         prefix=prefix,

@@ -77,6 +77,7 @@ class Deployed:
     spec: FunctionSpec
     digest: str | None  # the artifact it serves; None: it cannot serve, and `error` says why
     error: str | None = None
+    stale: str | None = None  # how its folder differs from the build it serves (edited, not rebuilt)
 
     @property
     def target(self) -> str:
@@ -115,6 +116,7 @@ class FunctionStatus:
     served: int = 0
     failed: int = 0
     error: str | None = None  # why the function cannot serve (not built, artifact corrupt, failed to start)
+    stale: str | None = None  # it serves its last build, and its folder has changed since (not rebuilt)
     ready: bool = False  # it can take requests now (instances may still be at zero)
 
     def to_dict(self) -> dict[str, Any]:

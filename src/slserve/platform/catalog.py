@@ -33,14 +33,15 @@ class FolderCatalog:
         return self._functions
 
     def deployed(self, fdef: FunctionDef) -> Deployed:
-        """The function at the artifact to serve, or with none and why (never built, or built from another spec
-        or model code)."""
+        """The function at its last build, or with none and why (never built). `slserve build` is the deploy: a
+        function edited but not rebuilt serves its last build, as built (its spec too), and says how it is stale,
+        whether the gateway was running when it was edited or started after."""
         try:
             artifact = self.store.current(fdef.name)
         except ArtifactNotFound:
             return Deployed(fdef.name, fdef.spec, None, f"{fdef.name} is not built: run `slserve build {fdef.name}`")
-        reason = stale_reason(fdef, artifact)
-        return Deployed(fdef.name, fdef.spec, None if reason else artifact.digest, reason)
+        stale = stale_reason(fdef, artifact)
+        return Deployed(fdef.name, artifact.manifest.spec, artifact.digest, stale=stale)
 
     def refresh(self) -> Changes:
         """What `slserve build` published since the last look: a function built for the first time, or rebuilt,
@@ -65,8 +66,11 @@ class FolderCatalog:
         deployed = []
         for name, fdef in found.items():
             now, before = self.deployed(fdef), self._functions.get(name)
-            if before is not None and (now.digest is None or now.digest == before.digest):
-                continue  # unchanged, or edited but not (yet) rebuilt: keep serving the last build
+            if now.stale and now.stale != (before and before.stale):
+                log.warning("%s; serving its last build %s", now.stale, (now.digest or "")[:12])
+            if before is not None and now.digest == before.digest:
+                self._functions[name] = now  # unchanged, or edited but not (yet) rebuilt: the same build serves
+                continue
             self._functions[name] = now
             deployed.append(now)
         removed = sorted(set(self._functions) - set(found))

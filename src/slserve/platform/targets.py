@@ -101,6 +101,7 @@ class Targets:
             executor = self._executor(function)
             if executor is not None:
                 out.append(executor.status(function.name))
+                out[-1].stale = function.stale  # the catalog's word: it changes without a redeploy
                 continue
             spec = function.spec
             out.append(

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from slserve.errors import BuildError
+from slserve.runtime.code import artifact_code, artifact_provides
+from slserve.snapshot import Artifact
 
 
 def pinned(distributions: Iterable[str]) -> list[str]:
@@ -24,10 +26,14 @@ def pinned(distributions: Iterable[str]) -> list[str]:
     return out
 
 
-def module_files(refs: Iterable[str | None]) -> dict[str, Path]:
-    """`package.module:attr` references -> the files their modules live in (package __init__s included)."""
+def module_files(refs: Iterable[str | None], artifacts: Iterable[Artifact] = ()) -> dict[str, Path]:
+    """`package.module:attr` references -> the files their installed modules live in (package __init__s
+    included). A module that one of `artifacts` carries as its function's own code travels with the artifact."""
+    manifests = [a.manifest for a in artifacts]
     files: dict[str, Path] = {}
     for ref in filter(None, refs):
+        if any(artifact_provides(m, ref.partition(":")[0]) for m in manifests):
+            continue
         parts = ref.partition(":")[0].split(".")
         for depth in range(1, len(parts) + 1):
             spec = importlib.util.find_spec(".".join(parts[:depth]))
@@ -35,6 +41,11 @@ def module_files(refs: Iterable[str | None]) -> dict[str, Path]:
                 raise BuildError(f"cannot find module {'.'.join(parts[:depth])!r} (from {ref!r})")
             files[".".join(parts[:depth])] = Path(spec.origin)
     return files
+
+
+def own_code(artifacts: Iterable[Artifact]) -> list[Path]:
+    """The files of the artifacts' own code (for `imported_distributions`)."""
+    return [p for a in artifacts if (code := artifact_code(a)) is not None for p in code.files.values()]
 
 
 def imported_distributions(files: Iterable[Path]) -> list[str]:

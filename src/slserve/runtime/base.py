@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from slserve.errors import InferenceFailed, InvalidInput, SpecError
+from slserve.runtime.code import FunctionCode, artifact_code
 from slserve.runtime.tensors import check_inputs
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
@@ -111,13 +113,18 @@ def _takes_context(processor: Any) -> bool:
         return False
 
 
-def import_ref(ref: str) -> Callable[..., Any]:
-    """Resolve 'package.module:attribute'."""
+def import_ref(ref: str, code: FunctionCode | None = None) -> Callable[..., Any]:
+    """Resolve 'package.module:attribute', from the function's own code (`code`) where it has the module."""
     module_name, _, attr = ref.partition(":")
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as e:
-        raise SpecError(f"cannot import {module_name!r} (from {ref!r}): {e}") from None
+        module = code.import_module(module_name) if code is not None else importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        where = f"; nor does its function folder have {module_name.split('.')[0]}.py" if code is not None else ""
+        raise SpecError(f"cannot import {module_name!r} (from {ref!r}): {e}{where}") from None
+    except Exception as e:  # the module itself failed: say how and where, to whoever reads the error
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        where = f" ({frame.filename}, line {frame.lineno})"
+        raise SpecError(f"importing {module_name!r} (from {ref!r}) failed: {type(e).__name__}: {e}{where}") from e
     try:
         obj: Callable[..., Any] = getattr(module, attr)
     except AttributeError:
@@ -125,12 +132,14 @@ def import_ref(ref: str) -> Callable[..., Any]:
     return obj
 
 
-def make_processor(spec: FunctionSpec, assets: Mapping[str, Path], preloaded: Processor | None = None) -> Processor:
+def make_processor(
+    spec: FunctionSpec, assets: Mapping[str, Path], preloaded: Processor | None = None, code: FunctionCode | None = None
+) -> Processor:
     if preloaded is not None:
         return preloaded
     if spec.processor is None:
         return IdentityProcessor()
-    made = import_ref(spec.processor.factory)(dict(assets))
+    made = import_ref(spec.processor.factory, code)(dict(assets))
     processor: Processor = made if _takes_context(made) else _WithoutContext(made)
     return processor
 
@@ -216,12 +225,14 @@ def preload_runtime(artifact: Artifact) -> Preloaded:
 
         if on_cpu:
             return Preloaded(runtime=TorchRuntime.load(artifact, device="cpu"))
-        return Preloaded(processor=make_processor(spec, artifact.asset_paths()), module=build_skeleton(spec))
+        code = artifact_code(artifact)
+        processor = make_processor(spec, artifact.asset_paths(), code=code)
+        return Preloaded(processor=processor, module=build_skeleton(spec, code))
     if on_cpu and spec.resources.threads == 1:
         from slserve.runtime.onnx_runtime import OnnxRuntime
 
         return Preloaded(runtime=OnnxRuntime.load(artifact, device="cpu"))
-    return Preloaded(processor=make_processor(spec, artifact.asset_paths()))
+    return Preloaded(processor=make_processor(spec, artifact.asset_paths(), code=artifact_code(artifact)))
 
 
 def load_runtime(artifact: Artifact, device: str | None = None, preloaded: Preloaded | None = None) -> Runtime:

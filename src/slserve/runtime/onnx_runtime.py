@@ -15,6 +15,7 @@ import numpy as np
 
 from slserve.errors import RuntimeUnavailable
 from slserve.runtime.base import Preloaded, Processor, RuntimeBase, Tensors, make_processor, name_outputs
+from slserve.runtime.code import artifact_code
 from slserve.runtime.device import choose_device
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
@@ -93,7 +94,9 @@ class OnnxRuntime(RuntimeBase):
         got = session.get_providers()
         if chosen == "cuda" and CUDA not in got:
             raise RuntimeUnavailable(f"{spec.model.name}: asked for CUDA but ONNX Runtime gave providers {got}")
-        processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None)
+        processor = make_processor(
+            spec, artifact.asset_paths(), preloaded.processor if preloaded else None, artifact_code(artifact)
+        )
         return cls(spec, session, "cuda" if CUDA in got else "cpu", [arrays, values], processor)
 
     def _run(self, feeds: Tensors) -> Tensors:

@@ -15,6 +15,7 @@ import torch
 
 from slserve.errors import ArtifactCorrupt, SpecError
 from slserve.runtime.base import Preloaded, Processor, RuntimeBase, Tensors, import_ref, make_processor, name_outputs
+from slserve.runtime.code import FunctionCode, artifact_code
 from slserve.runtime.device import choose_device
 from slserve.runtime.device_copy import to_device
 from slserve.snapshot import Artifact
@@ -34,10 +35,10 @@ TORCH_DTYPES: dict[str, torch.dtype] = {
 }
 
 
-def build_skeleton(spec: FunctionSpec) -> torch.nn.Module:
+def build_skeleton(spec: FunctionSpec, code: FunctionCode | None) -> torch.nn.Module:
     """The module's architecture with no storage behind it."""
     assert spec.source.factory is not None
-    factory = import_ref(spec.source.factory)
+    factory = import_ref(spec.source.factory, code)
     with torch.device("meta"):
         module = factory()
     if not isinstance(module, torch.nn.Module):
@@ -92,13 +93,14 @@ class TorchRuntime(RuntimeBase):
         spec = artifact.manifest.spec
         chosen = choose_device(spec, device, torch.cuda.is_available())
         torch.set_num_threads(spec.resources.threads)
-        module = preloaded.module if preloaded and preloaded.module is not None else build_skeleton(spec)
+        code = artifact_code(artifact)
+        module = preloaded.module if preloaded and preloaded.module is not None else build_skeleton(spec, code)
         tensors = torch_tensors(artifact)
         if chosen == "cuda":  # straight from the mapping to the GPU, through pinned chunks (never whole on the CPU)
             tensors = to_device(tensors, "cuda")
         assign_tensors(module, tensors)
         module.eval()
-        processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None)
+        processor = make_processor(spec, artifact.asset_paths(), preloaded.processor if preloaded else None, code)
         return cls(spec, module, chosen, processor)
 
     def after_fork(self) -> None:

@@ -17,6 +17,8 @@ from typing import Protocol
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed
 from slserve.platform.local.templates import RUNTIME_MODULES, Template
+from slserve.runtime.code import artifact_provides
+from slserve.snapshot import ArtifactStore
 
 RESTART_BACKOFF_S = (0.0, 1.0, 2.0, 5.0, 10.0, 30.0)  # a template that keeps dying is restarted ever more slowly
 log = logging.getLogger("slserve.platform")
@@ -31,18 +33,21 @@ class Member(Protocol):
     def use_template(self, template: Template) -> None: ...
 
 
-def family_modules(functions: Iterable[Deployed]) -> dict[str, list[str]]:
-    """Per runtime family, what its template imports: the adapter and every function's own modules (model
-    code, processors), so that an instance imports nothing after the fork."""
+def family_modules(functions: Iterable[Deployed], store: ArtifactStore) -> dict[str, list[str]]:
+    """Per runtime family, what its template imports: the adapter and every function's installed modules (model
+    code, processors), so that an instance imports nothing after the fork. A function's own code (in its folder,
+    and so in its artifact) is imported with its preloaded build instead."""
     families: dict[str, list[str]] = {}
     for function in functions:
         spec = function.spec
         modules = families.setdefault(spec.framework.value, list(RUNTIME_MODULES[spec.framework.value]))
+        manifest = store.open(function.digest).manifest if function.digest else None
         refs = [spec.source.factory, spec.processor.factory if spec.processor else None]
         for ref in refs:
             module = ref.partition(":")[0] if ref else None
-            if module and module not in modules:
-                modules.append(module)
+            if not module or module in modules or (manifest and artifact_provides(manifest, module)):
+                continue
+            modules.append(module)
     return families
 
 
@@ -51,6 +56,7 @@ class Families:
 
     def __init__(self, artifacts: Path, members: Callable[[str], list[Member]]) -> None:
         self.artifacts = artifacts
+        self.store = ArtifactStore(artifacts)
         self.members = members
         self.templates: dict[str, Template] = {}
         self._renewing: dict[str, asyncio.Task[None]] = {}  # family -> its template being renewed
@@ -60,7 +66,7 @@ class Families:
 
     def start(self, functions: list[Deployed]) -> None:
         """A template per family of `functions`, preloading each one's build."""
-        for family, modules in family_modules(functions).items():
+        for family, modules in family_modules(functions, self.store).items():
             digests = [f.digest for f in functions if f.spec.framework.value == family and f.digest]
             self.templates[family] = self._new(family, modules, digests)
 
@@ -70,7 +76,9 @@ class Families:
         assert function.digest is not None
         family = function.spec.framework.value
         if family not in self.templates:
-            self.templates[family] = self._new(family, family_modules([function])[family], [function.digest])
+            self.templates[family] = self._new(
+                family, family_modules([function], self.store)[family], [function.digest]
+            )
         return self.templates[family]
 
     def ready(self) -> bool:
@@ -112,7 +120,7 @@ class Families:
         members = self.members(family)
         functions = [m.function for m in members]
         digests = [f.digest for f in functions if f.digest]
-        renewed = self._new(family, family_modules(functions).get(family, RUNTIME_MODULES[family]), digests)
+        renewed = self._new(family, family_modules(functions, self.store).get(family, RUNTIME_MODULES[family]), digests)
         try:
             await renewed.wait_ready()
         except RuntimeUnavailable as e:

@@ -334,7 +334,13 @@ class FunctionPool:
                 detail = start_error.message.removeprefix(f"{self.function.name}: ")  # named once, here
             else:
                 detail = f"instance {inst.name} exited while starting ({status})"
-            self.error = f"{self.function.name}: cannot start an instance: {detail}"
+            previous = any(i.ready_at is not None and i.digest != inst.digest for i in self.instances.values())
+            error = f"{self.function.name}: cannot start an instance: {detail}"
+            if previous:  # a redeploy that cannot start: the build before it serves on
+                error += f" (build {inst.digest[:12]}; the previous build keeps serving)"
+            if error != self.error:
+                log.error("%s", error)
+            self.error = error
             # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
             if start_error is not None or self.start_failures >= MAX_START_FAILURES:
                 self._fail_queue(RuntimeUnavailable(self.error))
