@@ -49,9 +49,18 @@ def train(steps: int = 300, seed: int = 0) -> Classifier:
 
 
 def export_onnx() -> object:
+    """Version 1: 300 steps on the seed-0 sample."""
+    return _export(train())
+
+
+def export_onnx_v2() -> object:
+    """Version 2, the retrained one (for canaries and shadows): twice the steps, on a fresh sample."""
+    return _export(train(steps=600, seed=1))
+
+
+def _export(model: Classifier) -> object:
     import onnx
 
-    model = train()
     buf = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated but still gives the plainest graph for ORT's optimizer.

@@ -12,23 +12,24 @@ from typing import TYPE_CHECKING, Annotated, Any
 import numpy as np
 import typer
 from rich import box
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slserve.aws.cli import deploy_aws
-from slserve.errors import SlserveError
+from slserve.errors import GatewayUnreachable, SlserveError, error_from_wire
 from slserve.modal.cli import deploy_modal
+from slserve.settings import DEFAULT_ROUTES, DEFAULT_STATE
 from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, discover_functions, load_function
+from slserve.terminal import make_console, print_table
 
 if TYPE_CHECKING:
     from slserve.router.edit import RoutesFile
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-console = Console()
-err_console = Console(stderr=True)
+console = make_console()
+err_console = make_console(stderr=True)
 
 FunctionsDir = Annotated[
     Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS", help="Folder with one folder per function")
@@ -36,14 +37,16 @@ FunctionsDir = Annotated[
 ArtifactsDir = Annotated[
     Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS", help="Artifact store (blobs, refs, builds)")
 ]
-GatewayUrl = Annotated[str, typer.Option(envvar="SLSERVE_URL", help="Gateway address")]
+GatewayUrl = Annotated[
+    str | None,
+    typer.Option(envvar="SLSERVE_URL", help="Gateway address (default: the one serving --state, else :8080)"),
+]
 ApiKey = Annotated[
     str | None, typer.Option("--key", envvar="SLSERVE_API_KEY", help="An admin API key (default: the dev key)")
 ]
 StateDir = Annotated[
     Path, typer.Option("--state", envvar="SLSERVE_STATE", help="Keys, ledger and server secret folder")
 ]
-DEFAULT_STATE = Path(".slserve/state")
 AsJson = Annotated[bool, typer.Option("--json", help="Print the raw JSON")]
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_FUNCTIONS = Path("functions")
@@ -96,7 +99,7 @@ def build(
                 "cached" if result.cached else "built",
                 f"{time.perf_counter() - started:.1f}",
             )
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command()
@@ -189,7 +192,12 @@ def serve(
     functions: Annotated[Path | None, typer.Option(help="Functions folder (default functions/)")] = None,
     artifacts: Annotated[Path | None, typer.Option(help="Artifact store (default .slserve/artifacts)")] = None,
     config: Annotated[Path | None, typer.Option(help="Config file (default slserve.toml if present)")] = None,
-    routes: Annotated[Path | None, typer.Option(help="Routes file (default routes.toml; reloaded on change)")] = None,
+    routes: Annotated[
+        Path | None, typer.Option(help=f"Routes file (default {DEFAULT_ROUTES}; reloaded on change)")
+    ] = None,
+    state: Annotated[
+        Path | None, typer.Option(help=f"Keys, ledger and server secret folder (default {DEFAULT_STATE})")
+    ] = None,
 ) -> None:
     """Run the gateway with every function behind it, each at zero instances until called."""
     from slserve.server import serve as run_server
@@ -199,7 +207,7 @@ def serve(
         if not config.is_file():
             raise SlserveError(f"config file {config} not found")
         os.environ["SLSERVE_CONFIG"] = str(config)
-    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes)
+    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes, state=state)
     from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key
 
     dev = ensure_dev_key(SQLiteKeyStore(settings.state), settings.state)
@@ -215,20 +223,19 @@ def serve(
 
 @app.command()
 def status(
-    url: GatewayUrl = DEFAULT_URL,
+    url: GatewayUrl = None,
     key: ApiKey = None,
+    state: StateDir = DEFAULT_STATE,
     as_json: AsJson = False,
 ) -> None:
     """Show each function's instances (starting, idle, busy), queue depth and cold starts."""
-    doc = _get_json(f"{url.rstrip('/')}/slserve/functions", url, key)
+    doc = _get_json("/slserve/functions", url, key, state)
     if as_json:
         console.print_json(data=doc)
         return
     table = Table(box=box.SIMPLE_HEAD)
     for column in ("function", "ver", "tier", "instances", "queued", "in flight", "cold starts", "served"):
-        table.add_column(
-            column, no_wrap=True, justify="left" if column in ("function", "tier", "instances") else "right"
-        )
+        table.add_column(column, justify="left" if column in ("function", "tier", "instances") else "right")
     for f in doc["functions"]:
         states: dict[str, int] = {}
         for inst in f["instances"]:
@@ -236,7 +243,7 @@ def status(
         shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
         counts = (f["queued"], f["in_flight"], f["cold_starts"], f["served"])
         table.add_row(f["name"], f["version"], f["tier"], shown, *map(str, counts))
-    console.print(table)
+    print_table(console, table)
     for f in doc["functions"]:
         if f["error"]:
             console.print(f"[red]{escape(f['name'])}[/]: {escape(f['error'])}")
@@ -245,7 +252,6 @@ def status(
 route_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, canaries and shadows (routes.toml)")
 app.add_typer(route_app, name="route")
 RoutesPath = Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES", help="Routes file")]
-DEFAULT_ROUTES = Path("routes.toml")
 
 
 def _routes_file(routes: Path, functions: Path) -> RoutesFile:
@@ -302,12 +308,13 @@ def route_rollback(routes: RoutesPath = DEFAULT_ROUTES, functions: FunctionsDir 
 
 @route_app.command("show")
 def route_show(
-    url: GatewayUrl = DEFAULT_URL,
+    url: GatewayUrl = None,
     key: ApiKey = None,
+    state: StateDir = DEFAULT_STATE,
     as_json: AsJson = False,
 ) -> None:
     """The routes a running gateway serves, and how its shadows compare."""
-    doc = _get_json(f"{url.rstrip('/')}/slserve/routes", url, key)
+    doc = _get_json("/slserve/routes", url, key, state)
     if as_json:
         console.print_json(data=doc)
         return
@@ -320,7 +327,7 @@ def route_show(
             split = " ".join(f"{v}={w}" for v, w in a["split"].items())
             shadow = f"{a['shadow']['version']} at {a['shadow']['percent']:g}%" if a["shadow"] else ""
             table.add_row(model, alias + (" (default)" if alias == m["default"] else ""), split, shadow)
-    console.print(table)
+    print_table(console, table)
     if doc["shadows"]:
         stats = Table(
             "model",
@@ -346,7 +353,7 @@ def route_show(
                 cos,
                 agree,
             )
-        console.print(stats)
+        print_table(console, stats)
 
 
 deploy_app = typer.Typer(no_args_is_help=True, help="Deploy the functions to another target (aws, modal)")
@@ -377,6 +384,13 @@ def _split(values: list[str] | None) -> tuple[str, ...] | None:
     return tuple(v for value in values for v in value.split(",") if v) if values else None
 
 
+def _default_tier(tiers: tuple[str, ...] | None) -> str | None:
+    """As the router chooses for a key without one: `standard` where the key opens it, else the first listed."""
+    if not tiers:
+        return None
+    return "standard" if "standard" in tiers else tiers[0]
+
+
 @keys_app.command("create")
 def keys_create(
     tenant: Annotated[str, typer.Option(help="Who pays for this key's requests")],
@@ -403,7 +417,7 @@ def keys_create(
         tenant,
         models=_split(models),
         tiers=tier_list,
-        default_tier=default_tier or (tier_list[0] if tier_list else None),
+        default_tier=default_tier or _default_tier(tier_list),
         rate_per_s=parse_rate(rate) if rate else None,
         burst=burst,
         concurrency=concurrency,
@@ -433,7 +447,18 @@ def keys_list(
         console.print_json(data=[k.public() for k in keys])
         return
     table = Table(
-        "key", "tenant", "models", "tiers", "rate/s", "conc.", "quota/mo", "expires", "state", box=box.SIMPLE_HEAD
+        "key",
+        "tenant",
+        "models",
+        "tiers",
+        "default tier",
+        "rate/s",
+        "conc.",
+        "quota/mo",
+        "expires",
+        "state",
+        box=box.SIMPLE_HEAD,
+        caption="default tier -: standard where the model offers it, else its cheapest tier",
     )
     now = time.time()
     for k in keys:
@@ -443,13 +468,14 @@ def keys_list(
             k.tenant,
             ",".join(k.models) if k.models else "all",
             ",".join(k.tiers) if k.tiers else "all",
+            k.default_tier or "-",
             f"{k.rate_per_s:g}" if k.rate_per_s else "-",
             str(k.concurrency or "-"),
             str(k.quota_per_month or "-"),
             time.strftime("%Y-%m-%d %H:%M", time.gmtime(k.expires_at)) if k.expires_at else "-",
             state_word,
         )
-    console.print(table)
+    print_table(console, table)
 
 
 @keys_app.command("revoke")
@@ -512,28 +538,39 @@ def usage(
     totals = (str(total["requests"]), str(total["failed"]), str(total["abandoned"]))
     table.add_row("total", "", "", *totals, "", total["charged"], style="bold")
     console.print(f"usage of tenant {tenant!r} in {name} ({doc['currency']})")
-    console.print(table)
+    print_table(console, table)
 
 
-def _get_json(address: str, url: str, key: str | None) -> Any:
+def _get_json(path: str, url: str | None, key: str | None, state: Path) -> Any:
+    """GET `path` from the gateway at `url`, else the one that recorded itself in `state`, else the default."""
     import urllib.error
     import urllib.request
 
+    from slserve.gateway import address
+
+    found = url or address.find(state)
+    base = (found or DEFAULT_URL).rstrip("/")
     if key is None:
-        dev_key = Path(os.environ.get("SLSERVE_STATE", DEFAULT_STATE)) / "dev-key"
+        dev_key = state / "dev-key"
         key = dev_key.read_text().strip() if dev_key.is_file() else ""
-    request = urllib.request.Request(address, headers={"Authorization": f"Bearer {key}"} if key else {})
+    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())
     except urllib.error.HTTPError as e:
         try:
-            message = json.loads(e.read())["error"]
-        except (ValueError, KeyError):
-            message = str(e)
-        raise SlserveError(f"the gateway at {url} said {e.code}: {message}") from None
+            doc = json.loads(e.read())
+            said = error_from_wire(e.code, doc["code"], doc["error"])  # labelled with the gateway's own code
+        except (ValueError, KeyError, TypeError):
+            said = SlserveError(str(e))
+        raise type(said)(f"the gateway at {base} said {e.code}: {said.message}") from None
     except (urllib.error.URLError, OSError) as e:
-        raise SlserveError(f"cannot reach the gateway at {url} ({e}); is `slserve serve` running?") from None
+        reason = getattr(e, "reason", e)
+        how = "given by --url or SLSERVE_URL" if url else "recorded in " + str(state) if found else "the default"
+        raise GatewayUnreachable(
+            f"no gateway answers at {base} ({how}): {reason}; start one with `slserve serve`, or pass --url "
+            f"(or --state, to find the one serving that folder)"
+        ) from None
 
 
 def _preview(arr: np.ndarray) -> str:

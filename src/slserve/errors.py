@@ -188,6 +188,13 @@ class InstanceFailed(SlserveError):
     code = "instance_failed"
 
 
+class GatewayUnreachable(SlserveError):
+    """The CLI found no gateway at the address it tried."""
+
+    status = 503
+    code = "unreachable"
+
+
 class ShuttingDown(SlserveError):
     status = 503
     code = "shutting_down"

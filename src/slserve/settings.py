@@ -14,6 +14,10 @@ from slserve.errors import SpecError
 DEFAULT_CONFIG = Path("slserve.toml")
 
 
+DEFAULT_STATE = Path(".slserve/state")
+DEFAULT_ROUTES = Path(".slserve/routes.toml")  # local state, not the repository's: `slserve route` edits it
+
+
 class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLSERVE_", extra="forbid")
 
@@ -21,8 +25,8 @@ class ServeSettings(BaseSettings):
     port: Annotated[int, Field(ge=0, le=65535)] = Field(8080, description="TCP port; 0 picks a free one")
     functions: Path = Field(Path("functions"), description="Folder with one folder per function")
     artifacts: Path = Field(Path(".slserve/artifacts"), description="Artifact store")
-    routes: Path = Field(Path("routes.toml"), description="Versions, aliases and tiers (reloaded when it changes)")
-    state: Path = Field(Path(".slserve/state"), description="API keys, the ledger and the server secret")
+    routes: Path = Field(DEFAULT_ROUTES, description="Versions, aliases and tiers (reloaded when it changes)")
+    state: Path = Field(DEFAULT_STATE, description="API keys, the ledger, the server secret and its address")
     max_body_mb: Annotated[float, Field(gt=0)] = Field(64.0, description="Largest request body accepted (413 above)")
     max_tensor_elements: Annotated[int, Field(gt=0)] = Field(
         16 * 1024 * 1024, description="Most elements (all inputs together) one request may carry (413 above)"

@@ -12,7 +12,17 @@ from slserve.templates import function_template
 
 def test_every_sample_parses() -> None:
     found = {f.name: f for f in discover_functions(FUNCTIONS)}
-    assert set(found) == {"big-mlp", "classifier", "minilm-torch", "minilm-onnx", "minilm-int8", "minilm-fp16"}
+    assert set(found) == {
+        "big-mlp",
+        "classifier",
+        "classifier-v2",
+        "minilm-torch",
+        "minilm-onnx",
+        "minilm-int8",
+        "minilm-fp16",
+    }
+    v1, v2 = found["classifier"].spec.model, found["classifier-v2"].spec.model
+    assert (v1.name, v1.version, v2.name, v2.version) == ("classifier", "1", "classifier", "2")
     minilm = found["minilm-torch"].spec
     assert minilm.framework is Framework.TORCH
     assert minilm.signature.inputs[0].datatype is Datatype.BYTES

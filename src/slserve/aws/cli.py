@@ -9,23 +9,24 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from slserve.remote.deploying import stop_unless_deployable
+from slserve.settings import DEFAULT_ROUTES
+from slserve.terminal import make_console, print_table
 
 if TYPE_CHECKING:
     from slserve.platform.base import Deployed
     from slserve.snapshot import ArtifactStore
 
-console = Console(width=150)  # the cost table is wide
+console = make_console()
 
 
 def deploy_aws(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Package, synthesize and check; deploy nothing")] = False,
     functions: Annotated[Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS")] = Path("functions"),
     artifacts: Annotated[Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS")] = Path(".slserve/artifacts"),
-    routes: Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES")] = Path("routes.toml"),
+    routes: Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES")] = DEFAULT_ROUTES,
     only: Annotated[str | None, typer.Option("--only", help="Comma-separated functions (default: all)")] = None,
     out: Annotated[Path, typer.Option("--out", help="Where the template goes")] = Path("cdk.out"),
     work: Annotated[Path, typer.Option("--work", help="Where the packages are built")] = Path(".slserve/aws"),
@@ -91,7 +92,7 @@ def deploy_aws(
             f"{estimate.aws_per_million:.2f}",
             f"{estimate.charged_per_million:.2f}",
         )
-    console.print(table)
+    print_table(console, table)
     console.print(
         "AWS: model function + router (waiting for it) + HTTP API + one DynamoDB write, list prices (us-east-1, x86);"
         " compute measured here. Charged: the tier's prices (micro-units per request = currency per million)."

@@ -19,7 +19,7 @@ import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
 from slserve.errors import MethodNotAllowed, NotFound, RuntimeUnavailable, SlserveError
-from slserve.gateway import openai
+from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.front import Front, caller, error_reply
 from slserve.gateway.metrics import Metrics
@@ -208,9 +208,11 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.start()
         watcher = asyncio.get_running_loop().create_task(watch_changes(platform, router))
+        address.record(settings.state, address.client_url(settings.host, settings.port))
         try:
             yield
         finally:
+            address.forget(settings.state)
             watcher.cancel()
             await platform.stop(settings.drain_seconds)
             if ledger is not None:

@@ -9,19 +9,20 @@ from typing import Annotated
 
 import typer
 from rich import box
-from rich.console import Console
 from rich.table import Table
 
 from slserve.remote.deploying import stop_unless_deployable
+from slserve.settings import DEFAULT_ROUTES
+from slserve.terminal import make_console, print_table
 
-console = Console(width=150)
+console = make_console()
 
 
 def deploy_modal(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Plan and build the app offline; deploy nothing")] = False,
     functions: Annotated[Path, typer.Option("--functions", envvar="SLSERVE_FUNCTIONS")] = Path("functions"),
     artifacts: Annotated[Path, typer.Option("--artifacts", envvar="SLSERVE_ARTIFACTS")] = Path(".slserve/artifacts"),
-    routes: Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES")] = Path("routes.toml"),
+    routes: Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES")] = DEFAULT_ROUTES,
     only: Annotated[str | None, typer.Option("--only", help="Comma-separated functions (default: GPU, modal)")] = None,
     work: Annotated[Path, typer.Option("--work", help="Where the plan is written")] = Path(".slserve/modal"),
     prefix: Annotated[str, typer.Option("--prefix", help="The app's name and the endpoints' label prefix")] = "slserve",
@@ -54,7 +55,7 @@ def deploy_modal(
         snapshot = "memory + GPU" if f.gpu_snapshot else "memory"
         scaling = (f"{f.min_containers}..{f.max_containers}", str(f.scaledown_window), str(f.max_inputs))
         table.add_row(f.name, f.cls_name, f.gpu or "-", snapshot, *scaling)
-    console.print(table)
+    print_table(console, table)
     for f in plan.functions:
         console.print(f"  {f.name}: {f.snapshot}")
         size = sum(f.blobs.values())

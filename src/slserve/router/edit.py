@@ -61,10 +61,12 @@ class RoutesFile:
         table = RouteTable.build(self.functions, config)  # raises SpecError: nothing is written
         text = dump_routes(config)
         assert RoutesConfig.model_validate(tomllib.loads(text)) == config  # the dump round-trips
+        self.history.mkdir(parents=True, exist_ok=True)
+        n = len(list(self.history.iterdir()))
         if self.path.exists():
-            self.history.mkdir(exist_ok=True)
-            n = len(list(self.history.glob("*.toml")))
             shutil.copy2(self.path, self.history / f"{n:05d}.toml")
+        else:  # the first change: rolling it back removes the file (the defaults again)
+            (self.history / f"{n:05d}.absent").touch()
         tmp = self.path.with_name(self.path.name + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, self.path)
@@ -110,11 +112,16 @@ class RoutesFile:
         return self.write(_with_alias(config, model, alias, _alias(version=newest))), newest
 
     def rollback(self) -> RouteTable:
-        """Put back the routes file as it was before the last change."""
-        backups = sorted(self.history.glob("*.toml")) if self.history.exists() else []
+        """Put back the routes file as it was before the last change (no file at all, before the first)."""
+        backups = sorted(self.history.iterdir()) if self.history.exists() else []
         if not backups:
             raise SpecError(f"no earlier routes to roll back to ({self.history} is empty)")
         previous = backups[-1]
+        if previous.suffix == ".absent":
+            table = RouteTable.build(self.functions, RoutesConfig())
+            self.path.unlink(missing_ok=True)
+            previous.unlink()
+            return table
         table = RouteTable.build(self.functions, load_routes(previous))
         os.replace(previous, self.path)
         return table

@@ -203,7 +203,10 @@ def _resolve_aliases(model: str, versions: set[str], aliases: dict[str, Alias]) 
         assert alias.split is not None
         unknown = sorted(set(alias.split) - versions)
         if unknown:
-            raise SpecError(f"model {model!r}: alias {name!r} splits over unknown version(s) {unknown}")
+            raise SpecError(
+                f"model {model!r}: alias {name!r} splits over unknown version(s) {unknown}; its versions are "
+                f"{sorted(versions, key=version_order)} (a version is a function folder with that [model] version)"
+            )
         picked = [(v, w) for v, w in alias.split.items() if w > 0]
         bounds, total = [], 0
         for _, weight in picked:
@@ -214,7 +217,10 @@ def _resolve_aliases(model: str, versions: set[str], aliases: dict[str, Alias]) 
     for name, alias in aliases.items():
         split = target(name, ())
         if alias.shadow is not None and alias.shadow.version not in versions:
-            raise SpecError(f"model {model!r}: alias {name!r} shadows unknown version {alias.shadow.version!r}")
+            raise SpecError(
+                f"model {model!r}: alias {name!r} shadows unknown version {alias.shadow.version!r}; its versions "
+                f"are {sorted(versions, key=version_order)}"
+            )
         out[name] = ResolvedAlias(
             split,
             alias.shadow.version if alias.shadow else None,
