@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve build test test-fast lint typecheck check bench soak clean
+.PHONY: install browser serve build test test-fast lint typecheck check bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,7 +42,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: install lint typecheck
+# The dashboard's browser test drives Debian's chromium (never a downloaded browser). Installed where this user
+# may install Debian packages; elsewhere the test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ] && \
+	  { apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq >/dev/null 2>&1 && \
+	    apt-get install -y -qq chromium >/dev/null 2>&1; }; }; } || \
+	  echo "chromium is not installed (apt-get install chromium): the dashboard's browser test will be skipped"
+
+test: install lint typecheck browser
 	$(BIN)/python -m pytest -q
 
 # The inner loop: unit and reliability tests, one server, no big builds (the full gate is `make test`).

@@ -13,11 +13,11 @@ import numpy as np
 import typer
 from rich import box
 from rich.markup import escape
-from rich.progress import Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from slserve.aws.cli import deploy_aws
-from slserve.errors import GatewayUnreachable, SlserveError, error_from_wire
+from slserve.errors import BuildError, GatewayUnreachable, SlserveError, error_from_wire
 from slserve.modal.cli import deploy_modal
 from slserve.settings import DEFAULT_ROUTES, DEFAULT_STATE
 from slserve.snapshot import ArtifactStore
@@ -72,34 +72,51 @@ def build(
     functions: FunctionsDir = DEFAULT_FUNCTIONS,
     artifacts: ArtifactsDir = DEFAULT_ARTIFACTS,
     force: Annotated[bool, typer.Option(help="Rebuild even when nothing changed")] = False,
+    jobs: Annotated[int | None, typer.Option(help="Functions built at once (default: one per core)")] = None,
 ) -> None:
     """Turn functions into immutable, content-addressed artifacts. Unchanged functions are no-ops."""
-    from slserve.build import build_function
+    from slserve.build.parallel import build_all, cores
 
-    store = _store(artifacts)
+    selected = _select(functions, names)
     table = Table("function", "framework", "artifact", "weights", "tensors", "result", "seconds")
+    rows: dict[str, tuple[str, ...]] = {}
+    failed: list[SlserveError] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    store = _store(artifacts)
     with Progress(*columns, console=console, transient=True) as progress:
-        for fdef in _select(functions, names):
-            task = progress.add_task(fdef.name)
-            started = time.perf_counter()
+        tasks = {f.name: progress.add_task(f"{f.name}: waiting") for f in selected}
 
-            def report(step: str, task: TaskID = task, name: str = fdef.name) -> None:
-                progress.update(task, description=f"{name}: {step}")
+        def step(name: str, what: str) -> None:
+            progress.update(tasks[name], description=f"{name}: {what}")
 
-            result = build_function(fdef, store, force=force, report=report)
-            progress.remove_task(task)
-            m = result.artifact.manifest
-            table.add_row(
-                fdef.name,
+        workers = max(1, min(jobs or cores(), len(selected)))
+        for done in build_all(selected, artifacts, force, step, workers):
+            progress.remove_task(tasks[done.name])
+            if done.error is not None or done.digest is None:
+                failed.append(done.error or SlserveError(f"{done.name}: the build failed"))
+                if len(selected) > 1:  # a lone build's error is the command's own (below)
+                    err_console.print(f"[red]{escape(done.name)}[/]: {escape(failed[-1].message)}")
+                continue
+            m = store.open(done.digest).manifest
+            rows[done.name] = (
+                done.name,
                 m.spec.framework.value,
-                result.artifact.digest[:12],
+                done.digest[:12],
                 f"{m.weight_bytes / 1e6:,.1f} MB",
                 str(len(m.tensors)),
-                "cached" if result.cached else "built",
-                f"{time.perf_counter() - started:.1f}",
+                "cached" if done.cached else "built",
+                f"{done.seconds:.1f}",
             )
+            console.print(f"{done.name}: {rows[done.name][5]} in {done.seconds:.1f} s", highlight=False)
+    for fdef in selected:
+        if fdef.name in rows:
+            table.add_row(*rows[fdef.name])
     print_table(console, table)
+    if len(selected) == 1 and failed:
+        raise failed[0]
+    if failed:
+        missing = ", ".join(sorted(f.name for f in selected if f.name not in rows))
+        raise BuildError(f"{len(failed)} of {len(selected)} functions failed to build ({missing}); see above")
 
 
 @app.command()
@@ -247,6 +264,26 @@ def status(
     for f in doc["functions"]:
         if f["error"]:
             console.print(f"[red]{escape(f['name'])}[/]: {escape(f['error'])}")
+
+
+@app.command()
+def dashboard(
+    url: GatewayUrl = None,
+    key: ApiKey = None,
+    state: StateDir = DEFAULT_STATE,
+    as_json: AsJson = False,
+) -> None:
+    """The running gateway's dashboard: a link to open (carrying the admin key in its fragment, which the page
+    keeps in its tab and never sends anywhere but the gateway), or with --json what the page shows."""
+    from slserve.gateway import address
+
+    doc = _get_json("/slserve/overview", url, key, state)  # checks the gateway is there and the key opens it
+    if as_json:
+        console.print_json(data=doc)
+        return
+    base = (url or address.find(state) or DEFAULT_URL).rstrip("/")
+    token = key if key is not None else _dev_key(state)
+    console.print(f"{base}/dashboard" + (f"#key={token}" if token else ""), highlight=False, soft_wrap=True)
 
 
 route_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, canaries and shadows (routes.toml)")
@@ -551,8 +588,7 @@ def _get_json(path: str, url: str | None, key: str | None, state: Path) -> Any:
     found = url or address.find(state)
     base = (found or DEFAULT_URL).rstrip("/")
     if key is None:
-        dev_key = state / "dev-key"
-        key = dev_key.read_text().strip() if dev_key.is_file() else ""
+        key = _dev_key(state)
     request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"} if key else {})
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
@@ -571,6 +607,11 @@ def _get_json(path: str, url: str | None, key: str | None, state: Path) -> Any:
             f"no gateway answers at {base} ({how}): {reason}; start one with `slserve serve`, or pass --url "
             f"(or --state, to find the one serving that folder)"
         ) from None
+
+
+def _dev_key(state: Path) -> str:
+    path = state / "dev-key"
+    return path.read_text().strip() if path.is_file() else ""
 
 
 def _preview(arr: np.ndarray) -> str:

@@ -89,6 +89,13 @@ def test_the_ledger_is_exact_one_record_per_request(stores: tuple[KeyStore, Any]
         assert ledger.charged_in_month("k1", start, end) == 61  # 60 acme + 1 other; the 503 and 499 not counted
         mine = ledger.usage(start, end, key_id="k1")
         assert sum(r.charged for r in mine) == sum(r.charged for r in rows) + 1000
+        spend = {(r.tenant, r.tier): (r.requests, r.charged) for r in ledger.spend(start, end)}  # the dashboard's
+        economy = sum(7 + i % 3 for i in range(0, 60, 4))
+        assert spend == {
+            ("acme", "economy"): (15, economy),
+            ("acme", "standard"): (47, sum(7 + i % 3 for i in range(60)) - economy),  # + the 503 and the 499
+            ("other", "standard"): (1, 1000),
+        }
         await ledger.close()
 
     asyncio.run(run())

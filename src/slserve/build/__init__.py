@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 import slserve
 from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
+from slserve.build.proofs import batch_floors
 from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
 from slserve.spec import Framework, FunctionDef
@@ -89,32 +90,8 @@ def build_function(
         artifact = store.save(manifest)
     if fdef.spec.batching.max_batch_size > 1:
         report("proving exact batching for each feed shape")
-        info = manifest.build.model_copy(update={"batch_floors": _batch_floors(artifact)})
+        info = manifest.build.model_copy(update={"batch_floors": batch_floors(artifact)})
         artifact = store.save(manifest.model_copy(update={"build": info}))
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)
     return BuildResult(artifact, cached=False)
-
-
-def _batch_floors(artifact: Artifact) -> dict[str, dict[str, int]]:
-    """Per device this host can run the function on (the CPU, and CUDA for a function that names a GPU on a host
-    that has one: kernels differ per device), prove the shapes the processor says it produces (`feed_examples()`,
-    e.g. one per text length bucket), or else those of the calibration inputs."""
-    from slserve.build.agreement import calibration_inputs
-    from slserve.runtime.base import load_runtime
-    from slserve.runtime.batching import prove_shapes
-
-    spec = artifact.manifest.spec
-    default = load_runtime(artifact)  # CUDA for a GPU function on a GPU host, else the CPU
-    runtimes = {default.device: default}
-    if "cpu" not in runtimes:
-        runtimes["cpu"] = load_runtime(artifact, device="cpu")
-    floors: dict[str, dict[str, int]] = {}
-    for device, runtime in runtimes.items():
-        examples = runtime.feed_examples()
-        if not examples:
-            inputs = calibration_inputs(spec.signature)
-            rows = len(next(iter(inputs.values())))
-            examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
-        floors[device] = prove_shapes(runtime, spec.batching.max_batch_size, examples)
-    return floors

@@ -21,10 +21,12 @@ from slserve.accounts.limits import Limiter
 from slserve.errors import MethodNotAllowed, NotFound, RuntimeUnavailable, SlserveError
 from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
+from slserve.gateway.dashboard import PAGE, Overview
 from slserve.gateway.front import Front, caller, error_reply
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
 from slserve.gateway.pipeline import Pipeline
+from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Deployed, Platform
@@ -185,7 +187,16 @@ def build_app(
     limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
     pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.bill_abandoned)
     metrics = Metrics(platform, router, ledger)
+    timeline = Timeline()
+    overview = Overview(platform, router, timeline, ledger, settings.currency)
     gw = Gateway(platform, settings, router, ledger)
+
+    async def dashboard_page(request: Request) -> Response:  # async: run on the loop, beside what it reads
+        return Response(PAGE, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
+
+    async def overview_document(request: Request) -> Response:
+        return json_response(overview.document())
+
     model = "/v2/models/{model}"
     versioned = "/v2/models/{model}/versions/{version}"
     routes = [
@@ -202,25 +213,29 @@ def build_app(
         Route("/openapi.json", gw.openapi),
         Route("/v1/models", gw.openai_models),
         Route("/v1/usage", gw.usage),
+        Route("/dashboard", dashboard_page),
+        Route("/slserve/overview", overview_document),
     ]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.start()
-        watcher = asyncio.get_running_loop().create_task(watch_changes(platform, router))
+        loop = asyncio.get_running_loop()
+        watchers = [loop.create_task(watch_changes(platform, router)), loop.create_task(timeline.run(platform))]
         address.record(settings.state, address.client_url(settings.host, settings.port))
         try:
             yield
         finally:
             address.forget(settings.state)
-            watcher.cancel()
+            for watcher in watchers:
+                watcher.cancel()
             await platform.stop(settings.drain_seconds)
             if ledger is not None:
                 await ledger.close()  # after the drain: every record of an answered request is written
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Front(app, Authenticator(keys), pipeline, metrics, settings)
+    return Front(app, Authenticator(keys), pipeline, metrics, settings, timeline)
 
 
 async def watch_changes(platform: Platform, router: Router, every_s: float = 1.0) -> None:

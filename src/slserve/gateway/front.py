@@ -27,6 +27,7 @@ from slserve.gateway import logs, openai
 from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
 from slserve.gateway.pipeline import Call, Pipeline, Reply
+from slserve.gateway.timeline import Timeline
 from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.base import InferResult
 from slserve.router.dispatch import Router, Served
@@ -41,7 +42,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ALLOW_UPGRADE = "x-slserve-allow-upgrade"
 INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 EMBEDDINGS_PATH = "/v1/embeddings"
-PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
+PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/dashboard"})  # the page has no data
 CALLER = "slserve.key"  # where Starlette handlers find the authenticated key in the ASGI scope
 log = logging.getLogger("slserve.gateway")
 
@@ -102,8 +103,10 @@ class Front:
         pipeline: Pipeline,
         metrics: Metrics,
         settings: ServeSettings,
+        timeline: Timeline,
     ) -> None:
         self.app = app
+        self.timeline = timeline
         self.auth = auth
         self.pipeline = pipeline
         self.router: Router = pipeline.router
@@ -267,6 +270,9 @@ class Front:
         alias = (route.alias or "") if route else ""
         m = self.metrics
         m.answered(call.endpoint, model, version, alias, tier, status, seconds)
+        function = served.result.function if served else route.candidates[0][1] if route and route.candidates else None
+        if function is not None:
+            self.timeline.answered(function, status, seconds, served.result.cold_start_ms if served else None)
         if served is not None:
             result = served.result
             m.batch(result.function, result.batch_size)

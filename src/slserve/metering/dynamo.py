@@ -23,7 +23,7 @@ from typing import Any
 import orjson
 
 from slserve.errors import LedgerUnavailable
-from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, StoredResponse, UsageRow
+from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, SpendRow, StoredResponse, UsageRow
 
 FIELDS = {f.name: f.type for f in fields(Record)}
 BY_KEY, BY_TENANT = "by_key", "by_tenant"
@@ -182,6 +182,14 @@ class DynamoLedger:
         else:
             records = self._scan(start, end)
         return summarize(records)
+
+    def spend(self, start: float, end: float) -> list[SpendRow]:
+        totals: dict[tuple[str, str], list[int]] = {}
+        for r in self._scan(start, end):
+            total = totals.setdefault((r.tenant, r.tier), [0, 0])
+            total[0] += 1
+            total[1] += r.price
+        return [SpendRow(tenant, tier, n, charged) for (tenant, tier), (n, charged) in sorted(totals.items())]
 
     def _scan(self, start: float, end: float) -> list[Record]:
         out = []

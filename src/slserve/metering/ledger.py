@@ -103,6 +103,14 @@ class UsageRow:
     charged: int  # micro-units
 
 
+@dataclass(frozen=True)
+class SpendRow:
+    tenant: str
+    tier: str
+    requests: int  # recorded, whatever their outcome
+    charged: int  # micro-units
+
+
 class Ledger(Protocol):
     async def append(self, record: Record, response: tuple[str, str, StoredResponse] | None = None) -> None:
         """Make `record` durable (and `response` under (key id, idempotency key), in the same transaction);
@@ -120,6 +128,10 @@ class Ledger(Protocol):
     def usage(
         self, start: float, end: float, tenant: str | None = None, key_id: str | None = None
     ) -> list[UsageRow]: ...
+
+    def spend(self, start: float, end: float) -> list[SpendRow]:
+        """Money charged per tenant and tier over [start, end) (the dashboard's view of the month)."""
+        ...
 
     def stats(self) -> dict[str, float]:
         """pending records, records and commits so far, the last group's size and lag (enqueue to durable)."""
@@ -341,6 +353,14 @@ class SQLiteLedger:
             args,
         )
         return [UsageRow(*row) for row in rows]
+
+    def spend(self, start: float, end: float) -> list[SpendRow]:
+        rows = self.db.execute(
+            "SELECT tenant, tier, count(*), sum(price) FROM records WHERE time_us >= ? AND time_us < ?"
+            " GROUP BY tenant, tier ORDER BY tenant, tier",
+            (int(start * 1e6), int(end * 1e6)),
+        )
+        return [SpendRow(*row) for row in rows]
 
     def stats(self) -> dict[str, float]:
         return {
