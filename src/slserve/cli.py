@@ -226,15 +226,19 @@ def serve(
         os.environ["SLSERVE_CONFIG"] = str(config)
     settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes, state=state)
     from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key
+    from slserve.gateway.address import client_url
 
     dev = ensure_dev_key(SQLiteKeyStore(settings.state), settings.state)
+    dashboard = f"{client_url(settings.host, settings.port)}/dashboard"
     if dev is not None:
         token, made = dev
         where = settings.state / "dev-key"
         if made:
-            console.print(f"development API key (admin; saved in {where}, shown once here):\n  {token}")
+            console.print(f"development API key (admin; saved in {where}):\n  {token}")
         else:
             console.print(f"development API key: see {where}")
+        dashboard += f"#key={token}"
+    console.print(f"dashboard (live, once the gateway is up): {dashboard}", highlight=False, soft_wrap=True)
     run_server(settings)
 
 
