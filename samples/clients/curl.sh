@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # One embedding over the Open Inference Protocol v2 (JSON), with curl. Against `make serve`:
 #   bash samples/clients/curl.sh "serverless inference"
-# SLSERVE_URL (default http://127.0.0.1:8080) and SLSERVE_API_KEY (default: the dev key in .slserve/state) choose
-# the gateway and the key.
+# The gateway and the key are found as the CLI finds them (connect.py): SLSERVE_URL, else the address the running
+# gateway recorded in .slserve/state; SLSERVE_API_KEY, else the dev key.
 set -euo pipefail
-url="${SLSERVE_URL:-http://127.0.0.1:8080}"
-key="${SLSERVE_API_KEY:-$(cat .slserve/state/dev-key)}"
+here="$(dirname "$0")"
+url="$(PYTHONPATH="$here" python3 -c 'from connect import gateway_url; print(gateway_url())')"
+key="$(PYTHONPATH="$here" python3 -c 'from connect import api_key; print(api_key())')"
 text="${1:-serverless inference}"
 body=$(python3 -c 'import json, sys; print(json.dumps({"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [sys.argv[1]]}]}))' "$text")
 # -f: a 4xx/5xx is an error here; the gateway's JSON error body says what was wrong.

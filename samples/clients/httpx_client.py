@@ -3,20 +3,15 @@ the request in its response headers (function, tier, cost, cold start).
 
     .venv/bin/python samples/clients/httpx_client.py "serverless inference" "scale from zero"
 
-SLSERVE_URL (default http://127.0.0.1:8080) and SLSERVE_API_KEY (default: the dev key in .slserve/state).
+The gateway and the key are found as the CLI finds them (connect.py).
 """
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import httpx
-
-
-def api_key() -> str:
-    return os.environ.get("SLSERVE_API_KEY") or Path(".slserve/state/dev-key").read_text().strip()
+from connect import api_key, gateway_url
 
 
 def embed(client: httpx.Client, texts: list[str]) -> list[list[float]]:
@@ -38,8 +33,7 @@ def embed(client: httpx.Client, texts: list[str]) -> list[list[float]]:
 
 def main() -> None:
     texts = sys.argv[1:] or ["serverless inference"]
-    url = os.environ.get("SLSERVE_URL", "http://127.0.0.1:8080")
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key()}"}, timeout=30) as client:
+    with httpx.Client(base_url=gateway_url(), headers={"Authorization": f"Bearer {api_key()}"}, timeout=30) as client:
         for text, vector in zip(texts, embed(client, texts), strict=True):
             print(f"{text!r}: {len(vector)} floats, first {vector[:3]}")
 

@@ -5,17 +5,14 @@
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
 
 import openai
+from connect import api_key, gateway_url
 
 
 def main() -> None:
-    url = os.environ.get("SLSERVE_URL", "http://127.0.0.1:8080")
-    key = os.environ.get("SLSERVE_API_KEY") or Path(".slserve/state/dev-key").read_text().strip()
-    client = openai.OpenAI(base_url=f"{url}/v1", api_key=key)
+    client = openai.OpenAI(base_url=f"{gateway_url()}/v1", api_key=api_key())
     texts = sys.argv[1:] or ["serverless inference"]
     response = client.embeddings.create(model="minilm", input=texts)
     for text, item in zip(texts, response.data, strict=True):

@@ -9,22 +9,18 @@ Pass a fresh dict to every call, or the next JSON request would claim a binary h
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import tritonclient.http as triton
+from connect import api_key, gateway_url
 
 
 def headers() -> dict[str, str]:
     """A fresh dict per call (see above)."""
-    key = os.environ.get("SLSERVE_API_KEY") or Path(".slserve/state/dev-key").read_text().strip()
-    return {"Authorization": f"Bearer {key}"}
+    return {"Authorization": f"Bearer {api_key()}"}
 
 
 def main() -> None:
-    url = os.environ.get("SLSERVE_URL", "http://127.0.0.1:8080").removeprefix("http://")
-    client = triton.InferenceServerClient(url)
+    client = triton.InferenceServerClient(gateway_url().removeprefix("http://"))
     texts = np.array([b"serverless inference", b"scale from zero"], dtype=np.object_)
     for binary in (False, True):
         text = triton.InferInput("text", [len(texts)], "BYTES")

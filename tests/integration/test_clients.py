@@ -1,6 +1,6 @@
 """The client samples in samples/clients, each run as a user runs it, against a live gateway serving MiniLM, so
 that they never rot. They find the key where `make serve` leaves it (`.slserve/state/dev-key`, from their working
-folder) and the gateway in SLSERVE_URL."""
+folder) and the gateway where it recorded its address (`.slserve/state/gateway.json`), as the CLI does."""
 
 from __future__ import annotations
 
@@ -30,8 +30,7 @@ def server(build_sample, sample_store, tmp_path_factory: pytest.TempPathFactory)
 
 
 def run(server: Server, *command: str) -> str:
-    env = {**os.environ, "SLSERVE_URL": server.url}
-    env.pop("SLSERVE_API_KEY", None)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLSERVE_")}
     done = subprocess.run(
         command, cwd=server.state.parent.parent, env=env, capture_output=True, text=True, timeout=120, check=False
     )
