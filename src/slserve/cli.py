@@ -75,7 +75,8 @@ def build(
     jobs: Annotated[int | None, typer.Option(help="Functions built at once (default: one per core)")] = None,
 ) -> None:
     """Turn functions into immutable, content-addressed artifacts. Unchanged functions are no-ops."""
-    from slserve.build.parallel import build_all, cores
+    from slserve.build.parallel import build_all
+    from slserve.host import cores
 
     selected = _select(functions, names)
     table = Table("function", "framework", "artifact", "weights", "tensors", "result", "seconds")

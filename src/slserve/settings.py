@@ -58,6 +58,11 @@ class ServeSettings(BaseSettings):
     currency: str = Field("USD", description="What prices' micro-units are millionths of")
     log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
+    cores: Annotated[int | None, Field(ge=1)] = Field(
+        None,
+        description="Cores the local functions' model calls share (default: this host's). A call alone on the "
+        "host may use the idle ones where its build proved more threads exact; 1 keeps every call on its own",
+    )
     log_level: str = Field("info", description="uvicorn log level")
     aws_prefix: str = Field("slserve", description="Lambda functions of the `aws` target are named PREFIX-FUNCTION")
     aws_region: str | None = Field(None, description="Region of the `aws` target (else boto3's own configuration)")

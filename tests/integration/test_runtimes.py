@@ -200,3 +200,32 @@ def test_minilm_fp16_on_cuda_agrees_with_fp32_and_batching_was_proven_there(buil
     text = {"text": np.array(SENTENCES, dtype=object)}
     cpu = load_runtime(build_sample("minilm-onnx"), device="cpu").infer(text, TRUNCATE)["embedding"]
     assert _cosine(runtime.infer(text, TRUNCATE)["embedding"], cpu).min() >= artifact.manifest.spec.source.min_agreement
+
+
+def test_more_threads_are_granted_only_where_they_give_the_one_thread_rows(build_sample) -> None:  # type: ignore[no-untyped-def]
+    """minilm-torch's build proves, per text length bucket and call size, where two threads compute the same
+    bits as one; everywhere it granted them, they do."""
+    from slserve.host import cores
+    from slserve.runtime.batching import merge, shape_key
+
+    if cores() < 2:
+        pytest.skip("one core: no thread counts to prove")
+    artifact = build_sample("minilm-torch")
+    grants = artifact.manifest.build.thread_grants["cpu"]
+    floors = artifact.manifest.build.batch_floors["cpu"]
+    assert grants and set(grants) <= set(floors)
+    runtime = load_runtime(artifact, device="cpu")
+    examples = {shape_key(f): f for f in runtime.feed_examples()}
+    checked = 0
+    for key, sizes in sorted(grants.items())[:4]:
+        one = {k: v[:1] for k, v in examples[key].items()}
+        for size, threads in sorted(sizes.items())[:2]:
+            merged, _ = merge([one], int(size))
+            torch.set_num_threads(1)
+            reference = runtime.run(merged)
+            torch.set_num_threads(threads)
+            produced = runtime.run(merged)
+            assert all(np.array_equal(produced[k], reference[k]) for k in reference), (key, size)
+            checked += 1
+    torch.set_num_threads(1)
+    assert checked >= 4

@@ -161,3 +161,19 @@ def test_retry_after_is_the_time_to_work_off_the_queue() -> None:
     assert retry_after_s(4, 2, 100.0) == 1.0  # never under a second (the header is whole seconds)
     assert retry_after_s(10_000, 1, 1.0) == 60.0  # nor over a minute
     assert retry_after_s(64, 2, None) == 1.0  # nothing measured yet
+
+
+def test_the_host_s_idle_cores_go_to_a_call_alone_and_never_oversubscribe() -> None:
+    from slserve.platform.local.cores import HostCores
+    from slserve.platform.local.handle import Instance
+
+    a, b, c = (Instance("f", n, "digest", "1") for n in range(3))
+    cores = HostCores(lambda: (a, b, c), total=4)
+    assert cores.grant(a) == 4  # nothing else computes: every core
+    a.in_flight[1], a.granted = object(), 4  # type: ignore[assignment]
+    assert cores.grant(b) == 1  # a holds them all: one thread, never fewer
+    a.granted = 2
+    assert cores.grant(b) == 2
+    b.in_flight[2], b.granted = object(), 2  # type: ignore[assignment]
+    assert cores.grant(c) == 1
+    assert cores.grant(a) == 1  # a holds work already: the host is under load, its next call gets one

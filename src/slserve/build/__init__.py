@@ -90,7 +90,8 @@ def build_function(
         artifact = store.save(manifest)
     if fdef.spec.batching.max_batch_size > 1:
         report("proving exact batching for each feed shape")
-        info = manifest.build.model_copy(update={"batch_floors": batch_floors(artifact)})
+        floors, grants = batch_floors(artifact)
+        info = manifest.build.model_copy(update={"batch_floors": floors, "thread_grants": grants})
         artifact = store.save(manifest.model_copy(update={"build": info}))
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)

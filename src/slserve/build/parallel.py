@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from slserve.errors import SlserveError
+from slserve.host import cores
 from slserve.spec import FunctionDef
 
 Step = Callable[[str, str], None]  # (function, what its build is doing now)
@@ -31,10 +32,6 @@ class Built:
     cached: bool
     seconds: float
     error: SlserveError | None = None
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def build_all(functions: list[FunctionDef], store: Path, force: bool, step: Step, workers: int) -> Iterator[Built]:

@@ -19,15 +19,17 @@ from pathlib import Path
 from slserve.snapshot import Artifact
 
 Floors = dict[str, int]  # feed shape key -> the smallest call size proven exact
+Grants = dict[str, dict[str, int]]  # feed shape key -> call size -> the most threads proven exact
 
 
-def batch_floors(artifact: Artifact) -> dict[str, Floors]:
+def batch_floors(artifact: Artifact) -> tuple[dict[str, Floors], dict[str, Grants]]:
     """Per device this host can run the function on (the CPU, and CUDA for a function that names a GPU on a host
     that has one: kernels differ per device), prove the shapes the processor says it produces (`feed_examples()`,
     e.g. one per text length bucket), or else those of the calibration inputs."""
     from slserve.build.agreement import calibration_inputs
+    from slserve.host import cores
     from slserve.runtime.base import load_runtime
-    from slserve.runtime.batching import prove_shapes, shape_key
+    from slserve.runtime.batching import prove_shapes, prove_threads, shape_key
 
     spec = artifact.manifest.spec
     default = load_runtime(artifact)  # CUDA for a GPU function on a GPU host, else the CPU
@@ -35,22 +37,28 @@ def batch_floors(artifact: Artifact) -> dict[str, Floors]:
     if "cpu" not in runtimes:
         runtimes["cpu"] = load_runtime(artifact, device="cpu")
     floors: dict[str, Floors] = {}
+    grants: dict[str, Grants] = {}
     for device, runtime in runtimes.items():
         examples = runtime.feed_examples()
         if not examples:
             inputs = calibration_inputs(spec.signature)
             rows = len(next(iter(inputs.values())))
             examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
-        cache = artifact.store.root / "proofs" / proof_key(artifact, device, sorted({shape_key(e) for e in examples}))
+        # More threads are proven on the CPU only, up to this host's cores (a GPU call's threads do not compute).
+        most = cores() if device == "cpu" else 0
+        shapes = sorted({shape_key(e) for e in examples})
+        cache = artifact.store.root / "proofs" / proof_key(artifact, device, shapes, most)
         if cache.is_file():
-            floors[device] = json.loads(cache.read_text())
+            proven = json.loads(cache.read_text())
+            floors[device], grants[device] = proven["floors"], proven["threads"]
             continue
         floors[device] = prove_shapes(runtime, spec.batching.max_batch_size, examples)
-        _write(cache, json.dumps(floors[device], sort_keys=True))
-    return floors
+        grants[device] = prove_threads(runtime, spec.batching.max_batch_size, examples, floors[device], most)
+        _write(cache, json.dumps({"floors": floors[device], "threads": grants[device]}, sort_keys=True))
+    return floors, {device: g for device, g in grants.items() if g}
 
 
-def proof_key(artifact: Artifact, device: str, shapes: list[str]) -> str:
+def proof_key(artifact: Artifact, device: str, shapes: list[str], most_threads: int) -> str:
     import slserve.runtime.batching as proof
 
     m = artifact.manifest
@@ -68,6 +76,7 @@ def proof_key(artifact: Artifact, device: str, shapes: list[str]) -> str:
         "shapes": shapes,
         "device": device,
         "threads": spec.resources.threads,
+        "most_threads": most_threads,
         "max_batch_size": spec.batching.max_batch_size,
         "libraries": m.build.libraries,
         "python": m.build.python,

@@ -14,6 +14,12 @@ make a response independent of whatever else shared its model call:
   manifest;
 - a shape the build did not prove (or a request larger than `max_batch_size`) is never merged: it runs alone,
   at its own size, so its answer depends on the request only.
+
+More threads per call are a kernel path of their own: with two intra-op threads MiniLM's rows change bits at
+most call sizes of 8 and 12 tokens (their floors at two threads are 32), while at 16 tokens and more many sizes
+give the one-thread rows exactly. `prove_threads` finds, per shape and call size, the thread counts that give
+the same rows as the proven one-thread calls; an instance uses more threads for a call only there (when the
+host has idle cores), so that a response depends neither on its batch mates nor on the host's load.
 """
 
 from __future__ import annotations
@@ -173,17 +179,25 @@ class Outcome:
     batch_size: int  # requests in the call that computed it
 
 
-def run_call(runtime: Runtime, feeds: Sequence[Tensors], size: int, alone: Callable[[Tensors], int]) -> list[Outcome]:
+def run_call(
+    runtime: Runtime,
+    feeds: Sequence[Tensors],
+    size: int,
+    alone: Callable[[Tensors], int],
+    before: Callable[[Tensors, int], None] = lambda feeds, size: None,
+) -> list[Outcome]:
     """One planned model call for prepared requests, an `Outcome` each. When a merged call raises, each request
-    is run again alone (at `alone(feeds)` rows), so one request's input fails that request only."""
+    is run again alone (at `alone(feeds)` rows), so one request's input fails that request only. `before(feeds,
+    size)` runs before each model call (the instance sets its threads for that call's shape and size)."""
     started = time.perf_counter()
     try:
+        before(feeds[0], size)
         merged, counts = merge(feeds, size)
         outputs = [runtime.finish(part) for part in split(runtime.run(merged), counts)]
     except Exception as e:
         if len(feeds) == 1:
             return [Outcome(None, e, (time.perf_counter() - started) * 1000, 1)]
-        return [run_call(runtime, [f], alone(f), alone)[0] for f in feeds]
+        return [run_call(runtime, [f], alone(f), alone, before)[0] for f in feeds]
     compute_ms = (time.perf_counter() - started) * 1000
     return [Outcome(out, None, compute_ms, len(feeds)) for out in outputs]
 
@@ -202,6 +216,44 @@ def prove_shapes(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str
         if floor is not None:
             floors[key] = floor
     return floors
+
+
+def prove_threads(
+    runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]], floors: Mapping[str, int], most: int
+) -> dict[str, dict[str, int]]:
+    """Per proven shape, per call size from its floor up: the most threads (up to `most`) with which a call of
+    that size gives rows bit-identical to the one-thread calls (every count from one thread to it checked).
+    Sizes where only the serving thread count is exact are left out. Needs `runtime.set_threads`."""
+    set_threads = getattr(runtime, "set_threads", None)
+    if set_threads is None or most < 2:
+        return {}
+    serving = runtime.spec.resources.threads
+    shapes: dict[str, Mapping[str, np.ndarray]] = {}
+    for feeds in examples:
+        shapes.setdefault(shape_key(feeds), feeds)
+    grants: dict[str, dict[str, int]] = {}
+    try:
+        for key, feeds in shapes.items():
+            floor = floors.get(key)
+            if floor is None:
+                continue
+            one = {k: v[:1] for k, v in feeds.items()}
+            set_threads(serving)
+            reference = {k: v[:1].copy() for k, v in runtime.run(merge([one], floor)[0]).items()}
+            for size in (n for n in call_sizes(max_rows) if n >= floor):
+                merged, _ = merge([one], size)
+                exact = serving
+                for threads in range(serving + 1, most + 1):
+                    set_threads(threads)
+                    produced = runtime.run(merged)
+                    if not all(np.array_equal(produced[k], np.repeat(r, size, axis=0)) for k, r in reference.items()):
+                        break
+                    exact = threads
+                if exact > serving:
+                    grants.setdefault(key, {})[str(size)] = exact
+    finally:
+        set_threads(serving)
+    return grants
 
 
 def _floor(runtime: Runtime, feeds: Mapping[str, np.ndarray], max_rows: int) -> int | None:

@@ -104,7 +104,16 @@ class TorchRuntime(RuntimeBase):
         return cls(spec, module, chosen, processor)
 
     def after_fork(self) -> None:
-        torch.set_num_threads(self.spec.resources.threads)
+        self.set_threads(self.spec.resources.threads)
+
+    @property
+    def threads(self) -> int:
+        return int(torch.get_num_threads())
+
+    def set_threads(self, threads: int) -> None:
+        """The intra-op threads of the calls that follow (about a microsecond when unchanged, tens when not)."""
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
 
     def _run(self, feeds: Tensors) -> Tensors:
         args = {k: self._to_torch(v) for k, v in feeds.items()}

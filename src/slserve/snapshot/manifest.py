@@ -65,6 +65,11 @@ class BuildInfo(_Frozen):
         description="device -> feed shape -> smallest call size from which batching is bit-exact (measured); "
         "requests of other shapes, or on a device not measured, are never merged",
     )
+    thread_grants: dict[str, dict[str, dict[str, int]]] = Field(
+        default_factory=dict,
+        description="device -> feed shape -> call size -> the most intra-op threads giving the same rows as the "
+        "serving thread count (measured); a call uses more threads only there, when the host has idle cores",
+    )
 
 
 class Manifest(_Frozen):

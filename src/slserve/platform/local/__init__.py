@@ -10,6 +10,7 @@ import time
 
 from slserve.errors import ArtifactCorrupt, ArtifactNotFound, ModelNotFound
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.platform.local.cores import HostCores
 from slserve.platform.local.families import Families, Member, family_modules
 from slserve.platform.local.pool import FunctionPool
 from slserve.snapshot import ArtifactStore
@@ -25,9 +26,10 @@ class LocalExecutor:
     """A pool per function, the templates they fork from, and the loops that keep them honest: scale-downs,
     memory limits and abandoned work, artifact checks."""
 
-    def __init__(self, store: ArtifactStore) -> None:
+    def __init__(self, store: ArtifactStore, cores: int | None = None) -> None:
         self.store = store
         self.pools: dict[str, FunctionPool] = {}
+        self.cores = HostCores(lambda: (i for p in self.pools.values() for i in p.instances.values()), cores)
         self.families = Families(store.root, self._members)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: set[asyncio.Task[None]] = set()
@@ -40,7 +42,7 @@ class LocalExecutor:
         self.families.start([f for f in functions if f.digest])
         for function in functions:
             template = self.families.templates.get(function.spec.framework.value)
-            self.pools[function.name] = FunctionPool(function, template, self.store.root)
+            self.pools[function.name] = FunctionPool(function, template, self.store.root, self.cores)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(c) for c in (self._tick(), self._watch_instances(), self._check_artifacts())]
 
@@ -50,7 +52,7 @@ class LocalExecutor:
         template = self.families.template_for(function) if function.digest else None
         pool = self.pools.get(function.name)
         if pool is None:
-            self.pools[function.name] = FunctionPool(function, template, self.store.root)
+            self.pools[function.name] = FunctionPool(function, template, self.store.root, self.cores)
         elif function.digest is not None:
             pool.redeploy(function, template)
         self._check_now.set()

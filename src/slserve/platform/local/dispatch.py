@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from slserve.errors import GatewayTimeout, SlserveError
@@ -19,8 +20,16 @@ from slserve.platform.wire import Kind, Message
 
 
 class Dispatcher:
-    def __init__(self, function: str, instances: dict[int, Instance], slots: int, digest: str | None) -> None:
+    def __init__(
+        self,
+        function: str,
+        instances: dict[int, Instance],
+        slots: int,
+        digest: str | None,
+        grant: Callable[[Instance], int] = lambda _: 1,
+    ) -> None:
         self.function = function
+        self.grant = grant  # threads an instance may use for its next call (the host's idle cores)
         self.instances = instances  # the pool's own, shared
         self.slots = slots  # requests one instance may hold at once
         self.digest = digest  # the current build
@@ -139,10 +148,11 @@ class Dispatcher:
         if inst.ready_at > pending.enqueued_at:
             pending.cold_start_ms = inst.cold_start_ms
         pending.dispatched_at = time.monotonic()
+        inst.granted = self.grant(inst)  # before it holds this request: does it hold others?
         inst.in_flight[pending.id] = pending
         inst.state, inst.idle_since = InstanceState.BUSY, None
         request = pending.request
-        meta: dict[str, Any] = {}
+        meta: dict[str, Any] = {"threads": inst.granted} if inst.granted > 1 else {}
         if request.outputs is not None:
             meta["outputs"] = request.outputs
         if request.deadline is not None:

@@ -56,6 +56,7 @@ class Instance:
         self.ready_at: float | None = None
         self.idle_since: float | None = None
         self.in_flight: dict[int, Pending] = {}
+        self.granted = 1  # threads its latest request may use (see `cores.HostCores`)
         self.exclusive = False  # holds a request retried after a crash, and nothing else
         self.channel: InstanceProtocol | None = None
         self.device: str | None = None

@@ -16,6 +16,7 @@ import os
 import select
 import socket
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from slserve.errors import InferenceFailed, SlserveError
 from slserve.framing import FrameAssembler
 from slserve.platform.wire import Kind, Message, decode, encode, error_meta
 from slserve.runtime.base import Preloaded, RequestContext, Runtime, Tensors, load_runtime
-from slserve.runtime.batching import ExactBatcher, merge, run_call, split
+from slserve.runtime.batching import ExactBatcher, merge, run_call, shape_key, split
 from slserve.runtime.tensors import example_inputs
 from slserve.snapshot import ArtifactStore
 
@@ -111,10 +112,19 @@ class Item:
 
 class InstanceLoop:
     def __init__(
-        self, conn: Connection, runtime: Runtime, batcher: ExactBatcher, max_delay_ms: float, function: str
+        self,
+        conn: Connection,
+        runtime: Runtime,
+        batcher: ExactBatcher,
+        max_delay_ms: float,
+        function: str,
+        grants: Mapping[str, Mapping[str, int]] | None = None,
     ) -> None:
         self.conn = conn
         self.runtime = runtime
+        self.grants = grants or {}  # shape -> call size -> the most threads proven exact (the build's)
+        self.set_threads: Callable[[int], None] | None = getattr(runtime, "set_threads", None) if grants else None
+        self.threads = runtime.spec.resources.threads  # the serving count, always exact
         self.batcher = batcher
         self.function = function
         self.max_batch = batcher.max_rows
@@ -215,7 +225,15 @@ class InstanceLoop:
         return self.batcher.plan([feeds])[0].size
 
     def _run_call(self, items: list[Item], size: int) -> None:
-        outcomes = run_call(self.runtime, [i.feeds for i in items], size, self._size_of)
+        granted = min(int(i.msg.meta.get("threads", 1)) for i in items)
+
+        def use_threads(feeds: Tensors, size: int) -> None:
+            """More threads where the build proved them exact for this shape and call size, as many as granted."""
+            if self.set_threads is not None:
+                proven = self.grants.get(shape_key(feeds), {}).get(str(size), self.threads)
+                self.set_threads(max(self.threads, min(granted, proven)))
+
+        outcomes = run_call(self.runtime, [i.feeds for i in items], size, self._size_of, use_threads)
         for item, outcome in zip(items, outcomes, strict=True):
             msg = item.msg
             if outcome.outputs is None:
@@ -249,8 +267,9 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         loaded = time.perf_counter()
         batching = artifact.manifest.spec.batching
         floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none measured: never merge
+        grants = artifact.manifest.build.thread_grants.get(runtime.device, {})
         batcher = ExactBatcher(batching.max_batch_size, floors)
-        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function)
+        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function, grants)
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
         merged, counts = merge([feeds], batcher.plan([feeds])[0].size)

@@ -40,6 +40,7 @@ from slserve.platform.local.autoscaler import (
     expected_wait_s,
     retry_after_s,
 )
+from slserve.platform.local.cores import HostCores
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.dispatch import Dispatcher
 from slserve.platform.local.handle import Instance, InstanceState, Pending, fail, resolve
@@ -62,7 +63,9 @@ def slots(spec: FunctionSpec) -> int:
 
 
 class FunctionPool:
-    def __init__(self, function: Deployed, template: Template | None, artifacts: Path) -> None:
+    def __init__(
+        self, function: Deployed, template: Template | None, artifacts: Path, cores: HostCores | None = None
+    ) -> None:
         self.function = function
         self.spec = function.spec
         self.digest = function.digest
@@ -70,7 +73,8 @@ class FunctionPool:
         self.artifact_error: str | None = None  # why its artifact may not be served (a blob corrupt or missing)
         self.checked: str | None = None  # the digest whose blobs were last found intact, or found not to be
         self.instances: dict[int, Instance] = {}
-        self.dispatcher = Dispatcher(function.name, self.instances, slots(self.spec), self.digest)
+        grant = cores.grant if cores is not None else lambda _: 1
+        self.dispatcher = Dispatcher(function.name, self.instances, slots(self.spec), self.digest, grant)
         self.poison = PoisonMemory()
         self.closing = False
         self.cold_starts = 0
