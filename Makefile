@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser serve build test test-fast lint typecheck check bench soak clean
+.PHONY: install browser serve build test test-fast lint typecheck check bench bench-peers soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,11 @@ bench: build
 	cd benchmarks && ../$(BIN)/python transport.py
 	cd benchmarks && ../$(BIN)/python router.py
 	cd benchmarks && ../$(BIN)/python metering.py
+
+# slserve beside FastAPI and LitServe (their own venvs, made once under benchmarks/out/venvs), on MiniLM and the
+# 1 GB MLP: start, concurrency 1, 16 and 32 in flight, a burst after idle, memory; plots in benchmarks/results/.
+bench-peers: build
+	$(BIN)/python benchmarks/peers.py
 
 # Bounded, loopback only: 60 s at 3x capacity with hostile inputs, then recovery (benchmarks/RESULTS.md, Reliability).
 soak: build

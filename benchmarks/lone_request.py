@@ -1,5 +1,5 @@
 """A lone request against the best plain server (issue 16, part 1): slserve's `minilm-torch` as shipped beside a
-plain FastAPI + uvicorn server with the same model in-process (peers/fastapi_minilm.py), one client, one run.
+plain FastAPI + uvicorn server with the same model in-process (peers/fastapi_server.py), one client, one run.
 Concurrency 1 (p50, p99) for a short and a long text, then requests per second at 16 and 32 in flight.
 
     python benchmarks/lone_request.py [--requests 300] [--seconds 10]
@@ -81,8 +81,8 @@ def main() -> None:
     functions = make_functions(Path(__file__).parent / "out/functions-lone", {"minilm": ("minilm-torch", {})})
     results: dict[str, dict[str, float]] = {}
     port = free_port()
-    server = Path(__file__).parent / "peers/fastapi_minilm.py"
-    peer = subprocess.Popen([sys.executable, str(server), "--port", str(port)])
+    server = Path(__file__).parent / "peers/fastapi_server.py"
+    peer = subprocess.Popen([sys.executable, str(server), "--model", "minilm", "--port", str(port)], cwd=server.parent)
     try:
         wait_ready(f"http://127.0.0.1:{port}/v2/health/ready", peer)
         results["FastAPI + uvicorn (in-process)"] = measure(
