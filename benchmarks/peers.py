@@ -198,13 +198,12 @@ def main() -> None:
     parser.add_argument("--only", choices=list(MODELS))
     args = parser.parse_args()
     pythons = {name: venv(name.lower(), packages) for name, packages in PEERS.items()}
-    functions = make_functions(
-        OUT / "functions-peers",
-        {
-            "minilm": ("minilm-torch", {"scaling": {"idle_seconds": IDLE_S}}),
-            "big-mlp": ("big-mlp", {"scaling": {"idle_seconds": IDLE_S}}),
-        },
-    )
+    # One function per gateway, as each peer serves one model (a template preloads every build of its family).
+    samples = {"minilm": ("minilm", "minilm-torch"), "mlp": ("big-mlp", "big-mlp")}
+    folders = {
+        model: make_functions(OUT / f"functions-peers-{model}", {name: (sample, {"scaling": {"idle_seconds": IDLE_S}})})
+        for model, (name, sample) in samples.items()
+    }
     weights = mlp_weights()
     from slserve.accounts.keys import SQLiteKeyStore, new_key
 
@@ -222,9 +221,8 @@ def main() -> None:
         port = free_port()
         auth = {"Authorization": f"Bearer {key}"}
         url = f"http://127.0.0.1:{port}{MODELS[model]['path']}"
-        results[model]["slserve"] = run_server(
-            "slserve", slserve_command(functions, state, port), url, auth, model, args.seconds
-        )
+        command = slserve_command(folders[model], state, port)
+        results[model]["slserve"] = run_server("slserve", command, url, auth, model, args.seconds)
     report(results)
     save("peers", results)
 
