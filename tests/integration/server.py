@@ -62,9 +62,16 @@ class Server:
 
 
 def start_server(
-    functions: Path, artifacts: Path, log: Path, state: Path | None = None, own_group: bool = False, **env: str
+    functions: Path,
+    artifacts: Path,
+    log: Path,
+    state: Path | None = None,
+    own_group: bool = False,
+    ready_path: str = "/v2/health/ready",
+    **env: str,
 ) -> Server:
-    """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key."""
+    """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key; returned
+    once `ready_path` answers 200 (every function ready, by default)."""
     port = free_port()
     state = state or log.parent / f"state-{port}"
     key = SQLiteKeyStore(state).create(new_key("tests", admin=True))
@@ -86,7 +93,7 @@ def start_server(
         if proc.poll() is not None:
             raise RuntimeError(f"slserve serve exited with {proc.returncode}:\n{log.read_text()}")
         try:
-            if httpx.get(server.url + "/v2/health/ready", timeout=2).status_code == 200:
+            if httpx.get(server.url + ready_path, timeout=2).status_code == 200:
                 return server
         except httpx.TransportError:
             pass

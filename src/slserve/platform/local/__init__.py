@@ -120,11 +120,12 @@ class LocalExecutor:
         return self.pool(function).warm_capacity()
 
     def status(self, function: str) -> FunctionStatus:
-        """The pool's status; ready only once its runtime family's template is up too (an ONNX function is ready
-        while torch still imports for another)."""
-        status = self.pool(function).status()
+        """The pool's status; ready only once its runtime family's template forks it ready to serve (an ONNX
+        function is ready while torch still imports; big-mlp while MiniLM's model code still imports)."""
+        pool = self.pool(function)
+        status = pool.status()
         template = self.families.templates.get(status.framework)
-        if status.ready and template is not None and not template.ready:
+        if status.ready and template is not None and not template.ready_for(pool.digest):
             return dataclasses.replace(status, ready=False)
         return status
 

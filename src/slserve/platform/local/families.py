@@ -82,7 +82,7 @@ class Families:
         return self.templates[family]
 
     def ready(self) -> bool:
-        return all(t.ready for t in self.templates.values())
+        return all(t.settled for t in self.templates.values())  # each function can be ready before this
 
     def _new(self, family: str, modules: list[str], digests: list[str]) -> Template:
         template = Template(family, modules, self.artifacts, digests)
@@ -122,7 +122,7 @@ class Families:
         digests = [f.digest for f in functions if f.digest]
         renewed = self._new(family, family_modules(functions, self.store).get(family, RUNTIME_MODULES[family]), digests)
         try:
-            await renewed.wait_ready()
+            await renewed.wait_preloaded()  # the old template serves meanwhile, with its own preloads
         except RuntimeUnavailable as e:
             log.error("the %s template was not renewed (%s); new builds load after the fork", family, e.message)
             renewed.stop()

@@ -99,30 +99,57 @@ def _reap(ctrl: socket.socket, children: set[int]) -> None:
         _send(ctrl, {"exited": pid, "status": describe_status(status)})
 
 
-def preload(root: Path, digests: list[str]) -> dict[str, Any]:
-    """Load each artifact once, here, as far as is fork-safe (see `Preloaded`), for every instance to inherit."""
+def preload_one(store: Any, digest: str) -> Any:
+    """Load one artifact here, as far as is fork-safe (see `Preloaded`), for every instance to inherit."""
     from slserve.runtime.base import preload_runtime
-    from slserve.snapshot import ArtifactStore
 
-    store = ArtifactStore(root)
-    out: dict[str, Any] = {}
-    for digest in digests:
-        try:
-            out[digest] = preload_runtime(store.open(digest))
-        except Exception as e:
-            print(f"slserve template: preloading {digest[:12]} failed ({e}); instances will load it", file=sys.stderr)
-    return out
+    try:
+        return preload_runtime(store.open(digest))
+    except Exception as e:
+        print(f"slserve template: preloading {digest[:12]} failed ({e}); instances will load it", file=sys.stderr)
+        return None
 
 
-def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, digests: list[str]) -> None:
+def _new_imports(store: Any, digest: str) -> int:
+    """How many of a build's own modules this process has yet to import (its cost to preload, roughly)."""
+    try:
+        spec = store.open(digest).manifest.spec
+    except Exception:
+        return 0
+    refs = [spec.source.factory, spec.processor.factory if spec.processor else None]
+    return sum(1 for ref in refs if ref and ref.partition(":")[0] not in sys.modules)
+
+
+def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, digests: list[str], first: int) -> None:
+    """Import the framework (`modules[:first]`), say ready, then preload each build (which imports its own
+    modules), one step at a time, forking instances between steps: a function whose build is preloaded is
+    served while another's model code still imports. An instance asked for before its build's turn moves that
+    build ahead and is forked right after its preload. Each build preloaded is reported; "preloaded" once all
+    are."""
     started = time.perf_counter()
-    for name in modules:
+    for name in modules[:first]:
         importlib.import_module(name)
     importlib.import_module("slserve.platform.local.instance")  # the child's own code, imported once here
-    preloaded = preload(root, digests) if root is not None else {}
     gc.collect()
     gc.freeze()  # instances share the imported heap copy-on-write; a GC pass would touch (and copy) it all
     _send(ctrl, {"ready": (time.perf_counter() - started) * 1000, "pid": os.getpid()})
+    store = None
+    cost: dict[str, int] = {}
+    if root is not None and digests:
+        from slserve.snapshot import ArtifactStore
+
+        store = ArtifactStore(root)
+        cost = {d: _new_imports(store, d) for d in digests}
+    deferred: dict[str, list[tuple[dict[str, Any], int]]] = {}  # digest -> spawns waiting for its preload
+
+    def order(step: tuple[str, str]) -> tuple[int, int]:
+        """Builds asked for first, then the others; the quickest to preload first within each; then the
+        modules no preload imported (each preload imports its build's own)."""
+        kind, what = step
+        return (0 if what in deferred else 1, cost.get(what, 0)) if kind == "preload" else (2, 0)
+
+    steps = sorted([("preload", d) for d in digests] + [("import", m) for m in modules[first:]], key=order)
+    preloaded: dict[str, Any] = {}
     children: set[int] = set()
     # SIGCHLD wakes the loop through a pipe, so an instance's exit is reported the moment it happens.
     wake_r, wake_w = os.pipe()
@@ -130,21 +157,43 @@ def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, d
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda *_: None)
     while True:
-        readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [], 1.0)
+        readable, _, _ = select.select([ctrl.fileno(), wake_r], [], [], 0 if steps else 1.0)
         if wake_r in readable:
             os.read(wake_r, 4096)
         _reap(ctrl, children)
-        if ctrl.fileno() not in readable:
+        if ctrl.fileno() in readable:
+            data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
+            if not data:  # the gateway is gone: so are we (instances see their own sockets close)
+                for pid in children:
+                    os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM; their work has no one to answer to
+                return
+            request = orjson.loads(data)
+            digest = str(request["digest"])
+            if ("preload", digest) in steps:  # asked for before its turn: preloaded sooner, forked right after
+                deferred.setdefault(digest, []).append((request, fds[0]))
+                steps.sort(key=order)
+                continue
+            pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w), preloaded.get(digest))
+            children.add(pid)
+            _send(ctrl, {"spawned": request["spawn"], "pid": pid})
+            continue  # forks first: a request waiting for an instance is served before the next step
+        if not steps:
             continue
-        data, fds, _, _ = socket.recv_fds(ctrl, 1 << 16, 1)
-        if not data:  # the gateway is gone: so are we (instances see their own sockets close)
-            for pid in children:
-                os.kill(pid, signal.SIGKILL)  # they ignore SIGTERM; their work has no one to answer to
-            return
-        request = orjson.loads(data)
-        pid = _fork_instance(ctrl, request, fds[0], (wake_r, wake_w), preloaded.get(str(request["digest"])))
-        children.add(pid)
-        _send(ctrl, {"spawned": request["spawn"], "pid": pid})
+        kind, what = steps.pop(0)
+        if kind == "import":
+            with contextlib.suppress(Exception):  # its build's preload (or instance) reports the error
+                importlib.import_module(what)
+        elif store is not None and (loaded := preload_one(store, what)) is not None:
+            preloaded[what] = loaded
+            _send(ctrl, {"preloaded_build": what})
+        gc.collect()
+        gc.freeze()
+        for request, fd in deferred.pop(what, []):  # instances asked for while it waited its turn
+            pid = _fork_instance(ctrl, request, fd, (wake_r, wake_w), preloaded.get(what))
+            children.add(pid)
+            _send(ctrl, {"spawned": request["spawn"], "pid": pid})
+        if not steps:
+            _send(ctrl, {"preloaded": (time.perf_counter() - started) * 1000})
 
 
 def main() -> None:
@@ -153,6 +202,7 @@ def main() -> None:
     parser.add_argument("--family", required=True, help="the runtime family (shown in the process title)")
     parser.add_argument("--artifacts", type=Path, help="artifact store of the artifacts to preload")
     parser.add_argument("--preload", action="append", default=[], help="artifact digest to preload (repeatable)")
+    parser.add_argument("--first", type=int, default=0, help="modules to import before saying ready (the framework)")
     parser.add_argument("modules", nargs="*")
     args = parser.parse_args()
     setproctitle(f"slserve template {args.family} ({len(args.preload)} builds preloaded)")
@@ -164,7 +214,7 @@ def main() -> None:
     ctrl = socket.socket(fileno=args.control_fd)
     # BrokenPipe/ConnectionReset: the gateway went away first; instances notice their own sockets closing.
     with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        serve_template(ctrl, args.modules, args.artifacts, args.preload)
+        serve_template(ctrl, args.modules, args.artifacts, args.preload, args.first)
 
 
 if __name__ == "__main__":

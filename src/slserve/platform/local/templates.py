@@ -40,7 +40,9 @@ class Template:
         self.import_ms: float | None = None
         self.error: str | None = None
         self._ctrl: socket.socket | None = None
-        self._ready = asyncio.Event()
+        self._ready = asyncio.Event()  # it forks: its framework is imported
+        self._preloaded = asyncio.Event()  # every build it was given is preloaded (or failed to)
+        self.preloaded: set[str] = set()  # builds preloaded so far: their instances fork ready to serve
         self._tokens = itertools.count(1)
         self._spawned: dict[int, asyncio.Future[int]] = {}
         self._exit_listeners: list[ExitListener] = []
@@ -61,7 +63,7 @@ class Template:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
-        cmd += ["--family", self.family]
+        cmd += ["--family", self.family, f"--first={len(RUNTIME_MODULES[self.family])}"]
         cmd += ["--artifacts", str(self.artifacts), *(f"--preload={d}" for d in self.preload)]
         self.proc = subprocess.Popen([*cmd, *self.modules], pass_fds=[theirs.fileno()], env=env)
         theirs.close()
@@ -75,6 +77,23 @@ class Template:
         if self.error:
             raise RuntimeUnavailable(self.error)
 
+    async def wait_preloaded(self) -> None:
+        """Every build it was started with is preloaded (a renewed template takes over only then)."""
+        await self.wait_ready()
+        await self._preloaded.wait()
+        if self.error:
+            raise RuntimeUnavailable(self.error)
+
+    @property
+    def settled(self) -> bool:
+        """Ready, and every build it was started with preloaded."""
+        return self.ready and self._preloaded.is_set()
+
+    def ready_for(self, digest: str | None) -> bool:
+        """It forks instances of `digest` ready to serve: preloaded, or never to be (loaded after the fork), or
+        done preloading (its preload failed: the instance loads it and says why it cannot)."""
+        return self.ready and (digest in self.preloaded or digest not in self.preload or self._preloaded.is_set())
+
     @property
     def ready(self) -> bool:
         return self._ready.is_set() and self.error is None
@@ -82,7 +101,8 @@ class Template:
     async def spawn(
         self, function: str, instance: str, artifacts: Path, digest: str, device: str | None = None
     ) -> tuple[socket.socket, int]:
-        """Fork an instance; returns the gateway's end of its socket and its pid."""
+        """Fork an instance (the template forks it once its build is preloaded, and preloads a build asked for
+        before the others); returns the gateway's end of its socket and its pid."""
         await self.wait_ready()
         assert self._ctrl is not None
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -123,6 +143,12 @@ class Template:
         if "ready" in msg:
             self.import_ms, self.pid = float(msg["ready"]), int(msg["pid"])
             self._ready.set()
+            if not self.preload:
+                self._preloaded.set()
+        elif "preloaded_build" in msg:
+            self.preloaded.add(str(msg["preloaded_build"]))
+        elif "preloaded" in msg:
+            self._preloaded.set()
         elif "spawned" in msg:
             self.children.add(int(msg["pid"]))
             future = self._spawned.pop(int(msg["spawned"]), None)
@@ -147,6 +173,7 @@ class Template:
                 "run `slserve serve` in a terminal to see its error"
             )
         self._ready.set()
+        self._preloaded.set()
         for future in self._spawned.values():
             if not future.done():
                 future.set_exception(RuntimeUnavailable(self.error))
