@@ -60,7 +60,14 @@ def test_the_readme_routing_commands_run_as_written(tmp_path: Path) -> None:
         lines = readme_block("so these run as written")
         assert len(lines) >= 7
         outputs = {}
+
+        def shadowed() -> bool:  # the gateway reloads the routes file within a second of a change
+            aliases = server.get("/slserve/routes").json()["models"]["classifier"]["aliases"]
+            return "stable" in aliases and aliases["stable"]["shadow"] is not None
+
         for line in lines:
+            if "route show" in line:  # shows what the running gateway serves: once it took in the changes above
+                assert wait_for(shadowed, 10)
             ran = run(line, tmp_path, server.url)
             assert ran.returncode == 0, f"{line}\n{ran.stdout}\n{ran.stderr}"
             outputs[line.split("#")[0].strip()] = ran.stdout
