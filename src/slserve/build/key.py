@@ -13,7 +13,7 @@ from pydantic.main import IncEx
 import slserve
 from slserve.build.locations import module_file, resolve_location
 from slserve.errors import SpecError
-from slserve.runtime.code import folder_code
+from slserve.runtime.code import code_files, folder_code, provides
 from slserve.snapshot import FORMAT, Artifact
 from slserve.snapshot.blobs import sha256_file
 from slserve.spec import FunctionDef, FunctionSpec
@@ -53,9 +53,9 @@ def source_digests(fdef: FunctionDef) -> dict[str, str]:
     files = {f"function/{p.relative_to(base)}": p for p in sorted(base.rglob("*")) if p.is_file()}
     files = {k: p for k, p in files.items() if "__pycache__" not in k}
     refs = [spec.source.factory, spec.source.export, spec.processor.factory if spec.processor else None]
-    own = folder_code(fdef.name, base)  # the folder's own modules: hashed above, with the folder
+    own = [str(p.relative_to(base)) for p in code_files(base)]  # the folder's own modules: hashed above
     for ref in filter(None, refs):
-        if own.owns(ref.partition(":")[0]):
+        if provides(own, ref.partition(":")[0]):
             continue
         path = module_file(ref)
         if path is not None:

@@ -119,6 +119,21 @@ class FunctionStatus:
     stale: str | None = None  # it serves its last build, and its folder has changed since (not rebuilt)
     ready: bool = False  # it can take requests now (instances may still be at zero)
 
+    @classmethod
+    def of(cls, function: Deployed, **state: Any) -> FunctionStatus:
+        """A function's status: who it is, from its deployment, and `state` (instances, counters, readiness)."""
+        spec = function.spec
+        identity: dict[str, Any] = {
+            "name": function.name,
+            "model": spec.model.name,
+            "version": spec.model.version,
+            "framework": spec.framework.value,
+            "tier": spec.tier,
+            "target": function.target,
+            "artifact": function.digest,
+        }
+        return cls(**{**identity, **state})
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

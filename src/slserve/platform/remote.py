@@ -118,15 +118,10 @@ class RemoteExecutor(ABC):
 
     def status(self, function: str) -> FunctionStatus:
         deployed = self.functions[function]
-        spec, counters = deployed.spec, self.counters[function]
-        return FunctionStatus(
-            name=deployed.name,
-            model=spec.model.name,
-            version=spec.model.version,
-            framework=spec.framework.value,
-            tier=spec.tier,
+        counters = self.counters[function]
+        return FunctionStatus.of(
+            deployed,
             target=self.target,
-            artifact=deployed.digest,
             in_flight=counters.in_flight,
             served=counters.served,
             failed=counters.failed,

@@ -103,17 +103,5 @@ class Targets:
                 out.append(executor.status(function.name))
                 out[-1].stale = function.stale  # the catalog's word: it changes without a redeploy
                 continue
-            spec = function.spec
-            out.append(
-                FunctionStatus(
-                    name=function.name,
-                    model=spec.model.name,
-                    version=spec.model.version,
-                    framework=spec.framework.value,
-                    tier=spec.tier,
-                    target=function.target,
-                    artifact=function.digest,
-                    error=self._unrunnable(function),
-                )
-            )
+            out.append(FunctionStatus.of(function, error=self._unrunnable(function)))
         return out

@@ -413,15 +413,8 @@ class FunctionPool:
         )
 
     def status(self) -> FunctionStatus:
-        spec = self.spec
-        return FunctionStatus(
-            name=self.function.name,
-            model=spec.model.name,
-            version=spec.model.version,
-            framework=spec.framework.value,
-            tier=spec.tier,
-            target=spec.target,
-            artifact=self.digest,
+        return FunctionStatus.of(
+            self.function,
             instances=[i.status() for i in self.instances.values()],
             queued=len(self.dispatcher.queue),
             in_flight=sum(len(i.in_flight) for i in self.instances.values()),
