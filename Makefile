@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # onnxruntime and onnxruntime-gpu share one folder and break each other: pick exactly one.
 ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo onnx)
-EXTRAS := torch,$(ORT_EXTRA),samples,aws,deploy,modal,dev
+EXTRAS := torch,$(ORT_EXTRA),samples,features,aws,deploy,modal,dev
 STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 
 export HF_HUB_OFFLINE := 1
@@ -33,6 +33,7 @@ build: install
 HOST ?= 127.0.0.1
 PORT ?= 8080
 serve: build
+	$(BIN)/slserve features load customers samples/features/customers.csv
 	$(BIN)/slserve serve --host $(HOST) --port $(PORT)
 
 lint: install

@@ -66,6 +66,25 @@ def _select(functions: Path, names: list[str] | None) -> list[FunctionDef]:
     return found
 
 
+def _build_pipelines(functions: Path, names: list[str] | None, store: ArtifactStore) -> int:
+    """Check and publish pipelines (all, or those named); returns how many failed (each said)."""
+    from slserve.compose.catalog import build_pipeline
+    from slserve.compose.spec import discover_pipelines, load_pipeline
+
+    selected = [load_pipeline(functions / n) for n in names] if names else discover_pipelines(functions)
+    failed = 0
+    for pdef in selected:
+        try:
+            digest = build_pipeline(pdef, discover_functions(functions), store)
+        except SlserveError as e:
+            err_console.print(f"[red]{escape(pdef.name)}[/]: {escape(e.message)}")
+            failed += 1
+            continue
+        steps = len(pdef.spec.steps)
+        console.print(f"{pdef.name}: pipeline of {steps} steps checked and published ({digest[:12]})", highlight=False)
+    return failed
+
+
 @app.command()
 def build(
     names: Annotated[list[str] | None, typer.Argument(help="Functions to build (default: all)")] = None,
@@ -76,9 +95,16 @@ def build(
 ) -> None:
     """Turn functions into immutable, content-addressed artifacts. Unchanged functions are no-ops."""
     from slserve.build.parallel import build_all
+    from slserve.compose.spec import PIPELINE_FILENAME
     from slserve.host import cores
 
-    selected = _select(functions, names)
+    # Pipelines are checked after the functions (against the functions' specs, so a function need not be built).
+    pipelines = [n for n in names or [] if (functions / n / PIPELINE_FILENAME).is_file()]
+    if names and len(pipelines) == len(names):
+        if _build_pipelines(functions, pipelines, _store(artifacts)):
+            raise BuildError(f"pipeline(s) {', '.join(pipelines)} failed their check; see above")
+        return
+    selected = _select(functions, [n for n in names if n not in pipelines] if names else None)
     table = Table("function", "framework", "artifact", "weights", "tensors", "result", "seconds")
     rows: dict[str, tuple[str, ...]] = {}
     failed: list[SlserveError] = []
@@ -113,6 +139,9 @@ def build(
         if fdef.name in rows:
             table.add_row(*rows[fdef.name])
     print_table(console, table)
+    pipelines_failed = _build_pipelines(functions, pipelines or None, store) if pipelines or not names else 0
+    if pipelines_failed:
+        failed.append(BuildError(f"{pipelines_failed} pipeline(s) failed their check"))
     if len(selected) == 1 and failed:
         raise failed[0]
     if failed:
@@ -291,15 +320,61 @@ def dashboard(
     console.print(f"{base}/dashboard" + (f"#key={token}" if token else ""), highlight=False, soft_wrap=True)
 
 
+features_app = typer.Typer(no_args_is_help=True, help="Feature tables for pipelines' lookups: load, list")
+app.add_typer(features_app, name="features")
+
+
+@features_app.command("load")
+def features_load(
+    table: Annotated[str, typer.Argument(help="Table name (a pipeline's lookup = ...)")],
+    file: Annotated[Path, typer.Argument(help="A .parquet or .csv file: one key column, numeric feature columns")],
+    key: Annotated[str | None, typer.Option(help="The key column (default: the first)")] = None,
+    state: StateDir = DEFAULT_STATE,
+) -> None:
+    """Replace TABLE with FILE's rows (in one transaction; a running gateway sees them within its cache's TTL)."""
+    from slserve.features import SQLiteFeatureStore
+    from slserve.features.load import load_table
+
+    if not file.is_file():
+        raise SlserveError(f"{file}: no such file")
+    store = SQLiteFeatureStore(state / "features.sqlite")
+    try:
+        loaded = load_table(store, table, file, key)
+    finally:
+        store.close()
+    console.print(f"{table}: {loaded.rows} rows of {len(loaded.columns)} features ({', '.join(loaded.columns)})")
+
+
+@features_app.command("list")
+def features_list(state: StateDir = DEFAULT_STATE, as_json: AsJson = False) -> None:
+    """The feature tables loaded: rows, width, columns, when and from where."""
+    from slserve.features import SQLiteFeatureStore
+
+    store = SQLiteFeatureStore(state / "features.sqlite")
+    try:
+        tables = store.tables()
+    finally:
+        store.close()
+    if as_json:
+        console.print_json(data=[vars(t) for t in tables])
+        return
+    out = Table("table", "rows", "width", "columns", "loaded", "from", box=box.SIMPLE_HEAD)
+    for t in tables:
+        loaded = time.strftime("%Y-%m-%d %H:%M", time.localtime(t.loaded_at))
+        out.add_row(t.name, str(t.rows), str(t.width), ", ".join(t.columns), loaded, t.source)
+    print_table(console, out)
+
+
 route_app = typer.Typer(no_args_is_help=True, help="Model versions, aliases, canaries and shadows (routes.toml)")
 app.add_typer(route_app, name="route")
 RoutesPath = Annotated[Path, typer.Option("--routes", envvar="SLSERVE_ROUTES", help="Routes file")]
 
 
 def _routes_file(routes: Path, functions: Path) -> RoutesFile:
+    from slserve.compose.spec import discover_pipelines
     from slserve.router.edit import RoutesFile
 
-    return RoutesFile(routes, discover_functions(functions))
+    return RoutesFile(routes, [*discover_functions(functions), *discover_pipelines(functions)])
 
 
 @route_app.command("set")
@@ -576,6 +651,9 @@ def usage(
     for row in doc["usage"]:
         counts = (row["requests"], row["failed"], row["abandoned"], row["tokens"])
         table.add_row(row["model"], row["version"], row["tier"], *map(str, counts), row["charged"])
+        for step in row.get("steps", []):  # a pipeline's charge, itemized: its steps sum to it
+            where = f"  {step['step']}: {step['model']}"
+            table.add_row(where, step["version"], step["tier"], str(step["requests"]), "", "", "", step["charged"])
     total = doc["total"]
     totals = (str(total["requests"]), str(total["failed"]), str(total["abandoned"]))
     table.add_row("total", "", "", *totals, "", total["charged"], style="bold")

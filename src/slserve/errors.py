@@ -220,3 +220,10 @@ def _all_errors(cls: type[SlserveError]) -> list[type[SlserveError]]:
     for sub in cls.__subclasses__():
         out.extend(_all_errors(sub))
     return out
+
+
+class EntityNotFound(SlserveError):
+    """A feature lookup was given keys its table does not have (and the step declares no default)."""
+
+    status = 404
+    code = "entity_not_found"

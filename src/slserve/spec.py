@@ -190,14 +190,32 @@ class FunctionSpec(_Strict):
         return self.source.framework
 
 
+class ServingSpec(Protocol):
+    """What routing, checking and billing a request need of a model version, whether a function serves it or a
+    pipeline (`slserve.compose`) composes it."""
+
+    @property
+    def model(self) -> ModelRef: ...
+
+    @property
+    def tier(self) -> str | None: ...  # None: offered in every tier (a pipeline whose steps take the request's)
+
+    @property
+    def signature(self) -> Signature: ...
+
+    @property
+    def limits(self) -> Limits: ...
+
+
 class NamedSpec(Protocol):
-    """Anything that names a function and carries its spec: a folder's `FunctionDef`, a catalog's `Deployed`."""
+    """Anything that names a served model version and carries its spec: a folder's `FunctionDef`, a catalog's
+    `Deployed`, a pipeline."""
 
     @property
     def name(self) -> str: ...
 
     @property
-    def spec(self) -> FunctionSpec: ...
+    def spec(self) -> ServingSpec: ...
 
 
 class FunctionDef(BaseModel):
@@ -214,7 +232,7 @@ class FunctionDef(BaseModel):
         return self.directory / SPEC_FILENAME
 
 
-def _format_errors(path: Path, err: ValidationError) -> str:
+def format_errors(path: Path | str, err: ValidationError) -> str:
     lines = [f"{path}: {err.error_count()} problem(s)"]
     for e in err.errors():
         where = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -244,7 +262,7 @@ def load_function(directory: Path) -> FunctionDef:
     try:
         spec = FunctionSpec.model_validate(raw)
     except ValidationError as e:
-        raise SpecError(_format_errors(path, e)) from None
+        raise SpecError(format_errors(path, e)) from None
     return FunctionDef(name=name, directory=directory.resolve(), spec=spec)
 
 

@@ -20,6 +20,7 @@ def test_every_sample_parses() -> None:
         "minilm-onnx",
         "minilm-int8",
         "minilm-fp16",
+        "triage",
     }
     v1, v2 = found["classifier"].spec.model, found["classifier-v2"].spec.model
     assert (v1.name, v1.version, v2.name, v2.version) == ("classifier", "1", "classifier", "2")

@@ -18,7 +18,9 @@ from starlette.routing import Route
 import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
+from slserve.compose.catalog import DeployedPipeline, PipelineCatalog
 from slserve.errors import MethodNotAllowed, NotFound, RuntimeUnavailable, SlserveError
+from slserve.features import CachedFeatures, SQLiteFeatureStore
 from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.dashboard import PAGE, Overview
@@ -33,6 +35,7 @@ from slserve.platform.base import Deployed, Platform
 from slserve.router.dispatch import Router
 from slserve.router.table import version_order
 from slserve.settings import ServeSettings
+from slserve.snapshot import ArtifactStore
 
 log = logging.getLogger("slserve.gateway")
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
@@ -54,7 +57,7 @@ class Gateway:
         self.router = router
         self.ledger = ledger
 
-    def function(self, request: Request, model: str, version: str | None) -> Deployed:
+    def function(self, request: Request, model: str, version: str | None) -> Deployed | DeployedPipeline:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
         `version` (a version or an alias), if the caller's key opens it."""
         key = caller(request.scope)
@@ -78,14 +81,37 @@ class Gateway:
     async def ready(self, request: Request) -> Response:
         ready = self.platform.ready()
         functions = {s.name: s.ready for s in self.platform.status()}  # which can serve already, which not yet
-        return json_response({"ready": ready, "functions": functions}, 200 if ready else 503)
+        pipelines = {name: self.pipeline_ready(name)[0] for name in self.router.pipelines}
+        doc = {"ready": ready, "functions": functions, **({"pipelines": pipelines} if pipelines else {})}
+        return json_response(doc, 200 if ready else 503)
+
+    def pipeline_ready(self, name: str) -> tuple[bool, str | None]:
+        """A pipeline is ready when it is built, its steps fit the functions deployed, and the function each of
+        its model steps is routed to by default can serve now."""
+        graph = self.router.graphs.get(name)
+        if graph is None:
+            return False, self.router.pipeline_errors.get(name)
+        status = {s.name: s for s in self.platform.status()}
+        for step in graph.order:
+            if step.model is None:
+                continue
+            try:
+                route = self.router.route(step.model, step.version, "", step.tier, True, 1.0)
+            except SlserveError as e:
+                return False, f"{step.describe()}: {e.message}"
+            function = status.get(route.candidates[0][1]) if route.candidates else None
+            if function is None or not function.ready:
+                why = function.error if function and function.error else "its function is starting"
+                return False, f"{step.describe()}: {why}"
+        return True, None
 
     async def server_metadata(self, request: Request) -> Response:
         return json_response({"name": "slserve", "version": slserve.__version__, "extensions": ["binary_tensor_data"]})
 
     async def models(self, request: Request) -> Response:
         allowed = caller(request.scope).models
-        functions = self.platform.functions().values()
+        functions: list[Deployed | DeployedPipeline] = [*self.platform.functions().values()]
+        functions += self.router.pipelines.values()
         visible = [f for f in functions if allowed is None or f.spec.model.name in allowed]
         return json_response({"models": [model_metadata(f) for f in visible]})
 
@@ -96,6 +122,10 @@ class Gateway:
         """Ready when the function the model resolves to can take a request now: built, its artifact checked
         intact, its runtime's template up, not failing to start (else 503, with why)."""
         fdef = self.function(request, request.path_params["model"], request.path_params.get("version"))
+        if isinstance(fdef, DeployedPipeline):
+            composed, why = self.pipeline_ready(fdef.name)
+            answer = {"name": request.path_params["model"], "ready": composed, **({} if composed else {"reason": why})}
+            return json_response(answer, 200 if composed else 503)
         status = next(s for s in self.platform.status() if s.name == fdef.name)
         ready = status.ready  # its own runtime family's template: not every family's
         doc: dict[str, Any] = {"name": request.path_params["model"], "ready": ready}
@@ -117,11 +147,13 @@ class Gateway:
     async def openai_models(self, request: Request) -> Response:
         """Models (and functions) whose signature is text -> embedding, that the caller's key opens."""
         allowed = caller(request.scope).models
-        names: dict[str, Deployed] = {}
+        names: dict[str, Deployed | DeployedPipeline] = {}
         for name in sorted(self.router.table.models):
             names[name] = self.router.signature_function(self.router.route(name, None, "", None, True, 1.0))
         for fdef in self.platform.functions().values():
             names.setdefault(fdef.name, fdef)
+        for pipeline in self.router.pipelines.values():
+            names.setdefault(pipeline.name, pipeline)
         data = [
             {"id": name, "object": "model", "created": 0, "owned_by": "slserve"}
             for name, fdef in names.items()
@@ -138,12 +170,12 @@ class Gateway:
         return json_response(doc)
 
 
-def model_metadata(fdef: Deployed) -> dict[str, Any]:
+def model_metadata(fdef: Deployed | DeployedPipeline) -> dict[str, Any]:
     spec = fdef.spec
     doc = {
         "name": fdef.name,
         "versions": [spec.model.version],
-        "platform": PLATFORMS[spec.framework.value],
+        "platform": "slserve_pipeline" if isinstance(fdef, DeployedPipeline) else PLATFORMS[fdef.spec.framework.value],
         "inputs": [t.model_dump(mode="json") for t in spec.signature.inputs],
         "outputs": [t.model_dump(mode="json") for t in spec.signature.outputs],
     }
@@ -180,7 +212,9 @@ def build_app(
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
     default to SQLite in the state folder (DynamoDB on AWS is handed in)."""
-    router = Router(platform.functions(), settings.routes)
+    pipelines = PipelineCatalog(ArtifactStore(settings.artifacts), settings.functions)
+    features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
+    router = Router(platform.functions(), settings.routes, pipelines, features)
     keys = keys or SQLiteKeyStore(settings.state)
     if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
@@ -221,7 +255,10 @@ def build_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await platform.start()
         loop = asyncio.get_running_loop()
-        watchers = [loop.create_task(watch_changes(platform, router)), loop.create_task(timeline.run(platform))]
+        watchers = [
+            loop.create_task(watch_changes(platform, router, pipelines)),
+            loop.create_task(timeline.run(platform)),
+        ]
         address.record(settings.state, address.client_url(settings.host, settings.port))
         try:
             yield
@@ -238,13 +275,16 @@ def build_app(
     return Front(app, Authenticator(keys), pipeline, metrics, settings, timeline)
 
 
-async def watch_changes(platform: Platform, router: Router, every_s: float = 1.0) -> None:
+async def watch_changes(
+    platform: Platform, router: Router, pipelines: PipelineCatalog | None = None, every_s: float = 1.0
+) -> None:
     """Builds and route changes take effect without a restart: the table is swapped between requests, never
     during one."""
     while True:
         await asyncio.sleep(every_s)
         try:
-            if platform.refresh():
+            built = pipelines.refresh() if pipelines is not None else False
+            if platform.refresh() or built:
                 router.rebuild()
             else:
                 router.reload_if_changed()

@@ -22,9 +22,9 @@ from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMisma
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
 from slserve.gateway.v2 import client_timeout_s
-from slserve.metering.ledger import Ledger, Record, StoredResponse
+from slserve.metering.ledger import Ledger, Record, StoredResponse, steps_json
 from slserve.platform.base import Cancellation, InferRequest, Platform
-from slserve.router.dispatch import Router, Served
+from slserve.router.dispatch import Resolve, Router, Served
 from slserve.router.table import Route
 
 REPLAY = "x-slserve-idempotent-replay"
@@ -46,6 +46,7 @@ class Call:
     started_wall: float = field(default_factory=time.time)
     cancellation: Cancellation = field(default_factory=Cancellation)
     slot: Slot | None = None  # the Idempotency-Key slot this call holds
+    resolve: Resolve | None = None  # routes a pipeline's steps for this caller (within its key)
     watcher: asyncio.Future[Any] | None = None  # the ASGI receive that tells of a disconnect
     finished: bool = False
     charged: bool = False  # it counts against the key's quota (answered, or billed after its client left)
@@ -125,7 +126,7 @@ class Pipeline:
         try:
             if call.gone:  # left while waiting for its key or its body: nothing was started
                 raise ClientClosedRequest("the client went away before the request ran")
-            served = await self.deadlines.run(self.router.infer(self.platform, route, request))
+            served = await self.deadlines.run(self.router.infer(self.platform, route, request, call.resolve))
         except TimeoutError:
             error: SlserveError = GatewayTimeout(
                 f"{route.model} did not answer within {self.timeout_s:g} s (request_timeout_s); retry later"
@@ -190,6 +191,7 @@ class Pipeline:
             status=status,
             price=price,
             fallback=served.fallback if served else None,
+            steps=steps_json(served.steps) if served and served.steps else None,
         )
         kept = (call.key.key_id, call.slot[1], stored) if stored and call.slot else None
         await self.ledger.append(record, kept)

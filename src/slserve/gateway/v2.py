@@ -227,8 +227,11 @@ def _requested_outputs(fdef: NamedSpec, doc: dict[str, Any]) -> tuple[list[str] 
     return names, binary
 
 
-def encode_infer(result: InferResult, model: str, v2: V2Request) -> tuple[bytes, dict[str, str]]:
-    """The response body and its content headers (JSON, or JSON header + binary tensors)."""
+def encode_infer(
+    result: InferResult, model: str, v2: V2Request, steps: list[dict[str, Any]] | None = None
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and its content headers (JSON, or JSON header + binary tensors); a pipeline's `steps`
+    go in the response's parameters."""
     outputs: list[dict[str, Any]] = []
     blobs: list[bytes | memoryview] = []
     for name, arr in result.outputs.items():
@@ -248,6 +251,8 @@ def encode_infer(result: InferResult, model: str, v2: V2Request) -> tuple[bytes,
     doc: dict[str, Any] = {"model_name": model, "model_version": result.version, "outputs": outputs}
     if v2.id is not None:
         doc["id"] = v2.id
+    if steps:
+        doc["parameters"] = {"steps": steps}
     header = orjson.dumps(doc, option=_JSON_OPTS)
     if not blobs:
         return header, {"content-type": "application/json"}

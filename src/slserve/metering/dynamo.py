@@ -15,6 +15,7 @@ boto3 is synchronous: every call runs in a worker thread, so the gateway's event
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import defaultdict
 from dataclasses import fields
@@ -23,7 +24,7 @@ from typing import Any
 import orjson
 
 from slserve.errors import LedgerUnavailable
-from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, SpendRow, StoredResponse, UsageRow
+from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, SpendRow, StoredResponse, UsageRow, itemize
 
 FIELDS = {f.name: f.type for f in fields(Record)}
 BY_KEY, BY_TENANT = "by_key", "by_tenant"
@@ -221,7 +222,10 @@ def summarize(records: list[Record]) -> list[UsageRow]:
         row[3] += r.compute_ms or 0.0
         row[4] += r.tokens or 0
         row[5] += r.price
-    return [UsageRow(*key, *values) for key, values in sorted(rows.items())]
+    steps = itemize((r.model, r.version, r.tier, r.steps) for r in records if r.steps is not None and r.price > 0)
+    return [
+        dataclasses.replace(UsageRow(*key, *values), steps=steps.get(key, ())) for key, values in sorted(rows.items())
+    ]
 
 
 def _reason(error: Exception) -> str:

@@ -24,13 +24,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import sqlite3
 import sys
 import time
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from operator import attrgetter
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -38,6 +40,9 @@ from slserve.errors import LedgerUnavailable
 from slserve.framing import LENGTH
 from slserve.metering.writer import ACK, SEQ
 from slserve.private import connect_private
+
+if TYPE_CHECKING:
+    from slserve.compose.run import StepReport
 
 
 @dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x more, once per request
@@ -64,6 +69,7 @@ class Record:
     status: int
     price: int  # micro-units of currency; 0 unless status is 200 (or 499 under the `bill_abandoned` policy)
     fallback: str | None = None
+    steps: str | None = None  # a pipeline's steps, itemized (JSON: `steps_json`); their costs sum to `price`
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +96,43 @@ class StoredResponse:
     body: bytes
 
 
+def steps_json(steps: Sequence[StepReport]) -> str:
+    """A pipeline's steps as its ledger record keeps them: each model step's model, version, tier, function,
+    compute and cost (built-in steps and lookups cost nothing and are kept with their time only)."""
+    return orjson.dumps([s.to_dict() for s in steps]).decode()
+
+
+@dataclass(frozen=True)
+class StepUsage:
+    """One step of a pipeline, summed over the pipeline's charged requests."""
+
+    step: str
+    model: str
+    version: str
+    tier: str
+    requests: int
+    compute_ms: float
+    charged: int
+
+
+def itemize(records: Iterable[tuple[str, str, str, str]]) -> dict[tuple[str, str, str], tuple[StepUsage, ...]]:
+    """(model, version, tier, steps JSON) of charged pipeline records -> each (model, version, tier)'s steps."""
+    totals: dict[tuple[str, str, str], dict[tuple[str, str, str, str], list[Any]]] = {}
+    for model, version, tier, steps in records:
+        by_step = totals.setdefault((model, version, tier), {})
+        for s in orjson.loads(steps):
+            if s.get("kind") != "model":
+                continue
+            total = by_step.setdefault((s["name"], s["model"], s["version"], s["tier"]), [0, 0.0, 0])
+            total[0] += 1
+            total[1] += s["compute_ms"]
+            total[2] += s["cost"]
+    return {
+        key: tuple(StepUsage(*step, n, ms, charged) for step, (n, ms, charged) in by_step.items())
+        for key, by_step in totals.items()
+    }
+
+
 @dataclass(frozen=True)
 class UsageRow:
     model: str
@@ -101,6 +144,7 @@ class UsageRow:
     compute_ms: float
     tokens: int
     charged: int  # micro-units
+    steps: tuple[StepUsage, ...] = ()  # a pipeline's charge, itemized by step
 
 
 @dataclass(frozen=True)
@@ -147,7 +191,7 @@ CREATE TABLE IF NOT EXISTS records (
     model TEXT NOT NULL, version TEXT NOT NULL, alias TEXT, tier TEXT NOT NULL, function TEXT NOT NULL,
     instance TEXT, cold_start INTEGER NOT NULL, cold_start_ms REAL, queue_ms REAL, compute_ms REAL,
     input_bytes INTEGER NOT NULL, output_bytes INTEGER NOT NULL, batch_size INTEGER, tokens INTEGER,
-    status INTEGER NOT NULL, price INTEGER NOT NULL CHECK (price >= 0), fallback TEXT
+    status INTEGER NOT NULL, price INTEGER NOT NULL CHECK (price >= 0), fallback TEXT, steps TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_tenant ON records (tenant, time_us);
 CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id, time_us);
@@ -179,6 +223,13 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def migrate(db: sqlite3.Connection) -> None:
+    """Columns added since a ledger was made: added to it, empty for the records it has."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
+    if "steps" not in have:
+        db.execute("ALTER TABLE records ADD COLUMN steps TEXT")
+
+
 def connect(path: Path) -> sqlite3.Connection:
     db = connect_private(path)  # it keeps response bodies: owner-only, as the keys
     db.execute("PRAGMA journal_mode=WAL")
@@ -193,6 +244,7 @@ class SQLiteLedger:
         self.retention_s = retention_s  # how long stored idempotent answers are replayed
         self.db = connect(path)  # this process reads; the writer process writes
         self.db.executescript(SCHEMA)
+        migrate(self.db)
         self._writer: asyncio.subprocess.Process | None = None
         self._start_lock = asyncio.Lock()
         self._reader_task: asyncio.Task[None] | None = None
@@ -352,7 +404,13 @@ class SQLiteLedger:
             f" WHERE {' AND '.join(where)} GROUP BY model, version, tier ORDER BY model, version, tier",
             args,
         )
-        return [UsageRow(*row) for row in rows]
+        pipelines = self.db.execute(
+            f"SELECT model, version, tier, steps FROM records WHERE {' AND '.join(where)}"
+            " AND steps IS NOT NULL AND price > 0",
+            args,
+        )
+        steps = itemize(pipelines)
+        return [dataclasses.replace(UsageRow(*row), steps=steps.get(row[:3], ())) for row in rows]
 
     def spend(self, start: float, end: float) -> list[SpendRow]:
         rows = self.db.execute(

@@ -12,7 +12,7 @@ from typing import Any
 
 from slserve.accounts.limits import month_bounds
 from slserve.errors import InvalidInput
-from slserve.metering.ledger import UsageRow
+from slserve.metering.ledger import StepUsage, UsageRow
 
 MICROS = 1_000_000
 
@@ -36,6 +36,19 @@ def money(micros: int) -> str:
     return f"{sign}{whole}.{frac:06d}"
 
 
+def step_line(step: StepUsage) -> dict[str, Any]:
+    return {
+        "step": step.step,
+        "model": step.model,
+        "version": step.version,
+        "tier": step.tier,
+        "requests": step.requests,
+        "compute_ms": round(step.compute_ms, 3),
+        "charged_micros": step.charged,
+        "charged": money(step.charged),
+    }
+
+
 def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[str, Any]:
     lines = [
         {
@@ -49,6 +62,7 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
             "compute_ms": round(r.compute_ms, 3),
             "charged_micros": r.charged,
             "charged": money(r.charged),
+            **({"steps": [step_line(s) for s in r.steps]} if r.steps else {}),
         }
         for r in rows
     ]
@@ -74,7 +88,7 @@ def to_csv(doc: dict[str, Any]) -> str:
         *("model", "version", "tier", "requests", "failed", "tokens", "compute_ms", "charged_micros", "charged"),
         "abandoned",
     ]
-    writer = csv.DictWriter(out, columns, lineterminator="\n")
+    writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(doc["usage"])
     total = doc["total"]

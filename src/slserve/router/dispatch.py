@@ -8,11 +8,18 @@ import dataclasses
 import hashlib
 import logging
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, signatures_of
+from slserve.compose.graph import Graph
+from slserve.compose.run import StepReport, run_graph
+from slserve.compose.spec import Step
 from slserve.errors import (
     Forbidden,
     InstanceFailed,
@@ -22,14 +29,19 @@ from slserve.errors import (
     SlserveError,
     SpecError,
 )
+from slserve.features import FeatureStore
 from slserve.platform.base import Deployed, InferRequest, InferResult, Platform
 from slserve.router.config import load_routes
 from slserve.router.shadow import ShadowStats
 from slserve.router.table import BUCKETS, Route, RouteTable
+from slserve.runtime.tensors import check_inputs
 
 log = logging.getLogger("slserve.router")
 # What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
 CANNOT_SERVE = (Overloaded, RuntimeUnavailable, InstanceFailed)
+# How a pipeline's model step is routed for the caller: (model, version or alias, tier or None) -> its route,
+# within what the caller's key opens.
+Resolve = Callable[[str, str | None, str | None], Route]
 
 
 @dataclass
@@ -39,18 +51,52 @@ class Served:
     tier: str  # the tier that served
     cost: int  # micro-units of currency charged
     fallback: str | None  # "standard->economy" when a fallback was taken
+    steps: list[StepReport] = field(default_factory=list)  # a pipeline's steps, each with its own answer and cost
 
 
 class Router:
-    def __init__(self, functions: Mapping[str, Deployed], routes_path: Path) -> None:
+    def __init__(
+        self,
+        functions: Mapping[str, Deployed],
+        routes_path: Path,
+        pipelines: PipelineCatalog | None = None,
+        features: FeatureStore | None = None,
+    ) -> None:
         self.functions = functions
+        self.catalog = pipelines
+        self.features = features
+        self.graphs: dict[str, Graph] = {}  # pipelines whose steps fit the functions deployed now
+        self.pipeline_errors: dict[str, str] = {}  # the others, and why not
         self.shadows: dict[tuple[str, str, str], ShadowStats] = {}  # (model, alias, shadow version) -> comparison
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.routes_path = routes_path
         self.error: str | None = None
         self._seen: bytes | None = None
-        self.table = RouteTable.build(functions.values(), load_routes(routes_path))
+        self.table = RouteTable.build(self._served(), load_routes(routes_path))
+        self._check_pipelines()
         self._seen = self._content()
+
+    @property
+    def pipelines(self) -> Mapping[str, DeployedPipeline]:
+        return self.catalog.pipelines() if self.catalog else {}
+
+    def _served(self) -> chain[Deployed | DeployedPipeline]:
+        return chain(self.functions.values(), self.pipelines.values())
+
+    def _check_pipelines(self) -> None:
+        """Each built pipeline against the functions deployed now: one whose steps no longer fit (a model gone,
+        a signature changed) cannot serve until they do, and says why."""
+        self.graphs, self.pipeline_errors = {}, {}
+        reach = signatures_of(self.functions.values())
+        for name, pipeline in self.pipelines.items():
+            if pipeline.digest is None:
+                self.pipeline_errors[name] = pipeline.error or f"{name} is not built"
+                continue
+            try:
+                self.graphs[name] = Graph.check(pipeline.spec, reach)
+            except SpecError as e:
+                self.pipeline_errors[name] = f"pipeline {name} cannot serve: {e.message}"
+                log.error("%s", self.pipeline_errors[name])
 
     def _content(self) -> bytes | None:
         """The routes file's digest: a change is seen even within one tick of a coarse file clock."""
@@ -71,11 +117,12 @@ class Router:
         """A new table from routes.toml and the functions as they are now (the platform added, redeployed or
         removed some); when it does not validate, the old table stays in force and `error` says why."""
         try:
-            self.table = RouteTable.build(self.functions.values(), load_routes(self.routes_path))
+            self.table = RouteTable.build(self._served(), load_routes(self.routes_path))
         except SpecError as e:
             self.error = e.message
             log.error("routes not changed: %s", e.message)
             return False
+        self._check_pipelines()
         self.error = None
         log.info("routes reloaded from %s", self.routes_path)
         return True
@@ -119,7 +166,7 @@ class Router:
     ) -> Route:
         """A model name goes through the table; a function's own name addresses that function alone. `opens`:
         the models the caller's key opens (None: all); errors name nothing outside them."""
-        fdef = self.functions.get(model)
+        fdef = self.functions.get(model) or self.pipelines.get(model)
         owner = model if model in self.table.models else fdef.spec.model.name if fdef else None
         if owner is not None and opens is not None and owner not in opens:
             raise Forbidden(f"this API key does not open model {owner!r}; it opens {sorted(opens)}")
@@ -130,20 +177,32 @@ class Router:
             if opens is not None:
                 known = {m for m in self.table.models if m in opens}
                 known |= {f for f, d in self.functions.items() if d.spec.model.name in opens}
+                known |= {p for p, d in self.pipelines.items() if d.spec.model.name in opens}
             raise ModelNotFound(f"unknown model {model!r}; this API key can use {sorted(known)}")
         if selector is not None and selector != fdef.spec.model.version:
             raise ModelNotFound(f"function {model!r} serves version {fdef.spec.model.version!r}, not {selector!r}")
-        return Route(fdef.spec.model.name, fdef.spec.model.version, None, fdef.spec.tier, [(fdef.spec.tier, model)])
+        tier = fdef.spec.tier or tier or "standard"
+        return Route(fdef.spec.model.name, fdef.spec.model.version, None, tier, [(tier, model)])
 
-    def signature_function(self, route: Route) -> Deployed:
-        """The function whose signature requests of this route are checked against (all candidates of one model
-        version share it)."""
-        return self.functions[route.candidates[0][1]]
+    def signature_function(self, route: Route) -> Deployed | DeployedPipeline:
+        """The function (or pipeline) whose signature requests of this route are checked against (all candidates
+        of one model version share it)."""
+        name = route.candidates[0][1]
+        return self.functions.get(name) or self.pipelines[name]
 
-    async def infer(self, platform: Platform, route: Route, request: InferRequest) -> Served:
+    async def infer(
+        self, platform: Platform, route: Route, request: InferRequest, resolve: Resolve | None = None
+    ) -> Served:
+        """`resolve` routes a pipeline's model steps for the caller (without it, a pipeline's steps take the
+        route's tier and open every model: for callers inside the house only)."""
         ordered = _warm_first(platform, route.candidates)
         last: SlserveError | None = None
         for tier, function in ordered:
+            if function in self.pipelines:
+                served = await self._compose(platform, route, tier, request, resolve)
+                if route.shadow:
+                    self._start_shadow(platform, route, request, served.result, resolve)
+                return served
             try:
                 routed = request if request.function == function else dataclasses.replace(request, function=function)
                 result = await platform.infer(routed)
@@ -152,12 +211,64 @@ class Router:
                 continue
             fallback = None if (tier, function) == ordered[0] else f"{ordered[0][1]}->{function}"
             if route.shadow:
-                self._start_shadow(platform, route, request, result)
+                self._start_shadow(platform, route, request, result, resolve)
             return Served(result, route, tier, self.price(tier, result.compute_ms), fallback)
         assert last is not None
         raise last
 
-    def _start_shadow(self, platform: Platform, route: Route, request: InferRequest, primary: InferResult) -> None:
+    async def _compose(
+        self, platform: Platform, route: Route, tier: str, request: InferRequest, resolve: Resolve | None
+    ) -> Served:
+        """A pipeline's answer: its graph run step by step, each model step routed and priced as a request of its
+        own (in its own tier, or the pipeline's), the pipeline charged their sum."""
+        name = next(f for t, f in route.candidates if t == tier)
+        graph = self.graphs.get(name)
+        if graph is None:
+            raise RuntimeUnavailable(self.pipeline_errors.get(name) or f"pipeline {name} cannot serve")
+        pipeline = self.pipelines[name]
+
+        def step_route(model: str, selector: str | None, step_tier: str | None) -> Route:
+            if resolve is not None:
+                return resolve(model, selector, step_tier or tier)
+            return self.route(model, selector, "", step_tier or tier, True, 1.0)
+
+        async def call_model(step: Step, inputs: dict[str, np.ndarray]) -> Served:
+            assert step.model is not None
+            step_route_ = step_route(step.model, step.version, step.tier)
+            fdef = self.signature_function(step_route_)
+            if fdef.name in self.pipelines:
+                raise SpecError(f"{step.model} is a pipeline; a step's model is served by functions")
+            checked = check_inputs(fdef.spec.signature, inputs)
+            call = dataclasses.replace(request, function=fdef.name, inputs=checked, outputs=None)
+            return await self.infer(platform, step_route_, call, resolve)
+
+        composed = await run_graph(graph, request.inputs, call_model, self.features, request.outputs)
+        served = [s.served for s in composed.steps if s.served is not None]
+        results = [s.result for s in served]
+        cold = [r.cold_start_ms for r in results if r.cold_start_ms is not None]
+        tokens = [r.tokens for r in results if r.tokens is not None]
+        rows = next(iter(request.inputs.values())).shape[0]
+        result = InferResult(
+            composed.outputs,
+            name,
+            pipeline.spec.model.version,
+            "pipeline",
+            queue_ms=sum(r.queue_ms for r in results),
+            compute_ms=sum(r.compute_ms for r in results),
+            batch_size=rows,
+            cold_start_ms=sum(cold) if cold else None,
+            tokens=sum(tokens) if tokens else None,
+        )
+        return Served(result, route, tier, sum(s.cost for s in served), None, composed.steps)
+
+    def _start_shadow(
+        self,
+        platform: Platform,
+        route: Route,
+        request: InferRequest,
+        primary: InferResult,
+        resolve: Resolve | None = None,
+    ) -> None:
         """Run the shadow after the primary answered: the caller never waits for it, never sees it, is never
         billed for it."""
         shadow_version = self.table.models[route.model].aliases[route.alias or ""].shadow_version or "?"
@@ -168,7 +279,8 @@ class Router:
 
         async def run() -> None:
             try:
-                result = await platform.infer(shadow_request)
+                shadow_route = dataclasses.replace(route, candidates=route.shadow, shadow=[])
+                result = (await self.infer(platform, shadow_route, shadow_request, resolve)).result
             except SlserveError:
                 stats.failed()
                 return

@@ -83,7 +83,7 @@ class RouteTable:
         signatures: dict[tuple[str, str], tuple[str, Signature]] = {}
         for fdef in functions_list:
             spec = fdef.spec
-            if spec.tier not in config.tiers:
+            if spec.tier is not None and spec.tier not in config.tiers:
                 raise SpecError(
                     f"function {fdef.name!r} is in tier {spec.tier!r}; the tiers are {sorted(config.tiers)}"
                 )
@@ -94,7 +94,8 @@ class RouteTable:
                     "with different signatures; a model version has one signature (give one a new version)"
                 )
             by_tier = versions.setdefault(spec.model.name, {}).setdefault(spec.model.version, {})
-            by_tier.setdefault(spec.tier, []).append(fdef.name)
+            for tier in [spec.tier] if spec.tier is not None else config.tiers:  # None: a pipeline, in every tier
+                by_tier.setdefault(tier, []).append(fdef.name)
         for fdef in functions_list:
             if fdef.name in versions and fdef.name != fdef.spec.model.name:
                 raise SpecError(

@@ -5,6 +5,7 @@ Layout under the store root (default `.slserve/artifacts`):
     blobs/sha256/ab/ab12…      every file, named by its content (tensors, graphs, assets, manifests)
     verified/ab12…             "this blob hashed correctly while it had this stat" markers
     refs/<function>            the manifest digest a function currently serves
+    pipelines/<pipeline>       the blob of the checked spec a pipeline currently serves
     builds/<build-key>         the manifest digest a given build input produced (makes rebuilds no-ops)
 """
 
@@ -118,6 +119,13 @@ class ArtifactStore:
         if digest is None:
             raise ArtifactNotFound(f"function {function!r} has no artifact in {self.root}; run `slserve build`")
         return self.open(digest)
+
+    def set_pipeline_ref(self, pipeline: str, digest: str) -> None:
+        """A pipeline's published definition (a blob of its checked spec), apart from functions' manifests."""
+        self._write_pointer(self.root / "pipelines" / pipeline, digest)
+
+    def pipeline_ref(self, pipeline: str) -> str | None:
+        return self._read_pointer(self.root / "pipelines" / pipeline)
 
     def functions(self) -> list[str]:
         refs = self.root / "refs"
