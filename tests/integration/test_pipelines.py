@@ -61,6 +61,49 @@ y = "both.output"
 """
 
 
+FANOUT_V2 = FANOUT.replace('name = "fanout"', 'name = "fanout"\nversion = "2"').replace(
+    '["left.y", "right.y"]', '["right.y", "left.y"]'
+)
+EMBED = """
+[model]
+name = "embed-norm"
+
+[[signature.inputs]]
+name = "text"
+datatype = "BYTES"
+shape = [-1]
+
+[[signature.outputs]]
+name = "embedding"
+datatype = "FP32"
+shape = [-1, 384]
+
+[[steps]]
+name = "embed"
+model = "minilm"
+inputs = { text = "text" }
+
+[[steps]]
+name = "unit"
+op = "normalize"
+inputs = ["embed.embedding"]
+
+[outputs]
+embedding = "unit.output"
+"""
+ROUTES = """
+[models.fanout]
+default = "stable"
+
+[models.fanout.aliases.stable]
+version = "1"
+
+[models.fanout.aliases.canary]
+split = { "1" = 50, "2" = 50 }
+"""
+PIPELINES = {"fanout": FANOUT, "fanout-v2": FANOUT_V2, "embed-norm": EMBED}
+
+
 @pytest.fixture(scope="module")
 def server(sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     functions = tmp_path_factory.mktemp("functions")
@@ -69,14 +112,16 @@ def server(sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory
     for name in ("slow-a", "slow-b"):
         toml = hazards_function(max_delay_ms=0).replace('name = "hazards"', f'name = "{name}"')
         write_function(functions, name, toml)
-    fanout = functions / "fanout"
-    fanout.mkdir()
-    (fanout / "pipeline.toml").write_text(FANOUT)
+    for name, text in PIPELINES.items():
+        (functions / name).mkdir()
+        (functions / name / "pipeline.toml").write_text(text)
     for fdef in discover_functions(functions):
         build_function(load_function(fdef.directory), sample_store)
-    for name in ("ticket-router", "fanout"):
+    for name in ("ticket-router", *PIPELINES):
         build_pipeline(load_pipeline(functions / name), discover_functions(functions), sample_store)
-    srv = start_server(functions, sample_store.root, functions.parent / "serve-pipelines.log")
+    routes = functions.parent / "routes.toml"
+    routes.write_text(ROUTES)
+    srv = start_server(functions, sample_store.root, functions.parent / "serve-pipelines.log", routes=str(routes))
     load = [
         sys.executable,
         "-c",
@@ -229,7 +274,36 @@ def test_pipeline_metadata_and_readiness(server: Server) -> None:
     assert [t["name"] for t in doc["inputs"]] == ["text", "customer_id"]
     ready = server.get("/v2/models/ticket-router/ready")
     assert ready.status_code == 200, ready.text
-    assert server.get("/v2/health/ready").json()["pipelines"] == {"fanout": True, "ticket-router": True}
+    pipelines = server.get("/v2/health/ready").json()["pipelines"]
+    assert pipelines == {"embed-norm": True, "fanout": True, "fanout-v2": True, "ticket-router": True}
+
+
+def test_pipeline_versions_take_aliases_and_canaries(server: Server) -> None:
+    x = {"x": np.arange(16, dtype=np.float32).reshape(1, 16)}
+    v1 = infer(server, "fanout", x)["y"]  # the default alias: stable -> 1
+    v2 = server.post("/v2/models/fanout/versions/2/infer", json=_json_x(x["x"]))
+    assert v2.headers["x-slserve-version"] == "2"
+    y2 = np.array(v2.json()["outputs"][0]["data"], dtype=np.float32).reshape(1, 32)
+    assert np.array_equal(y2[:, :16], v1[:, 16:]) and np.array_equal(y2[:, 16:], v1[:, :16])  # v2 swaps the halves
+    seen = set()
+    for caller in range(40):
+        r = server.post(
+            "/v2/models/fanout/versions/canary/infer",
+            json=_json_x(x["x"]),
+            headers={"x-slserve-routing-key": f"c{caller}"},
+        )
+        assert r.status_code == 200, r.text
+        seen.add(r.headers["x-slserve-version"])
+    assert seen == {"1", "2"}
+
+
+def test_a_text_to_embedding_pipeline_serves_openai_embeddings(server: Server) -> None:
+    assert "embed-norm" in {m["id"] for m in server.get("/v1/models").json()["data"]}
+    r = server.post("/v1/embeddings", json={"model": "embed-norm", "input": ["a pipeline", "of two steps"]})
+    assert r.status_code == 200, r.text
+    vectors = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert r.headers["x-slserve-steps"].startswith("embed;function=minilm-onnx")
 
 
 def _json_x(x: np.ndarray) -> dict[str, object]:
