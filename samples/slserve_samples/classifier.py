@@ -48,6 +48,11 @@ def train(steps: int = 300, seed: int = 0) -> Classifier:
     return model.eval()
 
 
+def calibration() -> dict[str, np.ndarray]:
+    """Inputs like the traffic to expect (a fresh sample of the same clusters): the build's drift reference."""
+    return {"features": dataset(n_per_class=100, seed=2)[0]}
+
+
 def export_onnx() -> object:
     """Version 1: 300 steps on the seed-0 sample."""
     return _export(train())

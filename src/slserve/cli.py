@@ -320,6 +320,51 @@ def dashboard(
     console.print(f"{base}/dashboard" + (f"#key={token}" if token else ""), highlight=False, soft_wrap=True)
 
 
+@app.command()
+def drift(
+    model: Annotated[str, typer.Argument(help="A model (or pipeline) name")],
+    pin: Annotated[bool, typer.Option("--pin", help="Make the live window the version's reference")] = False,
+    version: Annotated[str | None, typer.Option(help="--pin: the version (default: the model's default route)")] = None,
+    url: GatewayUrl = None,
+    key: ApiKey = None,
+    state: StateDir = DEFAULT_STATE,
+    as_json: AsJson = False,
+) -> None:
+    """How far each version's live traffic has drifted from its reference (the build's calibration profile, or
+    a pinned window), score by score, with the model's shadow comparisons."""
+    if pin:
+        pinned = _get_json("/slserve/drift/pin", url, key, state, post={"model": model, "version": version})
+        console.print(
+            f"{model} version {pinned['version']}: reference pinned from {pinned['reference_rows']} live rows",
+            highlight=False,
+        )
+        return
+    doc = _get_json(f"/slserve/drift?model={model}", url, key, state)
+    if as_json:
+        console.print_json(data=doc)
+        return
+    table = Table(
+        "version", "state", "rows", "reference", "tensor", "measure", "score", "threshold", box=box.SIMPLE_HEAD
+    )
+    for v in doc["versions"]:
+        reference = f"{v['reference']} ({v['reference_rows']} rows)" if v["reference"] else "-"
+        head = (v["version"], v["state"], str(v["rows"]), reference)
+        if not v["scores"]:
+            table.add_row(*head, "", "", "", "")
+        for i, s in enumerate(v["scores"]):
+            style = "red" if s["drifting"] else None
+            cells = (s["tensor"], s["measure"], f"{s['value']:.4f}", f"{s['threshold']:g}")
+            table.add_row(*(head if i == 0 else ("", "", "", "")), *cells, style=style)
+    console.print(f"drift of {model} over the last {doc['window_s']:g} s", highlight=False)
+    print_table(console, table)
+    for s in doc["shadows"]:
+        console.print(
+            f"shadow {s['model']}:{s['alias']} -> version {s['shadow_version']}: {s['requests']} compared, "
+            f"mean cosine {s['mean_cosine']}, argmax agreement {s['argmax_agreement']}",
+            highlight=False,
+        )
+
+
 features_app = typer.Typer(no_args_is_help=True, help="Feature tables for pipelines' lookups: load, list")
 app.add_typer(features_app, name="features")
 
@@ -661,8 +706,9 @@ def usage(
     print_table(console, table)
 
 
-def _get_json(path: str, url: str | None, key: str | None, state: Path) -> Any:
-    """GET `path` from the gateway at `url`, else the one that recorded itself in `state`, else the default."""
+def _get_json(path: str, url: str | None, key: str | None, state: Path, post: Any = None) -> Any:
+    """GET `path` (POST `post` as JSON, when given) from the gateway at `url`, else the one that recorded itself
+    in `state`, else the default."""
     import urllib.error
     import urllib.request
 
@@ -672,7 +718,9 @@ def _get_json(path: str, url: str | None, key: str | None, state: Path) -> Any:
     base = (found or DEFAULT_URL).rstrip("/")
     if key is None:
         key = _dev_key(state)
-    request = urllib.request.Request(base + path, headers={"Authorization": f"Bearer {key}"} if key else {})
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    data = None if post is None else json.dumps(post).encode()
+    request = urllib.request.Request(base + path, data=data, headers=headers, method="POST" if data else "GET")
     try:
         with urllib.request.urlopen(request, timeout=5) as response:
             return json.loads(response.read())

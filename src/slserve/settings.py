@@ -63,6 +63,22 @@ class ServeSettings(BaseSettings):
         description="Cores the local functions' model calls share (default: this host's). A call alone on the "
         "host may use the idle ones where its build proved more threads exact; 1 keeps every call on its own",
     )
+    drift: bool = Field(True, description="Profile every model version's traffic for drift (off: no statistics)")
+    drift_window_s: Annotated[float, Field(gt=0)] = Field(
+        300.0, description="The live window each version's drift is measured over (it slides in tenths)"
+    )
+    drift_min_rows: Annotated[int, Field(ge=1)] = Field(
+        100, description="Rows a window needs before it is scored (fewer would measure noise)"
+    )
+    drift_psi: Annotated[float, Field(gt=0)] = Field(
+        0.25, description="Drift threshold for histograms (PSI: text lengths, classes, embedding norms)"
+    )
+    drift_mean_shift: Annotated[float, Field(gt=0)] = Field(
+        0.5, description="Drift threshold for numeric features: the largest mean shift, in reference std units"
+    )
+    drift_centroid_cosine: Annotated[float, Field(gt=0)] = Field(
+        0.05, description="Drift threshold for embeddings: 1 - cosine of the reference's and the window's centroid"
+    )
     log_level: str = Field("info", description="uvicorn log level")
     aws_prefix: str = Field("slserve", description="Lambda functions of the `aws` target are named PREFIX-FUNCTION")
     aws_region: str | None = Field(None, description="Region of the `aws` target (else boto3's own configuration)")

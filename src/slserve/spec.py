@@ -170,6 +170,22 @@ class Limits(_Strict):
     )
 
 
+class Drift(_Strict):
+    """Where drift is measured from: the build profiles the model on calibration inputs (its reference until an
+    operator pins one from live traffic)."""
+
+    calibration: Annotated[str | None, Field(pattern=_IMPORT_REF)] = Field(
+        default=None,
+        description="'module:function' returning inputs like the traffic to expect ({name: array}); default: "
+        "slserve's built-in calibration set (a few sentences for text, standard normals for numbers)",
+    )
+    reference: Literal["build", "pinned"] = Field(
+        default="build",
+        description="'pinned': no build reference (when no calibration set looks like the traffic, e.g. inputs "
+        "made by an upstream model): drift is measured once `slserve drift MODEL --pin` pins a live window",
+    )
+
+
 class FunctionSpec(_Strict):
     model: ModelRef
     source: Source
@@ -184,6 +200,7 @@ class FunctionSpec(_Strict):
     scaling: Scaling = Scaling()
     batching: Batching = Batching()
     limits: Limits = Limits()
+    drift: Drift = Drift()
 
     @property
     def framework(self) -> Framework:

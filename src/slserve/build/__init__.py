@@ -12,6 +12,7 @@ import slserve
 from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
 from slserve.build.proofs import batch_floors
+from slserve.build.reference import with_drift_reference
 from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
 from slserve.spec import Framework, FunctionDef
@@ -93,6 +94,9 @@ def build_function(
         floors, grants = batch_floors(artifact)
         info = manifest.build.model_copy(update={"batch_floors": floors, "thread_grants": grants})
         artifact = store.save(manifest.model_copy(update={"build": info}))
+    if fdef.spec.drift.reference == "build":
+        report("profiling calibration inputs (the drift reference)")
+        artifact = with_drift_reference(fdef, artifact)
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)
     return BuildResult(artifact, cached=False)

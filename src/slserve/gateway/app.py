@@ -18,8 +18,11 @@ from starlette.routing import Route
 import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
+from slserve.build.reference import reference_of
 from slserve.compose.catalog import DeployedPipeline, PipelineCatalog
-from slserve.errors import MethodNotAllowed, NotFound, RuntimeUnavailable, SlserveError
+from slserve.drift.monitor import DriftMonitor
+from slserve.drift.profile import Profile, Thresholds
+from slserve.errors import InvalidInput, MethodNotAllowed, ModelNotFound, NotFound, RuntimeUnavailable, SlserveError
 from slserve.features import CachedFeatures, SQLiteFeatureStore
 from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
@@ -51,11 +54,19 @@ def error_response(error: SlserveError, path: str) -> Response:
 
 
 class Gateway:
-    def __init__(self, platform: Platform, settings: ServeSettings, router: Router, ledger: Ledger | None) -> None:
+    def __init__(
+        self,
+        platform: Platform,
+        settings: ServeSettings,
+        router: Router,
+        ledger: Ledger | None,
+        monitor: DriftMonitor | None = None,
+    ) -> None:
         self.platform = platform
         self.settings = settings
         self.router = router
         self.ledger = ledger
+        self.monitor = monitor
 
     def function(self, request: Request, model: str, version: str | None) -> Deployed | DeployedPipeline:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
@@ -134,7 +145,48 @@ class Gateway:
         return json_response(doc, 200 if ready else 503)
 
     async def functions_status(self, request: Request) -> Response:
-        return json_response({"functions": [s.to_dict() for s in self.platform.status()]})
+        monitor = self.monitor
+        functions = [
+            {**s.to_dict(), "drifting": monitor.drifting(s.model, s.version) if monitor else None}
+            for s in self.platform.status()
+        ]
+        return json_response({"functions": functions})
+
+    # --- drift ---------------------------------------------------------------------------------------------
+
+    def _monitor(self) -> DriftMonitor:
+        if self.monitor is None:
+            raise NotFound("drift monitoring is off on this server (drift = false)")
+        return self.monitor
+
+    async def drift(self, request: Request) -> Response:
+        """Each model version's drift from its reference (`?model=` for one model), with the shadow comparisons
+        of the same versions."""
+        monitor = self._monitor()
+        model = request.query_params.get("model")
+        if model is not None and model not in self.router.table.models:
+            raise ModelNotFound(f"unknown model {model!r}; models: {sorted(self.router.table.models)}")
+        versions = [d.to_dict() for d in monitor.report(model)]
+        shadows = [
+            {"model": m, "alias": a, "shadow_version": v, **stats.to_dict()}
+            for (m, a, v), stats in self.router.shadows.items()
+            if model is None or m == model
+        ]
+        return json_response({"window_s": monitor.window_s, "versions": versions, "shadows": shadows})
+
+    async def drift_pin(self, request: Request) -> Response:
+        """`{"model": M, "version": V}`: the version's live window becomes its drift reference (V defaults to the
+        version the model's default route serves)."""
+        monitor = self._monitor()
+        try:
+            doc = orjson.loads(await request.body())
+        except orjson.JSONDecodeError:
+            doc = None
+        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
+            raise InvalidInput('send {"model": "NAME", "version": "V"} (version optional)')
+        version = doc.get("version")
+        route = self.router.route(doc["model"], version if isinstance(version, str) else None, "", None, True, 1.0)
+        return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
         return json_response(self.router.describe())
@@ -212,18 +264,20 @@ def build_app(
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
     default to SQLite in the state folder (DynamoDB on AWS is handed in)."""
-    pipelines = PipelineCatalog(ArtifactStore(settings.artifacts), settings.functions)
+    store = ArtifactStore(settings.artifacts)
+    pipelines = PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
-    router = Router(platform.functions(), settings.routes, pipelines, features)
+    monitor = drift_monitor(platform, store, settings) if settings.drift else None
+    router = Router(platform.functions(), settings.routes, pipelines, features, monitor)
     keys = keys or SQLiteKeyStore(settings.state)
     if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
     limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
     pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.bill_abandoned)
-    metrics = Metrics(platform, router, ledger)
+    metrics = Metrics(platform, router, ledger, monitor)
     timeline = Timeline()
     overview = Overview(platform, router, timeline, ledger, settings.currency)
-    gw = Gateway(platform, settings, router, ledger)
+    gw = Gateway(platform, settings, router, ledger, monitor)
 
     async def dashboard_page(request: Request) -> Response:  # async: run on the loop, beside what it reads
         return Response(PAGE, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
@@ -249,6 +303,8 @@ def build_app(
         Route("/v1/usage", gw.usage),
         Route("/dashboard", dashboard_page),
         Route("/slserve/overview", overview_document),
+        Route("/slserve/drift", gw.drift),
+        Route("/slserve/drift/pin", gw.drift_pin, methods=["POST"]),
     ]
 
     @contextlib.asynccontextmanager
@@ -258,6 +314,7 @@ def build_app(
         watchers = [
             loop.create_task(watch_changes(platform, router, pipelines)),
             loop.create_task(timeline.run(platform)),
+            *([loop.create_task(monitor.run())] if monitor else []),
         ]
         address.record(settings.state, address.client_url(settings.host, settings.port))
         try:
@@ -273,6 +330,28 @@ def build_app(
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
     return Front(app, Authenticator(keys), pipeline, metrics, settings, timeline)
+
+
+def drift_monitor(platform: Platform, store: ArtifactStore, settings: ServeSettings) -> DriftMonitor:
+    """Drift per model version, against the reference its build profiled (read from the artifact of a function
+    serving that version) unless one was pinned."""
+    built: dict[str, Profile | None] = {}
+
+    def reference(model: str, version: str) -> Profile | None:
+        for f in platform.functions().values():
+            if f.spec.model.name == model and f.spec.model.version == version and f.digest is not None:
+                if f.digest not in built:
+                    try:
+                        built[f.digest] = reference_of(store.open(f.digest))
+                    except SlserveError:  # not in this store (a remote target's): no build reference here
+                        built[f.digest] = None
+                return built[f.digest]
+        return None
+
+    thresholds = Thresholds(settings.drift_psi, settings.drift_mean_shift, settings.drift_centroid_cosine)
+    return DriftMonitor(
+        reference, settings.state / "drift", thresholds, settings.drift_window_s, settings.drift_min_rows
+    )
 
 
 async def watch_changes(

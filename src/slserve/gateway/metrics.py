@@ -10,6 +10,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from slserve.drift.monitor import DriftMonitor
 from slserve.metering.ledger import Ledger
 from slserve.platform.base import Platform
 from slserve.router.dispatch import Router
@@ -20,7 +21,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(self, platform: Platform, router: Router, ledger: Ledger | None) -> None:
+    def __init__(
+        self, platform: Platform, router: Router, ledger: Ledger | None, monitor: DriftMonitor | None = None
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["endpoint", "model", "version", "alias", "tier", "status"]
         self.requests = Counter("slserve_requests", "Inference requests answered", labels, registry=self.registry)
@@ -51,7 +54,7 @@ class Metrics:
         self.fallbacks = Counter(
             "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
         )
-        self.registry.register(StateCollector(platform, router, ledger))
+        self.registry.register(StateCollector(platform, router, ledger, monitor))
         # A labelled child is looked up (lock, label checks) on every `labels()` call; a request's labels repeat,
         # so each combination is looked up once. Bounded by the models, versions, tiers and statuses served.
         self._answered: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
@@ -80,10 +83,13 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    def __init__(self, platform: Platform, router: Router, ledger: Ledger | None) -> None:
+    def __init__(
+        self, platform: Platform, router: Router, ledger: Ledger | None, monitor: DriftMonitor | None = None
+    ) -> None:
         self.platform = platform
         self.router = router
         self.ledger = ledger
+        self.monitor = monitor
 
     def collect(self) -> Iterator[Metric]:
         queued = GaugeMetricFamily("slserve_queue_depth", "Requests waiting for an instance", labels=["function"])
@@ -105,6 +111,8 @@ class StateCollector(Collector):
             served.add_metric([s.name, "failed"], s.failed)
         yield from (queued, in_flight, instances, cold, served)
         yield from self._shadows()
+        if self.monitor is not None:
+            yield from self._drift(self.monitor)
         routes_error = GaugeMetricFamily("slserve_routes_refused", "1 while a changed routes file is refused")
         routes_error.add_metric([], 1 if self.router.error else 0)
         yield routes_error
@@ -119,6 +127,24 @@ class StateCollector(Collector):
             )
             yield CounterMetricFamily("slserve_ledger_records", "Records made durable", value=stats["records"])
             yield CounterMetricFamily("slserve_ledger_commits", "Group commits", value=stats["commits"])
+
+    def _drift(self, monitor: DriftMonitor) -> Iterator[Metric]:
+        version = ["model", "version"]
+        score = GaugeMetricFamily(
+            "slserve_drift_score", "Drift from the reference (see measure)", labels=[*version, "tensor", "measure"]
+        )
+        threshold = GaugeMetricFamily(
+            "slserve_drift_threshold", "Where the score counts as drift", labels=[*version, "tensor", "measure"]
+        )
+        rows = GaugeMetricFamily("slserve_drift_window_rows", "Rows in the live drift window", labels=version)
+        drifting = GaugeMetricFamily("slserve_drifting", "1 while a score is past its threshold", labels=version)
+        for d in monitor.report():
+            rows.add_metric([d.model, d.version], d.rows)
+            drifting.add_metric([d.model, d.version], 1 if d.drifting else 0)
+            for s in d.scores:
+                score.add_metric([d.model, d.version, s.tensor, s.measure], s.value)
+                threshold.add_metric([d.model, d.version, s.tensor, s.measure], s.threshold)
+        yield from (score, threshold, rows, drifting)
 
     def _shadows(self) -> Iterator[Metric]:
         labels = ["model", "alias", "shadow_version"]

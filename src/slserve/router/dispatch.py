@@ -20,6 +20,7 @@ from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, signature
 from slserve.compose.graph import Graph
 from slserve.compose.run import StepReport, run_graph
 from slserve.compose.spec import Step
+from slserve.drift.monitor import DriftMonitor
 from slserve.errors import (
     Forbidden,
     InstanceFailed,
@@ -61,8 +62,10 @@ class Router:
         routes_path: Path,
         pipelines: PipelineCatalog | None = None,
         features: FeatureStore | None = None,
+        monitor: DriftMonitor | None = None,
     ) -> None:
         self.functions = functions
+        self.monitor = monitor  # every answer of every model version (steps and shadows too) is profiled
         self.catalog = pipelines
         self.features = features
         self.graphs: dict[str, Graph] = {}  # pipelines whose steps fit the functions deployed now
@@ -200,6 +203,9 @@ class Router:
         for tier, function in ordered:
             if function in self.pipelines:
                 served = await self._compose(platform, route, tier, request, resolve)
+                if self.monitor is not None:
+                    signature = self.pipelines[function].spec.signature
+                    self.monitor.observe(route.model, route.version, signature, request.inputs, served.result.outputs)
                 if route.shadow:
                     self._start_shadow(platform, route, request, served.result, resolve)
                 return served
@@ -210,6 +216,10 @@ class Router:
                 last = e
                 continue
             fallback = None if (tier, function) == ordered[0] else f"{ordered[0][1]}->{function}"
+            deployed = self.functions.get(function)  # (redeployed or removed meanwhile: not profiled)
+            if self.monitor is not None and deployed is not None:
+                signature = deployed.spec.signature
+                self.monitor.observe(route.model, result.version, signature, routed.inputs, result.outputs)
             if route.shadow:
                 self._start_shadow(platform, route, request, result, resolve)
             return Served(result, route, tier, self.price(tier, result.compute_ms), fallback)
