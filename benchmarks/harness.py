@@ -57,6 +57,8 @@ def make_functions(
         (target / name / "function.toml").write_text(toml)
     for name, (sample, overrides) in functions.items():
         shutil.copytree(ROOT / "functions" / sample, target / name)
+        if not overrides:  # as it is (a pipeline's folder has no function.toml)
+            continue
         spec = target / name / "function.toml"
         text = spec.read_text()
         for section, values in overrides.items():

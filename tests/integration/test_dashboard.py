@@ -81,6 +81,9 @@ def expected(doc: dict[str, Any]) -> dict[str, str]:
         want[f"tenant-requests-{row['tenant']}"] = f"{row['requests']:,}"
     for s in doc["routes"]["shadows"]:
         want[f"shadow-{s['model']}-{s['alias']}"] = f"{s['requests']:,}"
+    for d in doc["drift"]:
+        want[f"drift-rows-{d['model']}-{d['version']}"] = f"{d['rows']:,}"
+        want[f"drift-{d['model']}-{d['version']}"] = d["state"]
     return want
 
 
@@ -118,6 +121,7 @@ def test_the_dashboard_shows_what_the_gateway_says(server: Server, tmp_path: Pat
             assert shown(page, "rps-classifier") == f"{doc['recent']['classifier']['rps']:,.2f}"
             assert page.locator("#charts svg").count() >= 3  # instances, traffic and latency per function
             assert shown(page, "tenant-requests-acme") == "5"
+            assert shown(page, "drift-classifier-1") == "too few rows"  # 100 rows are scored, fewer are noise
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(SCREENSHOT), full_page=True)
             assert SCREENSHOT.stat().st_size > 10_000

@@ -198,6 +198,12 @@ def test_bad_feature_files_are_refused_and_change_nothing(tmp_path: Path, text: 
     assert store.info("t").rows == 2  # type: ignore[union-attr]
 
 
+def test_a_reader_never_creates_the_table_file(tmp_path: Path) -> None:
+    store = SQLiteFeatureStore(tmp_path / "state" / "features.sqlite")
+    assert store.info("t") is None and store.get("t", ["1"]) == {} and store.tables() == []
+    assert not (tmp_path / "state").exists()  # a read-only state folder (the router on Lambda) stays untouched
+
+
 def test_the_cache_is_bounded_and_expires(tmp_path: Path) -> None:
     store = SQLiteFeatureStore(tmp_path / "features.sqlite")
     (tmp_path / "f.csv").write_text(CSV)

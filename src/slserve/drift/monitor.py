@@ -33,21 +33,38 @@ BUCKETS = 10
 References = Callable[[str, str], Profile | None]  # (model, version) -> the build's reference profile, if any
 
 
+Request = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
+PENDING_REQUESTS = 64  # requests held for one reduction: a request's own costs ~30 us of numpy calls, 64 ~1 us each
+PENDING_ROWS = 4096  # ... and no more rows than this (a few MB at most)
+
+
 @dataclass
 class Window:
     signature: Signature
     bucket_s: float
     buckets: deque[tuple[int, Profile]] = field(default_factory=deque)
+    pending: list[Request] = field(default_factory=list)  # observed, not yet in the last bucket's profile
+    pending_rows: int = 0
 
     def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray], now: float) -> None:
         index = int(now // self.bucket_s)
         if not self.buckets or self.buckets[-1][0] != index:
+            self.flush()
             self.buckets.append((index, Profile.empty(self.signature)))
             while self.buckets[0][0] <= index - BUCKETS:
                 self.buckets.popleft()
-        self.buckets[-1][1].observe(inputs, outputs)
+        self.pending.append((inputs, outputs))
+        self.pending_rows += len(next(iter(inputs.values()))) if inputs else 0
+        if len(self.pending) >= PENDING_REQUESTS or self.pending_rows >= PENDING_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.buckets[-1][1].observe_many(self.pending)
+            self.pending, self.pending_rows = [], 0
 
     def total(self, now: float) -> Profile:
+        self.flush()
         first = int(now // self.bucket_s) - BUCKETS + 1
         total = Profile.empty(self.signature)
         for index, profile in self.buckets:

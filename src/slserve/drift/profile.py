@@ -14,7 +14,7 @@ Profiles add (windows are sums of buckets), cost a few numpy reductions per requ
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,11 +144,16 @@ class Profile:
         return max((t.count for t in self.tensors.values()), default=0)
 
     def observe(self, inputs: Mapping[str, np.ndarray], outputs: Mapping[str, np.ndarray]) -> None:
+        self.observe_many([(inputs, outputs)])
+
+    def observe_many(self, requests: Sequence[tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]]) -> None:
+        """Many requests at once: one reduction per tensor for all of them (a request's own would cost more in
+        numpy's per-call overhead than in arithmetic)."""
         for key, tensor in self.tensors.items():
             side, _, name = key.partition(":")
-            arr = (inputs if side == "input" else outputs).get(name)
-            if arr is not None:  # an output the request did not ask for is not there
-                tensor.observe(arr)
+            arrays = [a for i, o in requests if (a := (i if side == "input" else o).get(name)) is not None]
+            if arrays:  # (an output a request did not ask for is not there)
+                tensor.observe(arrays[0] if len(arrays) == 1 else np.concatenate(arrays))
 
     def add(self, other: Profile) -> None:
         for key, tensor in other.tensors.items():

@@ -6,6 +6,7 @@ Vectors are float32 blobs, one row per key.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,54 +50,72 @@ class FeatureStore(Protocol):
 
 
 class SQLiteFeatureStore:
+    """Readers (the gateway) never create the file: a gateway whose state folder is read-only, or that has no
+    tables, only finds none; the first load (`replace`) creates it."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
-        self.db = connect_private(path)
-        self.db.execute("PRAGMA journal_mode=WAL")  # a load writes while the gateway reads
-        self.db.execute("PRAGMA busy_timeout=10000")
-        self.db.executescript(SCHEMA)
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self, create: bool = False) -> sqlite3.Connection | None:
+        if self._db is None and (create or self.path.is_file()):
+            db = connect_private(self.path)
+            db.execute("PRAGMA journal_mode=WAL")  # a load writes while the gateway reads
+            db.execute("PRAGMA busy_timeout=10000")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
 
     def get(self, table: str, keys: Sequence[str]) -> dict[str, np.ndarray]:
+        db = self._connect()
         found: dict[str, np.ndarray] = {}
+        if db is None:
+            return found
         unique = list(dict.fromkeys(keys))
         for i in range(0, len(unique), _CHUNK):
             chunk = unique[i : i + _CHUNK]
-            marks = ",".join("?" * len(chunk))
-            rows = self.db.execute(
-                f"SELECT key, vector FROM features WHERE tbl = ? AND key IN ({marks})", [table, *chunk]
-            )
+            query = f"SELECT key, vector FROM features WHERE tbl = ? AND key IN ({','.join('?' * len(chunk))})"
+            rows = db.execute(query, [table, *chunk])
             found.update((key, np.frombuffer(blob, dtype=np.float32)) for key, blob in rows)
         return found
 
     def info(self, table: str) -> TableInfo | None:
-        row = self.db.execute(
+        db = self._connect()
+        if db is None:
+            return None
+        row = db.execute(
             "SELECT name, width, columns, rows, loaded_at, source FROM feature_tables WHERE name = ?", (table,)
         ).fetchone()
         return None if row is None else TableInfo(row[0], row[1], orjson.loads(row[2]), row[3], row[4], row[5])
 
     def tables(self) -> list[TableInfo]:
-        names = [r[0] for r in self.db.execute("SELECT name FROM feature_tables ORDER BY name")]
+        db = self._connect()
+        names = [r[0] for r in db.execute("SELECT name FROM feature_tables ORDER BY name")] if db else []
         return [info for name in names if (info := self.info(name)) is not None]
 
     def replace(self, table: str, keys: Sequence[str], vectors: np.ndarray, columns: list[str], source: str) -> None:
         """The table becomes exactly these rows (in one transaction)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         rows = ((table, k, v.tobytes()) for k, v in zip(keys, vectors, strict=True))
-        self.db.execute("BEGIN IMMEDIATE")  # the connection autocommits otherwise
+        db = self._connect(create=True)
+        assert db is not None
+        db.execute("BEGIN IMMEDIATE")  # the connection autocommits otherwise
         try:
-            self.db.execute("DELETE FROM features WHERE tbl = ?", (table,))
-            self.db.executemany("INSERT INTO features VALUES (?, ?, ?)", rows)
-            self.db.execute(
+            db.execute("DELETE FROM features WHERE tbl = ?", (table,))
+            db.executemany("INSERT INTO features VALUES (?, ?, ?)", rows)
+            db.execute(
                 "INSERT OR REPLACE INTO feature_tables VALUES (?, ?, ?, ?, ?, ?)",
                 (table, vectors.shape[1], orjson.dumps(columns).decode(), len(keys), time.time(), source),
             )
         except BaseException:
-            self.db.execute("ROLLBACK")
+            db.execute("ROLLBACK")
             raise
-        self.db.execute("COMMIT")
+        db.execute("COMMIT")
 
     def close(self) -> None:
-        self.db.close()
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
 
 class CachedFeatures:

@@ -35,6 +35,7 @@ class Overview:
             "recent": self.timeline.recent(60),
             "timeline": self.timeline.series(),
             "routes": self.router.describe(),
+            "drift": [d.to_dict() for d in self.router.monitor.report()] if self.router.monitor else [],
             "money": self.money(),
         }
 
