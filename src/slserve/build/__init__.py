@@ -12,7 +12,7 @@ import slserve
 from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
 from slserve.build.proofs import batch_floors
-from slserve.build.reference import with_drift_reference
+from slserve.build.reference import drift_reference
 from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
 from slserve.spec import Framework, FunctionDef
@@ -81,22 +81,23 @@ def build_function(
             source_files=sources,
         ),
     )
-    artifact = store.save(manifest)
+    # The build's own checks run the model from its stored blobs; only the finished manifest is saved.
+    unsaved = Artifact(store, "", manifest)
+    measured: dict[str, object] = {}
     if reference is not None:
         report("measuring the variant's agreement with fp32")
         from slserve.build.agreement import check_agreement
 
-        agreement = check_agreement(fdef, artifact, reference)
-        manifest = manifest.model_copy(update={"build": manifest.build.model_copy(update={"agreement": agreement})})
-        artifact = store.save(manifest)
+        measured["agreement"] = check_agreement(fdef, unsaved, reference)
     if fdef.spec.batching.max_batch_size > 1:
         report("proving exact batching for each feed shape")
-        floors, grants = batch_floors(artifact)
-        info = manifest.build.model_copy(update={"batch_floors": floors, "thread_grants": grants})
-        artifact = store.save(manifest.model_copy(update={"build": info}))
+        measured["batch_floors"], measured["thread_grants"] = batch_floors(unsaved)
+    files = dict(manifest.files)
     if fdef.spec.drift.reference == "build":
         report("profiling calibration inputs (the drift reference)")
-        artifact = with_drift_reference(fdef, artifact)
+        files.update(drift_reference(fdef, unsaved, report))
+    info = manifest.build.model_copy(update=measured)
+    artifact = store.save(manifest.model_copy(update={"build": info, "files": files}))
     store.record_build(key, artifact.digest)
     store.set_ref(fdef.name, artifact.digest)
     return BuildResult(artifact, cached=False)

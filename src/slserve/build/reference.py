@@ -3,6 +3,9 @@ the artifact as `drift/reference.json`."""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+
 import numpy as np
 import orjson
 
@@ -14,6 +17,7 @@ from slserve.runtime.tensors import check_inputs
 from slserve.snapshot import Artifact, FileEntry
 from slserve.spec import FunctionDef
 
+log = logging.getLogger("slserve.build")
 REFERENCE = "drift/reference.json"
 CHUNK = 32  # rows per model call: calibration sets may be larger than a call should be
 
@@ -33,17 +37,23 @@ def calibration(fdef: FunctionDef) -> dict[str, np.ndarray]:
         raise SpecError(f"{ref}: its inputs do not fit the signature: {e}") from None
 
 
-def with_drift_reference(fdef: FunctionDef, artifact: Artifact) -> Artifact:
+def drift_reference(fdef: FunctionDef, artifact: Artifact, report: Callable[[str], None]) -> dict[str, FileEntry]:
+    """The artifact's reference file (stored), or none when the model fails on the calibration inputs: that is
+    for serving to say, as it would without a reference; the build itself goes on (and says why)."""
     inputs = calibration(fdef)
-    runtime = load_runtime(artifact)
-    rows = len(next(iter(inputs.values())))
     profile = Profile.empty(fdef.spec.signature)
-    for start in range(0, rows, CHUNK):
-        chunk = {k: v[start : start + CHUNK] for k, v in inputs.items()}
-        profile.observe(chunk, runtime.infer(chunk))
+    try:
+        runtime = load_runtime(artifact)
+        rows = len(next(iter(inputs.values())))
+        for start in range(0, rows, CHUNK):
+            chunk = {k: v[start : start + CHUNK] for k, v in inputs.items()}
+            profile.observe(chunk, runtime.infer(chunk))
+    except Exception as e:  # the model's own failure, e.g. a model that cannot run on the host building it
+        report(f"no drift reference: the model failed on the calibration inputs ({type(e).__name__}: {e})")
+        log.warning("%s: no drift reference: the model failed on the calibration inputs: %s", fdef.name, e)
+        return {}
     digest, size = artifact.store.blobs.put_bytes(orjson.dumps(profile.to_dict()))
-    files = {**artifact.manifest.files, REFERENCE: FileEntry(digest=digest, size=size)}
-    return artifact.store.save(artifact.manifest.model_copy(update={"files": files}))
+    return {REFERENCE: FileEntry(digest=digest, size=size)}
 
 
 def reference_of(artifact: Artifact) -> Profile | None:
