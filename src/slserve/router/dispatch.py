@@ -191,7 +191,12 @@ class Router:
         """The function (or pipeline) whose signature requests of this route are checked against (all candidates
         of one model version share it)."""
         name = route.candidates[0][1]
-        return self.functions.get(name) or self.pipelines[name]
+        found = self.functions.get(name) or self.pipelines.get(name)
+        if found is None:  # removed since the request was routed (while its body was read)
+            raise ModelNotFound(
+                f"{route.model} version {route.version} ({name}) was just removed; retry for the routes now"
+            )
+        return found
 
     async def infer(
         self, platform: Platform, route: Route, request: InferRequest, resolve: Resolve | None = None
