@@ -9,7 +9,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Literal, Protocol, Self
+from typing import Annotated, Any, Literal, Protocol, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -264,18 +264,24 @@ def format_errors(path: Path | str, err: ValidationError) -> str:
     return "\n".join(lines)
 
 
+def read_folder_toml(directory: Path, filename: str, missing: str = "") -> dict[str, Any]:
+    """A function folder's TOML file (the folder's name checked first); SpecError says what is wrong where."""
+    path = directory / filename
+    if not re.match(_NAME, directory.name):
+        raise SpecError(f"{directory}: function folder names must match {_NAME} (lowercase, digits, '-')")
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{path}: not found{missing}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: not valid TOML: {e}") from None
+
+
 def load_function(directory: Path) -> FunctionDef:
     """Parse `directory/function.toml`; every problem is reported with file, field and what was expected."""
     path = directory / SPEC_FILENAME
     name = directory.name
-    if not re.match(_NAME, name):
-        raise SpecError(f"{directory}: function folder names must match {_NAME} (lowercase, digits, '-')")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: not found; create one with `slserve init {name}`") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML: {e}") from None
+    raw = read_folder_toml(directory, SPEC_FILENAME, f"; create one with `slserve init {name}`")
     try:
         spec = FunctionSpec.model_validate(raw)
     except ValidationError as e:

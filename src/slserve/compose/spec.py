@@ -28,15 +28,13 @@ label = "triage.label"                  # each pipeline output <- a step's outpu
 
 from __future__ import annotations
 
-import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slserve.errors import SpecError
-from slserve.spec import Limits, ModelRef, Signature, format_errors
+from slserve.spec import Limits, ModelRef, Signature, format_errors, read_folder_toml
 
 PIPELINE_FILENAME = "pipeline.toml"
 _NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
@@ -158,16 +156,9 @@ def parse_pipeline(raw: dict[str, Any], where: str) -> PipelineSpec:
 
 
 def load_pipeline(directory: Path) -> PipelineDef:
-    path = directory / PIPELINE_FILENAME
-    if not re.match(_NAME, directory.name):
-        raise SpecError(f"{directory}: pipeline folder names must match {_NAME} (lowercase, digits, '-')")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{path}: not valid TOML: {e}") from None
-    return PipelineDef(name=directory.name, directory=directory.resolve(), spec=parse_pipeline(raw, str(path)))
+    raw = read_folder_toml(directory, PIPELINE_FILENAME)
+    spec = parse_pipeline(raw, str(directory / PIPELINE_FILENAME))
+    return PipelineDef(name=directory.name, directory=directory.resolve(), spec=spec)
 
 
 def discover_pipelines(root: Path) -> list[PipelineDef]:
