@@ -18,12 +18,49 @@ from tests.integration.modal_peer import Peer, start_peer
 from tests.integration.server import Server, start_server
 
 from slserve.build import build_function
+from slserve.compose.catalog import build_pipeline
+from slserve.compose.spec import load_pipeline
 from slserve.snapshot import ArtifactStore
-from slserve.spec import load_function
+from slserve.spec import discover_functions, load_function
 
 SECRET = "s3cret-for-the-tests"
 BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": [0.1, 0.2, 0.3, 0.4] * 2}]}
 PREMIUM = {"x-slserve-tier": "premium"}
+# A pipeline whose two steps run on two targets: economy here, premium on Modal.
+BOTH_TIERS = """
+[model]
+name = "both-tiers"
+
+[[signature.inputs]]
+name = "features"
+datatype = "FP32"
+shape = [-1, 4]
+
+[[signature.outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 6]
+
+[[steps]]
+name = "here"
+model = "classifier"
+tier = "economy"
+inputs = { features = "features" }
+
+[[steps]]
+name = "there"
+model = "classifier"
+tier = "premium"
+inputs = { features = "features" }
+
+[[steps]]
+name = "both"
+op = "concat"
+inputs = ["here.probabilities", "there.probabilities"]
+
+[outputs]
+probabilities = "both.output"
+"""
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +75,9 @@ def gateway(
     write_function(functions, "classifier-gpu", gpu)
     for name in ("classifier", "classifier-gpu"):
         build_function(load_function(functions / name), sample_store)
+    (functions / "both-tiers").mkdir()
+    (functions / "both-tiers" / "pipeline.toml").write_text(BOTH_TIERS)
+    build_pipeline(load_pipeline(functions / "both-tiers"), discover_functions(functions), sample_store)
     peer = start_peer(sample_store.root, "classifier-gpu", SECRET, root / "peer.log")
     srv = start_server(functions, sample_store.root, root / "serve.log", modal_url=peer.url, modal_secret=SECRET)
     yield srv, peer
@@ -162,3 +202,17 @@ def test_without_its_settings_the_target_is_refused_with_what_to_set(
         assert srv.post("/v2/models/classifier/infer", json=BODY).status_code == 200  # the local one serves on
     finally:
         srv.stop()
+
+
+def test_a_pipeline_step_runs_on_another_target(gateway: tuple[Server, Peer]) -> None:
+    server, peer = gateway
+    peer.mode("normal")
+    response = server.post("/v2/models/both-tiers/infer", json=BODY)
+    assert response.status_code == 200, response.text
+    steps = {s["name"]: s for s in response.json()["parameters"]["steps"]}
+    assert (steps["here"]["function"], steps["there"]["function"]) == ("classifier", "classifier-gpu")
+    assert (steps["here"]["tier"], steps["there"]["tier"]) == ("economy", "premium")
+    both = np.asarray(response.json()["outputs"][0]["data"], dtype=np.float32).reshape(2, 6)
+    assert np.array_equal(both[:, :3], both[:, 3:])  # the same model on two targets, the same bytes
+    record = ledger(server, response.headers["x-request-id"])
+    assert record["model"] == "both-tiers" and record["price"] == steps["here"]["cost"] + steps["there"]["cost"]
