@@ -1,15 +1,19 @@
-"""Run the gateway with the embedded platform on uvicorn (uvloop + httptools)."""
+"""Run the gateway with the embedded platform on uvicorn (uvloop + httptools).
+
+The local templates are launched first, before the gateway's own imports and start (about 0.3 s here), which
+their framework imports (torch: 1.6 s) then overlap: the order is what makes a restarted gateway's first answer
+come about that much sooner.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+from typing import TYPE_CHECKING
 
-import uvicorn
 from setproctitle import setproctitle
 
 from slserve.gateway import logs
-from slserve.gateway.app import build_app
 from slserve.platform.base import Executor
 from slserve.platform.catalog import FolderCatalog
 from slserve.platform.local import LocalExecutor
@@ -18,6 +22,9 @@ from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
 from slserve.spec import discover_functions
 
+if TYPE_CHECKING:
+    import uvicorn
+
 log = logging.getLogger("slserve.gateway")
 
 
@@ -25,8 +32,15 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
     store = ArtifactStore(settings.artifacts)
     catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
-    platform = Targets(catalog, *executors(settings, catalog))
-    app = build_app(platform, settings)
+    made, missing = executors(settings, catalog)
+    local = made["local"]
+    assert isinstance(local, LocalExecutor)
+    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    import uvicorn
+
+    from slserve.gateway.app import build_app
+
+    app = build_app(Targets(catalog, made, missing), settings)
     config = uvicorn.Config(
         app,
         host=settings.host,

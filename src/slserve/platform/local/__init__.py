@@ -38,6 +38,11 @@ class LocalExecutor:
     def _members(self, family: str) -> list[Member]:
         return [p for p in self.pools.values() if p.function.spec.framework.value == family and p.digest]
 
+    def launch(self, functions: list[Deployed]) -> None:
+        """Start the templates now, before the gateway's own start (imports, app, server), which their imports
+        then overlap; `start` takes them over."""
+        self.families.launch([f for f in functions if f.digest])
+
     async def start(self, functions: list[Deployed]) -> None:
         self.families.start([f for f in functions if f.digest])
         for function in functions:

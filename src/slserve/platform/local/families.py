@@ -64,11 +64,19 @@ class Families:
         self._restarts: dict[str, int] = {}  # family -> template crashes in a row
         self._stopping = False
 
-    def start(self, functions: list[Deployed]) -> None:
-        """A template per family of `functions`, preloading each one's build."""
+    def launch(self, functions: list[Deployed]) -> None:
+        """A template process per family of `functions`, preloading each one's build; `start` listens to them."""
         for family, modules in family_modules(functions, self.store).items():
             digests = [f.digest for f in functions if f.spec.framework.value == family and f.digest]
-            self.templates[family] = self._new(family, modules, digests)
+            self.templates[family] = self._new(family, modules, digests, attach=False)
+
+    def start(self, functions: list[Deployed]) -> None:
+        """The templates `launch` started, or (none launched) a template per family of `functions`; listened to
+        on the running loop from now on."""
+        if not self.templates:
+            self.launch(functions)
+        for template in self.templates.values():
+            template.attach()
 
     def template_for(self, function: Deployed) -> Template:
         """The family's running template, or a new one. A build the running template lacks is loaded after the
@@ -84,10 +92,12 @@ class Families:
     def ready(self) -> bool:
         return all(t.settled for t in self.templates.values())  # each function can be ready before this
 
-    def _new(self, family: str, modules: list[str], digests: list[str]) -> Template:
+    def _new(self, family: str, modules: list[str], digests: list[str], attach: bool = True) -> Template:
         template = Template(family, modules, self.artifacts, digests)
         template.on_gone(self._on_gone)
-        template.start()
+        template.launch()
+        if attach:
+            template.attach()
         return template
 
     def _on_gone(self, template: Template) -> None:

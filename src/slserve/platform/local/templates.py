@@ -60,6 +60,12 @@ class Template:
         self._gone_listeners.append(listener)
 
     def start(self) -> None:
+        self.launch()
+        self.attach()
+
+    def launch(self) -> None:
+        """Start the process (no event loop needed: a gateway launches its templates before its own imports, so
+        the framework's import overlaps them). What it says meanwhile waits in its socket until `attach`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
         cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
@@ -70,7 +76,11 @@ class Template:
         ours.setblocking(False)
         self._ctrl = ours
         self.alive = True
-        asyncio.get_running_loop().add_reader(ours.fileno(), self._on_readable)
+
+    def attach(self) -> None:
+        """Listen to the process on the running loop."""
+        assert self._ctrl is not None
+        asyncio.get_running_loop().add_reader(self._ctrl.fileno(), self._on_readable)
 
     async def wait_ready(self) -> None:
         await self._ready.wait()
