@@ -308,3 +308,21 @@ def test_a_text_to_embedding_pipeline_serves_openai_embeddings(server: Server) -
 
 def _json_x(x: np.ndarray) -> dict[str, object]:
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}]}
+
+
+def test_a_pipeline_never_lifts_a_step_s_row_limit(server: Server) -> None:
+    rows = 65  # the pipeline takes 256 rows; minilm-onnx, its first step, 64 (limits.max_rows)
+    response = server.post(
+        "/v2/models/ticket-router/infer",
+        json={
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [rows], "data": ["hi"] * rows},
+                {"name": "customer_id", "datatype": "BYTES", "shape": [rows], "data": ["c-0001"] * rows},
+            ]
+        },
+    )
+    assert response.status_code == 413, response.text
+    assert response.json()["error"] == (
+        "step 'embed' (model minilm): 65 rows, over minilm-onnx's limit of 64 per request (limits.max_rows); "
+        "split the request"
+    )

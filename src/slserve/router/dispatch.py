@@ -26,6 +26,7 @@ from slserve.errors import (
     InstanceFailed,
     ModelNotFound,
     Overloaded,
+    PayloadTooLarge,
     RuntimeUnavailable,
     SlserveError,
     SpecError,
@@ -254,6 +255,11 @@ class Router:
             if fdef.name in self.pipelines:
                 raise SpecError(f"{step.model} is a pipeline; a step's model is served by functions")
             checked = check_inputs(fdef.spec.signature, inputs)
+            rows, most = len(next(iter(checked.values()))), fdef.spec.limits.max_rows
+            if rows > most:  # a pipeline's own limit never lifts a step's (it keeps the step's memory bounded)
+                raise PayloadTooLarge(
+                    f"{rows} rows, over {fdef.name}'s limit of {most} per request (limits.max_rows); split the request"
+                )
             call = dataclasses.replace(request, function=fdef.name, inputs=checked, outputs=None)
             return await self.infer(platform, step_route_, call, resolve)
 
