@@ -22,7 +22,15 @@ from slserve.build.reference import reference_of
 from slserve.compose.catalog import DeployedPipeline, PipelineCatalog
 from slserve.drift.monitor import DriftMonitor
 from slserve.drift.profile import Profile, Thresholds
-from slserve.errors import InvalidInput, MethodNotAllowed, ModelNotFound, NotFound, RuntimeUnavailable, SlserveError
+from slserve.errors import (
+    InvalidInput,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    PayloadTooLarge,
+    RuntimeUnavailable,
+    SlserveError,
+)
 from slserve.features import CachedFeatures, SQLiteFeatureStore
 from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
@@ -178,14 +186,11 @@ class Gateway:
         """`{"model": M, "version": V}`: the version's live window becomes its drift reference (V defaults to the
         version the model's default route serves)."""
         monitor = self._monitor()
-        try:
-            doc = orjson.loads(await request.body())
-        except orjson.JSONDecodeError:
-            doc = None
-        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str):
-            raise InvalidInput('send {"model": "NAME", "version": "V"} (version optional)')
-        version = doc.get("version")
-        route = self.router.route(doc["model"], version if isinstance(version, str) else None, "", None, True, 1.0)
+        doc = await small_json(request)
+        version = doc.get("version") if isinstance(doc, dict) else None
+        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str) or not isinstance(version, str | None):
+            raise InvalidInput('send {"model": "NAME", "version": "V"} (version optional: the default route\'s)')
+        route = self.router.route(doc["model"], version, "", None, True, 1.0)
         return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
@@ -220,6 +225,25 @@ class Gateway:
         rows = self.ledger.usage(start, end, key_id=key.key_id) if self.ledger else []
         doc = usage.report(rows, month, self.settings.currency, key_id=key.key_id, tenant=key.tenant)
         return json_response(doc)
+
+
+SMALL_BODY = 64 * 1024  # what an admin command sends; more is refused before it is read
+
+
+async def small_json(request: Request) -> Any:
+    """A small JSON body (None when it is not JSON); past SMALL_BODY bytes, a 413 without reading the rest."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > SMALL_BODY:
+        raise PayloadTooLarge(f"the body is {declared} bytes; this endpoint takes at most {SMALL_BODY}")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > SMALL_BODY:
+            raise PayloadTooLarge(f"the body is over the {SMALL_BODY} bytes this endpoint takes")
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
 
 
 def model_metadata(fdef: Deployed | DeployedPipeline) -> dict[str, Any]:

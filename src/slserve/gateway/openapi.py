@@ -290,6 +290,33 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"200": {"description": "routes"}},
                 }
             },
+            "/slserve/drift": {
+                "get": {
+                    "summary": "Each model version's drift from its reference, with shadow comparisons (admin key)",
+                    "parameters": [
+                        {"name": "model", "in": "query", "required": False, "schema": {"type": "string"}},
+                    ],
+                    "responses": {"200": {"description": "drift per version"}, **_errors(ErrorBody)},
+                }
+            },
+            "/slserve/drift/pin": {
+                "post": {
+                    "summary": "The version's live window becomes its drift reference (admin key)",
+                    "requestBody": {
+                        "required": True,
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "properties": {"model": {"type": "string"}, "version": {"type": "string"}},
+                                    "required": ["model"],
+                                }
+                            }
+                        },
+                    },
+                    "responses": {"200": {"description": "the version's drift, now against it"}, **_errors(ErrorBody)},
+                }
+            },
         },
         "components": {
             "schemas": schemas["$defs"],
