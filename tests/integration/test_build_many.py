@@ -12,6 +12,7 @@ from tests.integration.test_cli import slserve
 
 from slserve.build import build_function
 from slserve.build.proofs import batch_floors
+from slserve.runtime import load_runtime
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 
@@ -50,10 +51,11 @@ def test_a_rebuild_of_the_same_model_reuses_its_proof_and_new_weights_do_not(tmp
     assert sorted((store.root / "proofs").iterdir()) == proofs
     assert again.manifest.build.batch_floors == first.manifest.build.batch_floors
     shutil.rmtree(store.root / "proofs")
-    assert batch_floors(again)[0] == first.manifest.build.batch_floors  # what it reused is what a proof finds
+    proven = batch_floors(again, load_runtime(again))[0]
+    assert proven == first.manifest.build.batch_floors  # what it reused is what a proof finds
 
     # New weights on the same graph are proven anew: floors move with the values at the margin (v1 proves a
     # floor of 2 and the retrained v2 a floor of 1 here, on this library build).
     v2 = build_function(load_function(FUNCTIONS / "classifier-v2"), store).artifact
     assert len(list((store.root / "proofs").iterdir())) == 2
-    assert v2.manifest.build.batch_floors == batch_floors(v2)[0]
+    assert v2.manifest.build.batch_floors == batch_floors(v2, load_runtime(v2))[0]

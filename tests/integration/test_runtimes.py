@@ -202,15 +202,17 @@ def test_minilm_fp16_on_cuda_agrees_with_fp32_and_batching_was_proven_there(buil
     assert _cosine(runtime.infer(text, TRUNCATE)["embedding"], cpu).min() >= artifact.manifest.spec.source.min_agreement
 
 
-def test_more_threads_are_granted_only_where_they_give_the_one_thread_rows(build_sample) -> None:  # type: ignore[no-untyped-def]
-    """minilm-torch's build proves, per text length bucket and call size, where two threads compute the same
-    bits as one; everywhere it granted them, they do."""
+@pytest.mark.parametrize("function", ["minilm-torch", "minilm-onnx"])
+def test_more_threads_are_granted_only_where_they_give_the_one_thread_rows(build_sample, function: str) -> None:  # type: ignore[no-untyped-def]
+    """MiniLM's builds prove, per text length bucket and call size, where two threads compute the same bits as
+    one (torch: its thread count per call; ONNX Runtime: a second session); everywhere they granted them, they
+    do."""
     from slserve.host import cores
     from slserve.runtime.batching import merge, shape_key
 
     if cores() < 2:
         pytest.skip("one core: no thread counts to prove")
-    artifact = build_sample("minilm-torch")
+    artifact = build_sample(function)
     grants = artifact.manifest.build.thread_grants["cpu"]
     floors = artifact.manifest.build.batch_floors["cpu"]
     assert grants and set(grants) <= set(floors)
@@ -221,11 +223,34 @@ def test_more_threads_are_granted_only_where_they_give_the_one_thread_rows(build
         one = {k: v[:1] for k, v in examples[key].items()}
         for size, threads in sorted(sizes.items())[:2]:
             merged, _ = merge([one], int(size))
-            torch.set_num_threads(1)
+            runtime.set_threads(1)  # type: ignore[attr-defined]
             reference = runtime.run(merged)
-            torch.set_num_threads(threads)
+            runtime.set_threads(threads)  # type: ignore[attr-defined]
             produced = runtime.run(merged)
             assert all(np.array_equal(produced[k], reference[k]) for k in reference), (key, size)
             checked += 1
-    torch.set_num_threads(1)
+    runtime.set_threads(1)  # type: ignore[attr-defined]
     assert checked >= 4
+
+
+def test_onnx_sessions_for_more_threads_are_made_in_the_background(build_sample) -> None:  # type: ignore[no-untyped-def]
+    """An instance asks for its granted thread counts' sessions at start; until one is made, calls run on the
+    serving session (one thread: always exact), and none waits for it."""
+    import time
+
+    runtime = load_runtime(build_sample("minilm-onnx"), device="cpu")
+    serving = runtime.session  # type: ignore[attr-defined]
+    runtime.prepare_threads({2})  # type: ignore[attr-defined]
+    runtime.set_threads(2)  # type: ignore[attr-defined]
+    assert runtime.session is serving or 2 in runtime._sessions  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while 2 not in runtime._sessions:  # type: ignore[attr-defined]
+        assert time.monotonic() < deadline, "the two-thread session was never made"
+        time.sleep(0.01)
+    runtime.set_threads(1)  # type: ignore[attr-defined]
+    runtime.set_threads(2)  # type: ignore[attr-defined]
+    assert runtime.session is runtime._sessions[2] is not serving  # type: ignore[attr-defined]
+    text = {"text": np.array(SENTENCES, dtype=object)}
+    two = runtime.infer(text, TRUNCATE)["embedding"]
+    runtime.set_threads(1)  # type: ignore[attr-defined]
+    assert np.array_equal(two, runtime.infer(text, TRUNCATE)["embedding"])

@@ -13,6 +13,7 @@ from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
 from slserve.build.proofs import batch_floors
 from slserve.build.reference import drift_reference
+from slserve.runtime.base import Runtime, load_runtime
 from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
 from slserve.spec import Framework, FunctionDef
@@ -81,8 +82,16 @@ def build_function(
             source_files=sources,
         ),
     )
-    # The build's own checks run the model from its stored blobs; only the finished manifest is saved.
+    # The build's own checks run the model from its stored blobs (loaded once, for all of them); only the
+    # finished manifest is saved.
     unsaved = Artifact(store, "", manifest)
+    loaded: list[Runtime] = []
+
+    def runtime() -> Runtime:
+        if not loaded:
+            loaded.append(load_runtime(unsaved))  # CUDA for a GPU function on a GPU host, else the CPU
+        return loaded[0]
+
     measured: dict[str, object] = {}
     if reference is not None:
         report("measuring the variant's agreement with fp32")
@@ -91,11 +100,11 @@ def build_function(
         measured["agreement"] = check_agreement(fdef, unsaved, reference)
     if fdef.spec.batching.max_batch_size > 1:
         report("proving exact batching for each feed shape")
-        measured["batch_floors"], measured["thread_grants"] = batch_floors(unsaved)
+        measured["batch_floors"], measured["thread_grants"] = batch_floors(unsaved, runtime())
     files = dict(manifest.files)
     if fdef.spec.drift.reference == "build":
         report("profiling calibration inputs (the drift reference)")
-        files.update(drift_reference(fdef, unsaved, report))
+        files.update(drift_reference(fdef, unsaved, runtime, report))
     info = manifest.build.model_copy(update=measured)
     artifact = store.save(manifest.model_copy(update={"build": info, "files": files}))
     store.record_build(key, artifact.digest)

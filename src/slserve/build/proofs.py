@@ -12,27 +12,32 @@ feed shapes, the device, the thread count, the largest call, the library version
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 from pathlib import Path
 
+from slserve.runtime.base import Runtime
 from slserve.snapshot import Artifact
 
+# More threads are proven for calls of up to this many rows: a call gets them only while the host has idle cores,
+# which under load (where calls are larger) it rarely has; the larger sizes' proofs doubled the samples' build.
+THREADED_CALLS = 2
 Floors = dict[str, int]  # feed shape key -> the smallest call size proven exact
 Grants = dict[str, dict[str, int]]  # feed shape key -> call size -> the most threads proven exact
 
 
-def batch_floors(artifact: Artifact) -> tuple[dict[str, Floors], dict[str, Grants]]:
+def batch_floors(artifact: Artifact, default: Runtime) -> tuple[dict[str, Floors], dict[str, Grants]]:
     """Per device this host can run the function on (the CPU, and CUDA for a function that names a GPU on a host
     that has one: kernels differ per device), prove the shapes the processor says it produces (`feed_examples()`,
-    e.g. one per text length bucket), or else those of the calibration inputs."""
+    e.g. one per text length bucket), or else those of the calibration inputs. `default`: the artifact's runtime
+    on the device it would serve on here (the build loads it once for all its checks)."""
     from slserve.build.agreement import calibration_inputs
     from slserve.host import cores
     from slserve.runtime.base import load_runtime
     from slserve.runtime.batching import prove_shapes, prove_threads, shape_key
 
     spec = artifact.manifest.spec
-    default = load_runtime(artifact)  # CUDA for a GPU function on a GPU host, else the CPU
     runtimes = {default.device: default}
     if "cpu" not in runtimes:
         runtimes["cpu"] = load_runtime(artifact, device="cpu")
@@ -44,8 +49,9 @@ def batch_floors(artifact: Artifact) -> tuple[dict[str, Floors], dict[str, Grant
             inputs = calibration_inputs(spec.signature)
             rows = len(next(iter(inputs.values())))
             examples = [runtime.prepare({k: v[i : i + 1] for k, v in inputs.items()}) for i in range(rows)]
-        # More threads are proven on the CPU only, up to this host's cores (a GPU call's threads do not compute).
-        most = cores() if device == "cpu" else 0
+        # More threads are proven on the CPU only, up to this host's cores (a GPU call's threads do not compute),
+        # and not for a function that names a GPU (on a host without one it runs on the CPU as a fallback).
+        most = cores() if device == "cpu" and spec.resources.gpu is None else 0
         shapes = sorted({shape_key(e) for e in examples})
         cache = artifact.store.root / "proofs" / proof_key(artifact, device, shapes, most)
         if cache.is_file():
@@ -53,7 +59,8 @@ def batch_floors(artifact: Artifact) -> tuple[dict[str, Floors], dict[str, Grant
             floors[device], grants[device] = proven["floors"], proven["threads"]
             continue
         floors[device] = prove_shapes(runtime, spec.batching.max_batch_size, examples)
-        grants[device] = prove_threads(runtime, spec.batching.max_batch_size, examples, floors[device], most)
+        largest = min(spec.batching.max_batch_size, THREADED_CALLS)
+        grants[device] = prove_threads(runtime, largest, examples, floors[device], most)
         _write(cache, json.dumps({"floors": floors[device], "threads": grants[device]}, sort_keys=True))
     return floors, {device: g for device, g in grants.items() if g}
 
@@ -77,12 +84,22 @@ def proof_key(artifact: Artifact, device: str, shapes: list[str], most_threads: 
         "device": device,
         "threads": spec.resources.threads,
         "most_threads": most_threads,
+        "threaded_calls": THREADED_CALLS,
         "max_batch_size": spec.batching.max_batch_size,
         "libraries": m.build.libraries,
         "python": m.build.python,
         "proof": hashlib.sha256(Path(proof.__file__).read_bytes()).hexdigest(),
+        # What the adapter can do (e.g. run a call on more threads) is part of what a proof found.
+        "adapter": hashlib.sha256(Path(_adapter(spec.framework.value)).read_bytes()).hexdigest(),
     }
     return hashlib.sha256(json.dumps(structure, sort_keys=True).encode()).hexdigest()
+
+
+def _adapter(framework: str) -> str:
+    """The runtime adapter's source file, without importing its framework."""
+    spec = importlib.util.find_spec(f"slserve.runtime.{framework}_runtime")
+    assert spec is not None and spec.origin is not None
+    return spec.origin
 
 
 def _write(path: Path, text: str) -> None:

@@ -11,7 +11,7 @@ import orjson
 
 from slserve.drift.profile import Profile
 from slserve.errors import SpecError
-from slserve.runtime.base import import_ref, load_runtime
+from slserve.runtime.base import Runtime, import_ref
 from slserve.runtime.code import folder_code
 from slserve.runtime.tensors import check_inputs
 from slserve.snapshot import Artifact, FileEntry
@@ -37,17 +37,19 @@ def calibration(fdef: FunctionDef) -> dict[str, np.ndarray]:
         raise SpecError(f"{ref}: its inputs do not fit the signature: {e}") from None
 
 
-def drift_reference(fdef: FunctionDef, artifact: Artifact, report: Callable[[str], None]) -> dict[str, FileEntry]:
+def drift_reference(
+    fdef: FunctionDef, artifact: Artifact, runtime: Callable[[], Runtime], report: Callable[[str], None]
+) -> dict[str, FileEntry]:
     """The artifact's reference file (stored), or none when the model fails on the calibration inputs: that is
     for serving to say, as it would without a reference; the build itself goes on (and says why)."""
     inputs = calibration(fdef)
     profile = Profile.empty(fdef.spec.signature)
     try:
-        runtime = load_runtime(artifact)
+        model = runtime()
         rows = len(next(iter(inputs.values())))
         for start in range(0, rows, CHUNK):
             chunk = {k: v[start : start + CHUNK] for k, v in inputs.items()}
-            profile.observe(chunk, runtime.infer(chunk))
+            profile.observe(chunk, model.infer(chunk))
     except Exception as e:  # the model's own failure, e.g. a model that cannot run on the host building it
         report(f"no drift reference: the model failed on the calibration inputs ({type(e).__name__}: {e})")
         log.warning("%s: no drift reference: the model failed on the calibration inputs: %s", fdef.name, e)

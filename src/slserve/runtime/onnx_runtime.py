@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
+import threading
+from collections.abc import Callable, Iterable
 from typing import Any, Self
 
 import numpy as np
@@ -60,8 +62,17 @@ def session_options(threads: int) -> Any:
 
 
 class OnnxRuntime(RuntimeBase):
+    """ONNX Runtime fixes a session's intra-op threads when it is made, so calls that may use more threads (the
+    build proved them exact) run on another session over the same mapped weights: one per thread count."""
+
     def __init__(
-        self, spec: FunctionSpec, session: Any, device: str, keepalive: list[Any], processor: Processor
+        self,
+        spec: FunctionSpec,
+        session: Any,
+        device: str,
+        keepalive: list[Any],
+        processor: Processor,
+        make_session: Callable[[int], Any] | None = None,
     ) -> None:
         self.spec = spec
         self.session = session
@@ -70,6 +81,40 @@ class OnnxRuntime(RuntimeBase):
         self._keepalive = keepalive  # the mapped arrays ORT reads from must outlive the session
         self._output_names = [o.name for o in session.get_outputs()]
         self.processor = processor
+        self._serving = spec.resources.threads
+        self._threads = self._serving
+        self._sessions = {self._serving: session}  # thread count -> its session
+        self._making: set[int] = set()  # sessions being made in the background
+        self._make_session = make_session  # None: one session only (a GPU's calls use no intra-op threads)
+
+    def set_threads(self, threads: int) -> None:
+        """Calls that follow run with `threads` intra-op threads. A session not made yet is made now (the build's
+        proofs), unless `prepare_threads` is making it: until then the serving session answers (its thread count
+        is always exact)."""
+        if threads == self._threads:
+            return
+        session = self._sessions.get(threads)
+        if session is None and (threads in self._making or self._make_session is None):
+            threads, session = self._serving, self._sessions[self._serving]
+        elif session is None:
+            assert self._make_session is not None
+            session = self._sessions[threads] = self._make_session(threads)
+        self.session, self._threads = session, threads
+
+    def prepare_threads(self, counts: Iterable[int]) -> None:
+        """Make the sessions for `counts` in the background (~70 ms each for MiniLM: no request waits for one).
+        Called in an instance, after the fork: a template's thread pools would not survive it."""
+        if self._make_session is None:
+            return
+        make_session = self._make_session
+        for threads in set(counts) - self._sessions.keys() - self._making:
+            self._making.add(threads)
+
+            def make(threads: int = threads) -> None:
+                self._sessions[threads] = make_session(threads)
+                self._making.discard(threads)
+
+            threading.Thread(target=make, name=f"onnx-session-{threads}-threads", daemon=True).start()
 
     @classmethod
     def load(cls, artifact: Artifact, device: str | None = None, preloaded: Preloaded | None = None) -> Self:
@@ -82,22 +127,30 @@ class OnnxRuntime(RuntimeBase):
         optimized = chosen == "cpu" and OPTIMIZED_CPU_GRAPH in artifact.manifest.files
         graph, prefix = (OPTIMIZED_CPU_GRAPH, OPTIMIZED_CPU_PREFIX) if optimized else (GRAPH, "")
 
-        so = session_options(spec.resources.threads)
-        if optimized:
-            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
         # Each graph has its own initializers: map only the chosen graph's.
         names = [n for n in artifact.manifest.tensors if n.startswith(OPTIMIZED_CPU_PREFIX) == optimized]
         arrays = {name.removeprefix(prefix): arr for name, arr in artifact.map_tensors(names).items()}
         values = [ort.OrtValue.ortvalue_from_numpy(a) for a in arrays.values()]
-        so.add_external_initializers(list(arrays), values)
-        session = ort.InferenceSession(str(artifact.file_path(graph)), so, providers=providers)
+        path = str(artifact.file_path(graph))
+
+        def make_session(threads: int) -> Any:
+            so = session_options(threads)
+            if optimized:
+                so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+            so.add_external_initializers(list(arrays), values)
+            return ort.InferenceSession(path, so, providers=providers)
+
+        session = make_session(spec.resources.threads)
         got = session.get_providers()
         if chosen == "cuda" and CUDA not in got:
             raise RuntimeUnavailable(f"{spec.model.name}: asked for CUDA but ONNX Runtime gave providers {got}")
         processor = make_processor(
             spec, artifact.asset_paths(), preloaded.processor if preloaded else None, artifact_code(artifact)
         )
-        return cls(spec, session, "cuda" if CUDA in got else "cpu", [arrays, values], processor)
+        on_cpu = CUDA not in got
+        return cls(
+            spec, session, "cpu" if on_cpu else "cuda", [arrays, values], processor, make_session if on_cpu else None
+        )
 
     def _run(self, feeds: Tensors) -> Tensors:
         wanted = {i.name for i in self.session.get_inputs()}

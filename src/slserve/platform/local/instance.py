@@ -270,6 +270,9 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         grants = artifact.manifest.build.thread_grants.get(runtime.device, {})
         batcher = ExactBatcher(batching.max_batch_size, floors)
         loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function, grants)
+        prepare_threads = getattr(runtime, "prepare_threads", None)  # ONNX Runtime: a session per thread count
+        if prepare_threads is not None and grants:
+            prepare_threads({n for sizes in grants.values() for n in sizes.values()})
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
         merged, counts = merge([feeds], batcher.plan([feeds])[0].size)
