@@ -38,6 +38,43 @@ datatype = "FP32"
 shape = [-1, 16]
 """
 
+# A pipeline over the classifier in two tiers: with the economy function local (or on Lambda) and the premium
+# one on Modal, its two steps run on two targets.
+BOTH_TIERS = """
+[model]
+name = "both-tiers"
+
+[[signature.inputs]]
+name = "features"
+datatype = "FP32"
+shape = [-1, 4]
+
+[[signature.outputs]]
+name = "probabilities"
+datatype = "FP32"
+shape = [-1, 6]
+
+[[steps]]
+name = "here"
+model = "classifier"
+tier = "economy"
+inputs = { features = "features" }
+
+[[steps]]
+name = "there"
+model = "classifier"
+tier = "premium"
+inputs = { features = "features" }
+
+[[steps]]
+name = "both"
+op = "concat"
+inputs = ["here.probabilities", "there.probabilities"]
+
+[outputs]
+probabilities = "both.output"
+"""
+
 
 def write_function(root: Path, name: str, toml: str) -> Path:
     d = root / name

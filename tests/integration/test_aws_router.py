@@ -12,19 +12,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from tests.conftest import FUNCTIONS, write_function
+from tests.conftest import BOTH_TIERS, FUNCTIONS, write_function
 from tests.integration.aws import client
 from tests.integration.lambda_peer import Environment, InvokeAPI, start_environment
 from tests.integration.modal_peer import start_peer
 
 from slserve.accounts.dynamo import DynamoKeyStore
 from slserve.accounts.keys import new_key
-from slserve.aws.deploy import router_catalog
+from slserve.aws.deploy import deployable_pipelines, router_catalog
 from slserve.aws.schema import create_tables
 from slserve.build import build_function
+from slserve.compose.catalog import PipelineCatalog, build_pipeline
+from slserve.compose.spec import load_pipeline
 from slserve.platform.catalog import FolderCatalog
 from slserve.snapshot import ArtifactStore
-from slserve.spec import load_function
+from slserve.spec import discover_functions, load_function
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 SECRET = "router test secret"
@@ -65,8 +67,13 @@ def house(
     write_function(functions, "gpu-classifier", classifier.replace('tier = "economy"', 'tier = "premium"'))
     for name in ("remote-classifier", "gpu-classifier"):
         build_function(load_function(functions / name), sample_store)
+    (functions / "both-tiers").mkdir()
+    (functions / "both-tiers" / "pipeline.toml").write_text(BOTH_TIERS)
+    build_pipeline(load_pipeline(functions / "both-tiers"), discover_functions(functions), sample_store)
     deployed = FolderCatalog(sample_store, functions).functions()
-    router_catalog(root / "catalog.json", [deployed["remote-classifier"]], [deployed["gpu-classifier"]])
+    on_lambda, on_modal = [deployed["remote-classifier"]], [deployed["gpu-classifier"]]
+    pipelines = deployable_pipelines(PipelineCatalog(sample_store, functions), on_lambda + on_modal, print)
+    router_catalog(root / "catalog.json", on_lambda, on_modal, pipelines)
     modal = start_peer(sample_store.root, "gpu-classifier", MODAL_SECRET, root / "modal.log")
     dynamodb = client(moto_endpoint, "dynamodb")
     tables = create_tables(dynamodb, "router")
@@ -170,3 +177,21 @@ def test_slserve_keys_manages_the_deployed_key_store(house: dict[str, Any], moto
     assert status == 200, doc
     listed = subprocess.run([*cli, "list", "--tenant", "cli-co"], capture_output=True, text=True, env=env, timeout=60)
     assert key.split("_")[1] in listed.stdout
+
+
+def test_the_router_runs_a_pipeline_over_lambda_and_modal(house: dict[str, Any]) -> None:
+    """`slserve deploy aws` places pipelines in the router's catalog: the router runs the graph, its steps go to
+    the functions' own targets (here one step on Lambda, one on Modal), and DynamoDB's record itemizes them."""
+    key = house["keys"].create(new_key("acme"))
+    request = event("/v2/models/both-tiers/infer", body=BODY, headers={"authorization": f"Bearer {key}"})
+    status, headers, doc = reply(house["router"], request)
+    assert status == 200, doc
+    steps = {s["name"]: s for s in doc["parameters"]["steps"]}
+    assert (steps["here"]["function"], steps["there"]["function"]) == ("remote-classifier", "gpu-classifier")
+    both = doc["outputs"][0]["data"]
+    assert both[:3] == both[3:]  # the same model on Lambda and on Modal
+    records = house["dynamodb"].scan(TableName=house["tables"]["ledger"])["Items"]
+    mine = [r for r in records if r["request_id"]["S"] == headers["x-request-id"]]
+    assert len(mine) == 1 and mine[0]["model"]["S"] == "both-tiers"
+    assert int(mine[0]["price"]["N"]) == steps["here"]["cost"] + steps["there"]["cost"] > 0
+    assert "steps" in mine[0]

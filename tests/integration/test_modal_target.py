@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from tests.conftest import FUNCTIONS, write_function
+from tests.conftest import BOTH_TIERS, FUNCTIONS, write_function
 from tests.integration.modal_peer import Peer, start_peer
 from tests.integration.server import Server, start_server
 
@@ -26,41 +26,6 @@ from slserve.spec import discover_functions, load_function
 SECRET = "s3cret-for-the-tests"
 BODY = {"inputs": [{"name": "features", "datatype": "FP32", "shape": [2, 4], "data": [0.1, 0.2, 0.3, 0.4] * 2}]}
 PREMIUM = {"x-slserve-tier": "premium"}
-# A pipeline whose two steps run on two targets: economy here, premium on Modal.
-BOTH_TIERS = """
-[model]
-name = "both-tiers"
-
-[[signature.inputs]]
-name = "features"
-datatype = "FP32"
-shape = [-1, 4]
-
-[[signature.outputs]]
-name = "probabilities"
-datatype = "FP32"
-shape = [-1, 6]
-
-[[steps]]
-name = "here"
-model = "classifier"
-tier = "economy"
-inputs = { features = "features" }
-
-[[steps]]
-name = "there"
-model = "classifier"
-tier = "premium"
-inputs = { features = "features" }
-
-[[steps]]
-name = "both"
-op = "concat"
-inputs = ["here.probabilities", "there.probabilities"]
-
-[outputs]
-probabilities = "both.output"
-"""
 
 
 @pytest.fixture(scope="module")

@@ -47,6 +47,7 @@ def deploy_aws(
         raise typer.Exit(2)
 
     from slserve.aws import deploy
+    from slserve.compose.catalog import PipelineCatalog
     from slserve.platform.catalog import FolderCatalog
     from slserve.remote.costs import measure_compute
     from slserve.snapshot import ArtifactStore
@@ -61,8 +62,10 @@ def deploy_aws(
         console.print(f"package {line}")
 
     on_modal = [f for f in catalog.functions().values() if f.digest and (f.spec.resources.gpu or f.target == "modal")]
+    placed = chosen + (on_modal if modal_url else [])
+    pipelines = deploy.deployable_pipelines(PipelineCatalog(store, functions), placed, console.print)
     kind: Literal["http", "rest"] = "rest" if api == "rest" else "http"
-    plan, _ = deploy.packages(store, chosen, work, routes, report, kind, on_modal, modal_url)
+    plan, _ = deploy.packages(store, chosen, work, routes, report, kind, on_modal, modal_url, pipelines)
     if modal_url:
         names = ", ".join(f.name for f in on_modal) or "none"
         console.print(f"the router sends {names} to the modal target ({modal_url}); its secret: ModalEndpointSecret")

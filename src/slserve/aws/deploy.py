@@ -17,7 +17,9 @@ from typing import Literal
 
 from slserve.aws.package import Package, function_image, function_zip, router_zip
 from slserve.aws.stack import DeployPlan, FunctionPlan
-from slserve.errors import BuildError
+from slserve.compose.catalog import DeployedPipeline, ManifestPipelines, PipelineCatalog, signatures_of
+from slserve.compose.graph import Graph
+from slserve.errors import BuildError, SpecError
 from slserve.platform.base import Deployed
 from slserve.platform.catalog import FolderCatalog, ManifestCatalog
 from slserve.remote.costs import charged_per_million
@@ -54,6 +56,7 @@ def packages(
     api: Literal["http", "rest"] = "http",
     on_modal: list[Deployed] | None = None,
     modal_url: str | None = None,
+    pipelines: list[DeployedPipeline] | None = None,
 ) -> tuple[DeployPlan, list[Package]]:
     """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them.
     `on_modal`: functions the router sends to the modal target at `modal_url` (deployed by `deploy modal`)."""
@@ -68,20 +71,41 @@ def packages(
         report(package.describe())
         built.append(package)
         plans.append(FunctionPlan(function.name, function.spec, function.digest, package.directory, image))
-    catalog = router_catalog(workdir / "catalog.json", functions, modal_functions)
+    catalog = router_catalog(workdir / "catalog.json", functions, modal_functions, pipelines or [])
     router = router_zip(workdir / "router", catalog, routes)
     report(router.describe())
     built.append(router)
     return DeployPlan("slserve", plans, router.directory, api=api, modal_url=modal_url), built
 
 
-def router_catalog(path: Path, on_lambda: list[Deployed], on_modal: list[Deployed]) -> Path:
+def router_catalog(
+    path: Path, on_lambda: list[Deployed], on_modal: list[Deployed], pipelines: list[DeployedPipeline] | None = None
+) -> Path:
     """What the router serves, each function's target set to where this deploy puts it (a function.toml's
     `target` says where the local gateway sends it; on AWS, CPU functions are Lambda functions and GPU ones
-    are the modal target's)."""
+    are the modal target's), and the pipelines the router runs over them."""
     placed = {f.name: _placed(f, "aws") for f in on_lambda} | {f.name: _placed(f, "modal") for f in on_modal}
-    ManifestCatalog.write(path, placed)
+    ManifestCatalog.write(path, placed, ManifestPipelines.entries(pipelines or []))
     return path
+
+
+def deployable_pipelines(
+    catalog: PipelineCatalog, functions: list[Deployed], report: Callable[[str], None]
+) -> list[DeployedPipeline]:
+    """The published pipelines whose steps fit the functions this deploy places (the others are said, and left)."""
+    reach = signatures_of(functions)
+    out = []
+    for name, pipeline in sorted(catalog.pipelines().items()):
+        if pipeline.digest is None:
+            report(f"pipeline {name} is not built: left out (`slserve build {name}`)")
+            continue
+        try:
+            Graph.check(pipeline.spec, reach)
+        except SpecError as e:
+            report(f"pipeline {name} left out: {e.message}")
+            continue
+        out.append(pipeline)
+    return out
 
 
 def _placed(function: Deployed, target: str) -> Deployed:

@@ -29,6 +29,7 @@ import boto3
 from mangum import Mangum
 
 from slserve.accounts.dynamo import DynamoKeyStore, key_secret
+from slserve.compose.catalog import ManifestPipelines
 from slserve.gateway.app import build_app
 from slserve.gateway.front import Front
 from slserve.metering.dynamo import DynamoLedger
@@ -56,7 +57,8 @@ def modal_secret() -> str:
 
 
 def build() -> tuple[Front, Targets]:
-    catalog = ManifestCatalog(Path(os.environ.get("SLSERVE_CATALOG", TASK_ROOT / "catalog.json")))
+    document = Path(os.environ.get("SLSERVE_CATALOG", TASK_ROOT / "catalog.json"))
+    catalog = ManifestCatalog(document)
     settings = ServeSettings(routes=Path(os.environ.get("SLSERVE_ROUTES", TASK_ROOT / "routes.toml")))
     # One invocation at a time per environment; a shadow or a fallback may add a call or two beside it.
     invokes = lambda_client(None, None, concurrency=4, timeout_s=settings.request_timeout_s)
@@ -76,7 +78,8 @@ def build() -> tuple[Front, Targets]:
         os.environ["SLSERVE_RESPONSES_TABLE"],
         settings.idempotency_retention_s,
     )
-    return build_app(platform, settings, keys=keys, ledger=ledger), platform
+    pipelines = ManifestPipelines(document)  # run here; their steps go to the functions' targets like requests
+    return build_app(platform, settings, keys=keys, ledger=ledger, pipelines=pipelines), platform
 
 
 # The init phase: one event loop for the environment's life (Mangum runs each invocation on it).

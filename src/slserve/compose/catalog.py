@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import orjson
 
@@ -70,6 +71,42 @@ def published(store: ArtifactStore, name: str) -> tuple[str, PipelineSpec] | Non
     path = store.blobs.path(digest)
     data = store.blobs.read_bytes(digest, path.stat().st_size, f"pipeline {name}")
     return digest, PipelineSpec.model_validate(orjson.loads(data)["spec"])
+
+
+class Pipelines(Protocol):
+    """What is deployed of pipelines: a folder and the artifact store here, a deploy's catalog document on AWS."""
+
+    def pipelines(self) -> Mapping[str, DeployedPipeline]: ...
+
+    def refresh(self) -> bool:
+        """Look again; whether anything changed."""
+        ...
+
+
+class ManifestPipelines:
+    """The pipelines a deploy placed in its catalog document (`slserve deploy aws`), fixed until the next."""
+
+    def __init__(self, path: Path) -> None:
+        doc = orjson.loads(path.read_bytes())
+        self._pipelines = {
+            p["name"]: DeployedPipeline(p["name"], PipelineSpec.model_validate(p["spec"]), p["digest"])
+            for p in doc.get("pipelines", [])
+        }
+
+    def pipelines(self) -> Mapping[str, DeployedPipeline]:
+        return self._pipelines
+
+    def refresh(self) -> bool:
+        return False
+
+    @staticmethod
+    def entries(pipelines: Iterable[DeployedPipeline]) -> list[dict[str, object]]:
+        """The catalog document's `pipelines`: the published ones."""
+        return [
+            {"name": p.name, "digest": p.digest, "spec": p.spec.model_dump(mode="json")}
+            for p in pipelines
+            if p.digest is not None
+        ]
 
 
 class PipelineCatalog:

@@ -19,7 +19,7 @@ import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
 from slserve.build.reference import reference_of
-from slserve.compose.catalog import DeployedPipeline, PipelineCatalog
+from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, Pipelines
 from slserve.drift.monitor import DriftMonitor
 from slserve.drift.profile import Profile, Thresholds
 from slserve.errors import (
@@ -284,12 +284,16 @@ async def _internal_error(request: Request, exc: Exception) -> Response:
 
 
 def build_app(
-    platform: Platform, settings: ServeSettings, keys: KeyStore | None = None, ledger: Ledger | None = None
+    platform: Platform,
+    settings: ServeSettings,
+    keys: KeyStore | None = None,
+    ledger: Ledger | None = None,
+    pipelines: Pipelines | None = None,
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
     default to SQLite in the state folder (DynamoDB on AWS is handed in)."""
     store = ArtifactStore(settings.artifacts)
-    pipelines = PipelineCatalog(store, settings.functions)
+    pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
     monitor = drift_monitor(platform, store, settings) if settings.drift else None
     router = Router(platform.functions(), settings.routes, pipelines, features, monitor)
@@ -379,7 +383,7 @@ def drift_monitor(platform: Platform, store: ArtifactStore, settings: ServeSetti
 
 
 async def watch_changes(
-    platform: Platform, router: Router, pipelines: PipelineCatalog | None = None, every_s: float = 1.0
+    platform: Platform, router: Router, pipelines: Pipelines | None = None, every_s: float = 1.0
 ) -> None:
     """Builds and route changes take effect without a restart: the table is swapped between requests, never
     during one."""

@@ -104,10 +104,12 @@ class ManifestCatalog:
         return Changes([], [])  # a new catalog is a new deployment
 
     @staticmethod
-    def write(path: Path, functions: Mapping[str, Deployed]) -> None:
+    def write(path: Path, functions: Mapping[str, Deployed], pipelines: list[dict[str, object]] | None = None) -> None:
+        """The document: the functions, and the pipelines (`ManifestPipelines.entries`) that serve beside them."""
         entries = [
             {"name": f.name, "digest": f.digest, "spec": f.spec.model_dump(mode="json")}
             for f in functions.values()
             if f.digest is not None
         ]
-        path.write_bytes(orjson.dumps({"functions": entries}, option=orjson.OPT_INDENT_2))
+        doc = {"functions": entries, "pipelines": pipelines or []}
+        path.write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))

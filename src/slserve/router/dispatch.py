@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, signatures_of
+from slserve.compose.catalog import DeployedPipeline, Pipelines, signatures_of
 from slserve.compose.graph import Graph
 from slserve.compose.run import StepReport, run_graph
 from slserve.compose.spec import Step
@@ -61,7 +61,7 @@ class Router:
         self,
         functions: Mapping[str, Deployed],
         routes_path: Path,
-        pipelines: PipelineCatalog | None = None,
+        pipelines: Pipelines | None = None,
         features: FeatureStore | None = None,
         monitor: DriftMonitor | None = None,
     ) -> None:
