@@ -34,11 +34,10 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slserve.errors import SpecError
+from slserve.router.config import NAME, VERSION
 from slserve.spec import Limits, ModelRef, Signature, format_errors, read_folder_toml
 
 PIPELINE_FILENAME = "pipeline.toml"
-_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
-_VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 # A source: a pipeline input's name, or "<step>.<output>".
 _SOURCE = r"^[A-Za-z_][\w-]*(\.[A-Za-z_][\w-]*)?$"
 Source = Annotated[str, Field(pattern=_SOURCE)]
@@ -52,13 +51,13 @@ class _Strict(BaseModel):
 class Step(_Strict):
     """One node: a model (routed), a built-in op, or a feature lookup: exactly one of `model`, `op`, `lookup`."""
 
-    name: Annotated[str, Field(pattern=_NAME)]
+    name: Annotated[str, Field(pattern=NAME)]
     # a model step
-    model: Annotated[str | None, Field(pattern=_NAME)] = None
-    version: Annotated[str | None, Field(pattern=_VERSION)] = Field(
+    model: Annotated[str | None, Field(pattern=NAME)] = None
+    version: Annotated[str | None, Field(pattern=VERSION)] = Field(
         default=None, description="a version or an alias (default: the model's default route)"
     )
-    tier: Annotated[str | None, Field(pattern=_NAME)] = Field(
+    tier: Annotated[str | None, Field(pattern=NAME)] = Field(
         default=None, description="the tier this step runs in (default: the request's)"
     )
     # a built-in op: its inputs in order (a list), or by name for a model step (a table)
@@ -112,7 +111,7 @@ class Step(_Strict):
 
 class PipelineSpec(_Strict):
     model: ModelRef
-    tier: Annotated[str | None, Field(pattern=_NAME)] = Field(
+    tier: Annotated[str | None, Field(pattern=NAME)] = Field(
         default=None,
         description="None: offered in every tier, each model step running in the request's tier unless it pins one",
     )
