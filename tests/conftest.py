@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import Artifact, ArtifactStore
 from slserve.spec import load_function
 

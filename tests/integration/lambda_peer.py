@@ -26,6 +26,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+from tests.integration.lambda_sandbox import Sandbox
+
 PREFIX = "/2018-06-01/runtime"
 
 
@@ -142,14 +144,22 @@ class Environment:
         self.server.server_close()
 
 
-def start_environment(handler: str, env: Mapping[str, str], log: Path, python: str = sys.executable) -> Environment:
+def start_environment(
+    handler: str,
+    env: Mapping[str, str],
+    log: Path,
+    python: str = sys.executable,
+    sandbox: Sandbox | None = None,
+) -> Environment:
+    """The handler under the runtime client against a peer of its own: in this interpreter's environment, or
+    in `sandbox` (a clean interpreter, the package read-only, nothing inherited from this process)."""
     api = RuntimeAPI()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(api))
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     host, port = server.server_address[:2]
     full_env = {
-        **os.environ,
+        **(sandbox.base_env() if sandbox else os.environ),
         "AWS_LAMBDA_RUNTIME_API": f"{host}:{port}",
         "AWS_LAMBDA_FUNCTION_NAME": "slserve-test",
         "AWS_LAMBDA_FUNCTION_VERSION": "$LATEST",
@@ -159,9 +169,8 @@ def start_environment(handler: str, env: Mapping[str, str], log: Path, python: s
         **env,
     }
     with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [python, "-m", "awslambdaric", handler], env=full_env, stdout=out, stderr=subprocess.STDOUT
-        )
+        command = sandbox.command(handler) if sandbox else [python, "-m", "awslambdaric", handler]
+        proc = subprocess.Popen(command, env=full_env, stdout=out, stderr=subprocess.STDOUT)
     return Environment(api, server, proc, log)
 
 

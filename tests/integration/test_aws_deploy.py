@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from tests.conftest import FUNCTIONS, write_function
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

@@ -1,28 +1,20 @@
 """The AWS packages, built for real: a zip of an ONNX Runtime function (Lambda's wheels for CPython 3.12, under
-the 250 MB limit, no torch) that runs under the runtime client on CPython 3.12 from the zip alone; the image
-recipe of a torch function, checked statically (no Docker engine here)."""
+the 250 MB limit, no torch) that runs under the runtime client in Lambda's sandbox from the zip alone
+(`lambda_sandbox`); the image recipe of a torch function, checked statically (no Docker engine here)."""
 
 from __future__ import annotations
 
-import glob
-import shutil
 from pathlib import Path
 
-import pytest
 from tests.integration.lambda_peer import start_environment
+from tests.integration.lambda_sandbox import Sandbox, lambda_runtime
 from tests.integration.test_lambda import FEATURES, decoded, direct
 
-from slserve.aws.package import ZIP_LIMIT, function_image, function_zip, install_wheels
+from slserve.aws.package import ZIP_LIMIT, function_image, function_zip
 from slserve.platform.catalog import FolderCatalog
 from slserve.snapshot import ArtifactStore
 
 FUNCTIONS = Path(__file__).resolve().parents[2] / "functions"
-
-
-def python312() -> str | None:
-    """A CPython 3.12 interpreter (pyenv's own binary first: its shim answers even when 3.12 is not active)."""
-    builds = sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.12*/bin/python3.12")))
-    return builds[-1] if builds else shutil.which("python3.12")
 
 
 def test_an_onnx_function_zip_runs_on_lambdas_python_from_the_zip_alone(
@@ -38,18 +30,9 @@ def test_an_onnx_function_zip_runs_on_lambdas_python_from_the_zip_alone(
         package.directory / "slserve" / "aws" / "handler.py"
     ).is_file()
     assert not list(package.directory.rglob("*.cpython-311*"))  # nothing built for this machine's Python
-    interpreter = python312()
-    if interpreter is None:
-        pytest.skip("no CPython 3.12 here to run Lambda's wheels")
-    runtime_client = tmp_path / "ric"
-    install_wheels(runtime_client, ["awslambdaric==4.2.2"])  # Lambda's managed runtime brings its own
-    env = {
-        "PYTHONPATH": f"{package.directory}:{runtime_client}",
-        "PYTHONNOUSERSITE": "1",
-        "LAMBDA_TASK_ROOT": str(package.directory),
-        "SLSERVE_FUNCTION": "classifier",
-    }
-    environment = start_environment("slserve.aws.handler.handler", env, tmp_path / "lambda.log", python=interpreter)
+    sandbox = Sandbox.make(package.directory, lambda_runtime(tmp_path / "runtime"), tmp_path / "sandbox")
+    env = {"SLSERVE_FUNCTION": "classifier"}
+    environment = start_environment("slserve.aws.handler.handler", env, tmp_path / "lambda.log", sandbox=sandbox)
     try:
         status, headers, doc = decoded(environment.api.invoke(direct(FEATURES), timeout_s=120))
     finally:

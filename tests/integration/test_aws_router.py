@@ -1,6 +1,8 @@
-"""The front on AWS, end to end: an API Gateway HTTP API event -> the router function (slserve's gateway under
-the runtime client, DynamoDB stores in moto's server) -> the model function by Lambda invoke (the Invoke API
-peer, the real handler under the runtime client) -> the answer, with keys, tiers and the ledger."""
+"""The front on AWS, end to end, from the packages `slserve deploy aws` writes: an API Gateway HTTP API event ->
+the router's zip (slserve's gateway under the runtime client, in Lambda's sandbox: a clean CPython 3.12 with
+only the zip and Lambda's runtime folder, read-only; DynamoDB and Secrets Manager in moto's server) -> the model
+function's zip by Lambda invoke (the Invoke API peer, in a sandbox of its own) -> the answer, with keys, tiers
+and the ledger."""
 
 from __future__ import annotations
 
@@ -15,13 +17,15 @@ import pytest
 from tests.conftest import BOTH_TIERS, FUNCTIONS, write_function
 from tests.integration.aws import client
 from tests.integration.lambda_peer import Environment, InvokeAPI, start_environment
+from tests.integration.lambda_sandbox import Sandbox, lambda_runtime
 from tests.integration.modal_peer import start_peer
 
 from slserve.accounts.dynamo import DynamoKeyStore
 from slserve.accounts.keys import new_key
 from slserve.aws.deploy import deployable_pipelines, router_catalog
+from slserve.aws.package import function_zip, router_zip
 from slserve.aws.schema import create_tables
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.compose.catalog import PipelineCatalog, build_pipeline
 from slserve.compose.spec import load_pipeline
 from slserve.platform.catalog import FolderCatalog
@@ -73,36 +77,41 @@ def house(
     deployed = FolderCatalog(sample_store, functions).functions()
     on_lambda, on_modal = [deployed["remote-classifier"]], [deployed["gpu-classifier"]]
     pipelines = deployable_pipelines(PipelineCatalog(sample_store, functions), on_lambda + on_modal, print)
-    router_catalog(root / "catalog.json", on_lambda, on_modal, pipelines)
+    catalog = router_catalog(root / "catalog.json", on_lambda, on_modal, pipelines)
+    runtime = lambda_runtime(root / "lambda-runtime")
+    model_zip = function_zip(sample_store, deployed["remote-classifier"], root / "model-zip")
+    router_package = router_zip(root / "router-zip", catalog, root / "routes.toml")
     modal = start_peer(sample_store.root, "gpu-classifier", MODAL_SECRET, root / "modal.log")
     dynamodb = client(moto_endpoint, "dynamodb")
     tables = create_tables(dynamodb, "router")
     keys = DynamoKeyStore(dynamodb, tables["keys"], SECRET.encode())
+    secret_arn = client(moto_endpoint, "secretsmanager").create_secret(Name="router-keys", SecretString=SECRET)["ARN"]
     model = start_environment(
         "slserve.aws.handler.handler",
-        {"SLSERVE_ARTIFACTS": str(sample_store.root), "SLSERVE_FUNCTION": "remote-classifier"},
+        {"SLSERVE_FUNCTION": "remote-classifier", "SLSERVE_DIGEST": deployed["remote-classifier"].digest or ""},
         root / "model.log",
+        sandbox=Sandbox.make(model_zip.directory, runtime, root / "model-sandbox"),
     )
     invoke = InvokeAPI({"slserve-remote-classifier": model}).start()
     router = start_environment(
         "slserve.aws.router.handler",
         {
-            "SLSERVE_CATALOG": str(root / "catalog.json"),
-            "SLSERVE_ROUTES": str(root / "routes.toml"),
             "SLSERVE_PREFIX": "slserve",
             "SLSERVE_KEYS_TABLE": tables["keys"],
             "SLSERVE_LEDGER_TABLE": tables["ledger"],
             "SLSERVE_RESPONSES_TABLE": tables["responses"],
-            "SLSERVE_KEY_SECRET": SECRET,
+            "SLSERVE_KEY_SECRET_ARN": secret_arn,  # read through Secrets Manager, as the stack configures it
             "SLSERVE_MODAL_URL": modal.url,
             "SLSERVE_MODAL_SECRET": MODAL_SECRET,
             "AWS_ENDPOINT_URL_LAMBDA": invoke.url,
             "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint,
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
             "AWS_DEFAULT_REGION": "us-east-1",
         },
         root / "router.log",
+        sandbox=Sandbox.make(router_package.directory, runtime, root / "router-sandbox"),
     )
     yield {"router": router, "invoke": invoke, "keys": keys, "dynamodb": dynamodb, "tables": tables}
     router.stop()

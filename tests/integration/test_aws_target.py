@@ -12,7 +12,7 @@ from tests.conftest import FUNCTIONS, write_function
 from tests.integration.lambda_peer import InvokeAPI, start_environment
 from tests.integration.server import Server, start_server
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

@@ -25,7 +25,7 @@ from tests.integration.server import Server, start_server
 from tests.integration.test_platform import TINY, tiny_request, wait_for
 
 from slserve.accounts.keys import new_key
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from tests.conftest import FUNCTIONS, SMALL_MLP_TOML, write_function
 from tests.integration.test_cli import slserve
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.build.proofs import batch_floors
 from slserve.runtime import load_runtime
 from slserve.snapshot import ArtifactStore

@@ -14,7 +14,7 @@ from tests.integration.server import Server, start_server
 from tests.integration.test_platform import wait_for
 
 from slserve.accounts.keys import new_key
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.router.edit import RoutesFile
 from slserve.snapshot import ArtifactStore
 from slserve.spec import discover_functions, load_function

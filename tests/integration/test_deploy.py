@@ -13,7 +13,7 @@ from tests.conftest import write_function
 from tests.integration.server import Server, start_server
 from tests.integration.test_platform import TINY, tiny_request, wait_for
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.runtime import load_runtime
 from slserve.snapshot import Artifact, ArtifactStore
 from slserve.spec import load_function

@@ -59,7 +59,7 @@ def wait_for(condition: Any, what: str, timeout: float = 30.0) -> None:
 
 
 def test_the_build_profiles_its_calibration_inputs(build_sample: Any) -> None:
-    from slserve.build.reference import reference_of
+    from slserve.drift.reference import reference_of
 
     artifact: Artifact = build_sample("classifier")
     reference = reference_of(artifact)

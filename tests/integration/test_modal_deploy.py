@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tests.conftest import FUNCTIONS, write_function
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.modal.plan import ModalPlan
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function

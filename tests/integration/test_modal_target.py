@@ -17,7 +17,7 @@ from tests.conftest import BOTH_TIERS, FUNCTIONS, write_function
 from tests.integration.modal_peer import Peer, start_peer
 from tests.integration.server import Server, start_server
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.compose.catalog import build_pipeline
 from slserve.compose.spec import load_pipeline
 from slserve.snapshot import ArtifactStore

@@ -17,7 +17,7 @@ from tests.conftest import FUNCTIONS, ROOT, write_function
 from tests.integration.server import Server, start_server
 
 from slserve.accounts.keys import new_key
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.compose.catalog import build_pipeline
 from slserve.compose.spec import load_pipeline
 from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs

@@ -18,8 +18,8 @@ import pytest
 from tests.conftest import FUNCTIONS, write_function
 from tests.integration.server import Server, start_server
 
-from slserve.build import build_function
 from slserve.build.agreement import CALIBRATION_TEXTS
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 from slserve_samples.faulty import SLEEP_SENTINEL

@@ -15,7 +15,7 @@ from tests.conftest import FUNCTIONS, ROOT
 from tests.integration.server import start_server
 from tests.integration.test_platform import wait_for
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

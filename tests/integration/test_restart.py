@@ -11,7 +11,7 @@ from tests.integration.test_own_code import infer
 from tests.integration.test_platform import wait_for
 from tests.unit.test_function_code import OWN_TOML
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

@@ -15,7 +15,7 @@ from tests.conftest import write_function
 from tests.integration.server import Server, start_server
 from tests.integration.test_platform import TINY, post_many, tiny_request, wait_for
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

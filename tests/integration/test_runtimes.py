@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.errors import BuildError, InvalidInput, RuntimeUnavailable
 from slserve.runtime import load_runtime
 from slserve.runtime.base import RequestContext

@@ -11,7 +11,7 @@ from tests.conftest import write_function
 from tests.integration.server import Server, start_server
 from tests.reliability.hazards import FUNCTIONS, TIMEOUT_S
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
 

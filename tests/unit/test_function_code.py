@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from tests.conftest import write_function
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.build.key import stale_reason
 from slserve.errors import SpecError
 from slserve.runtime import load_runtime

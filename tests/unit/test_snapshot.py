@@ -8,7 +8,7 @@ import pytest
 import torch
 from tests.conftest import SMALL_MLP_TOML, write_function
 
-from slserve.build import build_function
+from slserve.build.function import build_function
 from slserve.build.key import stale_reason
 from slserve.errors import ArtifactCorrupt, ArtifactNotFound
 from slserve.snapshot import ArtifactStore, write_tensors

@@ -2,8 +2,9 @@
 
 - **A zip** for ONNX Runtime functions and for the router: slserve's own code, the function's code (its
   processor's module), the artifact (its blobs, content-addressed as in the local store), and the third-party
-  packages they import, as wheels for Lambda's platform (manylinux x86_64, CPython 3.12), pinned to the versions
-  installed here. No torch. Checked against Lambda's 250 MB unzipped limit.
+  packages the import closure of what it runs reaches (`slserve.remote.requirements`), as wheels for Lambda's
+  platform (manylinux x86_64, CPython 3.12), pinned to the versions installed here. No torch. Checked against
+  Lambda's 250 MB unzipped limit.
 - **A container image recipe** for torch functions (`Dockerfile` and its context): the pinned dependencies in
   one layer, the artifact's blobs in their own layer (unchanged blobs are not pushed again), the code last. No
   Docker engine runs here: the image is built by the deploy (`cdk deploy`), and the recipe is checked statically.
@@ -20,7 +21,7 @@ from pathlib import Path
 import slserve
 from slserve.errors import BuildError
 from slserve.platform.base import Deployed
-from slserve.remote.requirements import imported_distributions, module_files, own_code, pinned
+from slserve.remote.requirements import ImportClosure, adapters_except, function_closure, pinned
 from slserve.snapshot import ArtifactStore
 
 ZIP_LIMIT = 250 * 1024 * 1024  # Lambda's limit on a function's unzipped code
@@ -28,14 +29,8 @@ ZIP_LIMIT = 250 * 1024 * 1024  # Lambda's limit on a function's unzipped code
 PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in (34, 28, 27, 26, 24, 17)] + ["manylinux2014_x86_64"]
 PYTHON = "3.12"
 BASE_IMAGE = "public.ecr.aws/lambda/python:3.12"
-# What the handlers import beyond a function's own code (boto3 comes with Lambda's Python runtimes).
-MODEL_REQUIREMENTS = ["numpy", "orjson", "pydantic", "aws-lambda-powertools", "aws-xray-sdk"]
-ONNX_REQUIREMENTS = ["onnxruntime"]
-TORCH_REQUIREMENTS = ["torch"]
-ROUTER_REQUIREMENTS = [
-    *("numpy", "orjson", "pydantic", "pydantic-settings", "starlette", "mangum", "prometheus-client"),
-    *("setproctitle", "aws-lambda-powertools", "aws-xray-sdk", "httpx"),  # httpx: calls to the modal target
-]
+MODEL_HANDLER = "slserve.aws.handler"
+ROUTER_HANDLER = "slserve.aws.router"
 
 
 @dataclass(frozen=True)
@@ -50,17 +45,23 @@ class Package:
         return f"{self.name}: {kind} {self.size_bytes / 2**20:.1f} MB"
 
 
-def install_wheels(target: Path, requirements: list[str]) -> None:
+def install_wheels(target: Path, requirements: list[str], what: str = "the package", slim: bool = True) -> None:
     """Lambda's wheels (manylinux x86_64 up to glibc 2.34, CPython 3.12) of `requirements` and what they need,
-    into `target`."""
+    into `target` (`slim`: less what Lambda provides or never runs). `what` is named when they cannot be had."""
     command = [sys.executable, "-m", "pip", "install", "--quiet", "--target", str(target)]
     command += [arg for platform in PLATFORMS for arg in ("--platform", platform)]
     command += ["--python-version", PYTHON, "--implementation", "cp"]
     command += ["--only-binary=:all:", "--no-compile", "--upgrade", *requirements]
     done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:
-        raise BuildError(f"could not get Lambda's wheels of {requirements}:\n{done.stderr[-2000:]}")
-    slim(target)
+        raise BuildError(
+            f"{what}: pip found no Lambda wheels (manylinux x86_64, CPython {PYTHON}) for what it runs, "
+            f"{' '.join(requirements)}. A requirement pinned to a build of this host (a '+local' version) or with "
+            "no wheel for Lambda's platform cannot ship; if only the build needs it, import it from build-time "
+            "code (the function's `export`), which does not ship. pip said:\n" + done.stderr[-1500:]
+        )
+    if slim:
+        slim_tree(target)
 
 
 PROVIDED = ("boto3", "botocore", "s3transfer")  # Lambda's Python runtimes bring their own
@@ -75,7 +76,7 @@ BUILD_TIME_ONLY = (
 )
 
 
-def slim(target: Path) -> None:
+def slim_tree(target: Path) -> None:
     """What Lambda never runs: the packages its runtime provides, build-time tools, test suites, bytecode of
     another Python."""
     for name in (*PROVIDED, *BUILD_TIME_ONLY):
@@ -127,10 +128,9 @@ def function_zip(store: ArtifactStore, function: Deployed, target: Path) -> Pack
     target.mkdir(parents=True)
     assert function.digest is not None
     artifact = store.open(function.digest)
-    modules = module_files([spec.processor.factory if spec.processor else None], [artifact])
-    imported = imported_distributions([*modules.values(), *own_code([artifact])])
-    install_wheels(target, pinned([*MODEL_REQUIREMENTS, *ONNX_REQUIREMENTS, *imported]))
-    copy_code(target, modules)
+    closure = function_closure([MODEL_HANDLER], [artifact], {"onnx"})
+    install_wheels(target, pinned(closure.distributions(PROVIDED)), function.name)
+    copy_code(target, closure.shipped)
     copy_artifact(store, function, target / "artifacts")
     if (target / "torch").exists():
         raise BuildError(f"{function.name}: torch ended up in the zip (a dependency pulled it in)")
@@ -146,7 +146,8 @@ def router_zip(target: Path, catalog: Path, routes: Path) -> Package:
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    install_wheels(target, pinned(ROUTER_REQUIREMENTS))
+    closure = ImportClosure(leave_out=adapters_except(())).add(ROUTER_HANDLER)  # the router runs no model
+    install_wheels(target, pinned(closure.distributions(PROVIDED)), "the router")
     copy_code(target, {})
     shutil.copyfile(catalog, target / "catalog.json")
     if routes.exists():
@@ -174,14 +175,12 @@ def function_image(store: ArtifactStore, function: Deployed, target: Path) -> Pa
     if target.exists():
         shutil.rmtree(target)
     target.mkdir(parents=True)
-    spec = function.spec
     assert function.digest is not None
     artifact = store.open(function.digest)
-    modules = module_files([spec.source.factory, spec.processor.factory if spec.processor else None], [artifact])
-    imported = imported_distributions([*modules.values(), *own_code([artifact])])
-    requirements = pinned([*MODEL_REQUIREMENTS, *TORCH_REQUIREMENTS, *imported])
+    closure = function_closure([MODEL_HANDLER], [artifact], {"torch"})
+    requirements = pinned(closure.distributions(PROVIDED))
     (target / "requirements.txt").write_text("\n".join(requirements) + "\n")
-    copy_code(target / "code", modules)
+    copy_code(target / "code", closure.shipped)
     copy_artifact(store, function, target / "artifacts")
     assert function.digest is not None
     (target / "Dockerfile").write_text(

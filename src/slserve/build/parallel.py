@@ -61,7 +61,7 @@ def build_all(functions: list[FunctionDef], store: Path, force: bool, step: Step
 
 
 def _build(directory: Path, store: Path, force: bool, report: Callable[[str], None]) -> Built:
-    from slserve.build import build_function
+    from slserve.build.function import build_function
     from slserve.snapshot import ArtifactStore
     from slserve.spec import load_function
 

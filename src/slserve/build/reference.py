@@ -1,5 +1,5 @@
 """The build's drift reference: the model's profile (`slserve.drift.profile`) on its calibration inputs, kept in
-the artifact as `drift/reference.json`."""
+the artifact (`slserve.drift.reference` reads it back)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 
 from slserve.drift.profile import Profile
+from slserve.drift.reference import REFERENCE
 from slserve.errors import SpecError
 from slserve.runtime.base import Runtime, import_ref
 from slserve.runtime.code import folder_code
@@ -18,7 +19,6 @@ from slserve.snapshot import Artifact, FileEntry
 from slserve.spec import FunctionDef
 
 log = logging.getLogger("slserve.build")
-REFERENCE = "drift/reference.json"
 CHUNK = 32  # rows per model call: calibration sets may be larger than a call should be
 
 
@@ -56,11 +56,3 @@ def drift_reference(
         return {}
     digest, size = artifact.store.blobs.put_bytes(orjson.dumps(profile.to_dict()))
     return {REFERENCE: FileEntry(digest=digest, size=size)}
-
-
-def reference_of(artifact: Artifact) -> Profile | None:
-    entry = artifact.manifest.files.get(REFERENCE)
-    if entry is None:
-        return None
-    data = artifact.store.blobs.read_bytes(entry.digest, entry.size, f"{artifact.name}: {REFERENCE}")
-    return Profile.from_dict(orjson.loads(data))

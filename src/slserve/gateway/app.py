@@ -18,10 +18,10 @@ from starlette.routing import Route
 import slserve
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
-from slserve.build.reference import reference_of
 from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, Pipelines
 from slserve.drift.monitor import DriftMonitor
 from slserve.drift.profile import Profile, Thresholds
+from slserve.drift.reference import reference_of
 from slserve.errors import (
     InvalidInput,
     MethodNotAllowed,

@@ -7,6 +7,7 @@ the very same app (`slserve.modal.container`) without the functions folder.
 from __future__ import annotations
 
 import dataclasses
+import importlib.metadata
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +15,10 @@ from pathlib import Path
 import orjson
 
 from slserve.errors import BuildError
+from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed
-from slserve.platform.modal import modal_label
-from slserve.remote.requirements import imported_distributions, module_files, own_code, pinned
-from slserve.snapshot import ArtifactStore
+from slserve.remote.requirements import canonical, function_closure, pinned
+from slserve.snapshot import Artifact, ArtifactStore
 
 PYTHON = "3.12"
 VOLUME = "slserve-artifacts"  # the store on Modal: blobs by sha256, as in the local store
@@ -27,7 +28,10 @@ ARTIFACTS = "/artifacts"  # where the volume is mounted
 # runtime's CUDA state is what Modal's examples and tests cover (torch). ONNX Runtime's CUDA provider starts
 # cuDNN/cuBLAS handles of its own: until that is proven on Modal, its weights go to the GPU after each restore.
 GPU_SNAPSHOT_FRAMEWORKS = {"torch"}
-ENDPOINT_REQUIREMENTS = ["numpy", "orjson", "pydantic", "starlette"]  # what slserve.remote imports
+CONTAINER = "slserve.modal.container"  # the module Modal imports in every container
+PROVIDED = ("modal",)  # Modal puts its own client into every container
+# The CPU runtimes this host runs, and their CUDA builds a GPU container installs instead.
+GPU_BUILDS = {"onnxruntime": "onnxruntime-gpu", "torch": "torch"}
 TIMEOUT_S = 300  # per input, Modal's default: the gateway's own deadline (x-slserve-timeout-ms) is the real bound
 SCALEDOWN_RANGE = (2, 3600)  # Modal's bounds on scaledown_window, in seconds
 
@@ -84,16 +88,34 @@ def class_name(function: str) -> str:
     return name if name[:1].isalpha() else f"Fn{name}"
 
 
-def gpu_requirements(frameworks: set[str]) -> list[str]:
-    """The runtimes' CUDA builds at the versions installed here: torch's default wheel on Linux is its CUDA
-    build (this host's `+cpu` local version is dropped); ONNX Runtime's is the `onnxruntime-gpu` distribution."""
-    out = []
-    for requirement in pinned(["torch"] if "torch" in frameworks else []):
-        out.append(requirement.split("+")[0])
-    if "onnx" in frameworks:
-        version = pinned(["onnxruntime"])[0].split("==")[1]
-        out.append(f"onnxruntime-gpu=={version}")
-    return out
+def gpu_build(requirement: str) -> str:
+    """A runtime's CUDA build, never tied to the CPU build's version (two distributions release apart): torch's
+    default Linux wheel is its CUDA build (this host's `+cpu` local version is dropped); ONNX Runtime's is the
+    `onnxruntime-gpu` distribution, at the version installed here if it is, else as slserve's `gpu` extra asks."""
+    name = requirement.split("==")[0]
+    if name == "torch":
+        return requirement.split("+")[0]
+    gpu = GPU_BUILDS[name]
+    try:
+        return pinned([gpu])[0]
+    except BuildError:
+        for declared in importlib.metadata.requires("slserve") or []:
+            spec = declared.split(";")[0].strip()
+            if canonical(re.split(r"[<>=!~\[ ]", spec)[0]) == canonical(gpu):
+                return spec
+    raise BuildError(f"slserve declares no requirement of {gpu}: reinstall slserve")
+
+
+def container_requirements(functions: list[Deployed], artifacts: list[Artifact]) -> tuple[list[str], list[str]]:
+    """The image's pinned requirements (the runtimes as CUDA builds) and the top-level source packages it ships
+    beside slserve, from the import closure of the container module and each function's serving code."""
+    frameworks = {f.spec.framework.value for f in functions}
+    closure = function_closure([CONTAINER], artifacts, frameworks)
+    requirements = [
+        gpu_build(r) if r.split("==")[0].split("[")[0] in GPU_BUILDS else r
+        for r in pinned(closure.distributions(PROVIDED))
+    ]
+    return sorted(requirements), sorted({name.split(".")[0] for name in closure.shipped})
 
 
 def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> ModalFunction:
@@ -135,20 +157,15 @@ def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> Moda
 def plan_app(store: ArtifactStore, functions: list[Deployed], prefix: str = "slserve") -> ModalPlan:
     if not functions:
         raise BuildError('no function to deploy to Modal: name a GPU in its [resources], or set target = "modal"')
-    refs = [f.spec.processor.factory if f.spec.processor else None for f in functions]
-    refs += [f.spec.source.factory for f in functions if f.spec.framework.value == "torch"]
     artifacts = [store.open(f.digest) for f in functions if f.digest]
-    modules = module_files(refs, artifacts)
-    frameworks = {f.spec.framework.value for f in functions}
-    imported = imported_distributions([*modules.values(), *own_code(artifacts)])
-    requirements = pinned([*ENDPOINT_REQUIREMENTS, *imported])
+    requirements, modules = container_requirements(functions, artifacts)
     return ModalPlan(
         app=prefix,
         prefix=prefix,
         volume=VOLUME,
         secret=SECRET,
         python=PYTHON,
-        requirements=sorted(set(requirements + gpu_requirements(frameworks))),
-        modules=sorted({name.split(".")[0] for name in modules}),
+        requirements=requirements,
+        modules=modules,
         functions=[plan_function(store, f, prefix) for f in functions],
     )

@@ -11,23 +11,15 @@ unreachable, a refused secret, Modal's 502/503/504 -> 503 `RuntimeUnavailable`; 
 
 from __future__ import annotations
 
-import re
 import time
 
 import httpx
 
 from slserve.errors import GatewayTimeout, InstanceFailed, RuntimeUnavailable
 from slserve.gateway.v2 import CLIENT_TIMEOUT
+from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed, InferRequest
 from slserve.platform.remote import RemoteExecutor, Reply
-
-LABEL_LIMIT = 63  # a Modal web endpoint's label is one DNS label
-
-
-def modal_label(prefix: str, function: str) -> str:
-    """The web endpoint's label, from which Modal makes its URL: https://<workspace>--<label>.modal.run."""
-    label = re.sub(r"[^a-z0-9-]+", "-", f"{prefix}-{function}".lower()).strip("-")
-    return label[:LABEL_LIMIT].rstrip("-")
 
 
 class ModalExecutor(RemoteExecutor):
