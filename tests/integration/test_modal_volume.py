@@ -4,9 +4,6 @@ there can be opened as an artifact store, as a container will open the mounted v
 
 from __future__ import annotations
 
-import shutil
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,42 +13,10 @@ from slserve.snapshot import ArtifactStore
 
 modal = pytest.importorskip("modal")
 
-from modal.exception import NotFoundError  # noqa: E402
-from modal.types import FileEntry, FileEntryType  # noqa: E402
+from tests.integration.modal_volume import FolderVolume  # noqa: E402
 
 from slserve.modal.deploy import fill_volume  # noqa: E402
 from slserve.modal.plan import plan_app  # noqa: E402
-
-
-class FolderVolume:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.puts: list[str] = []
-
-    def listdir(self, path: str, *, recursive: bool = False) -> list[FileEntry]:
-        folder = self.root / path
-        if not folder.is_dir():
-            raise NotFoundError(f"No such file or directory: {path}")
-        found = folder.rglob("*") if recursive else folder.iterdir()
-        return [
-            FileEntry(
-                str(p.relative_to(self.root)),
-                FileEntryType.DIRECTORY if p.is_dir() else FileEntryType.FILE,
-                0,
-                p.stat().st_size,
-            )
-            for p in found
-        ]
-
-    @contextmanager
-    def batch_upload(self, force: bool = False) -> Iterator[FolderVolume]:
-        yield self
-
-    def put_file(self, local_file: Path, remote_path: str) -> None:
-        target = self.root / remote_path.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(local_file, target)
-        self.puts.append(remote_path)
 
 
 def test_only_missing_blobs_are_sent_and_the_volume_is_a_store(build_sample, sample_store, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

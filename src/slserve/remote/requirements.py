@@ -161,8 +161,9 @@ def imports(tree: ast.Module, module: str, is_package: bool) -> Iterator[str]:
                 base = ".".join([*above, *([node.module] if node.module else [])])
             else:
                 base = node.module or ""
-            yield base
-            yield from (f"{base}.{alias.name}" for alias in node.names if alias.name != "*")
+            if base:  # empty: `from . import x` at the top of a function's own code (its folder is the package)
+                yield base
+            yield from (f"{base}.{alias.name}".lstrip(".") for alias in node.names if alias.name != "*")
 
 
 def _run_nodes(node: ast.AST) -> Iterator[ast.AST]:
