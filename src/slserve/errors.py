@@ -150,6 +150,13 @@ class IdempotencyInProgress(SlserveError):
     code = "idempotency_key_in_use"
 
 
+class IdempotentAnswerNotKept(SlserveError):
+    """The request with this Idempotency-Key was answered and charged, but its answer was too large to keep."""
+
+    status = 409
+    code = "idempotent_answer_not_kept"
+
+
 class IdempotencyMismatch(SlserveError):
     """An Idempotency-Key was reused with a different request."""
 

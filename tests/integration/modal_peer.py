@@ -82,14 +82,19 @@ class Peer:
     url: str
     proc: subprocess.Popen[bytes]
 
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+
     def mode(self, mode: str, delay_s: float = 0.0) -> int:
         """Switch the stand-in's behaviour; returns the calls it has had."""
         r = httpx.post(f"{self.url}/_peer/mode", json={"mode": mode, "delay_s": delay_s}, timeout=5)
         return int(r.json()["calls"])
 
 
-def start_peer(artifacts: Path, function: str, secret: str, log: Path) -> Peer:
-    port = free_port()
+def start_peer(artifacts: Path, function: str, secret: str, log: Path, port: int | None = None) -> Peer:
+    """The stand-in on `port` (a free one by default; the same one as a stopped peer's: its redeploy)."""
+    port = port or free_port()
     env = {
         **os.environ,
         "SLSERVE_ARTIFACTS": str(artifacts),

@@ -82,10 +82,13 @@ def house(
     model_zip = function_zip(sample_store, deployed["remote-classifier"], root / "model-zip")
     router_package = router_zip(root / "router-zip", catalog, root / "routes.toml")
     modal = start_peer(sample_store.root, "gpu-classifier", MODAL_SECRET, root / "modal.log")
+    peers = [modal]
     dynamodb = client(moto_endpoint, "dynamodb")
     tables = create_tables(dynamodb, "router")
     keys = DynamoKeyStore(dynamodb, tables["keys"], SECRET.encode())
-    secret_arn = client(moto_endpoint, "secretsmanager").create_secret(Name="router-keys", SecretString=SECRET)["ARN"]
+    secrets = client(moto_endpoint, "secretsmanager")
+    secret_arn = secrets.create_secret(Name="router-keys", SecretString=SECRET)["ARN"]
+    modal_arn = secrets.create_secret(Name="router-modal", SecretString=MODAL_SECRET)["ARN"]
     model = start_environment(
         "slserve.aws.handler.handler",
         {"SLSERVE_FUNCTION": "remote-classifier", "SLSERVE_DIGEST": deployed["remote-classifier"].digest or ""},
@@ -93,32 +96,50 @@ def house(
         sandbox=Sandbox.make(model_zip.directory, runtime, root / "model-sandbox"),
     )
     invoke = InvokeAPI({"slserve-remote-classifier": model}).start()
-    router = start_environment(
-        "slserve.aws.router.handler",
-        {
-            "SLSERVE_PREFIX": "slserve",
-            "SLSERVE_KEYS_TABLE": tables["keys"],
-            "SLSERVE_LEDGER_TABLE": tables["ledger"],
-            "SLSERVE_RESPONSES_TABLE": tables["responses"],
-            "SLSERVE_KEY_SECRET_ARN": secret_arn,  # read through Secrets Manager, as the stack configures it
-            "SLSERVE_MODAL_URL": modal.url,
-            "SLSERVE_MODAL_SECRET": MODAL_SECRET,
-            "AWS_ENDPOINT_URL_LAMBDA": invoke.url,
-            "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
-            "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint,
-            "AWS_ACCESS_KEY_ID": "testing",
-            "AWS_SECRET_ACCESS_KEY": "testing",
-            "AWS_DEFAULT_REGION": "us-east-1",
-        },
-        root / "router.log",
-        sandbox=Sandbox.make(router_package.directory, runtime, root / "router-sandbox"),
-    )
-    yield {"router": router, "invoke": invoke, "keys": keys, "dynamodb": dynamodb, "tables": tables}
-    router.stop()
+    router_env = {
+        "SLSERVE_PREFIX": "slserve",
+        "SLSERVE_KEYS_TABLE": tables["keys"],
+        "SLSERVE_LEDGER_TABLE": tables["ledger"],
+        "SLSERVE_RESPONSES_TABLE": tables["responses"],
+        "SLSERVE_QUOTAS_TABLE": tables["quotas"],
+        "SLSERVE_KEY_SECRET_ARN": secret_arn,  # read through Secrets Manager, as the stack configures it
+        "SLSERVE_MODAL_URL": modal.url,
+        "SLSERVE_MODAL_SECRET_ARN": modal_arn,
+        "AWS_ENDPOINT_URL_LAMBDA": invoke.url,
+        "AWS_ENDPOINT_URL_DYNAMODB": moto_endpoint,
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER": moto_endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    routers = [  # two environments of the router function, as Lambda runs many side by side
+        start_environment(
+            "slserve.aws.router.handler",
+            router_env,
+            root / f"router-{n}.log",
+            sandbox=Sandbox.make(router_package.directory, runtime, root / f"router-sandbox-{n}"),
+        )
+        for n in range(2)
+    ]
+    router = routers[0]
+    yield {
+        "router": router,
+        "routers": routers,
+        "invoke": invoke,
+        "keys": keys,
+        "dynamodb": dynamodb,
+        "tables": tables,
+        "modal": peers,
+        "modal_arn": modal_arn,
+        "secrets": secrets,
+        "root": root,
+        "store": sample_store,
+    }
+    for environment in routers:
+        environment.stop()
     invoke.stop()
     model.stop()
-    modal.proc.terminate()
-    modal.proc.wait(10)
+    peers.pop().stop()  # the Modal stand-in (a test may have redeployed it)
 
 
 def test_an_http_api_event_is_served_billed_and_recorded(house: dict[str, Any]) -> None:
@@ -204,3 +225,56 @@ def test_the_router_runs_a_pipeline_over_lambda_and_modal(house: dict[str, Any])
     assert len(mine) == 1 and mine[0]["model"]["S"] == "both-tiers"
     assert int(mine[0]["price"]["N"]) == steps["here"]["cost"] + steps["there"]["cost"] > 0
     assert "steps" in mine[0]
+
+
+def _across(routers: list[Environment], requests: list[dict[str, Any]]) -> list[tuple[int, dict[str, str], Any]]:
+    """The requests at once, alternating between the router environments (each serves one at a time)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(requests)) as pool:
+        return list(pool.map(lambda i: reply(routers[i % len(routers)], requests[i]), range(len(requests))))
+
+
+def _records(house: dict[str, Any], tenant: str) -> list[dict[str, Any]]:
+    items = house["dynamodb"].scan(TableName=house["tables"]["ledger"])["Items"]
+    return [r for r in items if r["tenant"]["S"] == tenant]
+
+
+def test_racing_duplicates_across_two_router_environments_run_once_and_are_charged_once(house: dict[str, Any]) -> None:
+    key = house["keys"].create(new_key("aws-idem"))
+    headers = {"authorization": f"Bearer {key}", "idempotency-key": "order-aws-1"}
+    calls = len(house["invoke"].calls)
+    replies = _across(house["routers"], [event("/v2/models/remote-classifier/infer", body=BODY, headers=headers)] * 20)
+    assert {status for status, _, _ in replies} == {200}, [doc for status, _, doc in replies if status != 200]
+    assert len({headers["x-request-id"] for _, headers, _ in replies}) == 1  # one ran, the others replayed it
+    assert sum(h.get("x-slserve-idempotent-replay") == "true" for _, h, _ in replies) == 19
+    assert len(house["invoke"].calls) == calls + 1  # one model invoke
+    assert [r["price"]["N"] != "0" for r in _records(house, "aws-idem")] == [True]  # one record, charged
+
+
+def test_a_quota_of_n_admits_exactly_n_across_two_router_environments(house: dict[str, Any]) -> None:
+    key = house["keys"].create(new_key("aws-quota", quota_per_month=3))
+    request = event("/v2/models/remote-classifier/infer", body=BODY, headers={"x-api-key": key})
+    statuses = sorted(status for status, _, _ in _across(house["routers"], [request] * 10))
+    assert statuses == [200] * 3 + [429] * 7
+    assert len([r for r in _records(house, "aws-quota") if r["price"]["N"] != "0"]) == 3
+
+
+def test_a_rotated_modal_secret_takes_effect_without_a_new_router_version(house: dict[str, Any]) -> None:
+    """The operator rotates the endpoints' secret (Secrets Manager, and the Modal endpoint redeployed with it):
+    the router environments, which read the old value at init (as a SnapStart snapshot would hold it), read it
+    again when the endpoint refuses the old one, and serve on."""
+    key = house["keys"].create(new_key("rotate-co"))
+    request = event("/v2/models/gpu-classifier/infer", body=BODY, headers={"authorization": f"Bearer {key}"})
+    assert reply(house["router"], request)[0] == 200  # the old value, cached
+    peers = house["modal"]
+    old = peers.pop()
+    port = int(old.url.rsplit(":", 1)[1])
+    old.stop()
+    house["secrets"].put_secret_value(SecretId=house["modal_arn"], SecretString="rotated modal secret")
+    peers.append(
+        start_peer(house["store"].root, "gpu-classifier", "rotated modal secret", house["root"] / "m2.log", port)
+    )
+    for environment in house["routers"]:
+        status, headers, doc = reply(environment, request)
+        assert status == 200 and headers["x-slserve-function"] == "gpu-classifier", doc

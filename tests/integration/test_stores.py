@@ -16,6 +16,7 @@ from tests.integration.aws import client
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore, new_key, split_token
 from slserve.errors import LedgerUnavailable, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
+from slserve.metering.fleet import SQLiteFleetState
 from slserve.metering.ledger import Ledger, Record, SQLiteLedger, StoredResponse
 from slserve.metering.usage import month_span
 
@@ -166,3 +167,80 @@ def _manifest_doc() -> dict[str, Any]:
     spec = load_function(FUNCTIONS / "classifier").spec
     build = {"build_key": "0" * 64, "slserve": "test", "python": "3", "created_at": "2026-11-30", "host": "here"}
     return {"function": "fn", "spec": spec.model_dump(mode="json"), "tensors": {}, "files": {}, "build": build}
+
+
+@pytest.fixture(params=STORES)
+def fleet_stores(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Any]]:
+    """(ledger, the fleet state beside it) on one store."""
+    if request.param == "sqlite":
+        ledger = SQLiteLedger(tmp_path / "ledger.sqlite", 3600)  # each test closes it, on its own loop
+        yield ledger, SQLiteFleetState(tmp_path / "ledger.sqlite", 3600)
+        return
+    from slserve.aws.schema import create_tables
+    from slserve.metering.dynamo import DynamoLedger
+    from slserve.metering.dynamo_fleet import DynamoFleetState
+
+    dynamodb = client(request.getfixturevalue("moto_endpoint"), "dynamodb")
+    names = create_tables(dynamodb, f"f{next(_prefixes)}")
+    dynamo = DynamoLedger(dynamodb, names["ledger"], names["responses"], 3600)
+    yield dynamo, DynamoFleetState(dynamodb, dynamo, names["quotas"])
+
+
+def test_a_claim_holds_its_key_until_released_or_answered_and_an_expired_lease_is_taken_over(
+    fleet_stores: tuple[Any, Any],
+) -> None:
+    ledger, fleet = fleet_stores
+
+    async def run() -> None:
+        assert (await fleet.claim("k1", "order", "r-a", 60)).claimed
+        held = await fleet.claim("k1", "order", "r-b", 60)
+        assert not held.claimed and held.stored is None  # in progress elsewhere
+        await fleet.release("k1", "order", "r-a")  # it failed: the next one runs
+        assert (await fleet.claim("k1", "order", "r-b", 60)).claimed
+        stored = StoredResponse("r-b", "fp", 200, {"x": "1"}, b"answer")
+        await ledger.append(_record("-b", "acme", 5), ("k1", "order", stored))
+        await fleet.release("k1", "order", "r-b")  # after its answer: the answer stays
+        replay = await fleet.claim("k1", "order", "r-c", 60)
+        assert not replay.claimed and replay.stored is not None and replay.stored.body == b"answer"
+        assert (await fleet.claim("k1", "lost", "r-d", -1)).claimed  # a holder that died: its lease ran out
+        assert (await fleet.claim("k1", "lost", "r-e", 60)).claimed
+        await ledger.close()
+
+    asyncio.run(run())
+
+
+def test_quota_counters_start_from_the_ledger_and_never_pass_the_quota(fleet_stores: tuple[Any, Any]) -> None:
+    ledger, fleet = fleet_stores
+    _, start, end = month_span(None)
+
+    async def run() -> list[bool]:
+        for i in range(2):  # charged before the counter existed
+            await ledger.append(_record(f"q{i}", "acme", 5))
+        taken = [await fleet.take_quota("k1", start, end, 4) for _ in range(4)]
+        await fleet.return_quota("k1", start)
+        taken.append(await fleet.take_quota("k1", start, end, 4))
+        taken.append(await fleet.take_quota("k1", start, end, 4))
+        await ledger.close()
+        return taken
+
+    assert asyncio.run(run()) == [True, True, False, False, True, False]
+
+
+def test_an_answer_too_large_for_dynamodb_is_kept_as_its_size(moto_endpoint: str) -> None:
+    from slserve.aws.schema import create_tables
+    from slserve.metering.dynamo import STORED_ANSWER_LIMIT, DynamoLedger
+    from slserve.metering.dynamo_fleet import DynamoFleetState
+
+    dynamodb = client(moto_endpoint, "dynamodb")
+    names = create_tables(dynamodb, f"big{next(_prefixes)}")
+    ledger = DynamoLedger(dynamodb, names["ledger"], names["responses"], 3600)
+    fleet = DynamoFleetState(dynamodb, ledger, names["quotas"])
+    body = b"x" * (STORED_ANSWER_LIMIT + 1)
+
+    async def run() -> StoredResponse | None:
+        assert (await fleet.claim("k1", "big", "r-big", 60)).claimed
+        await ledger.append(_record("-big", "acme", 5), ("k1", "big", StoredResponse("r-big", "fp", 200, {}, body)))
+        return (await fleet.claim("k1", "big", "r-retry", 60)).stored
+
+    stored = asyncio.run(run())
+    assert stored is not None and stored.body == b"" and stored.omitted_bytes == len(body)

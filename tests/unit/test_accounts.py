@@ -14,9 +14,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key, new_key, split_token
-from slserve.accounts.limits import Limiter, month_bounds, parse_duration, parse_expiry, parse_quota, parse_rate
+from slserve.accounts.limits import (
+    Limiter,
+    month_bounds,
+    parse_duration,
+    parse_expiry,
+    parse_quota,
+    parse_rate,
+    take_quota,
+)
 from slserve.errors import LedgerUnavailable, QuotaExceeded, RateLimited, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
+from slserve.metering.fleet import SQLiteFleetState
 from slserve.metering.ledger import Record, SQLiteLedger
 from slserve.metering.usage import money, month_span, report, to_csv
 
@@ -125,12 +134,12 @@ def _key(**limits: object):  # type: ignore[no-untyped-def]
     gap=st.integers(0, 12).map(lambda q: q / 4),
 )
 def test_the_token_bucket_lets_exactly_burst_plus_refill_through(rate: float, burst: int, gap: float) -> None:
-    limiter = Limiter(lambda *_: 0)
+    limiter = Limiter()
     key = _key(rate_per_s=rate, burst=burst)
     let_in = 0
     for _ in range(burst + 5):
         try:
-            limiter.admit(key, now=100.0).release(charged=True)
+            limiter.admit(key, now=100.0).release()
             let_in += 1
         except RateLimited as e:
             assert 0 < e.retry_after <= 1 / rate + 1e-9
@@ -139,27 +148,40 @@ def test_the_token_bucket_lets_exactly_burst_plus_refill_through(rate: float, bu
     later = 0
     for _ in range(burst + 5):
         try:
-            limiter.admit(key, now=100.0 + gap).release(charged=True)
+            limiter.admit(key, now=100.0 + gap).release()
             later += 1
         except RateLimited:
             break
     assert later == refill
 
 
-def test_concurrency_and_quota_release_what_was_not_charged() -> None:
-    limiter = Limiter(lambda key_id, start, end: 8)  # the ledger already holds 8 charged requests this month
+def test_concurrency_is_released_and_the_quota_gives_back_what_was_not_charged(tmp_path: Path) -> None:
+    limiter = Limiter()
     key = _key(concurrency=2, quota_per_month=10)
     a, b = limiter.admit(key), limiter.admit(key)
     with pytest.raises(RateLimited, match="in flight"):
         limiter.admit(key)
-    with pytest.raises(QuotaExceeded):  # 8 + 2 in flight: none left even when a slot frees up
-        a.release(charged=True)
-        limiter.admit(key)
-    b.release(charged=False)  # failed: its quota comes back
-    limiter.admit(key).release(charged=True)
-    with pytest.raises(QuotaExceeded) as info:
-        limiter.admit(key)
-    assert info.value.retry_after > 0
+    a.release()
+    limiter.admit(key).release()
+
+    ledger_file = tmp_path / "ledger.sqlite"
+    SQLiteLedger(ledger_file).db.close()  # the ledger's tables, empty
+    fleet = SQLiteFleetState(ledger_file, 3600)
+
+    async def run() -> None:
+        holds = [await take_quota(fleet, key) for _ in range(10)]
+        with pytest.raises(QuotaExceeded) as info:
+            await take_quota(fleet, key)
+        assert info.value.retry_after > 0
+        held = holds[0]
+        assert held is not None
+        await held.settle(charged=False)  # failed: its unit comes back
+        await take_quota(fleet, key)
+        with pytest.raises(QuotaExceeded):
+            await take_quota(fleet, key)
+
+    asyncio.run(run())
+    b.release()
 
 
 def _record(i: int, tenant: str, price: int, status: int = 200, tier: str = "standard") -> Record:

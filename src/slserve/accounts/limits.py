@@ -1,7 +1,9 @@
 """Per-key limits, enforced before any function work: a token-bucket rate, concurrent requests, a monthly quota.
 
-All state is in this process's memory (one gateway process serves a machine); the quota's starting point each
-month comes from the ledger, so a restart does not hand out a fresh quota.
+The rate and the concurrency are counted in this process (`Limiter`): each gateway process, and each router
+environment on Lambda, enforces them on its own share of the traffic (the README's "What a fleet shares" says
+how to bound them across a fleet). The monthly quota is counted in the store every process shares
+(`QuotaCounter`: the ledger's SQLite file, or DynamoDB): N processes admit exactly the quota, not N times it.
 """
 
 from __future__ import annotations
@@ -10,8 +12,8 @@ import calendar
 import datetime as dt
 import re
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 from slserve.accounts.keys import KeyRecord
 from slserve.errors import QuotaExceeded, RateLimited, SpecError
@@ -71,26 +73,24 @@ class Bucket:
 
 @dataclass
 class Admission:
-    """A request let in: `release` it exactly once when it is done, saying whether it was charged."""
+    """A request let in: `release` it exactly once when it is done."""
 
     limiter: Limiter
     key: KeyRecord
-    month: float | None  # the quota month it counts in (None: the key has no quota)
     released: bool = False
 
-    def release(self, charged: bool) -> None:
+    def release(self) -> None:
         if not self.released:
             self.released = True
-            self.limiter._release(self, charged)
+            self.limiter._release(self)
 
 
 class Limiter:
-    def __init__(self, charged_in_month: Callable[[str, float, float], int]) -> None:
-        """`charged_in_month(key_id, start, end)`: charged requests the ledger holds for the key in that span."""
-        self._charged_in_month = charged_in_month
+    """A key's rate (token bucket) and requests in flight, in this process."""
+
+    def __init__(self) -> None:
         self._buckets: dict[str, Bucket] = {}
         self._in_flight: dict[str, int] = {}
-        self._used: dict[tuple[str, float], int] = {}  # (key, month start) -> charged + in flight
 
     def admit(self, key: KeyRecord, now: float | None = None) -> Admission:
         """Let a request in, or raise 429 saying which limit it hit and when to retry."""
@@ -103,20 +103,8 @@ class Limiter:
             )
         if key.rate_per_s is not None:
             self._take_token(key, now)
-        month = None
-        if key.quota_per_month is not None:  # the calendar is read only for keys with a quota
-            wall = time.time()
-            month, month_end = month_bounds(wall)
-            used = self._used_this_month(key, month, month_end)
-            if used >= key.quota_per_month:
-                raise QuotaExceeded(
-                    f"key {key.key_id} has used its quota of {key.quota_per_month} requests this month; "
-                    "it renews on the 1st (UTC), or raise the quota with `slserve keys create --quota`",
-                    retry_after=month_end - wall,
-                )
-            self._used[key.key_id, month] = used + 1
         self._in_flight[key.key_id] = self._in_flight.get(key.key_id, 0) + 1
-        return Admission(self, key, month)
+        return Admission(self, key)
 
     def _take_token(self, key: KeyRecord, now: float) -> None:
         rate = key.rate_per_s
@@ -134,19 +122,44 @@ class Limiter:
             )
         bucket.tokens -= 1.0
 
-    def _used_this_month(self, key: KeyRecord, month: float, month_end: float) -> int:
-        used = self._used.get((key.key_id, month))
-        if used is None:
-            for stale in [k for k in self._used if k[0] == key.key_id]:  # last month's count
-                del self._used[stale]
-            used = self._used[key.key_id, month] = self._charged_in_month(key.key_id, month, month_end)
-        return used
-
-    def _release(self, admission: Admission, charged: bool) -> None:
+    def _release(self, admission: Admission) -> None:
         key_id = admission.key.key_id
         self._in_flight[key_id] -= 1
         if not self._in_flight[key_id]:
             del self._in_flight[key_id]
-        slot = (key_id, admission.month)
-        if admission.month is not None and not charged and slot in self._used:
-            self._used[slot] -= 1  # the request was admitted against the quota but not charged: give it back
+
+
+class QuotaCounter(Protocol):
+    """Charged requests per key and month, counted atomically in a store every process shares."""
+
+    async def take_quota(self, key_id: str, month: float, month_end: float, quota: int) -> bool: ...
+
+    async def return_quota(self, key_id: str, month: float) -> None: ...
+
+
+@dataclass
+class QuotaHold:
+    """One request counted against its key's quota: `settle` it once it is known whether it was charged."""
+
+    counter: QuotaCounter
+    key_id: str
+    month: float
+
+    async def settle(self, charged: bool) -> None:
+        if not charged:  # admitted against the quota but not charged: its unit comes back
+            await self.counter.return_quota(self.key_id, self.month)
+
+
+async def take_quota(counter: QuotaCounter, key: KeyRecord) -> QuotaHold | None:
+    """Count a request against the key's monthly quota (None: the key has none), or raise 429 when it is used up."""
+    if key.quota_per_month is None:
+        return None
+    wall = time.time()
+    month, month_end = month_bounds(wall)
+    if not await counter.take_quota(key.key_id, month, month_end, key.quota_per_month):
+        raise QuotaExceeded(
+            f"key {key.key_id} has used its quota of {key.quota_per_month} requests this month; "
+            "it renews on the 1st (UTC), or raise the quota with `slserve keys create --quota`",
+            retry_after=month_end - wall,
+        )
+    return QuotaHold(counter, key.key_id, month)

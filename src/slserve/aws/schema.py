@@ -20,8 +20,9 @@ class Table:
 
 KEYS = Table("keys", "key_id")
 LEDGER = Table("ledger", "request_id", {"by_key": ("key_id", "time_us"), "by_tenant": ("tenant", "time_us")})
-RESPONSES = Table("responses", "slot", ttl="expires_at")
-TABLES = (KEYS, LEDGER, RESPONSES)
+RESPONSES = Table("responses", "slot", ttl="expires_at")  # stored answers and Idempotency-Key claims
+QUOTAS = Table("quotas", "slot", ttl="expires_at")  # a counter per (key, month)
+TABLES = (KEYS, LEDGER, RESPONSES, QUOTAS)
 
 
 def create_tables(client: Any, prefix: str) -> dict[str, str]:

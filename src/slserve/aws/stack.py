@@ -277,6 +277,7 @@ class SlserveStack(cdk.Stack):
             "SLSERVE_KEYS_TABLE": self.tables["keys"].table_name,
             "SLSERVE_LEDGER_TABLE": self.tables["ledger"].table_name,
             "SLSERVE_RESPONSES_TABLE": self.tables["responses"].table_name,
+            "SLSERVE_QUOTAS_TABLE": self.tables["quotas"].table_name,
             "SLSERVE_KEY_SECRET_ARN": self.secret.secret_arn,
             "POWERTOOLS_SERVICE_NAME": "slserve-router",
         }

@@ -41,6 +41,7 @@ from slserve.gateway.openapi import openapi_document
 from slserve.gateway.pipeline import Pipeline
 from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
+from slserve.metering.fleet import FleetState, SQLiteFleetState
 from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Deployed, Platform
 from slserve.router.dispatch import Router
@@ -289,9 +290,10 @@ def build_app(
     keys: KeyStore | None = None,
     ledger: Ledger | None = None,
     pipelines: Pipelines | None = None,
+    fleet: FleetState | None = None,
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
-    default to SQLite in the state folder (DynamoDB on AWS is handed in)."""
+    default to SQLite in the state folder (DynamoDB on AWS is handed in: a ledger with its fleet state)."""
     store = ArtifactStore(settings.artifacts)
     pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
@@ -300,8 +302,11 @@ def build_app(
     keys = keys or SQLiteKeyStore(settings.state)
     if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
-    limiter = Limiter(ledger.charged_in_month if ledger else lambda key_id, start, end: 0)
-    pipeline = Pipeline(platform, router, limiter, ledger, settings.request_timeout_s, settings.bill_abandoned)
+        fleet = SQLiteFleetState(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
+    if (ledger is None) != (fleet is None):
+        raise ValueError("a gateway's ledger and fleet state come together (idempotency and quotas need both)")
+    timeout_s, bill_abandoned = settings.request_timeout_s, settings.bill_abandoned
+    pipeline = Pipeline(platform, router, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
     metrics = Metrics(platform, router, ledger, monitor)
     timeline = Timeline()
     overview = Overview(platform, router, timeline, ledger, settings.currency)

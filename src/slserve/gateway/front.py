@@ -168,7 +168,7 @@ class Front:
             reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
         finally:
             if call is not None:
-                self.pipeline.done(call)
+                await self.pipeline.done(call)
         status, body, out_headers = reply
         out_headers.setdefault("x-request-id", request_id)
         await _respond(send, status, body, out_headers)

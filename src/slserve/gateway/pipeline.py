@@ -3,6 +3,11 @@ limits, the router (under the request timeout), the ledger, the response.
 
     replay?  ──► limits (429) ──► router.infer (504 past request_timeout_s) ──► ledger (durable) ──► response
 
+An Idempotency-Key is held in two steps: in this process, requests with the same key wait in line without
+touching the store (`KeyHolders`); the one at the head claims the key in the store the fleet shares
+(`FleetState`), so a twin arriving at another process (another router environment on Lambda) waits for the
+same answer instead of running again. The quota is counted in that store too.
+
 A request that reaches the router writes exactly one ledger record, whatever happens next: charged when it
 succeeded, price 0 with its status when it did not. A request whose client went away is recorded with status
 499: its work is dropped if it had not started, and when it had, it is charged only if `bill_abandoned` says so.
@@ -17,11 +22,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slserve.accounts.keys import KeyRecord
-from slserve.accounts.limits import Limiter
-from slserve.errors import ClientClosedRequest, GatewayTimeout, IdempotencyMismatch, SlserveError
+from slserve.accounts.limits import Limiter, take_quota
+from slserve.errors import (
+    ClientClosedRequest,
+    GatewayTimeout,
+    IdempotencyInProgress,
+    IdempotencyMismatch,
+    IdempotentAnswerNotKept,
+    SlserveError,
+)
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
 from slserve.gateway.v2 import client_timeout_s
+from slserve.metering.fleet import LEASE_MARGIN_S, FleetState
 from slserve.metering.ledger import Ledger, Record, StoredResponse, steps_json
 from slserve.platform.base import Cancellation, InferRequest, Platform
 from slserve.router.dispatch import Resolve, Router, Served
@@ -30,6 +43,8 @@ from slserve.router.table import Route
 REPLAY = "x-slserve-idempotent-replay"
 ABANDONED = 499  # the ledger status of a request whose client went away (nginx's "client closed request")
 Reply = tuple[int, bytes, dict[str, str]]
+# How often a request whose Idempotency-Key another process holds asks the store again (doubling up to the cap).
+POLL_FIRST_S, POLL_MAX_S = 0.02, 0.5
 Encode = Callable[[Served], tuple[bytes, dict[str, str]]]
 
 
@@ -45,7 +60,8 @@ class Call:
     idempotency_key: str | None = None
     started_wall: float = field(default_factory=time.time)
     cancellation: Cancellation = field(default_factory=Cancellation)
-    slot: Slot | None = None  # the Idempotency-Key slot this call holds
+    slot: Slot | None = None  # the Idempotency-Key slot this call holds (in this process)
+    claimed: bool = False  # ... and in the store the fleet shares
     resolve: Resolve | None = None  # routes a pipeline's steps for this caller (within its key)
     watcher: asyncio.Future[Any] | None = None  # the ASGI receive that tells of a disconnect
     finished: bool = False
@@ -74,6 +90,7 @@ class Pipeline:
         router: Router,
         limiter: Limiter,
         ledger: Ledger | None,
+        fleet: FleetState | None,
         timeout_s: float,
         bill_abandoned: bool = False,
     ) -> None:
@@ -81,6 +98,7 @@ class Pipeline:
         self.router = router
         self.limiter = limiter
         self.ledger = ledger
+        self.fleet = fleet
         self.timeout_s = timeout_s
         self.bill_abandoned = bill_abandoned
         self.deadlines = Deadlines(timeout_s)
@@ -88,26 +106,51 @@ class Pipeline:
 
     async def replay(self, call: Call, path: str) -> Reply | None:
         """The stored answer to an earlier request with this Idempotency-Key, if there is one. The call holds the
-        key from here until `done`: a second request with it waits, then replays the first one's answer or,
-        when it left none (it failed), runs itself. Replays are free and reach no function."""
-        if call.idempotency_key is None or self.ledger is None:
+        key from here until `done`: a second request with it, in this process or another, waits, then replays
+        the first one's answer or, when it left none (it failed), runs itself. Replays are free and reach no
+        function."""
+        if call.idempotency_key is None or self.ledger is None or self.fleet is None:
             return None
         slot = (call.key.key_id, check_key(call.idempotency_key))
+        give_up = time.monotonic() + self.timeout_s
         await self.holders.acquire(slot, self.timeout_s)
         call.slot = slot
-        stored = self.ledger.stored_response(*slot)
-        if stored is None:
-            return None
+        pause = POLL_FIRST_S
+        while True:
+            outcome = await self.fleet.claim(*slot, call.request_id, self.timeout_s + LEASE_MARGIN_S)
+            if outcome.claimed:
+                call.claimed = True
+                return None
+            if outcome.stored is not None:
+                return self._replayed(call, path, outcome.stored)
+            if time.monotonic() + pause > give_up or call.gone:
+                raise IdempotencyInProgress(
+                    f"a request with Idempotency-Key {slot[1]!r} is still running after {self.timeout_s:g} s; "
+                    "retry later to get its answer"
+                )
+            await asyncio.sleep(pause)  # held by a request in another process: ask again
+            pause = min(POLL_MAX_S, pause * 2)
+
+    def _replayed(self, call: Call, path: str, stored: StoredResponse) -> Reply:
         if stored.fingerprint != call.fingerprint(path):
             raise IdempotencyMismatch(
                 f"Idempotency-Key {call.idempotency_key!r} was used for a different request "
                 f"({stored.request_id}); use a new key for a new request"
             )
+        if stored.omitted_bytes:
+            raise IdempotentAnswerNotKept(
+                f"a request with Idempotency-Key {call.idempotency_key!r} ({stored.request_id}) was answered and "
+                f"charged once, but its answer ({stored.omitted_bytes} bytes) was too large to keep for replay; "
+                "send a new Idempotency-Key to run it again"
+            )
         return stored.status, stored.body, {**stored.headers, REPLAY: "true"}
 
-    def done(self, call: Call) -> None:
+    async def done(self, call: Call) -> None:
         """The call is over, whatever happened: the next request waiting for its Idempotency-Key goes on."""
         call.finished = True
+        if call.claimed and call.slot is not None and self.fleet is not None:
+            call.claimed = False
+            await self.fleet.release(*call.slot, call.request_id)
         if call.slot is not None:
             self.holders.release(call.slot)
             call.slot = None
@@ -115,9 +158,14 @@ class Pipeline:
     async def serve(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         admission = self.limiter.admit(call.key)
         try:
-            return await self._run(call, route, request, path, encode)
+            quota = await take_quota(self.fleet, call.key) if self.fleet is not None else None
+            try:
+                return await self._run(call, route, request, path, encode)
+            finally:
+                if quota is not None:
+                    await quota.settle(call.charged)
         finally:
-            admission.release(call.charged)
+            admission.release()
 
     async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route

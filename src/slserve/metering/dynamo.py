@@ -4,10 +4,12 @@
   second record with the same request id is refused, never written twice.
 - **Durable before the response**: `append` returns once DynamoDB acknowledged the write.
 - **Idempotent replays**: a stored answer is written in one transaction with its record, into a responses table
-  keyed by (API key, Idempotency-Key), with a TTL of the retention (DynamoDB prunes it; an answer past the
-  retention is not replayed even before it is pruned).
-- Usage and quotas read two global secondary indexes of the records table: `by_key` and `by_tenant`, each
-  sorted by `time_us`.
+  keyed by (API key, Idempotency-Key), over the request's own claim (`slserve.metering.dynamo_fleet`), with a
+  TTL of the retention (DynamoDB prunes it; an answer past the retention is not replayed even before it is
+  pruned). An answer over `STORED_ANSWER_LIMIT` (DynamoDB's items are at most 400 KB) is kept as its size
+  only: a retry is told it was answered and charged once, and to use a new key.
+- Usage reads two global secondary indexes of the records table: `by_key` and `by_tenant`, each sorted by
+  `time_us`. Quotas are counted apart, atomically (`dynamo_fleet`): an index is eventually consistent.
 
 boto3 is synchronous: every call runs in a worker thread, so the gateway's event loop never waits on the network.
 """
@@ -27,11 +29,27 @@ from slserve.errors import LedgerUnavailable
 from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, SpendRow, StoredResponse, UsageRow, itemize
 
 FIELDS = {f.name: f.type for f in fields(Record)}
+# DynamoDB's items are at most 400 KB: an answer over this (with its headers and names beside it) is not kept.
+STORED_ANSWER_LIMIT = 350 * 1024
 BY_KEY, BY_TENANT = "by_key", "by_tenant"
 
 
 def slot(key_id: str, idempotency_key: str) -> str:
     return f"{key_id}\0{idempotency_key}"
+
+
+def read_stored(item: dict[str, Any], retention_s: float = DEFAULT_RETENTION_S) -> StoredResponse | None:
+    """A responses-table item holding an answer, unless it is older than the retention."""
+    if int(item["time_us"]["N"]) < (time.time() - retention_s) * 1e6:
+        return None
+    return StoredResponse(
+        item["request_id"]["S"],
+        item["fingerprint"]["S"],
+        int(item["status"]["N"]),
+        orjson.loads(item["headers"]["S"]),
+        bytes(item["body"]["B"]) if "body" in item else b"",
+        int(item["omitted_bytes"]["N"]) if "omitted_bytes" in item else 0,
+    )
 
 
 def to_item(record: Record) -> dict[str, Any]:
@@ -104,18 +122,26 @@ class DynamoLedger:
                 return
             key_id, idempotency_key, stored = response
             item["idempotency_slot"] = {"S": slot(key_id, idempotency_key)}
-            kept = {
+            until = str(int(record.time_us / 1e6 + self.retention_s))
+            answer: dict[str, dict[str, str | bytes]] = {
+                "slot": {"S": slot(key_id, idempotency_key)},
+                "request_id": {"S": stored.request_id},
+                "fingerprint": {"S": stored.fingerprint},
+                "status": {"N": str(stored.status)},
+                "headers": {"S": orjson.dumps(stored.headers).decode()},
+                "time_us": {"N": str(record.time_us)},
+                "lease_until": {"N": until},  # a claim may take the key once the answer's retention is over
+                "expires_at": {"N": until},  # the table's TTL
+            }
+            if len(stored.body) > STORED_ANSWER_LIMIT:  # over DynamoDB's item size: its size is kept, not its bytes
+                answer["omitted_bytes"] = {"N": str(len(stored.body))}
+            else:
+                answer["body"] = {"B": stored.body}
+            kept = {  # over this request's own claim only (or a free key): never over another request's
                 "TableName": self.responses,
-                "Item": {
-                    "slot": {"S": slot(key_id, idempotency_key)},
-                    "request_id": {"S": stored.request_id},
-                    "fingerprint": {"S": stored.fingerprint},
-                    "status": {"N": str(stored.status)},
-                    "headers": {"S": orjson.dumps(stored.headers).decode()},
-                    "body": {"B": stored.body},
-                    "time_us": {"N": str(record.time_us)},
-                    "expires_at": {"N": str(int(record.time_us / 1e6 + self.retention_s))},  # the table's TTL
-                },
+                "Item": answer,
+                "ConditionExpression": "attribute_not_exists(slot) OR claim = :mine",
+                "ExpressionAttributeValues": {":mine": {"S": record.request_id}},
             }
             self.client.transact_write_items(TransactItems=[{"Put": put}, {"Put": kept}])
         except (errors.ConditionalCheckFailedException, errors.TransactionCanceledException) as e:
@@ -144,15 +170,7 @@ class DynamoLedger:
         item = self.client.get_item(
             TableName=self.responses, Key={"slot": {"S": slot(key_id, idempotency_key)}}, ConsistentRead=True
         ).get("Item")
-        if item is None or int(item["time_us"]["N"]) < (time.time() - self.retention_s) * 1e6:
-            return None
-        return StoredResponse(
-            item["request_id"]["S"],
-            item["fingerprint"]["S"],
-            int(item["status"]["N"]),
-            orjson.loads(item["headers"]["S"]),
-            bytes(item["body"]["B"]),
-        )
+        return None if item is None or "fingerprint" not in item else read_stored(item, self.retention_s)
 
     def _query(self, index: str, partition: str, value: str, start: float, end: float) -> list[Record]:
         """The records of one key or tenant in [start, end)."""

@@ -94,6 +94,7 @@ class StoredResponse:
     status: int
     headers: dict[str, str]
     body: bytes
+    omitted_bytes: int = 0  # > 0: the answer was too large for the store to keep (DynamoDB), `body` is empty
 
 
 def steps_json(steps: Sequence[StepReport]) -> str:

@@ -20,6 +20,7 @@ from slserve.gateway.v2 import CLIENT_TIMEOUT
 from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed, InferRequest
 from slserve.platform.remote import RemoteExecutor, Reply
+from slserve.secrets import RotatingSecret
 
 
 class ModalExecutor(RemoteExecutor):
@@ -28,17 +29,18 @@ class ModalExecutor(RemoteExecutor):
     def __init__(
         self,
         url: str,
-        secret: str,
+        secret: str | RotatingSecret,
         timeout_s: float,
         prefix: str = "slserve",
         concurrency: int = 256,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`url`: the endpoints' address, with `{label}` (or `{function}`) where each function's goes, e.g.
-        `https://acme--{label}.modal.run`; `secret`: what the endpoints expect as the Bearer token."""
+        `https://acme--{label}.modal.run`; `secret`: what the endpoints expect as the Bearer token (read again
+        when they refuse it: it may have rotated)."""
         super().__init__()
         self.url = url
-        self.secret = secret
+        self.secret = RotatingSecret.fixed(secret) if isinstance(secret, str) else secret
         self.timeout_s = timeout_s
         self.prefix = prefix
         limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -58,14 +60,32 @@ class ModalExecutor(RemoteExecutor):
         if left_s <= 0:
             raise GatewayTimeout(f"{function.name}: the request's deadline passed before the call")
         base = self.endpoint(function.name)
-        sent = {
-            **headers,
-            "authorization": f"Bearer {self.secret}",
-            CLIENT_TIMEOUT: str(max(1, int(left_s * 1000))),
-        }
         url = f"{base}/v2/models/{function.spec.model.name}/infer"
+        secret = await self.secret.get()
+        r = await self._post(function, url, body, headers, secret, left_s, request)
+        if r.status_code == 401 and (rotated := await self.secret.refused(secret)) is not None:
+            r = await self._post(function, url, body, headers, rotated, left_s, request)  # the secret had rotated
+        if r.status_code == 401:
+            raise RuntimeUnavailable(
+                f"{function.name}: its Modal endpoint refused this gateway's secret: SLSERVE_MODAL_SECRET must be "
+                "the endpoint's SLSERVE_ENDPOINT_SECRET (the Modal secret `slserve deploy modal` created)"
+            )
+        return Reply(r.status_code, r.content, {k.lower(): v for k, v in r.headers.items()})
+
+    async def _post(
+        self,
+        function: Deployed,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        secret: str,
+        left_s: float,
+        request: InferRequest,
+    ) -> httpx.Response:
+        base = self.endpoint(function.name)
+        sent = {**headers, "authorization": f"Bearer {secret}", CLIENT_TIMEOUT: str(max(1, int(left_s * 1000)))}
         try:
-            r = await self.client.post(url, content=body, headers=sent, timeout=httpx.Timeout(left_s, connect=10.0))
+            return await self.client.post(url, content=body, headers=sent, timeout=httpx.Timeout(left_s, connect=10.0))
         except httpx.TimeoutException as e:
             if isinstance(e, httpx.ConnectTimeout):
                 raise RuntimeUnavailable(f"{function.name}: cannot reach its Modal endpoint {base}: timed out") from e
@@ -74,9 +94,3 @@ class ModalExecutor(RemoteExecutor):
             raise InstanceFailed(f"{function.name}: no answer from Modal within {self.timeout_s:g} s") from None
         except httpx.HTTPError as e:
             raise RuntimeUnavailable(f"{function.name}: cannot reach its Modal endpoint {base} ({e!r})") from None
-        if r.status_code == 401:
-            raise RuntimeUnavailable(
-                f"{function.name}: its Modal endpoint refused this gateway's secret: SLSERVE_MODAL_SECRET must be "
-                "the endpoint's SLSERVE_ENDPOINT_SECRET (the Modal secret `slserve deploy modal` created)"
-            )
-        return Reply(r.status_code, r.content, {k.lower(): v for k, v in r.headers.items()})

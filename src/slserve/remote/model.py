@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import base64
 import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
 
 from slserve.errors import GatewayTimeout, InferenceFailed, PayloadTooLarge, SlserveError
 from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, V2Request, encode_infer, parse_infer
 from slserve.platform.base import Deployed, InferResult
+from slserve.restore import reseed
 from slserve.runtime.base import Preloaded, RequestContext, Runtime, Tensors, load_runtime
 from slserve.runtime.batching import ExactBatcher, run_call
 from slserve.runtime.tensors import example_inputs
@@ -81,12 +80,7 @@ class ModelFunction:
 
     def after_restore(self) -> None:
         """A snapshot's restore: every container restored from one snapshot must not share random state."""
-        seed = int.from_bytes(os.urandom(8), "little")
-        random.seed(seed)
-        np.random.seed(seed % 2**32)
-        torch = _loaded("torch")
-        if torch is not None:
-            torch.manual_seed(seed)
+        reseed()
         self.cold = True
 
     def answer(self, body: bytes, headers: dict[str, str], remaining_ms: int | None) -> Reply:
@@ -189,12 +183,6 @@ def error_reply(error: SlserveError) -> Reply:
 
 def _error_body(error: SlserveError) -> bytes:
     return orjson.dumps(error.to_dict())
-
-
-def _loaded(module: str) -> Any:
-    import sys
-
-    return sys.modules.get(module)
 
 
 def decode_body(event: dict[str, Any]) -> bytes:
