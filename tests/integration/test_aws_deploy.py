@@ -113,6 +113,7 @@ def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
         "slserve-keys",
         "slserve-ledger",
         "slserve-responses",
+        "slserve-quotas",
     }
     for table in tables.values():
         replica = table["Properties"]["Replicas"][0]
@@ -153,3 +154,26 @@ def test_the_rest_variant_and_the_modal_target_stay_clean(deployed: dict[str, An
     policies = resources(template, "AWS::IAM::Policy").values()
     statements = [s for p in policies for s in p["Properties"]["PolicyDocument"]["Statement"]]
     assert any(s["Resource"] == {"Ref": secret_id} for s in statements)
+    # binary tensors reach the router as bytes; the WAF counts requests per minute, as its limit assumes
+    (rest_api,) = resources(template, "AWS::ApiGateway::RestApi").values()
+    assert rest_api["Properties"]["BinaryMediaTypes"] == ["*/*"]
+    (acl,) = resources(template, "AWS::WAFv2::WebACL").values()
+    rate = acl["Properties"]["Rules"][0]["Statement"]["RateBasedStatement"]
+    assert rate["EvaluationWindowSec"] == 60 and rate["Limit"] == 60 * 1000
+    assert env["SLSERVE_REQUEST_TIMEOUT_S"] == "27" and router["Properties"]["Timeout"] == 29  # REST's 29 s edge
+
+
+def test_deadlines_come_from_the_edge_and_images_are_built_for_lambdas_platform(deployed: dict[str, Any]) -> None:
+    """An answer after API Gateway's integration timeout (30 s on an HTTP API) never reaches the client: the
+    router's deadline, the model functions' timeouts and the router's own all fit inside it, so nothing is billed
+    that was not delivered."""
+    functions = resources(deployed["template"], "AWS::Lambda::Function")
+    router = next(f for f in functions.values() if f["Properties"].get("Handler") == "slserve.aws.router.handler")
+    deadline = int(router["Properties"]["Environment"]["Variables"]["SLSERVE_REQUEST_TIMEOUT_S"])
+    assert deadline == 28 and router["Properties"]["Timeout"] == 30
+    models = [f for f in functions.values() if "slserve" in f.get("Metadata", {})]
+    assert models and all(f["Properties"]["Timeout"] <= deadline for f in models)
+    assert all(f["Properties"]["Architectures"] == ["x86_64"] for f in [router, *models])
+    manifest = json.loads(next((deployed["root"] / "cdk.out").glob("*.assets.json")).read_text())
+    images = manifest.get("dockerImages", {}).values()
+    assert images and all(image["source"].get("platform") == "linux/amd64" for image in images)

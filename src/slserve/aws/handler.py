@@ -42,7 +42,7 @@ except ImportError:
 
 
 @metrics.log_metrics(capture_cold_start_metric=True)
-@tracer.capture_lambda_handler
+@tracer.capture_lambda_handler(capture_response=False)  # answers are customers' data (up to 6 MB)
 @logger.inject_lambda_context
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     started = time.perf_counter()
@@ -54,8 +54,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     status, content, out = MODEL.answer(body, headers, context.get_remaining_time_in_millis())
     metrics.add_dimension(name="function", value=MODEL.function.name)
     metrics.add_metric(name="latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
-    if status == 200:
-        metrics.add_metric(name="batch_size", unit=MetricUnit.Count, value=1)
+    if status == 200:  # the rows the model call ran (padded to the shape's proven floor)
+        metrics.add_metric(name="batch_size", unit=MetricUnit.Count, value=int(out.get("x-slserve-batch-size", 1)))
     else:
         metrics.add_metric(name="refused", unit=MetricUnit.Count, value=1)
     out["x-request-id"] = context.aws_request_id

@@ -26,6 +26,7 @@ from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
 from aws_cdk import aws_dynamodb as dynamodb
+from aws_cdk import aws_ecr_assets as ecr_assets
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
@@ -39,6 +40,11 @@ from slserve.platform.aws import ALIAS, lambda_name
 from slserve.spec import FunctionSpec
 
 PYTHON = lambda_.Runtime.PYTHON_3_12  # the zip's compiled wheels are built for it (and SnapStart needs 3.12+)
+ARCHITECTURE = lambda_.Architecture.X86_64  # the zips' wheels and the images are built for it
+# API Gateway's integration timeout: an answer later than this never reaches the client (it gets the edge's 503
+# or 504) although the router would bill it. Every deadline on AWS is taken from it.
+EDGE_TIMEOUT_S = {"http": 30, "rest": 29}
+EDGE_MARGIN_S = 2  # the router's work after the model's answer (the ledger write, the response) fits in it
 SNAPSTART_TMP_LIMIT_MB = 512
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 Start = Literal["snapstart", "provisioned", "on-demand"]
@@ -77,10 +83,15 @@ class DeployPlan:
     prefix: str
     functions: list[FunctionPlan]
     router_package: Path
-    timeout_s: int = 60
     rate_per_s: int = 1000  # the API's default throttling (steady rate; burst is twice it)
     api: Literal["http", "rest"] = "http"  # rest: usage plans and a WAF in front, at REST API prices
     modal_url: str | None = None  # the modal target's endpoints (`slserve deploy modal` prints it), for GPU functions
+
+    @property
+    def deadline_s(self) -> int:
+        """A request's deadline on AWS: the edge's own limit, less the router's work after the answer. The
+        router stops waiting then (504, recorded unbilled), and a model function is stopped by Lambda then."""
+        return EDGE_TIMEOUT_S[self.api] - EDGE_MARGIN_S
 
 
 def acknowledge(scope: IConstruct, rule: str, reason: str) -> None:
@@ -178,8 +189,8 @@ class SlserveStack(cdk.Stack):
             "POWERTOOLS_SERVICE_NAME": "slserve",
             "POWERTOOLS_METRICS_NAMESPACE": "slserve",
         }
-        if f.image:
-            code: lambda_.Code = lambda_.Code.from_asset_image(str(f.package))
+        if f.image:  # built for Lambda's x86_64 whatever machine runs the deploy (an arm64 laptop builds arm64)
+            code: lambda_.Code = lambda_.Code.from_asset_image(str(f.package), platform=ecr_assets.Platform.LINUX_AMD64)
             runtime, handler = lambda_.Runtime.FROM_IMAGE, lambda_.Handler.FROM_IMAGE
         else:
             code, runtime, handler = lambda_.Code.from_asset(str(f.package)), PYTHON, "slserve.aws.handler.handler"
@@ -191,7 +202,8 @@ class SlserveStack(cdk.Stack):
             handler=handler,
             code=code,
             memory_size=max(128, min(10240, f.spec.resources.memory_mb)),
-            timeout=cdk.Duration.seconds(self.plan.timeout_s),
+            architecture=ARCHITECTURE,
+            timeout=cdk.Duration.seconds(self.plan.deadline_s),
             ephemeral_storage_size=cdk.Size.mebibytes(f.ephemeral_mb),
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self._log_group(f.name),
@@ -279,6 +291,7 @@ class SlserveStack(cdk.Stack):
             "SLSERVE_RESPONSES_TABLE": self.tables["responses"].table_name,
             "SLSERVE_QUOTAS_TABLE": self.tables["quotas"].table_name,
             "SLSERVE_KEY_SECRET_ARN": self.secret.secret_arn,
+            "SLSERVE_REQUEST_TIMEOUT_S": str(self.plan.deadline_s),
             "POWERTOOLS_SERVICE_NAME": "slserve-router",
         }
         modal_secret = None
@@ -304,7 +317,8 @@ class SlserveStack(cdk.Stack):
             handler="slserve.aws.router.handler",
             code=lambda_.Code.from_asset(str(self.plan.router_package)),
             memory_size=1024,
-            timeout=cdk.Duration.seconds(self.plan.timeout_s + 5),
+            architecture=ARCHITECTURE,
+            timeout=cdk.Duration.seconds(EDGE_TIMEOUT_S[self.plan.api]),  # its deadline, then the ledger write
             tracing=lambda_.Tracing.ACTIVE,
             log_group=self._log_group("router"),
             environment=environment,
@@ -362,6 +376,7 @@ class SlserveStack(cdk.Stack):
             rest_api_name=f"{self.plan.prefix}-api",
             handler=self.router,
             proxy=True,
+            binary_media_types=["*/*"],  # every body reaches the router as bytes: binary tensors unmangled
             cloud_watch_role=True,
             deploy_options=apigateway.StageOptions(
                 stage_name="v1",
@@ -396,7 +411,7 @@ class SlserveStack(cdk.Stack):
                     action=wafv2.CfnWebACL.RuleActionProperty(block={}),
                     statement=wafv2.CfnWebACL.StatementProperty(
                         rate_based_statement=wafv2.CfnWebACL.RateBasedStatementProperty(
-                            aggregate_key_type="IP", limit=60 * self.plan.rate_per_s
+                            aggregate_key_type="IP", limit=60 * self.plan.rate_per_s, evaluation_window_sec=60
                         )
                     ),
                     visibility_config=_visibility("rate-per-address"),
