@@ -1,8 +1,9 @@
 """The CDK app: `cd infra && npx cdk synth` (or `cdk deploy`), for teams that drive the CDK CLI themselves.
 
-It does what `slserve deploy aws` does before it synthesizes: packages every built CPU function of ../functions
-(zips for ONNX Runtime, image contexts for torch) and the router, then declares `SlserveStack` over them, with
-cdk-nag's AwsSolutions and Serverless checks. Settings come from CDK context (`-c functions=...` and so on).
+It takes the one path `slserve deploy aws` takes (`slserve.aws.deploy.prepare`): the same functions, routes,
+pipelines and Modal placement, packaged the same way, then declares `SlserveStack` over them with cdk-nag's
+AwsSolutions and Serverless checks. Settings come from CDK context, with the CLI's defaults:
+`-c functions=... -c artifacts=... -c routes=... -c work=... -c only=a,b -c api=rest -c modal_url=...`.
 """
 
 from __future__ import annotations
@@ -12,26 +13,32 @@ from pathlib import Path
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 
-from slserve.aws.deploy import CDK_FLAGS, deployable, packages
+from slserve.aws.deploy import CDK_FLAGS, prepare
 from slserve.aws.stack import SlserveStack
-from slserve.platform.catalog import FolderCatalog
+from slserve.settings import DEFAULT_ROUTES
 from slserve.snapshot import ArtifactStore
 
-HERE = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parent.parent
 
 
 def main() -> None:
     app = cdk.App(context=CDK_FLAGS)
     context = app.node.try_get_context
-    repo = HERE.parent
-    store = ArtifactStore(Path(context("artifacts") or repo / ".slserve" / "artifacts"))
-    catalog = FolderCatalog(store, Path(context("functions") or repo / "functions"))
+    store = ArtifactStore(Path(context("artifacts") or REPO / ".slserve" / "artifacts"))
     only = context("only")
-    functions = deployable(catalog, only.split(",") if only else None, print)
-    routes = Path(context("routes") or repo / "routes.toml")
-    plan, _ = packages(store, functions, Path(context("work") or repo / ".slserve" / "aws"), routes, print)
+    api = "rest" if context("api") == "rest" else "http"
+    deployment = prepare(
+        store,
+        Path(context("functions") or REPO / "functions"),
+        Path(context("routes") or REPO / DEFAULT_ROUTES),
+        Path(context("work") or REPO / ".slserve" / "aws"),
+        print,
+        only.split(",") if only else None,
+        api,
+        context("modal_url"),
+    )
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), ServerlessChecks(app))
-    SlserveStack(app, plan.prefix, plan)
+    SlserveStack(app, deployment.plan.prefix, deployment.plan)
     app.synth()
 
 

@@ -34,7 +34,7 @@ def deployed(build_sample, sample_store: ArtifactStore, tmp_path_factory: pytest
     done = subprocess.run(command, capture_output=True, text=True, timeout=900, env={**os.environ, "COLUMNS": "200"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     template = json.loads((root / "cdk.out" / "slserve.template.json").read_text())
-    return {"stdout": done.stdout, "template": template, "root": root}
+    return {"stdout": done.stdout, "template": template, "root": root, "artifacts": sample_store.root}
 
 
 def resources(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
@@ -177,3 +177,34 @@ def test_deadlines_come_from_the_edge_and_images_are_built_for_lambdas_platform(
     manifest = json.loads(next((deployed["root"] / "cdk.out").glob("*.assets.json")).read_text())
     images = manifest.get("dockerImages", {}).values()
     assert images and all(image["source"].get("platform") == "linux/amd64" for image in images)
+
+
+def test_the_cdk_app_in_infra_deploys_what_the_cli_deploys(deployed: dict[str, Any]) -> None:
+    """`cd infra && npx cdk synth` and `slserve deploy aws` take one path: the same resources, functions,
+    settings and router catalog from the same functions folder, routes and artifacts."""
+    root = deployed["root"]
+    context = {
+        "functions": str(root / "functions"),
+        "artifacts": str(deployed["artifacts"]),
+        "routes": str(root / "routes.toml"),
+        "work": str(root / "work-infra"),
+    }
+    env = {**os.environ, "CDK_CONTEXT_JSON": json.dumps(context), "CDK_OUTDIR": str(root / "cdk.out-infra")}
+    app = FUNCTIONS.parent / "infra" / "app.py"
+    done = subprocess.run([sys.executable, str(app)], capture_output=True, text=True, timeout=900, env=env)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    theirs = json.loads((root / "cdk.out-infra" / "slserve.template.json").read_text())
+    ours = deployed["template"]
+    kinds = {k: v["Type"] for k, v in ours["Resources"].items()}
+    assert {k: v["Type"] for k, v in theirs["Resources"].items()} == kinds
+
+    def settings(template: dict[str, Any]) -> dict[str, Any]:
+        keep = ("FunctionName", "Handler", "MemorySize", "Timeout", "Environment", "SnapStart", "Architectures")
+        return {
+            k: {p: f["Properties"].get(p) for p in keep}
+            for k, f in resources(template, "AWS::Lambda::Function").items()
+        }
+
+    assert settings(theirs) == settings(ours)
+    catalogs = [json.loads((root / work / "catalog.json").read_text()) for work in ("work", "work-infra")]
+    assert catalogs[0] == catalogs[1]

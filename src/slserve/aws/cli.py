@@ -47,27 +47,18 @@ def deploy_aws(
         raise typer.Exit(2)
 
     from slserve.aws import deploy
-    from slserve.compose.catalog import PipelineCatalog
-    from slserve.platform.catalog import FolderCatalog
     from slserve.remote.costs import measure_compute
     from slserve.snapshot import ArtifactStore
 
-    store = ArtifactStore(artifacts)
-    catalog = FolderCatalog(store, functions)
-    chosen = deploy.deployable(catalog, only.split(",") if only else None, console.print)
     if api not in ("http", "rest"):
         raise typer.BadParameter("--api is http or rest")
-
-    def report(line: str) -> None:
-        console.print(f"package {line}")
-
-    on_modal = [f for f in catalog.functions().values() if f.digest and (f.spec.resources.gpu or f.target == "modal")]
-    placed = chosen + (on_modal if modal_url else [])
-    pipelines = deploy.deployable_pipelines(PipelineCatalog(store, functions), placed, console.print)
+    store = ArtifactStore(artifacts)
     kind: Literal["http", "rest"] = "rest" if api == "rest" else "http"
-    plan, _ = deploy.packages(store, chosen, work, routes, report, kind, on_modal, modal_url, pipelines)
+    chosen = only.split(",") if only else None
+    deployment = deploy.prepare(store, functions, routes, work, console.print, chosen, kind, modal_url)
+    plan, catalog = deployment.plan, deployment.catalog
     if modal_url:
-        names = ", ".join(f.name for f in on_modal) or "none"
+        names = ", ".join(f.name for f in deployment.on_modal) or "none"
         console.print(f"the router sends {names} to the modal target ({modal_url}); its secret: ModalEndpointSecret")
     template = deploy.synthesize(plan, out)
     console.print(f"synthesized {template} (cdk-nag AwsSolutions and Serverless checks: clean)")

@@ -78,6 +78,39 @@ def packages(
     return DeployPlan("slserve", plans, router.directory, api=api, modal_url=modal_url), built
 
 
+@dataclass(frozen=True)
+class Deployment:
+    """What one deploy places, packaged: the one path `slserve deploy aws` and the CDK app in infra/ share."""
+
+    plan: DeployPlan
+    packages: list[Package]
+    catalog: FolderCatalog
+    on_modal: list[Deployed]
+
+
+def prepare(
+    store: ArtifactStore,
+    functions: Path,
+    routes: Path,
+    work: Path,
+    report: Callable[[str], None],
+    only: list[str] | None = None,
+    api: Literal["http", "rest"] = "http",
+    modal_url: str | None = None,
+) -> Deployment:
+    """The functions to place (CPU ones on Lambda; GPU ones on the modal target when `modal_url` is given), the
+    pipelines that fit them, every package and the plan over them."""
+    catalog = FolderCatalog(store, functions)
+    chosen = deployable(catalog, only, report)
+    gpu = [f for f in catalog.functions().values() if f.digest and (f.spec.resources.gpu or f.target == "modal")]
+    on_modal = gpu if modal_url else []
+    pipelines = deployable_pipelines(PipelineCatalog(store, functions), chosen + on_modal, report)
+    plan, built = packages(
+        store, chosen, work, routes, lambda line: report(f"package {line}"), api, on_modal, modal_url, pipelines
+    )
+    return Deployment(plan, built, catalog, on_modal)
+
+
 def router_catalog(
     path: Path, on_lambda: list[Deployed], on_modal: list[Deployed], pipelines: list[DeployedPipeline] | None = None
 ) -> Path:
@@ -92,12 +125,20 @@ def router_catalog(
 def deployable_pipelines(
     catalog: PipelineCatalog, functions: list[Deployed], report: Callable[[str], None]
 ) -> list[DeployedPipeline]:
-    """The published pipelines whose steps fit the functions this deploy places (the others are said, and left)."""
+    """The published pipelines whose steps fit the functions this deploy places (the others are said, and left).
+    A pipeline with a feature lookup stays local: the router on Lambda has no feature store."""
     reach = signatures_of(functions)
     out = []
     for name, pipeline in sorted(catalog.pipelines().items()):
         if pipeline.digest is None:
             report(f"pipeline {name} is not built: left out (`slserve build {name}`)")
+            continue
+        lookups = [step.name for step in pipeline.spec.steps if step.lookup is not None]
+        if lookups:
+            report(
+                f"pipeline {name} left out: its step(s) {', '.join(lookups)} look up feature tables, which only the "
+                "local platform has (the router on Lambda has no feature store)"
+            )
             continue
         try:
             Graph.check(pipeline.spec, reach)
