@@ -3,7 +3,8 @@
 It takes the one path `slserve deploy aws` takes (`slserve.aws.deploy.prepare`): the same functions, routes,
 pipelines and Modal placement, packaged the same way, then declares `SlserveStack` over them with cdk-nag's
 AwsSolutions and Serverless checks. Settings come from CDK context, with the CLI's defaults:
-`-c functions=... -c artifacts=... -c routes=... -c work=... -c only=a,b -c api=rest -c modal_url=...`.
+`-c functions=... -c artifacts=... -c routes=... -c work=... -c only=a,b -c api=rest -c modal_url=...
+-c prefix=slserve-staging -c modal_prefix=... -c key_secret_arn=...`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, ServerlessChecks
 
-from slserve.aws.deploy import CDK_FLAGS, prepare
+from slserve.aws.deploy import CDK_FLAGS, Stage, prepare
 from slserve.aws.stack import SlserveStack
 from slserve.settings import DEFAULT_ROUTES
 from slserve.snapshot import ArtifactStore
@@ -36,6 +37,7 @@ def main() -> None:
         only.split(",") if only else None,
         api,
         context("modal_url"),
+        Stage(context("prefix") or "slserve", context("modal_prefix") or "slserve", context("key_secret_arn")),
     )
     cdk.Validations.of(app).add_plugins(AwsSolutionsChecks(app), ServerlessChecks(app))
     SlserveStack(app, deployment.plan.prefix, deployment.plan)

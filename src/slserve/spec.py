@@ -137,6 +137,10 @@ class Processor(_Strict):
 
 class Resources(_Strict):
     memory_mb: Annotated[int, Field(ge=64, le=1_048_576)] = 2048
+    aws_memory_mb: Annotated[int | None, Field(ge=128, le=10_240)] = Field(
+        default=None,
+        description="Lambda's memory when it should differ from memory_mb (a new AWS account may allow only 3008)",
+    )
     gpu: str | None = Field(default=None, description="GPU type such as 'T4', 'A10G', 'H100'; none = CPU")
     threads: Annotated[int, Field(ge=1, le=256)] = 1
 

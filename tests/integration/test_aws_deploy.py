@@ -208,3 +208,44 @@ def test_the_cdk_app_in_infra_deploys_what_the_cli_deploys(deployed: dict[str, A
     assert settings(theirs) == settings(ours)
     catalogs = [json.loads((root / work / "catalog.json").read_text()) for work in ("work", "work-infra")]
     assert catalogs[0] == catalogs[1]
+
+
+def test_alarms_reach_a_topic_and_watch_the_router_and_the_api(deployed: dict[str, Any]) -> None:
+    template = deployed["template"]
+    (topic_id,) = resources(template, "AWS::SNS::Topic")
+    topic = template["Resources"][topic_id]["Properties"]
+    assert (
+        topic["TopicName"] == "slserve-alarms" and "KmsMasterKeyId" in topic
+    )  # encrypted, with a key CloudWatch may use
+    alarms = resources(template, "AWS::CloudWatch::Alarm")
+    assert alarms and all(a["Properties"]["AlarmActions"] == [{"Ref": topic_id}] for a in alarms.values())
+    described = " ".join(a["Properties"]["AlarmDescription"] for a in alarms.values())
+    assert "slserve's router: invocations failed" in described and "API answered 5xx" in described
+    assert "AlarmTopic" in template["Outputs"]
+
+
+def test_a_second_stage_has_names_of_its_own_and_the_key_secret_outlives_the_stack(deployed: dict[str, Any]) -> None:
+    """Two stacks in one account and region (a stage per prefix); `cdk destroy` keeps the tables and the HMAC key
+    they need, and a later stack reuses that key (--key-secret-arn) instead of making one that cannot read them."""
+    from slserve.aws.deploy import lint, synthesize
+    from slserve.aws.stack import DeployPlan, FunctionPlan
+
+    root = deployed["root"]
+    spec = load_function(root / "functions" / "classifier").spec
+    classifier = FunctionPlan("classifier", spec, "0" * 64, root / "work" / "functions" / "classifier", False)
+    staging = synthesize(DeployPlan("slserve-staging", [classifier], root / "work" / "router"), root / "cdk.out-stage")
+    assert lint(staging) == []
+    template = json.loads(staging.read_text())
+    names = [t["Properties"]["TableName"] for t in resources(template, "AWS::DynamoDB::GlobalTable").values()]
+    assert names and all(n.startswith("slserve-staging-") for n in names)
+    functions = [f["Properties"]["FunctionName"] for f in resources(template, "AWS::Lambda::Function").values()]
+    assert sorted(functions) == ["slserve-staging-classifier", "slserve-staging-router"]
+    (secret,) = resources(template, "AWS::SecretsManager::Secret").values()
+    assert secret["DeletionPolicy"] == "Retain" and secret["Properties"]["Name"] == "slserve-staging-key-hmac"
+
+    arn = "arn:aws:secretsmanager:us-east-1:123456789012:secret:slserve-staging-key-hmac-AbCdEf"
+    again = DeployPlan("slserve-staging", [classifier], root / "work" / "router", key_secret_arn=arn)
+    reused = json.loads(synthesize(again, root / "cdk.out-reuse").read_text())
+    assert not resources(reused, "AWS::SecretsManager::Secret")
+    router = next(f for f in resources(reused, "AWS::Lambda::Function").values() if "router" in json.dumps(f))
+    assert router["Properties"]["Environment"]["Variables"]["SLSERVE_KEY_SECRET_ARN"] == arn

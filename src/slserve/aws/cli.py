@@ -35,6 +35,14 @@ def deploy_aws(
         str | None,
         typer.Option("--modal-url", help="Where GPU functions run (`deploy modal` prints it)"),
     ] = None,
+    prefix: Annotated[
+        str, typer.Option("--prefix", help="Names every resource: one stack per prefix (slserve-staging, ...)")
+    ] = "slserve",
+    modal_prefix: Annotated[str, typer.Option("--modal-prefix", help="`deploy modal --prefix`")] = "slserve",
+    key_secret_arn: Annotated[
+        str | None,
+        typer.Option("--key-secret-arn", help="Reuse the API keys' HMAC secret an earlier stack left (KeySecretArn)"),
+    ] = None,
 ) -> None:
     """Package every function (zip or image), synthesize the CDK stack into cdk.out/, run cdk-nag and cfn-lint,
     and print each package's size and the cost per million requests per tier. Without --dry-run, also deploy
@@ -55,7 +63,8 @@ def deploy_aws(
     store = ArtifactStore(artifacts)
     kind: Literal["http", "rest"] = "rest" if api == "rest" else "http"
     chosen = only.split(",") if only else None
-    deployment = deploy.prepare(store, functions, routes, work, console.print, chosen, kind, modal_url)
+    stage = deploy.Stage(prefix, modal_prefix, key_secret_arn)
+    deployment = deploy.prepare(store, functions, routes, work, console.print, chosen, kind, modal_url, stage)
     plan, catalog = deployment.plan, deployment.catalog
     if modal_url:
         names = ", ".join(f.name for f in deployment.on_modal) or "none"
@@ -95,7 +104,7 @@ def deploy_aws(
         return
     stop_unless_deployable(console, deploy.missing_for_deploy())
     outputs = work / "outputs.json"
-    command = ["npx", "--yes", "aws-cdk@2", "deploy", "--app", str(out), "--require-approval", "never"]
+    command = ["npx", "--yes", deploy.CDK_CLI, "deploy", "--app", str(out), "--require-approval", "never"]
     subprocess.run([*command, "--outputs-file", str(outputs)], check=True)
     upload_artifacts(store, [catalog.functions()[f.name] for f in plan.functions], outputs)
 

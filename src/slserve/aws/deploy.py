@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from slserve.aws.package import Package, function_image, function_zip, router_zip
-from slserve.aws.stack import DeployPlan, FunctionPlan
+from slserve.aws.stack import NEW_ACCOUNT_MEMORY_MB, DeployPlan, FunctionPlan, lambda_memory_mb
 from slserve.compose.catalog import DeployedPipeline, ManifestPipelines, PipelineCatalog, signatures_of
 from slserve.compose.graph import Graph
 from slserve.errors import BuildError, SpecError
@@ -33,6 +33,9 @@ HTTP_API_REQUEST = 1.00 / 1e6
 DYNAMODB_WRITE = 1.25 / 1e6
 ROUTER_MB = 1024
 ROUTER_OVERHEAD_MS = 15.0  # the router's own work per request, beside waiting for the model function
+# The CDK CLI `deploy` runs, pinned: a newer one may read the cloud assembly differently, an older one may not read
+# what this aws-cdk-lib writes (the CLI and the library release apart since CLI 2.1000).
+CDK_CLI = "aws-cdk@2.1148.1"
 CDK_FLAGS = {"@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True}
 LINT_IGNORED = {"W3005": "CDK adds a DependsOn on each function's role beside the GetAtt that already orders them"}
 
@@ -57,6 +60,7 @@ def packages(
     on_modal: list[Deployed] | None = None,
     modal_url: str | None = None,
     pipelines: list[DeployedPipeline] | None = None,
+    stage: Stage | None = None,
 ) -> tuple[DeployPlan, list[Package]]:
     """A package per function (zip for ONNX Runtime, image for torch) and the router's, and the plan over them.
     `on_modal`: functions the router sends to the modal target at `modal_url` (deployed by `deploy modal`)."""
@@ -75,7 +79,27 @@ def packages(
     router = router_zip(workdir / "router", catalog, routes)
     report(router.describe())
     built.append(router)
-    return DeployPlan("slserve", plans, router.directory, api=api, modal_url=modal_url), built
+    stage = stage or Stage()
+    plan = DeployPlan(
+        stage.prefix,
+        plans,
+        router.directory,
+        api=api,
+        modal_url=modal_url,
+        modal_prefix=stage.modal_prefix,
+        key_secret_arn=stage.key_secret_arn,
+    )
+    return plan, built
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Which deployment: `prefix` names every physical resource (one stack per prefix in an account and region:
+    `slserve-staging`, `slserve-prod`); `key_secret_arn` reuses the HMAC key an earlier stack left behind."""
+
+    prefix: str = "slserve"
+    modal_prefix: str = "slserve"
+    key_secret_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +121,7 @@ def prepare(
     only: list[str] | None = None,
     api: Literal["http", "rest"] = "http",
     modal_url: str | None = None,
+    stage: Stage | None = None,
 ) -> Deployment:
     """The functions to place (CPU ones on Lambda; GPU ones on the modal target when `modal_url` is given), the
     pipelines that fit them, every package and the plan over them."""
@@ -105,9 +130,11 @@ def prepare(
     gpu = [f for f in catalog.functions().values() if f.digest and (f.spec.resources.gpu or f.target == "modal")]
     on_modal = gpu if modal_url else []
     pipelines = deployable_pipelines(PipelineCatalog(store, functions), chosen + on_modal, report)
-    plan, built = packages(
-        store, chosen, work, routes, lambda line: report(f"package {line}"), api, on_modal, modal_url, pipelines
-    )
+
+    def packaged(line: str) -> None:
+        report(f"package {line}")
+
+    plan, built = packages(store, chosen, work, routes, packaged, api, on_modal, modal_url, pipelines, stage)
     return Deployment(plan, built, catalog, on_modal)
 
 
@@ -166,6 +193,12 @@ def deployable(catalog: FolderCatalog, names: list[str] | None, report: Callable
                 f"{name}: names a GPU ({function.spec.resources.gpu}); Lambda has none: left out (deploy it to Modal)"
             )
             continue
+        memory = lambda_memory_mb(function.spec)
+        if memory > NEW_ACCOUNT_MEMORY_MB:
+            report(
+                f"{name}: asks {memory} MB of Lambda memory; a new AWS account allows {NEW_ACCOUNT_MEMORY_MB} until a "
+                "quota increase (Service Quotas), or set `[resources] aws_memory_mb` lower"
+            )
         out.append(function)
     unknown = sorted(set(names or []) - set(catalog.functions()))
     if unknown:
@@ -205,7 +238,7 @@ def lint(template: Path) -> list[str]:
 
 def estimate(function: Deployed, compute_ms: float, routes: Path) -> Estimate:
     """What a million requests cost on AWS (list prices) beside what the tier charges for them."""
-    memory_mb = max(128, min(10240, function.spec.resources.memory_mb))
+    memory_mb = lambda_memory_mb(function.spec)
     model_s = max(1.0, compute_ms) / 1000
     router_s = model_s + ROUTER_OVERHEAD_MS / 1000  # the router waits for the model function
     aws = 1e6 * (

@@ -8,7 +8,8 @@ Everything is built in the init phase; an invocation only serves.
 Configuration, from the environment (the CDK app sets it):
     SLSERVE_CATALOG           the deployed functions (catalog.json, written by `slserve deploy aws`)
     SLSERVE_ROUTES            routes.toml in the package
-    SLSERVE_PREFIX            Lambda functions are named PREFIX-FUNCTION
+    SLSERVE_PREFIX            Lambda functions are named PREFIX-FUNCTION (a stage: one stack per prefix)
+    SLSERVE_MODAL_PREFIX      the Modal endpoints' label prefix (`slserve deploy modal --prefix`)
     SLSERVE_KEYS_TABLE, SLSERVE_LEDGER_TABLE, SLSERVE_RESPONSES_TABLE, SLSERVE_QUOTAS_TABLE
     SLSERVE_KEY_SECRET_ARN    the HMAC key of API keys, in Secrets Manager (or SLSERVE_KEY_SECRET itself, for tests)
 Other endpoints (tests, local peers) come from boto3's own AWS_ENDPOINT_URL_<SERVICE> variables.
@@ -80,7 +81,8 @@ def build() -> tuple[Front, Targets, list[RotatingSecret]]:
 
         url, secret = os.environ["SLSERVE_MODAL_URL"], modal_secret()
         secrets.append(secret)
-        executors["modal"] = ModalExecutor(url, secret, settings.request_timeout_s, prefix, concurrency=4)
+        labels = os.environ.get("SLSERVE_MODAL_PREFIX", "slserve")  # the Modal app's (`deploy modal --prefix`)
+        executors["modal"] = ModalExecutor(url, secret, settings.request_timeout_s, labels, concurrency=4)
     platform = Targets(catalog, executors)
     dynamodb = _client("dynamodb")
     keys = DynamoKeyStore(dynamodb, os.environ["SLSERVE_KEYS_TABLE"], key_secret())

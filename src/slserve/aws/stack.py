@@ -25,12 +25,16 @@ import aws_cdk as cdk
 from aws_cdk import aws_apigateway as apigateway
 from aws_cdk import aws_apigatewayv2 as apigw
 from aws_cdk import aws_cloudwatch as cloudwatch
+from aws_cdk import aws_cloudwatch_actions as cloudwatch_actions
 from aws_cdk import aws_dynamodb as dynamodb
 from aws_cdk import aws_ecr_assets as ecr_assets
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_s3 as s3
 from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk import aws_sns as sns
 from aws_cdk import aws_wafv2 as wafv2
 from aws_cdk.aws_apigatewayv2_integrations import HttpLambdaIntegration
 from constructs import Construct, IConstruct
@@ -45,6 +49,14 @@ ARCHITECTURE = lambda_.Architecture.X86_64  # the zips' wheels and the images ar
 # or 504) although the router would bill it. Every deadline on AWS is taken from it.
 EDGE_TIMEOUT_S = {"http": 30, "rest": 29}
 EDGE_MARGIN_S = 2  # the router's work after the model's answer (the ledger write, the response) fits in it
+NEW_ACCOUNT_MEMORY_MB = 3008  # what a new account's Lambda functions may have until a quota increase
+
+
+def lambda_memory_mb(spec: FunctionSpec) -> int:
+    """The function's Lambda memory: `resources.aws_memory_mb` where set, else `memory_mb`, in Lambda's range."""
+    return max(128, min(10240, spec.resources.aws_memory_mb or spec.resources.memory_mb))
+
+
 SNAPSTART_TMP_LIMIT_MB = 512
 LOG_RETENTION = logs.RetentionDays.ONE_MONTH
 Start = Literal["snapstart", "provisioned", "on-demand"]
@@ -86,6 +98,10 @@ class DeployPlan:
     rate_per_s: int = 1000  # the API's default throttling (steady rate; burst is twice it)
     api: Literal["http", "rest"] = "http"  # rest: usage plans and a WAF in front, at REST API prices
     modal_url: str | None = None  # the modal target's endpoints (`slserve deploy modal` prints it), for GPU functions
+    modal_prefix: str = "slserve"  # the Modal app's label prefix (`slserve deploy modal --prefix`)
+    # The API keys' HMAC key of an earlier deployment (it outlives `cdk destroy`, as the tables do): reusing it keeps
+    # the surviving key hashes readable. None: this stack makes one.
+    key_secret_arn: str | None = None
 
     @property
     def deadline_s(self) -> int:
@@ -104,18 +120,8 @@ class SlserveStack(cdk.Stack):
         self.plan = plan
         self.bucket = self._artifacts_bucket()
         self.tables = {t.name: self._table(t) for t in TABLES}
-        self.secret = secretsmanager.Secret(
-            self,
-            "KeySecret",
-            description="slserve: the HMAC key of API key hashes",
-            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
-        )
-        acknowledge(
-            self.secret,
-            "AwsSolutions-SMG4",
-            "rotating the HMAC key would invalidate every API key at once; keys rotate one by one "
-            "(`slserve keys rotate`)",
-        )
+        self.secret = self._key_secret()
+        self.alarms = self._alarm_topic()
         self.aliases = {f.name: self._model_function(f) for f in plan.functions}
         self.router = self._router()
         if plan.api == "rest":
@@ -124,6 +130,47 @@ class SlserveStack(cdk.Stack):
             self._http_api()
 
     # --- storage ---------------------------------------------------------------------------------------------
+
+    def _key_secret(self) -> secretsmanager.ISecret:
+        """The HMAC key of API key hashes: retained, as the tables are, and reusable by a later stack."""
+        if self.plan.key_secret_arn:
+            return secretsmanager.Secret.from_secret_complete_arn(self, "KeySecret", self.plan.key_secret_arn)
+        secret = secretsmanager.Secret(
+            self,
+            "KeySecret",
+            secret_name=f"{self.plan.prefix}-key-hmac",
+            description="slserve: the HMAC key of API key hashes (kept after the stack: the keys table needs it)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(password_length=64, exclude_punctuation=True),
+            removal_policy=cdk.RemovalPolicy.RETAIN,
+        )
+        acknowledge(
+            secret,
+            "AwsSolutions-SMG4",
+            "rotating the HMAC key would invalidate every API key at once; keys rotate one by one "
+            "(`slserve keys rotate`)",
+        )
+        cdk.CfnOutput(self, "KeySecretArn", value=secret.secret_arn, description="reuse it: --key-secret-arn")
+        return secret
+
+    def _alarm_topic(self) -> sns.Topic:
+        """Where every alarm goes: subscribe to it (email, chat, a pager) to hear of them."""
+        key = kms.Key(self, "AlarmKey", enable_key_rotation=True, description="slserve: the alarm topic's key")
+        key.grant_encrypt_decrypt(iam.ServicePrincipal("cloudwatch.amazonaws.com"))  # CloudWatch publishes to it
+        topic = sns.Topic(self, "Alarms", topic_name=f"{self.plan.prefix}-alarms", master_key=key, enforce_ssl=True)
+        cdk.CfnOutput(self, "AlarmTopic", value=topic.topic_arn, description="aws sns subscribe --topic-arn ...")
+        return topic
+
+    def _alarm(self, construct_id: str, metric: cloudwatch.IMetric, threshold: float, periods: int, why: str) -> None:
+        alarm = cloudwatch.Alarm(
+            self,
+            construct_id,
+            metric=metric,
+            threshold=threshold,
+            evaluation_periods=periods,
+            alarm_description=why,
+            treat_missing_data=cloudwatch.TreatMissingData.NOT_BREACHING,
+        )
+        alarm.add_alarm_action(cloudwatch_actions.SnsAction(self.alarms))
 
     def _artifacts_bucket(self) -> s3.Bucket:
         access_logs = s3.Bucket(
@@ -201,7 +248,7 @@ class SlserveStack(cdk.Stack):
             runtime=runtime,
             handler=handler,
             code=code,
-            memory_size=max(128, min(10240, f.spec.resources.memory_mb)),
+            memory_size=lambda_memory_mb(f.spec),
             architecture=ARCHITECTURE,
             timeout=cdk.Duration.seconds(self.plan.deadline_s),
             ephemeral_storage_size=cdk.Size.mebibytes(f.ephemeral_mb),
@@ -227,21 +274,13 @@ class SlserveStack(cdk.Stack):
 
     def _alarms(self, name: str, alias: lambda_.Alias) -> None:
         period = cdk.Duration.minutes(5)
-        cloudwatch.Alarm(
-            self,
-            f"Errors-{name}",
-            metric=alias.metric_errors(period=period),
-            threshold=1,
-            evaluation_periods=1,
-            alarm_description=f"slserve {name}: invocations failed",
-        )
-        cloudwatch.Alarm(
-            self,
+        self._alarm(f"Errors-{name}", alias.metric_errors(period=period), 1, 1, f"slserve {name}: invocations failed")
+        self._alarm(
             f"Throttles-{name}",
-            metric=alias.metric_throttles(period=period),
-            threshold=1,
-            evaluation_periods=1,
-            alarm_description=f"slserve {name}: Lambda throttled calls (raise its concurrency, or shed load)",
+            alias.metric_throttles(period=period),
+            1,
+            1,
+            f"slserve {name}: Lambda throttled calls (raise its concurrency, or shed load)",
         )
         cold = cloudwatch.Metric(
             namespace="slserve",
@@ -255,13 +294,8 @@ class SlserveStack(cdk.Stack):
             using_metrics={"cold": cold, "invocations": alias.metric_invocations(period=period)},
             period=period,
         )
-        cloudwatch.Alarm(
-            self,
-            f"ColdStarts-{name}",
-            metric=rate,
-            threshold=20,
-            evaluation_periods=3,
-            alarm_description=f"slserve {name}: more than 20% of calls waited for a cold start",
+        self._alarm(
+            f"ColdStarts-{name}", rate, 20, 3, f"slserve {name}: more than 20% of calls waited for a cold start"
         )
 
     def _acknowledge_function(self, fn: lambda_.Function, wildcards: dict[str, str] | None = None) -> None:
@@ -286,6 +320,7 @@ class SlserveStack(cdk.Stack):
     def _router(self) -> lambda_.Alias:
         environment = {
             "SLSERVE_PREFIX": self.plan.prefix,
+            "SLSERVE_MODAL_PREFIX": self.plan.modal_prefix,
             "SLSERVE_KEYS_TABLE": self.tables["keys"].table_name,
             "SLSERVE_LEDGER_TABLE": self.tables["ledger"].table_name,
             "SLSERVE_RESPONSES_TABLE": self.tables["responses"].table_name,
@@ -335,7 +370,13 @@ class SlserveStack(cdk.Stack):
         self._acknowledge_function(
             fn, {"<LedgerTable.Arn>/index/*": "the ledger's own two indexes (usage and quotas), no other table's"}
         )
-        return lambda_.Alias(self, "RouterLive", alias_name=ALIAS, version=fn.current_version)
+        live = lambda_.Alias(self, "RouterLive", alias_name=ALIAS, version=fn.current_version)
+        period = cdk.Duration.minutes(5)
+        self._alarm("Errors-router", live.metric_errors(period=period), 1, 1, "slserve's router: invocations failed")
+        self._alarm(
+            "Throttles-router", live.metric_throttles(period=period), 1, 1, "slserve's router: Lambda throttled it"
+        )
+        return live
 
     def _http_api(self) -> apigw.HttpApi:
         api = apigw.HttpApi(
@@ -362,6 +403,8 @@ class SlserveStack(cdk.Stack):
         )
         acknowledge(api, "AwsSolutions-APIG4", "API keys are checked by slserve's router (keyed hashes in DynamoDB)")
         acknowledge(api, "AwsSolutions-COG4", "API keys are checked by slserve's router, not by Cognito")
+        errors = api.metric_server_error(period=cdk.Duration.minutes(5), statistic="Sum")
+        self._alarm("Api5xx", errors, 5, 1, "slserve's API answered 5xx (the edge's own, or the router's)")
         cdk.CfnOutput(self, "Url", value=api.url or "", description="the gateway: /v2/models/{model}/infer")
         cdk.CfnOutput(self, "ArtifactBucket", value=self.bucket.bucket_name, description="artifacts, by sha256")
         return api
@@ -421,6 +464,8 @@ class SlserveStack(cdk.Stack):
         wafv2.CfnWebACLAssociation(
             self, "WebAclAssociation", resource_arn=api.deployment_stage.stage_arn, web_acl_arn=acl.attr_arn
         )
+        errors = api.metric_server_error(period=cdk.Duration.minutes(5), statistic="Sum")
+        self._alarm("Api5xx", errors, 5, 1, "slserve's API answered 5xx (the edge's own, or the router's)")
         acknowledge(api, "AwsSolutions-APIG2", "requests are validated by slserve's router against each signature")
         acknowledge(api, "AwsSolutions-APIG4", "API keys are checked by slserve's router (keyed hashes in DynamoDB)")
         acknowledge(api, "AwsSolutions-COG4", "API keys are checked by slserve's router, not by Cognito")

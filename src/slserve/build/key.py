@@ -25,7 +25,7 @@ DEPLOYMENT: dict[str, IncEx | bool] = {
     "target": True,
     "scaling": True,
     "batching": {"max_delay_ms"},
-    "resources": {"memory_mb"},
+    "resources": {"memory_mb", "aws_memory_mb"},
     "limits": True,
 }
 SPEC_FILE = "function/function.toml"  # its content takes part through the parsed spec

@@ -12,7 +12,7 @@ from rich import box
 from rich.table import Table
 
 from slserve.remote.deploying import stop_unless_deployable
-from slserve.settings import DEFAULT_ROUTES
+from slserve.settings import DEFAULT_ROUTES, DEFAULT_STATE
 from slserve.terminal import make_console, print_table
 
 console = make_console()
@@ -84,7 +84,7 @@ def deploy_modal(
     if dry_run:
         return
     stop_unless_deployable(console, deploy.missing_for_deploy())
-    urls = deploy.deploy(plan, plan_file, store, console.print)
+    urls = deploy.deploy(plan, plan_file, store, console.print, DEFAULT_STATE / "modal-endpoint-secret")
     for name, url in urls.items():
         console.print(f"{name}: {url}")
     first = next(iter(plan.functions))

@@ -16,6 +16,7 @@ from slserve.errors import BuildError
 from slserve.modal.plan import ModalFunction, ModalPlan
 from slserve.platform.base import Deployed
 from slserve.platform.catalog import FolderCatalog
+from slserve.private import private_file
 from slserve.snapshot import ArtifactStore
 
 # Modal's list prices (2026-05), US dollars per second: GPU by type, CPU per physical core (Modal bills at least
@@ -143,8 +144,11 @@ def ensure_secret(name: str, report: Callable[[str], None]) -> str | None:
     return value
 
 
-def deploy(plan: ModalPlan, plan_file: Path, store: ArtifactStore, report: Callable[[str], None]) -> dict[str, str]:
-    """Fill the volume, make the secret, deploy the app; returns each function's endpoint URL."""
+def deploy(
+    plan: ModalPlan, plan_file: Path, store: ArtifactStore, report: Callable[[str], None], secret_file: Path
+) -> dict[str, str]:
+    """Fill the volume, make the secret, deploy the app; returns each function's endpoint URL. A new secret is
+    written to `secret_file` (owner-only), never printed: terminals and CI logs keep what they show."""
     import modal
 
     fill_volume(plan, store, modal.Volume.from_name(plan.volume, create_if_missing=True), report)
@@ -156,5 +160,10 @@ def deploy(plan: ModalPlan, plan_file: Path, store: ArtifactStore, report: Calla
         container.app.deploy(name=plan.app)
     urls = {f.name: getattr(container, f.cls_name)().web.get_web_url() for f in plan.functions}
     if secret is not None:
-        report(f"give the gateways: SLSERVE_MODAL_SECRET={secret}")
+        private_file(secret_file).write_text(secret)
+        report(
+            f"the endpoints' secret is in {secret_file} (owner-only): give it to the gateways as SLSERVE_MODAL_SECRET, "
+            f"or to the AWS router: aws secretsmanager put-secret-value --secret-id <ModalEndpointSecret> "
+            f"--secret-string file://{secret_file}"
+        )
     return urls
