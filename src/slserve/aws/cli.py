@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from functools import partial
 from pathlib import Path
@@ -54,8 +55,8 @@ def deploy_aws(
         console.print(f"deploy aws needs {', '.join(missing)}: pip install 'slserve[deploy]'")
         raise typer.Exit(2)
 
-    from slserve.aws import deploy
-    from slserve.remote.costs import measure_compute
+    from slserve.aws import costs, deploy
+    from slserve.remote.costs import charged_per_million, measure_compute
     from slserve.snapshot import ArtifactStore
 
     if api not in ("http", "rest"):
@@ -79,26 +80,40 @@ def deploy_aws(
     ignored = ", ".join(f"{rule} ({why})" for rule, why in deploy.LINT_IGNORED.items())
     console.print(f"cfn-lint: clean (ignoring {ignored})")
     table = Table(
-        *("function", "tier", "start", "memory MB", "compute ms", "AWS $/M requests", "charged $/M"),
+        *("function", "tier", "start", "memory MB", "compute ms", "AWS $/M requests", "restore $", "charged $/M"),
         box=box.SIMPLE_HEAD,
     )
+    estimates = []
     for f in plan.functions:
         function = catalog.functions()[f.name]
-        estimate = deploy.estimate(function, measure_compute(store, function)[0], routes)
-        start, _ = f.start()
+        measured = measure_compute(store, function)
+        e = costs.estimate(f, measured.compute_ms, charged_per_million(function, measured.compute_ms, routes), kind)
+        estimates.append(e)
         table.add_row(
             f.name,
-            estimate.tier,
-            start,
-            str(estimate.memory_mb),
-            f"{estimate.compute_ms:.1f}",
-            f"{estimate.aws_per_million:.2f}",
-            f"{estimate.charged_per_million:.2f}",
+            e.tier,
+            f.start()[0],
+            str(e.memory_mb),
+            f"{e.compute_ms:.1f}",
+            f"{e.aws_per_million:.2f}",
+            f"{e.restore_per_cold_start:.5f}" if e.restore_per_cold_start else "-",
+            f"{e.charged_per_million:.2f}",
         )
+        console.print(f"  {f.name}: compute {measured.provenance}")
     print_table(console, table)
+    resources = json.loads(template.read_text())["Resources"].values()
+    alarms = sum(1 for r in resources if r["Type"] == "AWS::CloudWatch::Alarm")
+    monthly = costs.fixed_per_month(estimates, kind, alarms, modal_url is not None)
+    api_name = "REST API + WAF" if kind == "rest" else "HTTP API"
     console.print(
-        "AWS: model function + router (waiting for it) + HTTP API + one DynamoDB write, list prices (us-east-1, x86);"
-        " compute measured here. Charged: the tier's prices (micro-units per request = currency per million)."
+        f"AWS, per request: model function + router (waiting for it) + {api_name} + the ledger record "
+        f"({costs.LEDGER_WRITES} DynamoDB writes: the item and its indexes) + CloudWatch logs; list prices "
+        "(us-east-1, x86). restore $: a SnapStart restore, per cold start. Charged: the tier's prices "
+        "(micro-units per request = currency per million)."
+    )
+    console.print(
+        f"AWS, per month with no traffic: ${monthly:.2f} (secrets, the alarm topic's key, {alarms} alarms"
+        f"{', the WAF' if kind == 'rest' else ''}, SnapStart snapshot caches)"
     )
     if dry_run:
         return

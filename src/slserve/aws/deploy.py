@@ -1,4 +1,4 @@
-"""`slserve deploy aws`: package every function, synthesize the stack, check it, estimate what it costs, and
+"""`slserve deploy aws`: package every function, synthesize the stack, check it (what it costs: `aws.costs`), and
 (with credentials) upload the artifacts and deploy.
 
     packages (zips, image contexts) ──► CDK synth ──► cdk-nag (during synth) ──► cfn-lint ──► cost per tier
@@ -22,32 +22,13 @@ from slserve.compose.graph import Graph
 from slserve.errors import BuildError, SpecError
 from slserve.platform.base import Deployed
 from slserve.platform.catalog import FolderCatalog, ManifestCatalog
-from slserve.remote.costs import charged_per_million
 from slserve.snapshot import ArtifactStore
 
-# AWS list prices, us-east-1, x86 (2026-11): Lambda per GB-second and per request, HTTP API per request,
-# DynamoDB on-demand per write request unit (a ledger record is one; with an idempotent answer, two).
-LAMBDA_GB_S = 0.0000166667
-LAMBDA_REQUEST = 0.20 / 1e6
-HTTP_API_REQUEST = 1.00 / 1e6
-DYNAMODB_WRITE = 1.25 / 1e6
-ROUTER_MB = 1024
-ROUTER_OVERHEAD_MS = 15.0  # the router's own work per request, beside waiting for the model function
 # The CDK CLI `deploy` runs, pinned: a newer one may read the cloud assembly differently, an older one may not read
 # what this aws-cdk-lib writes (the CLI and the library release apart since CLI 2.1000).
 CDK_CLI = "aws-cdk@2.1148.1"
 CDK_FLAGS = {"@aws-cdk/aws-s3:serverAccessLogsUseBucketPolicy": True}
 LINT_IGNORED = {"W3005": "CDK adds a DependsOn on each function's role beside the GetAtt that already orders them"}
-
-
-@dataclass(frozen=True)
-class Estimate:
-    function: str
-    tier: str
-    memory_mb: int
-    compute_ms: float
-    aws_per_million: float  # US dollars: model function, router, HTTP API, ledger write
-    charged_per_million: float  # what the tier's prices charge a million such requests (currency units)
 
 
 def packages(
@@ -197,7 +178,7 @@ def deployable(catalog: FolderCatalog, names: list[str] | None, report: Callable
         if memory > NEW_ACCOUNT_MEMORY_MB:
             report(
                 f"{name}: asks {memory} MB of Lambda memory; a new AWS account allows {NEW_ACCOUNT_MEMORY_MB} until a "
-                "quota increase (Service Quotas), or set `[resources] aws_memory_mb` lower"
+                "quota increase (Service Quotas), or set `resources.aws_memory_mb` lower"
             )
         out.append(function)
     unknown = sorted(set(names or []) - set(catalog.functions()))
@@ -234,21 +215,6 @@ def lint(template: Path) -> list[str]:
 
     matches = lint_file(template, ManualArgs(ignore_checks=sorted(LINT_IGNORED)))
     return [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches]
-
-
-def estimate(function: Deployed, compute_ms: float, routes: Path) -> Estimate:
-    """What a million requests cost on AWS (list prices) beside what the tier charges for them."""
-    memory_mb = lambda_memory_mb(function.spec)
-    model_s = max(1.0, compute_ms) / 1000
-    router_s = model_s + ROUTER_OVERHEAD_MS / 1000  # the router waits for the model function
-    aws = 1e6 * (
-        LAMBDA_GB_S * (memory_mb / 1024 * model_s + ROUTER_MB / 1024 * router_s)
-        + 2 * LAMBDA_REQUEST
-        + HTTP_API_REQUEST
-        + DYNAMODB_WRITE
-    )
-    charged = charged_per_million(function, compute_ms, routes)
-    return Estimate(function.name, function.spec.tier, memory_mb, compute_ms, aws, charged)
 
 
 def missing_for_deploy() -> list[str]:

@@ -61,25 +61,31 @@ def deploy_modal(
         size = sum(f.blobs.values())
         console.print(f"  {f.name}: volume {plan.volume} holds {len(f.blobs)} blobs, {size / 2**20:.1f} MB (sent once)")
 
-    costs = Table(*("function", "compute ms", "on", "Modal $/M requests", "idle $/scale-down", "charged $/M"))
+    costs = Table(
+        *("function", "compute ms", "on", "Modal $/M requests", "idle $/scale-down", "always-on $/month", "charged $/M")
+    )
     costs.box = box.SIMPLE_HEAD
     for f in plan.functions:
         function = catalog.functions()[f.name]
-        compute_ms, device = measure_compute(store, function, None)  # on the GPU where this host has one
-        e = deploy.estimate(f, compute_ms, device, charged_per_million(function, compute_ms, routes))
+        measured = measure_compute(store, function, None)  # on the GPU where this host has one
+        charged = charged_per_million(function, measured.compute_ms, routes)
+        e = deploy.estimate(f, measured.compute_ms, measured.device, charged)
+        console.print(f"  {f.name}: compute {measured.provenance}")
         costs.add_row(
             f.name,
             f"{e.compute_ms:.1f}",
             e.device,
             f"{e.modal_per_million:.2f}",
             f"{e.idle_per_scaledown:.4f}",
+            f"{e.always_on_per_month:.2f}",
             f"{e.charged_per_million:.2f}",
         )
     console.print(costs)
     console.print(
         "Modal: the container's GPU, CPU and memory for the measured compute, one request per call (batching "
         "lowers it), list prices; a GPU function measured on this host's CPU is an upper bound. Charged: the "
-        "tier's prices. A container idles through its scale-down window once per burst."
+        "tier's prices. A container idles through its scale-down window once per burst; always-on: the "
+        "min_containers kept warm all month."
     )
     if dry_run:
         return

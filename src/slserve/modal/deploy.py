@@ -36,6 +36,7 @@ GPU_PER_S = {
 }
 CPU_CORE_PER_S = 0.0000131
 MEMORY_GIB_PER_S = 0.00000222
+MONTH_S = 30 * 86400
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class Estimate:
     compute_ms: float
     modal_per_million: float  # US dollars for the containers' busy time, one request per call
     idle_per_scaledown: float  # US dollars a container costs idling through its scale-down window once
+    always_on_per_month: float  # US dollars: the `min_containers` kept running all month, whatever the traffic
     charged_per_million: float
 
 
@@ -84,6 +86,7 @@ def estimate(f: ModalFunction, compute_ms: float, device: str, charged_per_milli
         compute_ms,
         rate * compute_ms / 1000 * 1e6,
         rate * f.scaledown_window,
+        rate * f.min_containers * MONTH_S,
         charged_per_million,
     )
 
