@@ -98,6 +98,24 @@ class PayloadTooLarge(SlserveError):
     code = "payload_too_large"
 
 
+class UploadsFull(SlserveError):
+    """The gateway holds as many request bytes as its budget allows (`inflight_body_mb`); retry shortly."""
+
+    status = 503
+    code = "uploads_full"
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class UploadTooSlow(SlserveError):
+    """The body arrived slower than the gateway's minimum rate (`min_upload_kb_per_s`)."""
+
+    status = 408
+    code = "upload_too_slow"
+
+
 class OverMemoryLimit(PayloadTooLarge):
     """The request took its instance over the function's memory limit, twice (the second time alone)."""
 

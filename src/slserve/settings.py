@@ -27,7 +27,18 @@ class ServeSettings(BaseSettings):
     artifacts: Path = Field(Path(".slserve/artifacts"), description="Artifact store")
     routes: Path = Field(DEFAULT_ROUTES, description="Versions, aliases and tiers (reloaded when it changes)")
     state: Path = Field(DEFAULT_STATE, description="API keys, the ledger, the server secret and its address")
-    max_body_mb: Annotated[float, Field(gt=0)] = Field(64.0, description="Largest request body accepted (413 above)")
+    max_body_mb: Annotated[float, Field(gt=0)] = Field(
+        64.0, description="Largest request body accepted (413 above); each function's own limit is lower"
+    )
+    inflight_body_mb: Annotated[float, Field(gt=0)] = Field(
+        256.0, description="Request bodies all requests in flight may hold together (503 + Retry-After above)"
+    )
+    min_upload_kb_per_s: Annotated[float, Field(gt=0)] = Field(
+        64.0, description="A body arriving slower than this (after upload_grace_s) is cut with 408"
+    )
+    upload_grace_s: Annotated[float, Field(gt=0)] = Field(
+        2.0, description="How long a body may take before min_upload_kb_per_s applies"
+    )
     max_tensor_elements: Annotated[int, Field(gt=0)] = Field(
         16 * 1024 * 1024, description="Most elements (all inputs together) one request may carry (413 above)"
     )
@@ -106,6 +117,10 @@ class ServeSettings(BaseSettings):
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
+
+    @property
+    def inflight_body_bytes(self) -> int:
+        return int(self.inflight_body_mb * 1024 * 1024)
 
 
 def load_settings(**flags: Any) -> ServeSettings:

@@ -172,6 +172,11 @@ class Limits(_Strict):
         description="rows (the first, batch dimension) one request may carry; more are refused (413) before they "
         "queue, so that no request can take more memory than `resources.memory_mb` allows",
     )
+    max_bytes_per_element: Annotated[int, Field(ge=1, le=1 << 30)] = Field(
+        default=65_536,
+        description="longest BYTES element (a text, an encoded image) one request may carry; longer ones are "
+        "refused (413). With max_rows and the signature it bounds the body a request may send",
+    )
 
 
 class Drift(_Strict):

@@ -264,7 +264,7 @@ BAD_REQUESTS = [
         400,
         "must be an integer",
     ),
-    ("/v2/models/classifier/infer", b"x" * (2 * 1024 * 1024), {}, 413, "over the 1048576-byte limit"),
+    ("/v2/models/classifier/infer", b"x" * (2 * 1024 * 1024), {}, 413, "-byte limit (the largest valid request to"),
     ("/v2/nowhere", b"", {}, 404, "no route /v2/nowhere"),
 ]
 

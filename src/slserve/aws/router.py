@@ -81,7 +81,7 @@ def build() -> tuple[Front, Targets, list[RotatingSecret]]:
 
         url, secret = os.environ["SLSERVE_MODAL_URL"], modal_secret()
         secrets.append(secret)
-        labels = os.environ.get("SLSERVE_MODAL_PREFIX", "slserve")  # the Modal app's (`deploy modal --prefix`)
+        labels = settings.modal_prefix  # SLSERVE_MODAL_PREFIX: the Modal app's (`deploy modal --prefix`)
         executors["modal"] = ModalExecutor(url, secret, settings.request_timeout_s, labels, concurrency=4)
     platform = Targets(catalog, executors)
     dynamodb = _client("dynamodb")

@@ -11,21 +11,25 @@ endpoints, OpenAI's `{"error": {"message", "type", "code"}}` under /v1.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import orjson
 
 from slserve.accounts.keys import KeyRecord
 from slserve.compose.run import StepReport
-from slserve.errors import MethodNotAllowed, PayloadTooLarge, SlserveError, Unauthorized
+from slserve.compose.spec import PipelineSpec
+from slserve.errors import MethodNotAllowed, SlserveError, Unauthorized
 from slserve.gateway import logs, openai
 from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
+from slserve.gateway.intake import ClientGone, Intake, body_limit
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
 from slserve.gateway.pipeline import Call, Pipeline, Reply
 from slserve.gateway.timeline import Timeline
@@ -34,6 +38,7 @@ from slserve.platform.base import InferResult
 from slserve.router.dispatch import Resolve, Router, Served
 from slserve.router.table import Route
 from slserve.settings import ServeSettings
+from slserve.spec import FunctionSpec
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -46,11 +51,9 @@ INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^
 EMBEDDINGS_PATH = "/v1/embeddings"
 PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/dashboard"})  # the page has no data
 CALLER = "slserve.key"  # where Starlette handlers find the authenticated key in the ASGI scope
+DECODE_IN_THREAD = 256 * 1024  # bodies larger than this are decoded off the event loop
+T = TypeVar("T")
 log = logging.getLogger("slserve.gateway")
-
-
-class ClientGone(Exception):
-    """The client disconnected before sending its whole body: nothing to answer."""
 
 
 def _true(value: str | None) -> bool:
@@ -124,6 +127,9 @@ class Front:
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
         self.max_elements = settings.max_tensor_elements
+        self.intake = Intake(settings.inflight_body_bytes, settings.min_upload_kb_per_s * 1024, settings.upload_grace_s)
+        # function -> (the spec its body limit was computed for, the limit)
+        self._limits: dict[str, tuple[FunctionSpec | PipelineSpec, int]] = {}
         self.public_metrics = settings.public_metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -168,6 +174,8 @@ class Front:
             reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
         finally:
             if call is not None:
+                self.intake.release(call.held_bytes)
+                call.held_bytes = 0
                 await self.pipeline.done(call)
         status, body, out_headers = reply
         out_headers.setdefault("x-request-id", request_id)
@@ -183,13 +191,16 @@ class Front:
         route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw, key.models))
         call.route = route
         call.resolve = self.resolver(key, sticky, upgrade, draw)
-        await self.read_request(call, receive)
+        fdef = self.router.signature_function(route)
+        await self.pipeline.admit(call)  # the key's limits before a byte of the body is held
+        why = f"the largest valid request to {fdef.name}: its signature, limits.max_rows, limits.max_bytes_per_element"
+        await self.read_request(call, receive, self.body_limit(fdef.name, fdef.spec), why)
         replayed = await self.pipeline.replay(call, path)
         if replayed is not None:
             return replayed
         fdef = self.router.signature_function(route)
-        limits = RequestLimits(self.max_elements, fdef.spec.limits.max_rows)
-        v2 = parse_infer(fdef, call.body, headers.get(HEADER_LENGTH), limits)
+        limits = RequestLimits(self.max_elements, fdef.spec.limits.max_rows, fdef.spec.limits.max_bytes_per_element)
+        v2 = await decode(len(call.body), parse_infer, fdef, call.body, headers.get(HEADER_LENGTH), limits)
         asked_tier, asked_upgrade = v2.parameters.get("tier"), v2.parameters.get("allow_upgrade")
         if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
             tier = str(asked_tier) if asked_tier else tier
@@ -205,8 +216,9 @@ class Front:
 
     async def embeddings(self, call: Call, receive: Receive, path: str) -> Reply:
         key, headers = call.key, call.headers
-        await self.read_request(call, receive)
-        request = openai.parse_embeddings(call.body)
+        await self.pipeline.admit(call)
+        await self.read_request(call, receive, self.embeddings_limit(), "the largest valid request to any function")
+        request = await decode(len(call.body), openai.parse_embeddings, call.body)
         tier = tier_for(key, headers.get("x-slserve-tier") or request.tier)
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         sticky = routing_key(key, headers)
@@ -229,6 +241,18 @@ class Front:
 
         return await self.pipeline.serve(call, route, infer, path, encode)
 
+    def body_limit(self, name: str, spec: FunctionSpec | PipelineSpec) -> int:
+        """The largest body a valid request to this function can need (computed once per spec)."""
+        kept = self._limits.get(name)
+        if kept is None or kept[0] is not spec:
+            kept = self._limits[name] = (spec, body_limit(spec, self.max_elements, self.max_body_bytes))
+        return kept[1]
+
+    def embeddings_limit(self) -> int:
+        """/v1/embeddings names its model in the body: the largest limit of the functions it may reach."""
+        functions = self.router.functions.values()
+        return max((self.body_limit(f.name, f.spec) for f in functions), default=self.max_body_bytes)
+
     def resolver(self, key: KeyRecord, sticky: str, upgrade: bool, draw: float) -> Resolve:
         """How a pipeline's model steps are routed for this caller: sticky as its own requests, within the
         models and tiers its key opens (a step never opens a model the key does not)."""
@@ -250,9 +274,10 @@ class Front:
             return
         await _respond(send, 200, self.metrics.render(money=key is not None), {"content-type": CONTENT_TYPE})
 
-    async def read_request(self, call: Call, receive: Receive) -> None:
-        """The body; from then on, a disconnect cancels the call (work not yet started for it is dropped)."""
-        call.body = await self.read_body(call.headers, receive)
+    async def read_request(self, call: Call, receive: Receive, limit: int, why: str) -> None:
+        """The body (within `limit`, the gateway's byte budget and its minimum rate); from then on, a disconnect
+        cancels the call (work not yet started for it is dropped)."""
+        call.body, call.held_bytes = await self.intake.read(call.headers, receive, limit, why)
         watcher = asyncio.ensure_future(receive())  # resolves at the disconnect, or once the response is sent
 
         def on_message(done: asyncio.Future[Message]) -> None:
@@ -261,25 +286,6 @@ class Front:
 
         watcher.add_done_callback(on_message)
         call.watcher = watcher
-
-    async def read_body(self, headers: dict[str, str], receive: Receive) -> bytes:
-        limit = self.max_body_bytes
-        declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit (max_body_mb)")
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the {limit}-byte limit (max_body_mb)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _observe(self, call: Call | None, path: str, status: int, seconds: float, request_id: str) -> None:
         """Metrics and the access log line for an inference request."""
@@ -337,6 +343,20 @@ def _with_request_id(send: Send, request_id: str) -> Send:
         await send(message)
 
     return wrapped
+
+
+# Large bodies are decoded here, two at a time: each decode's transient memory is bounded by the intake budget,
+# and few threads keep few malloc arenas (each thread's own arena would hold its peak).
+_DECODERS = ThreadPoolExecutor(2, thread_name_prefix="slserve-decode")
+
+
+async def decode(size: int, parse: Callable[..., T], *args: Any) -> T:
+    """`parse(*args)` of a body of `size` bytes: here for a small one; in a decoding thread for a large one, so
+    that the loop goes on with other requests while it runs (numpy's conversions release the GIL; orjson's parse
+    holds it, which the per-function body limits keep short)."""
+    if size <= DECODE_IN_THREAD:
+        return parse(*args)
+    return await asyncio.get_running_loop().run_in_executor(_DECODERS, functools.partial(parse, *args))
 
 
 async def _respond(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:

@@ -104,9 +104,11 @@ def infer_request(fdef: NamedSpec, request: EmbeddingsRequest, request_id: str, 
     dim = fdef.spec.signature.outputs[0].shape[1]
     if request.dimensions is not None and request.dimensions != dim:
         raise InvalidInput(f"'dimensions' must be {dim} for {fdef.spec.model.name} (or left out); it is fixed")
-    RequestLimits(max_elements, fdef.spec.limits.max_rows).check("input", [len(request.texts)], 0)
+    limits = RequestLimits(max_elements, fdef.spec.limits.max_rows, fdef.spec.limits.max_bytes_per_element)
+    limits.check("input", [len(request.texts)], 0)
     texts = np.empty(len(request.texts), dtype=object)
     texts[:] = [t.encode() for t in request.texts]
+    limits.check_bytes("input", texts)
     options = {"truncate": True} if request.truncate else {}
     return InferRequest(fdef.name, {io[0]: texts}, [io[1]], request_id, options)
 

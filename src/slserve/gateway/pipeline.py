@@ -1,7 +1,7 @@
-"""One inference request after authentication, the same for every protocol: idempotent replay, the key's
-limits, the router (under the request timeout), the ledger, the response.
+"""One inference request after authentication, the same for every protocol: the key's limits (before its body
+is read), idempotent replay, the router (under the request timeout), the ledger, the response.
 
-    replay?  ──► limits (429) ──► router.infer (504 past request_timeout_s) ──► ledger (durable) ──► response
+    limits (429) ──► body ──► replay? ──► router.infer (504 past request_timeout_s) ──► ledger (durable) ──► response
 
 An Idempotency-Key is held in two steps: in this process, requests with the same key wait in line without
 touching the store (`KeyHolders`); the one at the head claims the key in the store the fleet shares
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from slserve.accounts.keys import KeyRecord
-from slserve.accounts.limits import Limiter, take_quota
+from slserve.accounts.limits import Admission, Limiter, QuotaHold, take_quota
 from slserve.errors import (
     ClientClosedRequest,
     GatewayTimeout,
@@ -58,8 +58,11 @@ class Call:
     headers: dict[str, str]
     body: bytes = b""
     idempotency_key: str | None = None
+    held_bytes: int = 0  # of the gateway's budget for request bodies
     started_wall: float = field(default_factory=time.time)
     cancellation: Cancellation = field(default_factory=Cancellation)
+    admission: Admission | None = None  # the key's rate and concurrency, taken before the body is read
+    quota: QuotaHold | None = None  # ... and its monthly quota
     slot: Slot | None = None  # the Idempotency-Key slot this call holds (in this process)
     claimed: bool = False  # ... and in the store the fleet shares
     resolve: Resolve | None = None  # routes a pipeline's steps for this caller (within its key)
@@ -145,9 +148,23 @@ class Pipeline:
             )
         return stored.status, stored.body, {**stored.headers, REPLAY: "true"}
 
+    async def admit(self, call: Call) -> None:
+        """The key's limits, from the headers alone, before its body is read: a key at its concurrency, rate or
+        quota is refused without holding a buffer. Released by `done`."""
+        call.admission = self.limiter.admit(call.key)
+        if self.fleet is not None:
+            call.quota = await take_quota(self.fleet, call.key)
+
     async def done(self, call: Call) -> None:
-        """The call is over, whatever happened: the next request waiting for its Idempotency-Key goes on."""
+        """The call is over, whatever happened: its limits are given back (its quota unit too, unless it was
+        charged) and the next request waiting for its Idempotency-Key goes on."""
         call.finished = True
+        if call.admission is not None:
+            call.admission.release()
+            call.admission = None
+        if call.quota is not None:
+            quota, call.quota = call.quota, None
+            await quota.settle(call.charged)
         if call.claimed and call.slot is not None and self.fleet is not None:
             call.claimed = False
             await self.fleet.release(*call.slot, call.request_id)
@@ -156,16 +173,8 @@ class Pipeline:
             call.slot = None
 
     async def serve(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
-        admission = self.limiter.admit(call.key)
-        try:
-            quota = await take_quota(self.fleet, call.key) if self.fleet is not None else None
-            try:
-                return await self._run(call, route, request, path, encode)
-            finally:
-                if quota is not None:
-                    await quota.settle(call.charged)
-        finally:
-            admission.release()
+        """Run an admitted call (`admit`)."""
+        return await self._run(call, route, request, path, encode)
 
     async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route

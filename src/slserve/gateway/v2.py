@@ -53,6 +53,7 @@ class RequestLimits:
 
     max_elements: int  # all inputs together (the server's max_tensor_elements)
     max_rows: int  # the first (batch) dimension (the function's limits.max_rows)
+    max_bytes_per_element: int = 1 << 62  # a BYTES element (the function's limits.max_bytes_per_element)
 
     def check(self, name: str, shape: list[int], elements_so_far: int) -> int:
         """The elements `shape` declares (413 past either limit). A zero dimension makes no shape free: the
@@ -72,6 +73,16 @@ class RequestLimits:
             )
         return count
 
+    def check_bytes(self, name: str, tensor: np.ndarray) -> np.ndarray:
+        """A BYTES tensor's elements against the function's longest (413 naming the element)."""
+        for i, element in enumerate(tensor.ravel()):
+            if len(element) > self.max_bytes_per_element:
+                raise PayloadTooLarge(
+                    f"input {name!r}: element {i} is {len(element)} bytes, over this function's limit of "
+                    f"{self.max_bytes_per_element} per element (limits.max_bytes_per_element); send shorter ones"
+                )
+        return tensor
+
 
 def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> np.ndarray:
     count = math.prod(shape)
@@ -85,6 +96,12 @@ def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> 
                 raise _fail(f"input {name!r}: element {i} is {type(v).__name__}; BYTES data in JSON are strings")
             out[i] = v.encode()
         return out.reshape(shape)
+    leaf = _first_leaf(data)
+    if leaf is not None and not isinstance(leaf, int | float):  # bool is an int
+        # before numpy sees it: a list of strings would become a unicode array of 4 bytes per character
+        raise _fail(
+            f"input {name!r}: data must be {_expected(datatype)} for datatype {datatype.value}, got {leaf!r:.40}"
+        )
     try:
         arr = np.asarray(data)
     except ValueError:
@@ -104,6 +121,19 @@ def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> 
     if target.kind in "iu" and arr.size and not np.array_equal(cast, arr):
         raise _fail(f"input {name!r}: values out of range for {datatype.value}")
     return cast.reshape(shape)
+
+
+def _first_leaf(data: Any) -> Any:
+    """The first element of nested lists (None when there is none)."""
+    while isinstance(data, list):
+        if not data:
+            return None
+        data = data[0]
+    return data
+
+
+def _expected(datatype: Datatype) -> str:
+    return "true/false values" if datatype is Datatype.BOOL else "numbers"
 
 
 def _flatten(data: Any, max_depth: int, name: str) -> list[Any]:
@@ -190,6 +220,8 @@ def parse_infer(fdef: NamedSpec, body: bytes, header_length: str | None, limits:
             inputs[name] = _json_tensor(raw["data"], datatype, shape, name)
         else:
             raise _fail(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
+        if datatype is Datatype.BYTES:
+            limits.check_bytes(name, inputs[name])
     if offset != len(binary):
         raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
     checked = check_inputs(fdef.spec.signature, inputs)

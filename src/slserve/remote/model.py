@@ -119,7 +119,8 @@ class ModelFunction:
             )
         if remaining_ms is not None and remaining_ms < SAFETY_MS:
             raise GatewayTimeout(f"{self.function.name}: only {remaining_ms} ms left before its deadline; retry")
-        limits = RequestLimits(MAX_ELEMENTS, self.function.spec.limits.max_rows)
+        spec_limits = self.function.spec.limits
+        limits = RequestLimits(MAX_ELEMENTS, spec_limits.max_rows, spec_limits.max_bytes_per_element)
         return parse_infer(self.function, body, headers.get(HEADER_LENGTH), limits)
 
     def reply(
