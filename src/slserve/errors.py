@@ -98,15 +98,19 @@ class PayloadTooLarge(SlserveError):
     code = "payload_too_large"
 
 
-class UploadsFull(SlserveError):
-    """The gateway holds as many request bytes as its budget allows (`inflight_body_mb`); retry shortly."""
-
-    status = 503
-    code = "uploads_full"
+class RetryLater(SlserveError):
+    """The client should retry after `retry_after` seconds (sent as Retry-After)."""
 
     def __init__(self, message: str, retry_after: float = 1.0) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+class UploadsFull(RetryLater):
+    """The gateway holds as many request bytes as its budget allows (`inflight_body_mb`); retry shortly."""
+
+    status = 503
+    code = "uploads_full"
 
 
 class UploadTooSlow(SlserveError):
@@ -122,15 +126,11 @@ class OverMemoryLimit(PayloadTooLarge):
     code = "over_memory_limit"
 
 
-class TooManyRequests(SlserveError):
+class TooManyRequests(RetryLater):
     """429: the client should retry after `retry_after` seconds (sent as Retry-After)."""
 
     status = 429
     code = "too_many_requests"
-
-    def __init__(self, message: str, retry_after: float = 1.0) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
 
 
 class MethodNotAllowed(SlserveError):
