@@ -62,14 +62,15 @@ class Intake:
         self.budget_bytes = budget_bytes
         self.min_bytes_per_s = min_bytes_per_s
         self.grace_s = grace_s
-        self.held = 0  # bytes held by requests in flight (declared, or received so far)
+        self.held = 0  # bytes requests in flight hold: their bodies (declared, or received so far), twice
 
     def hold(self, size: int, what: str) -> int:
         """Take `size` bytes of the budget, or refuse with 503 when it would pass it."""
         if self.held + size > self.budget_bytes:
             raise UploadsFull(
-                f"the gateway holds {self.held >> 20} MB of request bodies, its budget (inflight_body_mb) is "
-                f"{self.budget_bytes >> 20} MB, and {what} would pass it; retry shortly",
+                f"the gateway holds {self.held >> 20} MB of request bodies and their decoding, its budget "
+                f"(inflight_body_mb) is {self.budget_bytes >> 20} MB, and this body's {what} would pass it; "
+                "retry shortly",
                 retry_after=1.0,
             )
         self.held += size
@@ -80,44 +81,44 @@ class Intake:
 
     async def read(self, headers: dict[str, str], receive: Receive, limit: int, why: str) -> tuple[bytes, int]:
         """The body, and the bytes it holds of the budget (give them back with `release` once the request
-        ends). `why` says where `limit` comes from."""
+        ends). `why` says where `limit` comes from. A declared length is held before the body is read; without
+        one, each chunk is held as it arrives."""
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit ({why})")
-        upfront = 0
-        if declared.isdigit():
-            upfront = self.hold(DECODE_FACTOR * int(declared), f"this body's {declared} bytes (and its decoding)")
-        streamed = [0]  # without a declared length: held chunk by chunk, as they arrive
-        try:
-            body = await self._receive(receive, limit, why, streamed if not upfront else None)
-        except BaseException:
-            self.release(upfront + streamed[0])
-            raise
-        held = DECODE_FACTOR * len(body)  # what the body really holds (a client may send less than it declared)
-        self.held += held - upfront - streamed[0]
-        return body, held
-
-    async def _receive(self, receive: Receive, limit: int, why: str, streamed: list[int] | None) -> bytes:
+        held = self.hold(DECODE_FACTOR * int(declared), f"{declared} bytes") if declared.isdigit() else 0
         chunks: list[bytes] = []
         size, started = 0, time.monotonic()
-        while True:
-            wait_s = self.grace_s + (size + NEXT_CHUNK) / self.min_bytes_per_s - (time.monotonic() - started)
-            try:
-                async with asyncio.timeout(max(0.05, wait_s)):  # a timer, not a task: cheap on every request
-                    message = await receive()
-            except TimeoutError:
-                raise UploadTooSlow(
-                    f"the request body arrived slower than {self.min_bytes_per_s / 1024:g} KB/s ({size} bytes in "
-                    f"{time.monotonic() - started:.1f} s; min_upload_kb_per_s); send it without pauses"
-                ) from None
-            if message["type"] == "http.disconnect":
-                raise ClientGone
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"request body is over the {limit}-byte limit ({why})")
-            if streamed is not None:
-                streamed[0] += self.hold(DECODE_FACTOR * len(chunk), "this body's next chunk (and its decoding)")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        try:
+            more = True
+            while more:
+                message = await self._next(receive, size, started)
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                chunk = message.get("body", b"")
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"request body is over the {limit}-byte limit ({why})")
+                if not declared.isdigit():
+                    held += self.hold(DECODE_FACTOR * len(chunk), "next chunk")
+                chunks.append(chunk)
+                more = message.get("more_body", False)
+        except BaseException:
+            self.release(held)
+            raise
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        kept = DECODE_FACTOR * len(body)  # what it really holds: a client may send less than it declared
+        self.held += kept - held
+        return body, kept
+
+    async def _next(self, receive: Receive, size: int, started: float) -> MutableMapping[str, Any]:
+        """The next message, or 408 when the body so far has come slower than the minimum rate allows."""
+        wait_s = self.grace_s + (size + NEXT_CHUNK) / self.min_bytes_per_s - (time.monotonic() - started)
+        try:
+            async with asyncio.timeout(max(0.05, wait_s)):  # a timer, not a task: cheap on every request
+                return await receive()
+        except TimeoutError:
+            raise UploadTooSlow(
+                f"the request body arrived slower than {self.min_bytes_per_s / 1024:g} KB/s ({size} bytes in "
+                f"{time.monotonic() - started:.1f} s; min_upload_kb_per_s); send it without pauses"
+            ) from None

@@ -174,9 +174,6 @@ class Pipeline:
 
     async def serve(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         """Run an admitted call (`admit`)."""
-        return await self._run(call, route, request, path, encode)
-
-    async def _run(self, call: Call, route: Route, request: InferRequest, path: str, encode: Encode) -> Reply:
         call.route = route
         request.cancellation = call.cancellation
         request.deadline = time.monotonic() + min(self.timeout_s, client_timeout_s(call.headers))

@@ -29,10 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import orjson
-
 from slserve.errors import LedgerUnavailable
-from slserve.metering.ledger import StoredResponse, connect
+from slserve.metering.ledger import StoredResponse, connect, stored_answer
 
 LEASE_MARGIN_S = 30.0  # beyond the request timeout: a live holder never loses its claim
 
@@ -90,7 +88,7 @@ class SQLiteFleetState:
     def _claim(self, key_id: str, idempotency_key: str, request_id: str, lease_s: float) -> ClaimOutcome:
         now_us = int(time.time() * 1e6)
         with self._immediate():  # the stored answer and the claim are read and written as one
-            stored = self._stored(key_id, idempotency_key, now_us)
+            stored = stored_answer(self.db, key_id, idempotency_key, self.retention_s)
             if stored is not None:
                 return ClaimOutcome(False, stored)
             held = self.db.execute(
@@ -118,16 +116,6 @@ class SQLiteFleetState:
                 self.db.execute("ROLLBACK")
                 raise
             self.db.execute("COMMIT")
-
-    def _stored(self, key_id: str, idempotency_key: str, now_us: int) -> StoredResponse | None:
-        row = self.db.execute(
-            "SELECT r.request_id, r.fingerprint, r.status, r.headers, r.body FROM responses r"
-            " JOIN records USING (request_id) WHERE r.key_id=? AND r.idempotency_key=? AND records.time_us >= ?",
-            (key_id, idempotency_key, now_us - int(self.retention_s * 1e6)),
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredResponse(row[0], row[1], row[2], orjson.loads(row[3]), bytes(row[4]))
 
     async def release(self, key_id: str, idempotency_key: str, request_id: str) -> None:
         await asyncio.to_thread(

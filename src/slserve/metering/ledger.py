@@ -224,6 +224,20 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
 
 
+def stored_answer(
+    db: sqlite3.Connection, key_id: str, idempotency_key: str, retention_s: float
+) -> StoredResponse | None:
+    """The answer kept for this key, unless it is older than the retention (then the key is free again)."""
+    row = db.execute(
+        "SELECT r.request_id, r.fingerprint, r.status, r.headers, r.body FROM responses r"
+        " JOIN records USING (request_id) WHERE r.key_id=? AND r.idempotency_key=? AND records.time_us >= ?",
+        (key_id, idempotency_key, int((time.time() - retention_s) * 1e6)),
+    ).fetchone()
+    if row is None:
+        return None
+    return StoredResponse(row[0], row[1], row[2], orjson.loads(row[3]), bytes(row[4]))
+
+
 def migrate(db: sqlite3.Connection) -> None:
     """Columns added since a ledger was made: added to it, empty for the records it has."""
     have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
@@ -375,15 +389,7 @@ class SQLiteLedger:
                 future.set_exception(LedgerUnavailable(f"the billing record could not be written ({why}); retry"))
 
     def stored_response(self, key_id: str, idempotency_key: str) -> StoredResponse | None:
-        """The answer kept for this key, unless it is older than the retention (then the key is free again)."""
-        row = self.db.execute(
-            "SELECT r.request_id, r.fingerprint, r.status, r.headers, r.body FROM responses r"
-            " JOIN records USING (request_id) WHERE r.key_id=? AND r.idempotency_key=? AND records.time_us >= ?",
-            (key_id, idempotency_key, int((time.time() - self.retention_s) * 1e6)),
-        ).fetchone()
-        if row is None:
-            return None
-        return StoredResponse(row[0], row[1], row[2], orjson.loads(row[3]), bytes(row[4]))
+        return stored_answer(self.db, key_id, idempotency_key, self.retention_s)
 
     def charged_in_month(self, key_id: str, start: float, end: float) -> int:
         row = self.db.execute(

@@ -7,7 +7,6 @@ the very same app (`slserve.modal.container`) without the functions folder.
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +16,7 @@ import orjson
 from slserve.errors import BuildError
 from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed
-from slserve.remote.requirements import canonical, function_closure, pinned
+from slserve.remote.requirements import canonical, declared, function_closure, pinned
 from slserve.snapshot import Artifact, ArtifactStore
 
 PYTHON = "3.12"
@@ -99,11 +98,10 @@ def gpu_build(requirement: str) -> str:
     try:
         return pinned([gpu])[0]
     except BuildError:
-        for declared in importlib.metadata.requires("slserve") or []:
-            spec = declared.split(";")[0].strip()
-            if canonical(re.split(r"[<>=!~\[ ]", spec)[0]) == canonical(gpu):
-                return spec
-    raise BuildError(f"slserve declares no requirement of {gpu}: reinstall slserve")
+        spec = declared().get(canonical(gpu))
+    if spec is None:
+        raise BuildError(f"slserve declares no requirement of {gpu}: reinstall slserve")
+    return spec
 
 
 def container_requirements(functions: list[Deployed], artifacts: list[Artifact]) -> tuple[list[str], list[str]]:

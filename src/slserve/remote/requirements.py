@@ -61,6 +61,7 @@ class ImportClosure:
     code: Mapping[str, Path] = field(default_factory=dict)
     shipped: dict[str, Path] = field(default_factory=dict)  # installed non-slserve modules to copy (with __init__s)
     third_party: dict[str, str] = field(default_factory=dict)  # top-level import name -> a module importing it
+    code_modules: set[str] = field(init=False)  # the top-level modules of `code`
     _seen: set[str] = field(default_factory=set)
 
     def add(self, *modules: str) -> ImportClosure:
@@ -84,9 +85,8 @@ class ImportClosure:
                     self.third_party.setdefault(top, module)
         return self
 
-    @property
-    def code_modules(self) -> set[str]:
-        return {rel.split("/")[0].removesuffix(".py") for rel in self.code}
+    def __post_init__(self) -> None:
+        self.code_modules = {rel.split("/")[0].removesuffix(".py") for rel in self.code}
 
     def distributions(self, provided: Collection[str] = ()) -> list[str]:
         """The distributions that provide the third-party imports (less the ones the target provides itself)."""
@@ -200,28 +200,29 @@ def canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def declared_extras() -> dict[str, str]:
-    """Distribution -> the extras slserve's own requirements ask of it (`aws-lambda-powertools[tracer,parser]`:
-    the tracer's X-Ray SDK is imported inside powertools, where no closure of ours looks)."""
+def declared() -> dict[str, str]:
+    """Distribution (canonical name) -> the requirement slserve's own metadata declares for it, without its
+    environment marker (`aws-lambda-powertools[tracer,parser]>=3`, `onnxruntime-gpu>=1.18`)."""
     out: dict[str, str] = {}
     for requirement in importlib.metadata.requires("slserve") or []:
-        match = re.match(r"\s*([A-Za-z0-9._-]+)\s*\[([^\]]+)\]", requirement)
-        if match:
-            out[canonical(match[1])] = match[2].replace(" ", "")
+        spec = requirement.split(";")[0].strip()
+        out.setdefault(canonical(re.split(r"[<>=!~\[ ]", spec)[0]), spec)
     return out
 
 
 def pinned(distributions: Iterable[str]) -> list[str]:
-    """`name[extras]==version` as installed here (so the target runs what the build ran)."""
-    extras = declared_extras()
+    """`name[extras]==version` as installed here (so the target runs what the build ran), with the extras
+    slserve's own requirements ask of it (`aws-lambda-powertools[tracer,parser]`: the tracer's X-Ray SDK is
+    imported inside powertools, where no closure of ours looks)."""
+    wanted_by_slserve = declared()
     out = []
     for dist in dict.fromkeys(distributions):
         try:
             version = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             raise BuildError(f"{dist} is not installed here: install the target's extra of slserve") from None
-        wanted = extras.get(canonical(dist))
-        out.append(f"{dist}[{wanted}]=={version}" if wanted else f"{dist}=={version}")
+        extras = re.search(r"\[([^\]]+)\]", wanted_by_slserve.get(canonical(dist), ""))
+        out.append(f"{dist}[{extras[1].replace(' ', '')}]=={version}" if extras else f"{dist}=={version}")
     return out
 
 
