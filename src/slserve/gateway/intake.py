@@ -6,8 +6,8 @@
 - **A budget for the gateway**: the bytes all requests in flight hold (`inflight_body_mb`), each body counted
   twice (its bytes, and what decoding them makes). A body that would take the gateway past it is refused with
   503 and Retry-After before it is read (or as it streams), so a crowd of big uploads costs bounded memory.
-- **A minimum rate**: after a grace, a body must keep arriving at `min_upload_kb_per_s`; a slower one is cut
-  with 408, so slow uploads cannot hold their share of the budget (or a connection) for long.
+- **A minimum rate**: after a grace, a body over 64 KiB must keep arriving at `min_upload_kb_per_s`; a slower
+  one is cut with 408, so slow uploads cannot hold their share of the budget for long.
 
 The key's own limits (rate, concurrency, quota) are checked before any of this, from the headers alone.
 """
@@ -31,6 +31,7 @@ TENSOR_OVERHEAD = 512  # an input's name, datatype, shape and parameters
 BODY_MARGIN = 1.25
 BODY_FLOOR = 64 * 1024  # room for request parameters, outputs asked for, whitespace
 NEXT_CHUNK = 64 * 1024  # what the next read is assumed to bring, for the rate check
+UNTIMED_BYTES = 64 * 1024
 # A body holds the budget twice over: its bytes, and what decoding them makes (Python objects, then arrays).
 DECODE_FACTOR = 2
 
@@ -87,12 +88,15 @@ class Intake:
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit ({why})")
         held = self.hold(DECODE_FACTOR * int(declared), f"{declared} bytes") if declared.isdigit() else 0
+        # A small declared body holds too little of the budget for its pace to matter: its read is not timed
+        # (a timer costs microseconds on every request, most of which are small).
+        timed = not declared.isdigit() or int(declared) > UNTIMED_BYTES
         chunks: list[bytes] = []
         size, started = 0, time.monotonic()
         try:
             more = True
             while more:
-                message = await self._next(receive, size, started)
+                message = await self._next(receive, size, started) if timed else await receive()
                 if message["type"] == "http.disconnect":
                     raise ClientGone
                 chunk = message.get("body", b"")

@@ -152,7 +152,7 @@ class Pipeline:
         """The key's limits, from the headers alone, before its body is read: a key at its concurrency, rate or
         quota is refused without holding a buffer. Released by `done`."""
         call.admission = self.limiter.admit(call.key)
-        if self.fleet is not None:
+        if self.fleet is not None and call.key.quota_per_month is not None:  # the store only for keys with one
             call.quota = await take_quota(self.fleet, call.key)
 
     async def done(self, call: Call) -> None:
