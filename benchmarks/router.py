@@ -12,16 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import math
 import statistics
 import timeit
 
 import orjson
 
 from harness import OUT, ROOT, gateway, machine, make_functions, pct, save
-from slserve.router import RoutesConfig, RouteTable
+from slserve.router import RoutesConfig, RouteTable, pricing
 from slserve.router.config import DEFAULT_TIERS
-from slserve.spec import discover_functions
+from slserve.spec import Pricing, discover_functions
 from warm_overhead import sequential
 
 
@@ -104,7 +103,7 @@ def main() -> None:
     print("| --- | --- | ---: | ---: | ---: |")
     for tier, ms in compute.items():
         t = DEFAULT_TIERS[tier]
-        price = t.price_per_request + math.ceil(ms) * t.price_per_compute_ms
+        price = pricing.price(t, Pricing(), rows=8, tokens=None)  # the benchmark's 8 sentences, priced per row
         print(
             f"| {tier} | {TIER_FUNCTIONS[tier]} | {ms:.1f} | {price} | {price:,} |"
         )  # price x 1e6 requests / 1e6 micro

@@ -6,7 +6,10 @@ a crashing row, a model bug, a 121-byte body declaring 200 M strings, JSON neste
 too many rows, text over the model's limit, and an Idempotency-Key whose first holder fails while duplicates
 wait. It prints requests sent, answered, refused (by status), lost (no answer and no client timeout: must be 0),
 billed but undelivered (must be 0), ledger mismatches (must be 0), instance crashes, peak gateway and instance
-resident memory, and the time back to normal latency.
+resident memory, and the time back to normal latency. Beside it, a noisy tenant sends the uploads of
+`noisy.py` (bodies over what their function takes, a crowd past the in-flight budget, slow uploads, huge and
+trickled heads) while a bystander tenant calls the classifier every 50 ms: its p50, p99 and max against its own
+quiet p50, and what each attack was answered.
 
     python benchmarks/soak.py [--seconds 60] [--factor 3] [--declare-timeout]
 """
@@ -17,9 +20,11 @@ import argparse
 import asyncio
 import collections
 import json
+import multiprocessing
 import sqlite3
 import struct
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,7 @@ import aiohttp
 import orjson
 
 from harness import OUT, Gateway, gateway, machine, make_functions, pct, save
+from noisy import attack_for, stand_by_for, worst_during
 from slserve_samples.faulty import hazards_function
 
 SENTENCES = [
@@ -41,7 +47,7 @@ SENTENCES = [
     "Every record is durable before its response is sent.",
 ]
 HAZARDS = hazards_function(max_instances=1, max_delay_ms=5)
-FUNCTIONS = {"minilm": ("minilm-onnx", {"scaling": {"max_instances": 2}})}
+FUNCTIONS = {"minilm": ("minilm-onnx", {"scaling": {"max_instances": 2}}), "classifier": ("classifier", {})}
 CLIENT_TIMEOUT_S = 10.0
 V2 = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [8], "data": SENTENCES}]}
 OPENAI = {"model": "minilm", "input": SENTENCES}
@@ -238,6 +244,11 @@ def ledger_check(state: Path, tenant: str, tally: Tally) -> tuple[list[str], int
     return undelivered, mismatches, collections.Counter(r[1] for r in rows)
 
 
+def billed(state: Path, tenant: str) -> int:
+    with sqlite3.connect(state / "ledger.sqlite") as db:
+        return int(db.execute("SELECT COUNT(*) FROM records WHERE tenant = ? AND price > 0", (tenant,)).fetchone()[0])
+
+
 def gateway_ms(log: Path, request_ids: list[str]) -> list[float]:
     """How long the gateway took to answer each of these requests (its access log), largest first."""
     wanted = set(request_ids)
@@ -263,6 +274,9 @@ def main() -> None:
 
         key = SQLiteKeyStore(gw.state).create(new_key("soak"))
         probe = SQLiteKeyStore(gw.state).create(new_key("probe"))  # measuring, not in the soak's accounts
+        noisy, bystander = (SQLiteKeyStore(gw.state).create(new_key(t)) for t in ("noisy", "bystander"))
+        side = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+        quiet_ms = pct([ms for _, ms in side.submit(stand_by_for, gw.url, bystander, 5.0).result()[0]], 50)
         asyncio.run(closed_loop(gw, probe, 4, 3.0))  # warm: instances up, page cache hot
         _, alone = asyncio.run(closed_loop(gw, probe, 1, 5.0))
         normal_ms = pct(alone, 50)
@@ -271,11 +285,20 @@ def main() -> None:
         rate = args.factor * capacity
         tally = Tally()
         peaks: dict[str, float] = {}
+        answered: dict[str, dict[int, int]] = {}  # the noisy tenant's attacks, by status
+        beside: list[Any] = []  # the bystander's latencies, failures, worst during each attack, worst outside
 
         async def soak() -> float:
             stop = asyncio.Event()
             watcher = asyncio.create_task(watch_memory(gw, peaks, stop))
+            loop = asyncio.get_running_loop()
+            noise = loop.run_in_executor(side, attack_for, gw.url, noisy, args.seconds)
+            standing = loop.run_in_executor(side, stand_by_for, gw.url, bystander, args.seconds)
             await open_loop(gw, key, rate, args.seconds, tally, args.declare_timeout)
+            statuses, windows = await noise
+            answered.update(statuses)
+            calls, failures = await standing
+            beside.extend([[ms for _, ms in calls], failures, *worst_during(calls, windows)])
             await asyncio.to_thread(settle, gw, ["minilm", "hazards"])
             recovered = await until_normal(gw, probe, normal_ms)
             stop.set()
@@ -286,6 +309,8 @@ def main() -> None:
         recovered = asyncio.run(soak())
         wall = time.monotonic() - started
         billed_undelivered, mismatches, recorded = ledger_check(gw.state, "soak", tally)
+        noisy_billed = billed(gw.state, "noisy")
+        side.shutdown()
         undelivered = len(billed_undelivered)
         undelivered_ms = gateway_ms(log, billed_undelivered)
         ended = [line for line in log.read_text().splitlines() if "instance" in line and " ended (" in line]
@@ -314,6 +339,18 @@ def main() -> None:
         "peak_gateway_rss_mb": peaks.get("gateway", 0.0),
         "peak_instance_rss_mb": peaks.get("instance", 0.0),
         "back_to_normal_s": recovered,
+        "bystander": {
+            "quiet_p50_ms": quiet_ms,
+            "p50_ms": pct(beside[0], 50),
+            "p99_ms": pct(beside[0], 99),
+            "max_ms": max(beside[0]),
+            "calls": len(beside[0]),
+            "failures": beside[1],
+        },
+        "bystander_max_during_ms": beside[2],
+        "bystander_max_outside_attacks_ms": beside[3],
+        "noisy_tenant": answered,
+        "noisy_tenant_billed": noisy_billed,
         "wall_s": wall,
     }
     save("soak", result)
@@ -334,6 +371,21 @@ def main() -> None:
         f"| {crashes} | {stopped} | {peaks.get('gateway', 0.0):.0f} MB | {peaks.get('instance', 0.0):.0f} MB | "
         f"{recovered:.1f} s (p50 within 1.5x of {normal_ms:.1f} ms) |"
     )
+    print("\nA bystander calling the classifier every 50 ms, and a noisy tenant's attacks (`noisy.py`):\n")
+    print("| bystander quiet p50 | p50 | p99 | max | max / quiet p50 | failures |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+    lat = beside[0]
+    print(
+        f"| {quiet_ms:.1f} ms | {pct(lat, 50):.1f} ms | {pct(lat, 99):.1f} ms | {max(lat):.1f} ms | "
+        f"{max(lat) / quiet_ms:.1f}x | {sum(beside[1].values())} |"
+    )
+    print("\n| attack | answered (by status) | bystander max while it ran |")
+    print("| --- | --- | ---: |")
+    for name, counts in answered.items():
+        statuses = ", ".join(f"{s}: {n}" for s, n in sorted(counts.items()))
+        print(f"| {name} | {statuses} | {beside[2].get(name, 0.0):.1f} ms |")
+    print(f"| (between attacks) | | {beside[3]:.1f} ms |")
+    print(f"\nthe noisy tenant's priced records: {noisy_billed}")
     print(f"\nledger records by status: {json.dumps(dict(sorted(recorded.items())))}")
     if undelivered:
         print(f"billed undelivered: the gateway answered them in {[round(ms) for ms in undelivered_ms]} ms")

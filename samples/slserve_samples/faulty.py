@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from setproctitle import getproctitle
 from torch import nn
 
 CRASH_BELOW = -1000.0  # any input element below this makes the instance process exit at once
@@ -49,14 +50,17 @@ def build_slow() -> Slow:
 
 
 class Broken(nn.Module):
-    """Builds and snapshots fine, fails every call (its warm-up too): the function can never start an instance."""
+    """Builds fine (the build runs it once), fails every call where it serves (its warm-up too), as a model whose
+    serving host lacks what the build host had: the function can never start an instance."""
 
     def __init__(self, features: int = 16) -> None:
         super().__init__()
         self.linear = nn.Linear(features, features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        raise RuntimeError("this model is broken on purpose")
+        if getproctitle().startswith("slserve instance"):
+            raise RuntimeError("this model is broken on purpose")
+        return self.linear(x)
 
 
 def build_broken() -> Broken:
@@ -91,6 +95,7 @@ MODEL_BUG = -7777.0  # row = [MODEL_BUG, ...]: the model raises ValueError
 CRASH = -1001.0  # row = [CRASH, ...]: the process exits at once (as a segfault would)
 HOG = 9999.0  # row = [HOG, megabytes, seconds, ...]: the call holds that much memory for that long
 PROCESSOR_BUG = -3333.0  # row = [PROCESSOR_BUG, ...]: the processor raises IndexError
+ORPHAN = 5151.0  # row = [ORPHAN, seconds, ...]: forks a process that holds the instance's open files that long
 
 
 class Hazards(nn.Module):
@@ -108,11 +113,21 @@ class Hazards(nn.Module):
                 os._exit(3)
             if row[0] == MODEL_BUG:
                 raise ValueError("this row breaks the model on purpose")
+            if row[0] == ORPHAN:
+                hold_files(min(max(row[1], 0.0), 60.0))
             if row[0] == HOG:
                 held = torch.ones(int(row[1]) * 1024 * 1024 // 4)  # touched pages: resident memory
                 time.sleep(min(max(row[2], 0.0), 60.0))
                 del held
         return self.linear(x)
+
+
+def hold_files(seconds: float) -> None:
+    """Fork a child that keeps every file this process has open (its socket to the gateway too) for `seconds`,
+    as a model's helper process would: the socket then outlives the process that answered on it."""
+    if os.fork() == 0:
+        time.sleep(seconds)
+        os._exit(0)
 
 
 def build_hazards() -> Hazards:

@@ -156,7 +156,7 @@ def init(
     functions: FunctionsDir = DEFAULT_FUNCTIONS,
 ) -> None:
     """Start a function in functions/NAME/: a commented function.toml and starter code that builds and serves
-    as it is; replace the code with your model's, and keep the [signature] in step."""
+    as it is; replace the code with your model's, and keep its signature table in step."""
     from slserve.templates import FRAMEWORKS, code_template, function_template
 
     if framework not in FRAMEWORKS:
@@ -173,7 +173,8 @@ def init(
     load_function(target)  # the template itself must parse
     console.print(
         f"wrote {target / SPEC_FILENAME} and {target / code_name} (a working starter); put your model in "
-        f"{code_name}, keep [signature] in step, then `slserve build {name}`: a running gateway serves it at once",
+        f"{code_name}, keep its signature table in step, then `slserve build {name}`: a running gateway serves "
+        "it at once",
         markup=False,
     )
 
@@ -691,17 +692,18 @@ def usage(
     if as_json:
         console.print_json(data=doc)
         return
-    columns = ("model", "version", "tier", "requests", "failed", "abandoned", "tokens", "charged")
+    columns = ("model", "version", "tier", "requests", "failed", "abandoned", "tokens", "charged", "compute cost")
     table = Table(*columns, box=box.SIMPLE_HEAD)
     for row in doc["usage"]:
         counts = (row["requests"], row["failed"], row["abandoned"], row["tokens"])
-        table.add_row(row["model"], row["version"], row["tier"], *map(str, counts), row["charged"])
+        money = (row["charged"], row["compute_cost"])
+        table.add_row(row["model"], row["version"], row["tier"], *map(str, counts), *money)
         for step in row.get("steps", []):  # a pipeline's charge, itemized: its steps sum to it
             where = f"  {step['step']}: {step['model']}"
             table.add_row(where, step["version"], step["tier"], str(step["requests"]), "", "", "", step["charged"])
     total = doc["total"]
     totals = (str(total["requests"]), str(total["failed"]), str(total["abandoned"]))
-    table.add_row("total", "", "", *totals, "", total["charged"], style="bold")
+    table.add_row("total", "", "", *totals, "", total["charged"], total["compute_cost"], style="bold")
     console.print(f"usage of tenant {tenant!r} in {name} ({doc['currency']})")
     print_table(console, table)
 

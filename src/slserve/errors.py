@@ -120,6 +120,20 @@ class UploadTooSlow(SlserveError):
     code = "upload_too_slow"
 
 
+class HeadTooLarge(SlserveError):
+    """A request's line and headers are over the gateway's bound (`max_head_kb`)."""
+
+    status = 431
+    code = "head_too_large"
+
+
+class HeadTooSlow(SlserveError):
+    """A request's line and headers did not arrive within the gateway's bound (`head_timeout_s`)."""
+
+    status = 408
+    code = "head_too_slow"
+
+
 class OverMemoryLimit(PayloadTooLarge):
     """The request took its instance over the function's memory limit, twice (the second time alone)."""
 

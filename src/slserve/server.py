@@ -1,4 +1,4 @@
-"""Run the gateway with the embedded platform on uvicorn (uvloop + httptools).
+"""Run the gateway with the embedded platform on uvicorn (uvloop + httptools, its heads bounded).
 
 The local templates are launched first, before the gateway's own imports and start (about 0.3 s here), which
 their framework imports (torch: 1.6 s) then overlap: the order is what makes a restarted gateway's first answer
@@ -39,6 +39,7 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
     import uvicorn
 
     from slserve.gateway.app import build_app
+    from slserve.gateway.connection import BoundedHttpTools
 
     app = build_app(Targets(catalog, made, missing), settings)
     config = uvicorn.Config(
@@ -46,7 +47,7 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpTools.bounded(settings.max_head_kb * 1024, settings.head_timeout_s),
         lifespan="on",
         log_level=settings.log_level,
         log_config=None,  # logs.configure has set up slserve's and uvicorn's loggers

@@ -33,11 +33,20 @@ class ServeSettings(BaseSettings):
     inflight_body_mb: Annotated[float, Field(gt=0)] = Field(
         256.0, description="Request bodies all requests in flight may hold together (503 + Retry-After above)"
     )
+    inflight_body_share: Annotated[float, Field(gt=0, le=1)] = Field(
+        0.25, description="The most of inflight_body_mb one tenant's requests may hold (503 + Retry-After above)"
+    )
     min_upload_kb_per_s: Annotated[float, Field(gt=0)] = Field(
         64.0, description="A body arriving slower than this (after upload_grace_s) is cut with 408"
     )
     upload_grace_s: Annotated[float, Field(gt=0)] = Field(
         2.0, description="How long a body may take before min_upload_kb_per_s applies"
+    )
+    max_head_kb: Annotated[int, Field(gt=0)] = Field(
+        32, description="A request's line and headers together; a longer head is refused with 431"
+    )
+    head_timeout_s: Annotated[float, Field(gt=0)] = Field(
+        10.0, description="How long a request's line and headers may take to arrive (408 after)"
     )
     max_tensor_elements: Annotated[int, Field(gt=0)] = Field(
         16 * 1024 * 1024, description="Most elements (all inputs together) one request may carry (413 above)"

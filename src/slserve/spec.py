@@ -179,6 +179,17 @@ class Limits(_Strict):
     )
 
 
+class Pricing(_Strict):
+    """The unit of work a request's price counts (`slserve.router.pricing`); the tier says what a unit costs."""
+
+    per: Literal["row", "1k-tokens"] = Field(
+        default="row", description="'row': rows of the request; '1k-tokens': thousands of tokens its texts make"
+    )
+    weight: Annotated[float, Field(gt=0, le=1_000_000)] = Field(
+        default=1.0, description="work units per row (or per 1,000 tokens): how heavy this model is beside others"
+    )
+
+
 class Drift(_Strict):
     """Where drift is measured from: the build profiles the model on calibration inputs (its reference until an
     operator pins one from live traffic)."""
@@ -209,6 +220,7 @@ class FunctionSpec(_Strict):
     scaling: Scaling = Scaling()
     batching: Batching = Batching()
     limits: Limits = Limits()
+    pricing: Pricing = Pricing()
     drift: Drift = Drift()
 
     @property

@@ -306,6 +306,21 @@ def test_a_text_to_embedding_pipeline_serves_openai_embeddings(server: Server) -
     assert r.headers["x-slserve-steps"].startswith("embed;function=minilm-onnx")
 
 
+def test_a_pipeline_says_what_its_steps_truncated_and_its_functions_traffic_counts(server: Server) -> None:
+    before = server.get("/slserve/overview").json()["recent"].get("minilm-onnx", {}).get("requests", 0)
+    long_text = "word " * 600  # over MiniLM's 256 tokens
+    body = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": [long_text, "short"]}]}
+    r = server.post("/v2/models/embed-norm/infer", json={**body, "parameters": {"truncate": True}})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-slserve-truncated"] == "1"
+    plain = server.post(
+        "/v2/models/embed-norm/infer", json={**body, "inputs": [{**body["inputs"][0], "shape": [1], "data": ["short"]}]}
+    )
+    assert plain.status_code == 200 and "x-slserve-truncated" not in plain.headers
+    # the dashboard's traffic for the function the pipeline's step ran on (it was 0 for pipeline-only traffic)
+    assert server.get("/slserve/overview").json()["recent"]["minilm-onnx"]["requests"] >= before + 2
+
+
 def _json_x(x: np.ndarray) -> dict[str, object]:
     return {"inputs": [{"name": "x", "datatype": "FP32", "shape": list(x.shape), "data": x.reshape(-1).tolist()}]}
 

@@ -107,6 +107,14 @@ def wait_for(predicate: Any, timeout: float) -> bool:
     return False
 
 
+def retries_landed(server: Server, pid: int, served: int) -> None:
+    def landed() -> bool:
+        status = server.status("tiny-burst")
+        return pid not in {i["pid"] for i in status["instances"]} and status["served"] >= served
+
+    assert wait_for(landed, 60), server.status("tiny-burst")
+
+
 def test_scale_from_zero_and_back_to_zero(server: Server) -> None:
     assert server.status("tiny-zero")["instances"] == []
     first = server.post("/v2/models/tiny-zero/infer", json=tiny_request())
@@ -174,11 +182,13 @@ def test_kill_9_of_instances_during_a_stream_loses_no_request(server: Server) ->
             await asyncio.sleep(0.05)
             for inst in (await asyncio.to_thread(server.status, "tiny-burst"))["instances"]:
                 if inst["in_flight"] and inst["pid"]:
+                    served = (await asyncio.to_thread(server.status, "tiny-burst"))["served"]
                     os.kill(inst["pid"], signal.SIGKILL)
                     killed += 1
-                    # Let the retries land before the next kill: a request whose retry is killed too is a
-                    # 502 by design (retried once, not forever).
-                    await asyncio.sleep(1.0)
+                    # Let the retries land before the next kill (a request whose retry is killed too is a 502
+                    # by design: retried once, not forever): the dead instance gone, and twice the clients'
+                    # concurrency answered since.
+                    await asyncio.to_thread(retries_landed, server, inst["pid"], served + 16)
                     break
         return await load, killed
 

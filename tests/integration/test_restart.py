@@ -36,12 +36,10 @@ def test_a_slow_import_holds_back_only_its_own_function(tmp_path: Path) -> None:
     try:
         assert time.monotonic() - started >= SLOW_IMPORT_S  # the gateway's readiness waited for the slow one
         server.stop()
-        started = time.monotonic()
         live = "/v2/health/live"
         server = start_server(functions, store.root, tmp_path / "serve2.log", slow_imports="1", ready_path=live)
         assert wait_for(lambda: infer(server, "quick").status_code == 200, 30)
-        quick_s = time.monotonic() - started
-        assert quick_s < SLOW_IMPORT_S, f"quick answered after {quick_s:.1f} s, behind slow's {SLOW_IMPORT_S} s import"
+        # quick answered while slow still imports: it did not wait behind it (an order, not a wall-clock bound)
         assert server.status("quick")["ready"] is True and server.status("slow")["ready"] is False
         assert wait_for(lambda: infer(server, "slow").status_code == 200, 30)
     finally:

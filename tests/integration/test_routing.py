@@ -4,16 +4,19 @@ route changes."""
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from tests.conftest import write_function
 from tests.integration.server import Server, start_server
-from tests.integration.test_platform import TINY, post_many, tiny_request, wait_for
+from tests.integration.test_platform import TINY, tiny_request, wait_for
 
 from slserve.build.function import build_function
 from slserve.snapshot import ArtifactStore
@@ -110,6 +113,21 @@ def test_a_canary_is_sticky_per_key_and_splits_by_weight(server: Server) -> None
         assert again[1]["x-slserve-version"] == versions[i]
 
 
+def test_a_price_is_published_and_identical_requests_cost_the_same(server: Server) -> None:
+    """The price depends on the request (its rows, tier, the function's weight), not on the compute it took:
+    computed from the model's metadata before sending, it is what every identical request is charged."""
+    published = server.get("/v2/models/enc").json()["price"]
+    assert published["unit"] == "row" and published["tier"] == "standard"
+    rows = 3
+    expected = published["per_request"] + math.ceil(published["weight"] * rows * published["per_unit"])
+    request = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [rows, 16], "data": [0.5] * 16 * rows}]}
+    costs = {server.post("/v2/models/enc/infer", json=request).headers["x-slserve-cost"] for _ in range(10)}
+    assert costs == {str(expected)}
+    with sqlite3.connect(server.state / "ledger.sqlite") as db:
+        kept = db.execute("SELECT price, compute_cost, compute_ms FROM records WHERE price = ?", (expected,)).fetchall()
+    assert len(kept) >= 10 and all(cost is not None and cost >= 0 and ms > 0 for _, cost, ms in kept)
+
+
 def test_tiers_have_their_own_functions_and_prices(server: Server) -> None:
     status, eco = infer(server, "/v2/models/enc/infer", **{"x-slserve-tier": "economy"})
     assert status == 200 and eco["x-slserve-function"] == "enc-v1-eco" and eco["x-slserve-tier"] == "economy"
@@ -163,15 +181,29 @@ def test_a_shadow_never_changes_the_answer_and_its_comparison_is_reported(server
 
 
 def test_route_changes_apply_live_and_bad_ones_are_refused(server: Server, routes_file: Path) -> None:
-    async def load_while_changing() -> list[int]:
-        task = asyncio.create_task(
-            post_many(server.url + "/v2/models/enc/infer", [tiny_request()] * 300, 4, server.auth)
-        )
-        await asyncio.sleep(0.2)
-        routes_file.write_text(ROUTES.replace('version = "1"', 'version = "2"'))
-        return [r.status_code for r in await task]
+    async def load_while_changing() -> tuple[list[int], list[str]]:
+        """Four clients back to back; the routes change once 20 have been answered, and the load goes on until
+        20 have come back from the new version (or 3,000 were sent)."""
+        statuses: list[int] = []
+        versions: list[str] = []
+        async with httpx.AsyncClient(timeout=60, headers=server.auth) as client:
 
-    assert set(asyncio.run(load_while_changing())) == {200}  # no request fails while the routes change
+            async def one_client() -> None:
+                while versions.count("2") < 20 and len(statuses) < 3000:
+                    r = await client.post(server.url + "/v2/models/enc/infer", json=tiny_request())
+                    statuses.append(r.status_code)
+                    versions.append(r.headers.get("x-slserve-version", ""))
+                    if len(statuses) == 20:
+                        routes_file.write_text(ROUTES.replace('version = "1"', 'version = "2"'))
+
+            await asyncio.gather(*(one_client() for _ in range(4)))
+        return statuses, versions
+
+    routes_file.write_text(ROUTES)  # as this module's server started with: v1 stable (whatever ran before)
+    assert wait_for(lambda: infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "1", timeout=10)
+    statuses, versions = asyncio.run(load_while_changing())
+    assert set(statuses) == {200}  # no request fails while the routes change
+    assert versions[:20] == ["1"] * 20 and versions.count("2") >= 20, versions  # it changed under load
     assert wait_for(lambda: infer(server, "/v2/models/enc/infer")[1]["x-slserve-version"] == "2", timeout=10)
     routes_file.write_text(ROUTES.replace('"2" = 10', '"2" = 20'))
     assert wait_for(lambda: server.get("/slserve/routes").json()["error"] is not None, timeout=10)
@@ -187,7 +219,7 @@ def slserve(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_route_commands_edit_the_live_routes(server: Server, routes_file: Path, functions_dir: Path) -> None:
     where = ["--routes", str(routes_file), "--functions", str(functions_dir)]
-    routes_file.write_text(ROUTES)  # the test before left a refused (bad) file behind
+    routes_file.write_text(ROUTES)  # its own routes, whatever the tests before left behind
     assert wait_for(lambda: server.get("/slserve/routes").json()["error"] is None, timeout=10)
     before = routes_file.read_text()
     bad = slserve("route", "set", "enc", "canary", "1=90", "2=20", *where)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from tests.conftest import SMALL_MLP_TOML
 
-from slserve_samples.faulty import CRASH, HOG, MODEL_BUG, PROCESSOR_BUG, SLEEP, hazards_function
+from slserve_samples.faulty import CRASH, HOG, MODEL_BUG, ORPHAN, PROCESSOR_BUG, SLEEP, hazards_function
 
 WORDS = """
 [model]
@@ -73,6 +73,10 @@ def crashing() -> dict[str, Any]:
     return rows([CRASH])
 
 
+def orphaning(seconds: float) -> dict[str, Any]:
+    return rows([ORPHAN, seconds])
+
+
 def model_bug() -> dict[str, Any]:
     return rows([MODEL_BUG])
 
@@ -106,4 +110,4 @@ def ledger_rows(state: Any, where: str, *args: object) -> list[tuple[Any, ...]]:
         return db.execute(f"SELECT request_id, status, price, tenant FROM records WHERE {where}", args).fetchall()
 
 
-__all__ = ["CRASH", "HOG", "MODEL_BUG", "PROCESSOR_BUG", "SLEEP"]
+__all__ = ["CRASH", "HOG", "MODEL_BUG", "ORPHAN", "PROCESSOR_BUG", "SLEEP"]

@@ -26,6 +26,11 @@ def test_unknown_routes_and_methods_have_their_own_codes(server: Server) -> None
     assert r.status_code == 405
 
 
+def test_a_browser_s_icon_request_is_no_error(server: Server) -> None:
+    r = httpx.get(server.url + "/favicon.ico")  # no key: every page load asks for it
+    assert r.status_code == 204 and not r.content
+
+
 def raw_post(server: Server, path: str, header_lines: list[str], body: bytes) -> int:
     """The status of a request written byte for byte (an HTTP client library would tidy its headers)."""
     host, port = server.url.removeprefix("http://").split(":")

@@ -10,6 +10,7 @@ status and the limit that refused it.
 from __future__ import annotations
 
 import json
+import multiprocessing
 import socket
 import statistics
 import struct
@@ -17,6 +18,8 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.queues import Queue
+from multiprocessing.synchronize import Event
 from pathlib import Path
 
 import httpx
@@ -29,6 +32,7 @@ from slserve.snapshot import ArtifactStore
 
 pytestmark = pytest.mark.slow
 BUDGET_MB = 48
+HEAD_S = 2  # the gateway's head_timeout_s
 
 
 def rss_mb(pid: int) -> float:
@@ -38,34 +42,46 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def call_steadily(url: str, key: str, calling: Event, stop: Event, out: Queue[tuple[list[float], list[int]]]) -> None:
+    """The bystander's calls, one every 50 ms until `stop`, in a process of its own: the attackers' threads in
+    the test's process would otherwise delay it by holding the test's GIL, which no gateway could prevent."""
+    latencies: list[float] = []
+    failures: list[int] = []
+    with httpx.Client(timeout=60) as client:
+        while not stop.is_set():
+            started = time.perf_counter()
+            r = client.post(url + "/v2/models/hazards/infer", json=fine(), headers=bearer(key))
+            latencies.append(time.perf_counter() - started)
+            if r.status_code != 200:
+                failures.append(r.status_code)
+            calling.set()
+            stop.wait(0.05)
+    out.put((latencies, failures))
+
+
 class Bystander:
-    """Another tenant's steady traffic, and the gateway's memory, sampled while the attacks run."""
+    """Another tenant's steady traffic (a process of its own), and the gateway's memory, sampled while the
+    attacks run."""
 
     def __init__(self, server: Server, key: str) -> None:
         self.server, self.key = server, key
         self.latencies: list[float] = []
         self.failures: list[int] = []
         self.peak_mb = 0.0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._call), threading.Thread(target=self._sample)]
+        spawn = multiprocessing.get_context("spawn")
+        self._calling, self._stop, self._out = spawn.Event(), spawn.Event(), spawn.Queue()
+        args = (server.url, key, self._calling, self._stop, self._out)
+        self._caller = spawn.Process(target=call_steadily, args=args)
+        self._sampler = threading.Thread(target=self._sample)
 
     def quiet_p50(self, n: int = 40) -> float:
         with httpx.Client(timeout=30) as client:
-            times = [self._one(client) for _ in range(n)]
+            times = []
+            for _ in range(n):
+                started = time.perf_counter()
+                client.post(self.server.url + "/v2/models/hazards/infer", json=fine(), headers=bearer(self.key))
+                times.append(time.perf_counter() - started)
         return statistics.median(times)
-
-    def _one(self, client: httpx.Client) -> float:
-        started = time.perf_counter()
-        r = client.post(self.server.url + "/v2/models/hazards/infer", json=fine(), headers=bearer(self.key))
-        if r.status_code != 200:
-            self.failures.append(r.status_code)
-        return time.perf_counter() - started
-
-    def _call(self) -> None:
-        with httpx.Client(timeout=60) as client:
-            while not self._stop.is_set():
-                self.latencies.append(self._one(client))
-                self._stop.wait(0.05)
 
     def _sample(self) -> None:
         while not self._stop.is_set():
@@ -73,15 +89,16 @@ class Bystander:
             self._stop.wait(0.1)
 
     def __enter__(self) -> Bystander:
-        self.latencies.clear()
-        for t in self._threads:
-            t.start()
+        self._caller.start()
+        self._sampler.start()
+        assert self._calling.wait(60), "the bystander's process did not start calling"
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        for t in self._threads:
-            t.join()
+        self.latencies, self.failures = self._out.get(timeout=120)
+        self._caller.join()
+        self._sampler.join()
 
 
 def upload(
@@ -138,7 +155,9 @@ def upload(
 def gateway(hazard_functions: tuple[Path, ArtifactStore], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     functions, store = hazard_functions
     log = tmp_path_factory.mktemp("noisy") / "serve.log"
-    srv = start_server(functions, store.root, log, inflight_body_mb=str(BUDGET_MB), upload_grace_s="1")
+    srv = start_server(
+        functions, store.root, log, inflight_body_mb=str(BUDGET_MB), upload_grace_s="1", head_timeout_s=str(HEAD_S)
+    )
     yield srv
     srv.stop()
 
@@ -180,8 +199,9 @@ def test_bodies_over_what_a_function_takes_are_refused_before_they_cost_anyone(g
     quiet = watch.quiet_p50()
     before = rss_mb(gateway.proc.pid)
     statuses: dict[str, list[int]] = {}
+    attacks = _attacks()
     with watch:
-        for name, (path, body, extra) in _attacks().items():
+        for name, (path, body, extra) in attacks.items():
             headers = {"Content-Type": "application/json", **bearer(attacker), **extra}
             statuses[name] = [upload(gateway.url, path, headers, body) for _ in range(3)]
     print(f"over-limit bodies: bystander quiet p50 {quiet * 1000:.1f} ms, max {max(watch.latencies) * 1000:.1f} ms; "
@@ -198,16 +218,20 @@ def test_a_crowd_of_uploads_is_held_to_the_budget_and_slow_ones_are_cut(gateway:
     watch = Bystander(gateway, bystander)
     quiet = watch.quiet_p50()
     before = rss_mb(gateway.proc.pid)
-    # Under what `words` takes (about 5 MB): 32 texts of 60 KB, 1.9 MB; 40 at once are 77 MB, over the budget.
+    # Under what `words` takes (about 5 MB): 32 texts of 60 KB, 1.9 MB; 40 at once are 77 MB, over the budget and
+    # over the tenant's share of it (a quarter).
     # Their datatype is wrong, so each costs its upload and its decode, and no model time.
     texts = ["word " * 12_000] * 32
     body = _json({"inputs": [{"name": "text", "datatype": "FP32", "shape": [32], "data": texts}]})
     headers = {"Content-Type": "application/json", **bearer(attacker)}
+    # Another tenant's slow uploads, 5 x 0.5 MB: within its share of the budget (a quarter), cut for their pace.
+    slow_body = _json({"inputs": [{"name": "text", "datatype": "FP32", "shape": [8], "data": texts[:8]}]})
+    slow_headers = {**headers, **bearer(gateway.keys().create(new_key("slow")))}
     with watch, ThreadPoolExecutor(40) as pool:
         together = threading.Barrier(40)
         path = "/v2/models/words/infer"
         crowd = list(pool.map(lambda _: upload(gateway.url, path, headers, body, together=together), range(40)))
-        slow = list(pool.map(lambda _: upload(gateway.url, "/v2/models/words/infer", headers, body, 200), range(5)))
+        slow = list(pool.map(lambda _: upload(gateway.url, path, slow_headers, slow_body, 200), range(5)))
     assert set(crowd) <= {400, 503} and 503 in crowd, crowd  # the budget refused what would pass it
     assert slow == [408] * 5, slow
     assert not watch.failures
@@ -215,3 +239,56 @@ def test_a_crowd_of_uploads_is_held_to_the_budget_and_slow_ones_are_cut(gateway:
     print(f"crowd: bystander quiet p50 {quiet * 1000:.1f} ms, max {max(watch.latencies) * 1000:.1f} ms; gateway RSS "
           f"{before:.0f} -> {watch.peak_mb:.0f} MB; {crowd.count(503)} of 40 refused by the budget")  # fmt: skip
     assert watch.peak_mb - before < BUDGET_MB, (before, watch.peak_mb)  # bodies and their decoding, in the budget
+
+
+def send_head(url: str, head: bytes, bytes_per_s: float | None = None) -> int:
+    """Send a request's head (in 64 KiB pieces, or trickled at `bytes_per_s`) until the gateway answers; returns
+    the status, or 0 if the connection closed without one."""
+    host, port = url.removeprefix("http://").split(":")
+    step = 1 if bytes_per_s else 65536
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.setblocking(False)
+        answer, sent = b"", 0
+        while b"\r\n" not in answer:
+            try:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                answer += chunk
+                continue
+            except BlockingIOError:
+                pass
+            except ConnectionResetError:
+                break
+            if sent < len(head):
+                try:
+                    sent += sock.send(head[sent : sent + step])
+                except BlockingIOError:
+                    pass
+                except (BrokenPipeError, ConnectionResetError):
+                    break
+            time.sleep(step / bytes_per_s if bytes_per_s else 0.001)
+    return int(answer.split(b" ", 2)[1]) if answer.startswith(b"HTTP/1.1 ") else 0
+
+
+def test_huge_and_trickled_heads_are_refused_without_holding_memory_or_connections(gateway: Server) -> None:
+    """Heads the ASGI app never sees: headers of 8 MB each from 40 connections at once, 40 heads trickled a byte
+    at a time, 20 connections that send nothing."""
+    bystander = gateway.keys().create(new_key("bystander-3"))
+    watch = Bystander(gateway, bystander)
+    quiet = watch.quiet_p50()
+    before = rss_mb(gateway.proc.pid)
+    start = b"POST /v2/models/hazards/infer HTTP/1.1\r\nHost: x\r\n"
+    huge = start + b"X-Padding: " + b"a" * (8 << 20) + b"\r\n\r\n"
+    trickled = start + b"X-Padding: " + b"a" * 1000 + b"\r\n\r\n"
+    with watch, ThreadPoolExecutor(100) as pool:
+        big = pool.map(lambda _: send_head(gateway.url, huge), range(40))
+        slow = pool.map(lambda _: send_head(gateway.url, trickled, bytes_per_s=20), range(40))
+        silent = pool.map(lambda _: send_head(gateway.url, b""), range(20))
+        statuses = {"huge": list(big), "trickled": list(slow), "silent": list(silent)}
+    print(f"heads: bystander quiet p50 {quiet * 1000:.1f} ms, max {max(watch.latencies) * 1000:.1f} ms; gateway RSS "
+          f"{before:.0f} -> {watch.peak_mb:.0f} MB")  # fmt: skip
+    assert statuses == {"huge": [431] * 40, "trickled": [408] * 40, "silent": [408] * 20}, statuses
+    assert not watch.failures
+    assert max(watch.latencies) <= max(5 * quiet, 0.25), (max(watch.latencies), quiet)
+    assert watch.peak_mb - before < 40 * 0.5, (before, watch.peak_mb)  # at most a read past 32 KiB per connection

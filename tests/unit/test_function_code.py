@@ -13,6 +13,7 @@ from tests.conftest import write_function
 from slserve.build.function import build_function
 from slserve.build.key import stale_reason
 from slserve.errors import SpecError
+from slserve.platform.catalog import FolderCatalog
 from slserve.runtime import load_runtime
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
@@ -121,3 +122,18 @@ def test_a_module_the_folder_lacks_says_where_it_looked(tmp_path: Path, store: A
     (d / "function.toml").write_text(OWN_TOML.format(name="typo").replace("model:build_model", "modle:build_model"))
     with pytest.raises(SpecError, match=r"cannot be found|its function folder|No module named 'modle'"):
         build_function(load_function(d), store)
+
+
+def test_a_running_catalog_sees_an_edit_to_any_file_its_build_read(tmp_path: Path, store: ArtifactStore) -> None:
+    """Not only function.toml: the folder's code, and model code outside it, make the function stale."""
+    functions = tmp_path / "functions"
+    d = own_function(functions, "scaled", 2.0)
+    build_function(load_function(d), store)
+    catalog = FolderCatalog(store, functions)
+    assert catalog.functions()["scaled"].stale is None
+    (d / "layers.py").write_text((d / "layers.py").read_text() + "# edited\n")
+    catalog.refresh()
+    assert "its code (layers.py) changed since the last build" in str(catalog.functions()["scaled"].stale)
+    build_function(load_function(d), store)
+    catalog.refresh()
+    assert catalog.functions()["scaled"].stale is None

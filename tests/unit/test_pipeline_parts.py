@@ -258,8 +258,13 @@ def test_independent_steps_run_at_once_and_errors_name_their_step() -> None:
     slow = function("slow", "1", [("x", "FP32", [-1, 2])], [("y", "FP32", [-1, 2])])
     graph = Graph.check(PipelineSpec.model_validate(FAN), signatures_of([slow]))
 
+    started: dict[str, asyncio.Event] = {}
+
     async def call_model(step: Step, inputs: dict[str, np.ndarray]) -> Any:
-        await asyncio.sleep(0.2)
+        # Each step answers only once the other has started: run one after the other, they would wait for ever.
+        started.setdefault(step.name, asyncio.Event()).set()
+        other = "b" if step.name == "a" else "a"
+        await asyncio.wait_for(started.setdefault(other, asyncio.Event()).wait(), 10)
         if inputs["x"][0, 0] < 0:
             raise InvalidInput("negative")
 
@@ -267,10 +272,9 @@ def test_independent_steps_run_at_once_and_errors_name_their_step() -> None:
         return SimpleNamespace(result=SimpleNamespace(outputs=outputs), cost=1)
 
     x = np.ones((1, 2), dtype=np.float32)
-    started = time.perf_counter()
     done = asyncio.run(run_graph(graph, {"x": x}, call_model, None))
-    assert time.perf_counter() - started < 0.35  # two 0.2 s steps, together
     assert done.outputs["y"].tolist() == [[2.0, 2.0, 3.0, 3.0]]
+    started.clear()
     with pytest.raises(InvalidInput, match=r"^step 'a' \(model slow\): negative$"):
         asyncio.run(run_graph(graph, {"x": -x}, call_model, None))
 

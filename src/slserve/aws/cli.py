@@ -87,7 +87,7 @@ def deploy_aws(
     for f in plan.functions:
         function = catalog.functions()[f.name]
         measured = measure_compute(store, function)
-        e = costs.estimate(f, measured.compute_ms, charged_per_million(function, measured.compute_ms, routes), kind)
+        e = costs.estimate(f, measured.compute_ms, charged_per_million(function, routes), kind)
         estimates.append(e)
         table.add_row(
             f.name,
@@ -117,7 +117,8 @@ def deploy_aws(
     )
     if dry_run:
         return
-    stop_unless_deployable(console, deploy.missing_for_deploy())
+    images = any(p.image for p in deployment.packages)
+    stop_unless_deployable(console, deploy.missing_for_deploy(images))
     outputs = work / "outputs.json"
     command = ["npx", "--yes", deploy.CDK_CLI, "deploy", "--app", str(out), "--require-approval", "never"]
     subprocess.run([*command, "--outputs-file", str(outputs)], check=True)

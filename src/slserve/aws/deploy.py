@@ -217,8 +217,9 @@ def lint(template: Path) -> list[str]:
     return [f"{m.rule.id} {m.message} ({m.linenumber})" for m in matches]
 
 
-def missing_for_deploy() -> list[str]:
-    """What a real deploy needs that this machine lacks (empty: it can deploy)."""
+def missing_for_deploy(images: bool = True) -> list[str]:
+    """What a real deploy needs that this machine lacks (empty: it can deploy); `images`: it builds container
+    images (a Docker engine's job), which a deploy of zips only does not."""
     missing = []
     try:
         import boto3
@@ -229,6 +230,8 @@ def missing_for_deploy() -> list[str]:
         missing.append("boto3 (`pip install 'slserve[aws]'`)")
     if shutil.which("npx") is None:
         missing.append("the AWS CDK CLI (`npm install -g aws-cdk`; it runs as `npx cdk`)")
-    if shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+    if images and (
+        shutil.which("docker") is None or subprocess.run(["docker", "info"], capture_output=True).returncode
+    ):
         missing.append("a running Docker engine (to build the torch functions' images)")
     return missing

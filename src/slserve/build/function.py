@@ -13,6 +13,7 @@ from slserve.build.key import build_key, library_versions, source_digests
 from slserve.build.locations import resolve_location
 from slserve.build.proofs import batch_floors
 from slserve.build.reference import drift_reference
+from slserve.build.signature_check import check_signature
 from slserve.runtime.base import Runtime, load_runtime
 from slserve.runtime.code import CODE_PREFIX, folder_code
 from slserve.snapshot import Artifact, ArtifactStore, BuildInfo, FileEntry, Manifest, TensorEntry
@@ -92,6 +93,8 @@ def build_function(
             loaded.append(load_runtime(unsaved))  # CUDA for a GPU function on a GPU host, else the CPU
         return loaded[0]
 
+    report("running the model on inputs made from its signature")
+    check_signature(fdef.name, fdef.spec, runtime())
     measured: dict[str, object] = {}
     if reference is not None:
         report("measuring the variant's agreement with fp32")

@@ -27,6 +27,7 @@ DEPLOYMENT: dict[str, IncEx | bool] = {
     "batching": {"max_delay_ms"},
     "resources": {"memory_mb", "aws_memory_mb"},
     "limits": True,
+    "pricing": True,
 }
 SPEC_FILE = "function/function.toml"  # its content takes part through the parsed spec
 

@@ -36,7 +36,7 @@ class StepReport:
 
     @property
     def cost(self) -> int:
-        return self.served.cost if self.served else 0
+        return self.served.price if self.served else 0
 
     def to_dict(self) -> dict[str, object]:
         doc: dict[str, object] = {"name": self.name, "kind": self.kind, "ms": round(self.ms, 3)}
@@ -50,7 +50,8 @@ class StepReport:
                 queue_ms=round(r.queue_ms, 3),
                 compute_ms=round(r.compute_ms, 3),
                 cold_start_ms=r.cold_start_ms,
-                cost=self.served.cost,
+                cost=self.served.price,
+                compute_cost=self.served.compute_cost,
             )
         return doc
 

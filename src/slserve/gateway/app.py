@@ -44,6 +44,7 @@ from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState
 from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Deployed, Platform
+from slserve.router import pricing
 from slserve.router.dispatch import Router
 from slserve.router.table import version_order
 from slserve.settings import ServeSettings
@@ -91,7 +92,11 @@ class Gateway:
             raise RuntimeUnavailable(fdef.error or f"{fdef.name} cannot serve")
         table = self.router.table.models.get(model)
         versions = sorted(table.versions, key=version_order) if table else [fdef.spec.model.version]
-        return {**model_metadata(fdef), "name": model, "versions": versions}
+        doc = {**model_metadata(fdef), "name": model, "versions": versions}
+        if isinstance(fdef, Deployed):
+            tier = fdef.spec.tier
+            doc["price"] = pricing.published(tier, self.router.table.tiers[tier], fdef.spec.pricing)
+        return doc
 
     # --- health and metadata -------------------------------------------------------------------------------
 
@@ -315,6 +320,9 @@ def build_app(
     async def dashboard_page(request: Request) -> Response:  # async: run on the loop, beside what it reads
         return Response(PAGE, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
 
+    async def no_icon(request: Request) -> Response:  # what a browser asks of every page: nothing, no 401
+        return Response(status_code=204, headers={"cache-control": "max-age=86400"})
+
     async def overview_document(request: Request) -> Response:
         return json_response(overview.document())
 
@@ -335,6 +343,7 @@ def build_app(
         Route("/v1/models", gw.openai_models),
         Route("/v1/usage", gw.usage),
         Route("/dashboard", dashboard_page),
+        Route("/favicon.ico", no_icon),
         Route("/slserve/overview", overview_document),
         Route("/slserve/drift", gw.drift),
         Route("/slserve/drift/pin", gw.drift_pin, methods=["POST"]),

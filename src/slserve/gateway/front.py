@@ -49,7 +49,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ALLOW_UPGRADE = "x-slserve-allow-upgrade"
 INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
 EMBEDDINGS_PATH = "/v1/embeddings"
-PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/dashboard"})  # the page has no data
+# No key needed: health, metrics, the dashboard's page (it has no data of its own), the icon browsers ask for.
+PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/dashboard", "/favicon.ico"})
 CALLER = "slserve.key"  # where Starlette handlers find the authenticated key in the ASGI scope
 DECODE_IN_THREAD = 256 * 1024  # bodies larger than this are decoded off the event loop
 T = TypeVar("T")
@@ -75,7 +76,7 @@ def result_headers(served: Served) -> dict[str, str]:
         "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
         "x-slserve-batch-size": str(result.batch_size),
         "x-slserve-tier": served.tier,
-        "x-slserve-cost": str(served.cost),
+        "x-slserve-cost": str(served.price),
     }
     if result.cold_start_ms is not None:
         headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
@@ -83,6 +84,8 @@ def result_headers(served: Served) -> dict[str, str]:
         headers["x-slserve-alias"] = served.route.alias
     if served.fallback is not None:
         headers["x-slserve-fallback"] = served.fallback
+    if served.degraded is not None:
+        headers["x-slserve-degraded"] = served.degraded
     if served.steps:  # a pipeline: each step's function, time and price
         headers["x-slserve-steps"] = ", ".join(step_header(s) for s in served.steps)
     truncated = result.notes.get("truncated")
@@ -95,7 +98,7 @@ def step_header(step: StepReport) -> str:
     """`embed;function=minilm-onnx;ms=4.21;cost=37` (model steps), `joined;op;ms=0.02` (the others)."""
     if step.served is None:
         return f"{step.name};{step.kind};ms={step.ms:.2f}"
-    return f"{step.name};function={step.served.result.function};ms={step.ms:.2f};cost={step.served.cost}"
+    return f"{step.name};function={step.served.result.function};ms={step.ms:.2f};cost={step.served.price}"
 
 
 def error_reply(error: SlserveError, path: str) -> Reply:
@@ -127,7 +130,12 @@ class Front:
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
         self.max_elements = settings.max_tensor_elements
-        self.intake = Intake(settings.inflight_body_bytes, settings.min_upload_kb_per_s * 1024, settings.upload_grace_s)
+        self.intake = Intake(
+            settings.inflight_body_bytes,
+            settings.inflight_body_share,
+            settings.min_upload_kb_per_s * 1024,
+            settings.upload_grace_s,
+        )
         # function -> (the spec its body limit was computed for, the limit)
         self._limits: dict[str, tuple[FunctionSpec | PipelineSpec, int]] = {}
         self.public_metrics = settings.public_metrics
@@ -174,7 +182,7 @@ class Front:
             reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
         finally:
             if call is not None:
-                self.intake.release(call.held_bytes)
+                self.intake.release(call.held_bytes, call.key.tenant)
                 call.held_bytes = 0
                 await self.pipeline.done(call)
         status, body, out_headers = reply
@@ -277,7 +285,7 @@ class Front:
     async def read_request(self, call: Call, receive: Receive, limit: int, why: str) -> None:
         """The body (within `limit`, the gateway's byte budget and its minimum rate); from then on, a disconnect
         cancels the call (work not yet started for it is dropped)."""
-        call.body, call.held_bytes = await self.intake.read(call.headers, receive, limit, why)
+        call.body, call.held_bytes = await self.intake.read(call.headers, receive, limit, why, call.key.tenant)
         watcher = asyncio.ensure_future(receive())  # resolves at the disconnect, or once the response is sent
 
         def on_message(done: asyncio.Future[Message]) -> None:
@@ -301,13 +309,17 @@ class Front:
         function = served.result.function if served else route.candidates[0][1] if route and route.candidates else None
         if function is not None:
             self.timeline.answered(function, status, seconds, served.result.cold_start_ms if served else None)
+        for step in served.steps if served else ():  # a pipeline's functions served too: their traffic counts
+            if step.served is not None:
+                done = step.served.result
+                self.timeline.answered(done.function, 200, step.ms / 1000, done.cold_start_ms)
         if served is not None:
             result = served.result
             m.batch(result.function, result.batch_size)
             if result.cold_start_ms is not None:
                 m.cold_start.labels(result.function).observe(result.cold_start_ms / 1000)
-            if served.cost:
-                m.charged.labels(model, tier).inc(served.cost)
+            if served.price:
+                m.charged.labels(model, tier).inc(served.price)
             if served.fallback:
                 m.fallbacks.labels(model, tier).inc()
         if not logs.ACCESS.isEnabledFor(logging.INFO):
@@ -324,7 +336,7 @@ class Front:
             tier=tier,
             function=served.result.function if served else None,
             status=status,
-            cost=served.cost if served else 0,
+            cost=served.price if served else 0,
             ms=round(seconds * 1000, 2),
         )
 

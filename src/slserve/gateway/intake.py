@@ -6,6 +6,8 @@
 - **A budget for the gateway**: the bytes all requests in flight hold (`inflight_body_mb`), each body counted
   twice (its bytes, and what decoding them makes). A body that would take the gateway past it is refused with
   503 and Retry-After before it is read (or as it streams), so a crowd of big uploads costs bounded memory.
+  One tenant holds at most its share of it (`inflight_body_share`): the rest stays for the others, and a crowd
+  of one tenant's uploads costs the loop at most that share's reading and decoding at a time.
 - **A minimum rate**: after a grace, a body over 64 KiB must keep arriving at `min_upload_kb_per_s`; a slower
   one is cut with 408, so slow uploads cannot hold their share of the budget for long.
 
@@ -59,14 +61,25 @@ def body_limit(spec: FunctionSpec | PipelineSpec, max_elements: int, ceiling: in
 
 
 class Intake:
-    def __init__(self, budget_bytes: int, min_bytes_per_s: float, grace_s: float) -> None:
+    def __init__(self, budget_bytes: int, share: float, min_bytes_per_s: float, grace_s: float) -> None:
         self.budget_bytes = budget_bytes
+        self.share_bytes = int(budget_bytes * share)
         self.min_bytes_per_s = min_bytes_per_s
         self.grace_s = grace_s
         self.held = 0  # bytes requests in flight hold: their bodies (declared, or received so far), twice
+        self.held_by: dict[str, int] = {}  # ... by tenant
 
-    def hold(self, size: int, what: str) -> int:
-        """Take `size` bytes of the budget, or refuse with 503 when it would pass it."""
+    def hold(self, size: int, what: str, tenant: str) -> int:
+        """Take `size` bytes of the budget for `tenant`, or refuse with 503 when it would pass the budget or
+        the tenant's share of it."""
+        mine = self.held_by.get(tenant, 0)
+        if mine + size > self.share_bytes:
+            raise UploadsFull(
+                f"your requests in flight hold {mine >> 20} MB of request bodies and their decoding, a tenant's "
+                f"share of the gateway's budget (inflight_body_share) is {self.share_bytes >> 20} MB, and this "
+                f"body's {what} would pass it; retry once some of your requests have been answered",
+                retry_after=1.0,
+            )
         if self.held + size > self.budget_bytes:
             raise UploadsFull(
                 f"the gateway holds {self.held >> 20} MB of request bodies and their decoding, its budget "
@@ -75,19 +88,25 @@ class Intake:
                 retry_after=1.0,
             )
         self.held += size
+        self.held_by[tenant] = mine + size
         return size
 
-    def release(self, size: int) -> None:
+    def release(self, size: int, tenant: str) -> None:
         self.held -= size
+        left = self.held_by.pop(tenant, 0) - size
+        if left:
+            self.held_by[tenant] = left
 
-    async def read(self, headers: dict[str, str], receive: Receive, limit: int, why: str) -> tuple[bytes, int]:
-        """The body, and the bytes it holds of the budget (give them back with `release` once the request
-        ends). `why` says where `limit` comes from. A declared length is held before the body is read; without
+    async def read(
+        self, headers: dict[str, str], receive: Receive, limit: int, why: str, tenant: str
+    ) -> tuple[bytes, int]:
+        """The body, and the bytes it holds of the budget for `tenant` (give them back with `release` once the
+        request ends). `why` says where `limit` comes from. A declared length is held before the body is read; without
         one, each chunk is held as it arrives."""
         declared = headers.get("content-length", "")
         if declared.isdigit() and int(declared) > limit:
             raise PayloadTooLarge(f"request body of {declared} bytes is over the {limit}-byte limit ({why})")
-        held = self.hold(DECODE_FACTOR * int(declared), f"{declared} bytes") if declared.isdigit() else 0
+        held = self.hold(DECODE_FACTOR * int(declared), f"{declared} bytes", tenant) if declared.isdigit() else 0
         # A small declared body holds too little of the budget for its pace to matter: its read is not timed
         # (a timer costs microseconds on every request, most of which are small).
         timed = not declared.isdigit() or int(declared) > UNTIMED_BYTES
@@ -104,15 +123,16 @@ class Intake:
                 if size > limit:
                     raise PayloadTooLarge(f"request body is over the {limit}-byte limit ({why})")
                 if not declared.isdigit():
-                    held += self.hold(DECODE_FACTOR * len(chunk), "next chunk")
+                    held += self.hold(DECODE_FACTOR * len(chunk), "next chunk", tenant)
                 chunks.append(chunk)
                 more = message.get("more_body", False)
         except BaseException:
-            self.release(held)
+            self.release(held, tenant)
             raise
         body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         kept = DECODE_FACTOR * len(body)  # what it really holds: a client may send less than it declared
         self.held += kept - held
+        self.held_by[tenant] = self.held_by.get(tenant, 0) + kept - held
         return body, kept
 
     async def _next(self, receive: Receive, size: int, started: float) -> MutableMapping[str, Any]:

@@ -52,12 +52,26 @@ class ErrorBody(BaseModel):
     code: str | None = Field(None, description="a stable machine-readable code")
 
 
+class Price(BaseModel):
+    """What a request costs, in micro-units: per_request + ceil(weight x units x per_unit), a unit being a row
+    of the request or 1,000 of its tokens."""
+
+    tier: str
+    currency: str
+    per_request: int
+    per_unit: int
+    unit: str
+    weight: float
+    formula: str
+
+
 class ModelMetadata(BaseModel):
     name: str
     versions: list[str]
     platform: str
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    price: Price | None = None  # a function's; a pipeline charges the sum of its model steps
 
 
 class ServerMetadata(BaseModel):

@@ -192,16 +192,16 @@ class Pipeline:
             raise
         call.served = served
         if call.gone:  # it ran for a client that left meanwhile: recorded, charged by the policy
-            await self._record(call, route, served, ABANDONED, price=served.cost if self.bill_abandoned else 0)
+            await self._record(call, route, served, ABANDONED, price=served.price if self.bill_abandoned else 0)
             raise ClientClosedRequest("the client went away while the request ran")
         body, headers = encode(served)
         headers["x-request-id"] = call.request_id
         stored = None
         if call.slot is not None:
             stored = StoredResponse(call.request_id, call.fingerprint(path), 200, headers, body)
-        await self._record(call, route, served, 200, len(body), served.cost, stored)
+        await self._record(call, route, served, 200, len(body), served.price, stored)
         if call.gone and self.ledger is not None:  # left while its record was made durable: the answer goes nowhere
-            price = served.cost if self.bill_abandoned else 0
+            price = served.price if self.bill_abandoned else 0
             await self.ledger.correct(call.request_id, ABANDONED, price)
             call.charged = price > 0
             raise ClientClosedRequest("the client went away before its answer was sent")
@@ -245,6 +245,7 @@ class Pipeline:
             status=status,
             price=price,
             fallback=served.fallback if served else None,
+            compute_cost=served.compute_cost if served else None,
             steps=steps_json(served.steps) if served and served.steps else None,
         )
         kept = (call.key.key_id, call.slot[1], stored) if stored and call.slot else None

@@ -7,6 +7,7 @@ checked against the function's signature here, so a malformed request never reac
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,8 +111,10 @@ def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> 
     if arr.size != count:
         raise _fail(f"input {name!r}: {arr.size} elements in data for shape {shape} ({count} expected)")
     if arr.size and arr.dtype.kind not in "biuf":
+        odd = next((v for v in _leaves(data) if not isinstance(v, int | float)), None)
         raise _fail(
-            f"input {name!r}: data must be numbers for datatype {datatype.value}, got {arr.dtype.kind!r} values"
+            f"input {name!r}: data must be {_expected(datatype)} for datatype {datatype.value}, got {odd!r:.40} "
+            "among them (strings go in a BYTES input)"
         )
     if target.kind in "iu" and arr.dtype.kind == "f":
         raise _fail(f"input {name!r}: datatype {datatype.value} needs integers, data has fractional numbers")
@@ -121,6 +124,15 @@ def _json_tensor(data: Any, datatype: Datatype, shape: list[int], name: str) -> 
     if target.kind in "iu" and arr.size and not np.array_equal(cast, arr):
         raise _fail(f"input {name!r}: values out of range for {datatype.value}")
     return cast.reshape(shape)
+
+
+def _leaves(data: Any) -> Iterator[Any]:
+    """The elements of nested lists, in order."""
+    if isinstance(data, list):
+        for item in data:
+            yield from _leaves(item)
+    else:
+        yield data
 
 
 def _first_leaf(data: Any) -> Any:

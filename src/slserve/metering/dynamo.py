@@ -231,7 +231,7 @@ class DynamoLedger:
 
 def summarize(records: list[Record]) -> list[UsageRow]:
     """Usage per (model, version, tier), as the SQLite ledger's query computes it."""
-    rows: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0])
+    rows: dict[tuple[str, str, str], list[Any]] = defaultdict(lambda: [0, 0, 0, 0.0, 0, 0, 0])
     for r in records:
         row = rows[r.model, r.version, r.tier]
         row[0] += r.status == 200
@@ -240,6 +240,7 @@ def summarize(records: list[Record]) -> list[UsageRow]:
         row[3] += r.compute_ms or 0.0
         row[4] += r.tokens or 0
         row[5] += r.price
+        row[6] += r.compute_cost or 0
     steps = itemize((r.model, r.version, r.tier, r.steps) for r in records if r.steps is not None and r.price > 0)
     return [
         dataclasses.replace(UsageRow(*key, *values), steps=steps.get(key, ())) for key, values in sorted(rows.items())

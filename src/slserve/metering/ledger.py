@@ -70,6 +70,7 @@ class Record:
     price: int  # micro-units of currency; 0 unless status is 200 (or 499 under the `bill_abandoned` policy)
     fallback: str | None = None
     steps: str | None = None  # a pipeline's steps, itemized (JSON: `steps_json`); their costs sum to `price`
+    compute_cost: int | None = None  # micro-units: what its measured compute cost the house (None: not measured)
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,7 @@ class UsageRow:
     compute_ms: float
     tokens: int
     charged: int  # micro-units
+    compute_cost: int = 0  # micro-units: what the compute cost the house (the margin is charged - compute_cost)
     steps: tuple[StepUsage, ...] = ()  # a pipeline's charge, itemized by step
 
 
@@ -192,7 +194,8 @@ CREATE TABLE IF NOT EXISTS records (
     model TEXT NOT NULL, version TEXT NOT NULL, alias TEXT, tier TEXT NOT NULL, function TEXT NOT NULL,
     instance TEXT, cold_start INTEGER NOT NULL, cold_start_ms REAL, queue_ms REAL, compute_ms REAL,
     input_bytes INTEGER NOT NULL, output_bytes INTEGER NOT NULL, batch_size INTEGER, tokens INTEGER,
-    status INTEGER NOT NULL, price INTEGER NOT NULL CHECK (price >= 0), fallback TEXT, steps TEXT
+    status INTEGER NOT NULL, price INTEGER NOT NULL CHECK (price >= 0), fallback TEXT, steps TEXT,
+    compute_cost INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_tenant ON records (tenant, time_us);
 CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id, time_us);
@@ -243,6 +246,8 @@ def migrate(db: sqlite3.Connection) -> None:
     have = {row[1] for row in db.execute("PRAGMA table_info(records)")}
     if "steps" not in have:
         db.execute("ALTER TABLE records ADD COLUMN steps TEXT")
+    if "compute_cost" not in have:  # ledgers from before prices counted work (their cost was their price)
+        db.execute("ALTER TABLE records ADD COLUMN compute_cost INTEGER")
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -407,7 +412,7 @@ class SQLiteLedger:
         rows = self.db.execute(
             "SELECT model, version, tier, sum(status = 200), sum(status NOT IN (200, 499)), sum(status = 499),"
             " coalesce(sum(compute_ms), 0),"
-            " coalesce(sum(tokens), 0), sum(price) FROM records"
+            " coalesce(sum(tokens), 0), sum(price), coalesce(sum(compute_cost), 0) FROM records"
             f" WHERE {' AND '.join(where)} GROUP BY model, version, tier ORDER BY model, version, tier",
             args,
         )

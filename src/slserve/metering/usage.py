@@ -62,6 +62,8 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
             "compute_ms": round(r.compute_ms, 3),
             "charged_micros": r.charged,
             "charged": money(r.charged),
+            "compute_cost_micros": r.compute_cost,
+            "compute_cost": money(r.compute_cost),
             **({"steps": [step_line(s) for s in r.steps]} if r.steps else {}),
         }
         for r in rows
@@ -78,6 +80,8 @@ def report(rows: list[UsageRow], month: str, currency: str, **who: str) -> dict[
             "abandoned": sum(r.abandoned for r in rows),
             "charged_micros": total,
             "charged": money(total),
+            "compute_cost_micros": sum(r.compute_cost for r in rows),
+            "compute_cost": money(sum(r.compute_cost for r in rows)),
         },
     }
 
@@ -86,12 +90,12 @@ def to_csv(doc: dict[str, Any]) -> str:
     out = io.StringIO()
     columns = [
         *("model", "version", "tier", "requests", "failed", "tokens", "compute_ms", "charged_micros", "charged"),
-        "abandoned",
+        *("abandoned", "compute_cost_micros"),
     ]
     writer = csv.DictWriter(out, columns, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
     writer.writerows(doc["usage"])
     total = doc["total"]
-    totals = ("requests", "failed", "charged_micros", "charged", "abandoned")
+    totals = ("requests", "failed", "charged_micros", "charged", "abandoned", "compute_cost_micros")
     writer.writerow({"model": "TOTAL", **{k: total[k] for k in totals}})
     return out.getvalue()

@@ -159,10 +159,11 @@ def prune_responses(db: sqlite3.Connection, older_than_us: int) -> int:
 
 
 def serve(path: Path, source: int, sink: BinaryIO, retention_s: float) -> None:
-    from slserve.metering.ledger import INSERT_RECORDS, INSERT_RESPONSE, SCHEMA, connect
+    from slserve.metering.ledger import INSERT_RECORDS, INSERT_RESPONSE, SCHEMA, connect, migrate
 
     db = connect(path)
     db.executescript(SCHEMA)
+    migrate(db)
     reader = FrameReader(source)
     prune_every = min(PRUNE_EVERY_S, retention_s / 4)
     pruned_at = 0.0

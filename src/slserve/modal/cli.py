@@ -68,7 +68,7 @@ def deploy_modal(
     for f in plan.functions:
         function = catalog.functions()[f.name]
         measured = measure_compute(store, function, None)  # on the GPU where this host has one
-        charged = charged_per_million(function, measured.compute_ms, routes)
+        charged = charged_per_million(function, routes)
         e = deploy.estimate(f, measured.compute_ms, measured.device, charged)
         console.print(f"  {f.name}: compute {measured.provenance}")
         costs.add_row(

@@ -66,6 +66,7 @@ class InferResult:
     cold_start_ms: float | None = None  # set when the request waited for an instance to start
     tokens: int | None = None  # real tokens in the request, for text models
     notes: dict[str, Any] = field(default_factory=dict)  # what the processor reported (e.g. truncated rows)
+    device: str | None = None  # where it ran ("cpu", "cuda"), where the executor knows
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,15 @@ from pathlib import Path
 import orjson
 
 from slserve.build.key import stale_reason
-from slserve.errors import ArtifactNotFound, SpecError
+from slserve.build.locations import module_file
+from slserve.errors import ArtifactCorrupt, ArtifactNotFound, SpecError
 from slserve.platform.base import Changes, Deployed
 from slserve.snapshot import ArtifactStore
 from slserve.spec import SPEC_FILENAME, FunctionDef, FunctionSpec, discover_functions
 
 log = logging.getLogger("slserve.platform")
-Fingerprint = tuple[tuple[str, int, str | None], ...]
+FileStamp = tuple[str, int, int]  # path, modification time (ns), size
+Fingerprint = tuple[tuple[str, str | None, tuple[FileStamp, ...]], ...]
 
 
 class FolderCatalog:
@@ -25,6 +27,7 @@ class FolderCatalog:
     def __init__(self, store: ArtifactStore, directory: Path | None, functions: list[FunctionDef] | None = None):
         self.store = store
         self.directory = directory  # watched by `refresh` (None: the functions are fixed)
+        self._model_code: dict[str, list[Path]] = {}  # a build's digest -> the model code files it recorded
         found = functions if functions is not None else discover_functions(directory) if directory else []
         self._seen = self._fingerprint()
         self._functions = {f.name: self.deployed(f) for f in found}
@@ -79,11 +82,46 @@ class FolderCatalog:
         return Changes(deployed, removed)
 
     def _fingerprint(self) -> Fingerprint:
-        """Cheap to take every second: each function folder's spec file time and its published artifact."""
+        """Cheap to take every second: for each function folder, its published artifact and every file its
+        build read (the folder's files, and the model code outside it that the build recorded), by time and
+        size: an edit to any of them is looked at, so `stale` says so."""
         if self.directory is None or not self.directory.is_dir():
             return ()
         specs = sorted(d / SPEC_FILENAME for d in self.directory.iterdir() if (d / SPEC_FILENAME).is_file())
-        return tuple((s.parent.name, s.stat().st_mtime_ns, self.store.ref(s.parent.name)) for s in specs)
+        out = []
+        for spec in specs:
+            name, ref = spec.parent.name, self.store.ref(spec.parent.name)
+            files = [p for p in spec.parent.rglob("*") if "__pycache__" not in p.parts]
+            out.append((name, ref, _stamps(files + self._code_of(ref))))
+        return tuple(out)
+
+    def _code_of(self, digest: str | None) -> list[Path]:
+        """The model code files (outside its folder) a build recorded, found once per build."""
+        if digest is None:
+            return []
+        if digest not in self._model_code:
+            found = []
+            try:
+                recorded = self.store.open(digest).manifest.build.source_files
+                for key in recorded:
+                    if key.startswith("code/") and (path := module_file(key.removeprefix("code/"))) is not None:
+                        found.append(path)
+            except (ArtifactNotFound, ArtifactCorrupt, SpecError):
+                pass  # `deployed` says what is wrong with it
+            self._model_code[digest] = found
+        return self._model_code[digest]
+
+
+def _stamps(files: list[Path]) -> tuple[FileStamp, ...]:
+    out = []
+    for path in sorted(files):
+        try:
+            st = path.stat()
+        except OSError:  # removed while looked at: the next look sees the folder as it is
+            continue
+        if not path.is_dir():
+            out.append((str(path), st.st_mtime_ns, st.st_size))
+    return tuple(out)
 
 
 class ManifestCatalog:

@@ -114,6 +114,7 @@ class RemoteExecutor(ABC):
             cold_start_ms=None if cold is None else float(cold),
             tokens=int(out["x-slserve-tokens"]) if "x-slserve-tokens" in out else None,
             notes=orjson.loads(out["x-slserve-notes"]) if "x-slserve-notes" in out else {},
+            device=out.get("x-slserve-device"),
         )
 
     def status(self, function: str) -> FunctionStatus:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import math
 import socket
 import statistics
 import time
@@ -15,6 +14,7 @@ import orjson
 
 from slserve.platform.base import Deployed
 from slserve.router.config import load_routes
+from slserve.router.pricing import price
 from slserve.snapshot import ArtifactStore
 
 ROUNDS, CALLS = 5, 20
@@ -64,10 +64,10 @@ def measure_compute(store: ArtifactStore, function: Deployed, device: str | None
     return measured
 
 
-def charged_per_million(function: Deployed, compute_ms: float, routes: Path) -> float:
-    """What the function's tier charges a million such requests, in currency units (its prices are micro-units
-    per request), or 0 when the routes define no such tier."""
+def charged_per_million(function: Deployed, routes: Path) -> float:
+    """What the function's tier charges a million requests of its example input (one row, no tokens counted),
+    in currency units (its prices are micro-units per request), or 0 when the routes define no such tier."""
     tier = load_routes(routes).tiers.get(function.spec.tier)
     if tier is None:
         return 0.0
-    return float(tier.price_per_request + math.ceil(compute_ms) * tier.price_per_compute_ms)
+    return float(price(tier, function.spec.pricing, rows=1, tokens=None))

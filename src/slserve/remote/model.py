@@ -160,6 +160,7 @@ class ModelFunction:
                 "x-slserve-instance": self.instance,
                 "x-slserve-compute-ms": f"{compute_ms:.2f}",
                 "x-slserve-batch-size": str(batch_size),
+                "x-slserve-device": self.runtime.device,
             }
         )
         if cold:

@@ -4,7 +4,7 @@ once; the resolver only ever sees a valid `RoutesConfig`.
     [tiers.economy]                 # tiers, cheapest first by `rank`; prices in integer micro-units of currency
     rank = 0
     price_per_request = 20          # 0.000020 per request
-    price_per_compute_ms = 1
+    price_per_unit = 1              # per unit of work: a row, or 1,000 tokens, times the function's weight
     fallback = "downgrade"          # when this tier cannot serve: "downgrade" (to cheaper tiers) or "none"
 
     [models.minilm]
@@ -16,13 +16,17 @@ once; the resolver only ever sees a valid `RoutesConfig`.
     [models.minilm.aliases.canary]
     split = { "1" = 90, "2" = 10 }  # weighted versions, sticky per routing key; weights sum to 100
     shadow = { version = "2", percent = 5 }
+
+    [costs]                         # what compute costs the house, micro-units per millisecond (the ledger's cost)
+    cpu_ms = 1
+    gpu_ms = 8
 """
 
 from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Annotated, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -63,20 +67,38 @@ class ModelRoutes(_Strict):
 class Tier(_Strict):
     rank: Annotated[int, Field(ge=0, description="cost order: a lower rank is cheaper")]
     price_per_request: Annotated[int, Field(ge=0, description="micro-units of currency")] = 0
-    price_per_compute_ms: Annotated[int, Field(ge=0, description="micro-units per compute millisecond")] = 0
+    price_per_unit: Annotated[int, Field(ge=0, description="micro-units per unit of work (slserve.router.pricing)")] = 0
     fallback: Literal["downgrade", "none"] = "downgrade"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_compute_price(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "price_per_compute_ms" in data:
+            raise ValueError(
+                "price_per_compute_ms is gone: a price no longer depends on the host's load; set "
+                "price_per_unit (micro-units per row, or per 1,000 tokens, times the function's pricing.weight)"
+            )
+        return data
+
+
+class Costs(_Strict):
+    """What compute costs the house (micro-units per millisecond): the ledger's cost beside each price."""
+
+    cpu_ms: Annotated[float, Field(ge=0)] = 1.0
+    gpu_ms: Annotated[float, Field(ge=0)] = 8.0
 
 
 DEFAULT_TIERS = {
-    "economy": Tier(rank=0, price_per_request=10, price_per_compute_ms=1),
-    "standard": Tier(rank=1, price_per_request=20, price_per_compute_ms=2),
-    "premium": Tier(rank=2, price_per_request=50, price_per_compute_ms=4, fallback="downgrade"),
+    "economy": Tier(rank=0, price_per_request=10, price_per_unit=5),
+    "standard": Tier(rank=1, price_per_request=20, price_per_unit=10),
+    "premium": Tier(rank=2, price_per_request=50, price_per_unit=20, fallback="downgrade"),
 }
 
 
 class RoutesConfig(_Strict):
     tiers: dict[Annotated[str, Field(pattern=NAME)], Tier] = Field(default_factory=lambda: dict(DEFAULT_TIERS))
     models: dict[Annotated[str, Field(pattern=NAME)], ModelRoutes] = Field(default_factory=dict)
+    costs: Costs = Costs()
 
     @model_validator(mode="after")
     def _ranks_unique(self) -> Self:

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import hashlib
 import logging
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import chain
@@ -33,10 +32,12 @@ from slserve.errors import (
 )
 from slserve.features import FeatureStore
 from slserve.platform.base import Deployed, InferRequest, InferResult, Platform
+from slserve.router import pricing as pricing_
 from slserve.router.config import load_routes
 from slserve.router.shadow import ShadowStats
 from slserve.router.table import BUCKETS, Route, RouteTable
 from slserve.runtime.tensors import check_inputs
+from slserve.spec import FunctionSpec, Pricing
 
 log = logging.getLogger("slserve.router")
 # What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
@@ -50,10 +51,12 @@ Resolve = Callable[[str, str | None, str | None], Route]
 class Served:
     result: InferResult
     route: Route
-    tier: str  # the tier that served
-    cost: int  # micro-units of currency charged
+    tier: str  # the tier that served (and is billed: a tier served below its promise bills the one below)
+    price: int  # micro-units of currency charged (`pricing`: by the request's work, never by the host's load)
     fallback: str | None  # "standard->economy" when a fallback was taken
     steps: list[StepReport] = field(default_factory=list)  # a pipeline's steps, each with its own answer and cost
+    compute_cost: int = 0  # micro-units: what the measured compute cost the house
+    degraded: str | None = None  # how the tier was served below its promise (a GPU function on the CPU)
 
 
 class Router:
@@ -228,7 +231,7 @@ class Router:
                 self.monitor.observe(route.model, result.version, signature, routed.inputs, result.outputs)
             if route.shadow:
                 self._start_shadow(platform, route, request, result, resolve)
-            return Served(result, route, tier, self.price(tier, result.compute_ms), fallback)
+            return self._bill(result, route, tier, fallback, deployed, rows_of(routed))
         assert last is not None
         raise last
 
@@ -279,8 +282,10 @@ class Router:
             batch_size=rows,
             cold_start_ms=sum(cold) if cold else None,
             tokens=sum(tokens) if tokens else None,
+            notes={"truncated": truncated} if (truncated := sum(r.notes.get("truncated", 0) for r in results)) else {},
         )
-        return Served(result, route, tier, sum(s.cost for s in served), None, composed.steps)
+        price, cost = sum(s.price for s in served), sum(s.compute_cost for s in served)
+        return Served(result, route, tier, price, None, composed.steps, compute_cost=cost)
 
     def _start_shadow(
         self,
@@ -311,9 +316,31 @@ class Router:
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
 
-    def price(self, tier: str, compute_ms: float) -> int:
-        t = self.table.tiers[tier]
-        return t.price_per_request + math.ceil(compute_ms) * t.price_per_compute_ms
+    def _bill(
+        self, result: InferResult, route: Route, tier: str, fallback: str | None, deployed: Deployed | None, rows: int
+    ) -> Served:
+        """The price of the work asked for, in the tier served; a tier served below its promise (its function
+        names a GPU and ran on the CPU) is billed as the tier below it, and says so."""
+        degraded = None
+        spec = deployed.spec if deployed is not None else None
+        if spec is not None and spec.resources.gpu and result.device == "cpu":
+            billed = self.table.below(tier)
+            degraded = f"{tier} promises a {spec.resources.gpu} GPU; served on the CPU, billed as {billed}"
+            tier = billed
+        pricing = spec.pricing if spec is not None else Pricing()
+        price = pricing_.price(self.table.tiers[tier], pricing, rows, result.tokens)
+        cost = pricing_.compute_cost(self.table.costs, result.compute_ms, result.device)
+        return Served(result, route, tier, price, fallback, compute_cost=cost, degraded=degraded)
+
+    def price_of(self, tier: str, spec: FunctionSpec | None, rows: int, tokens: int | None) -> int:
+        """What a request of `rows` (and `tokens`) to a function with `spec` costs in `tier`."""
+        return pricing_.price(self.table.tiers[tier], spec.pricing if spec else Pricing(), rows, tokens)
+
+
+def rows_of(request: InferRequest) -> int:
+    """The rows a request asks for: its first input's first dimension (1 for a scalar input)."""
+    first = next(iter(request.inputs.values()), None)
+    return int(first.shape[0]) if first is not None and first.ndim else 1
 
 
 def _warm_first(platform: Platform, candidates: list[tuple[str, str]]) -> list[tuple[str, str]]:

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from slserve.errors import InvalidInput, ModelNotFound, SpecError
-from slserve.router.config import Alias, RoutesConfig, Tier
+from slserve.router.config import Alias, Costs, RoutesConfig, Tier
 from slserve.spec import NamedSpec, Signature
 
 BUCKETS = 10_000  # a split's weights (percent) map onto this many hash buckets
@@ -68,9 +68,10 @@ def sticky_bucket(model: str, alias: str, key: str) -> int:
 
 
 class RouteTable:
-    def __init__(self, tiers: dict[str, Tier], models: dict[str, ModelTable]) -> None:
+    def __init__(self, tiers: dict[str, Tier], models: dict[str, ModelTable], costs: Costs | None = None) -> None:
         self.tiers = tiers
         self.models = models
+        self.costs = costs or Costs()
         self._by_rank = sorted(tiers, key=lambda t: tiers[t].rank)
         self._memo: dict[tuple[str, str, str, bool], list[tuple[str, str]]] = {}  # the table is immutable
 
@@ -113,7 +114,12 @@ class RouteTable:
             if default not in aliases and default not in by_version:
                 raise SpecError(f"model {model!r}: default {default!r} is neither a version nor an alias")
             models[model] = ModelTable(by_version, aliases, default)
-        return cls(dict(config.tiers), models)
+        return cls(dict(config.tiers), models, config.costs)
+
+    def below(self, tier: str) -> str:
+        """The nearest cheaper tier (the tier itself when it is the cheapest)."""
+        cheaper = [t for t in self._by_rank if self.tiers[t].rank < self.tiers[tier].rank]
+        return cheaper[-1] if cheaper else tier
 
     def resolve(
         self,

@@ -36,7 +36,10 @@ def datatype_of(arr: np.ndarray) -> Datatype:
     dtype = arr.dtype.newbyteorder("=") if arr.dtype.byteorder == ">" else arr.dtype
     found = DATATYPE_OF.get(dtype)
     if found is None:
-        raise InvalidInput(f"numpy dtype {arr.dtype} has no Open Inference Protocol datatype")
+        raise InvalidInput(
+            f"{arr.dtype} values have no Open Inference Protocol datatype; send one of "
+            f"{', '.join(d.value for d in NUMPY_OF)}"
+        )
     return found
 
 
@@ -52,7 +55,10 @@ def as_bytes_array(values: np.ndarray | Sequence[object], name: str) -> np.ndarr
     elif arr.dtype.kind == "U":
         arr = np.vectorize(lambda s: s.encode(), otypes=[object])(arr)
     elif arr.dtype != object:
-        raise InvalidInput(f"input {name!r}: datatype BYTES expects strings or bytes, got numpy {arr.dtype}")
+        got = DATATYPE_OF.get(arr.dtype)
+        raise InvalidInput(
+            f"input {name!r}: datatype BYTES expects strings or bytes, got {got.value if got else arr.dtype} data"
+        )
     flat = arr.reshape(-1)
     for i, v in enumerate(flat):
         if isinstance(v, str):

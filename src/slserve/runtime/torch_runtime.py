@@ -7,6 +7,7 @@ weights go from the mapping to the device through pinned chunks (`device_copy`),
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Mapping
 from typing import Self
 
@@ -20,6 +21,11 @@ from slserve.runtime.device import choose_device
 from slserve.runtime.device_copy import to_device
 from slserve.snapshot import Artifact
 from slserve.spec import FunctionSpec
+
+# Weights are mapped read-only and binary inputs are views of the request's bytes: torch warns that writing to
+# them would be undefined. Nothing writes to them (inference mode, parameters without gradients), and the
+# warning reached every instance's log on its first call.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
 
 TORCH_DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,

@@ -186,6 +186,7 @@ class FunctionPool:
                 cold_start_ms=pending.cold_start_ms,
                 tokens=msg.meta.get("tokens"),
                 notes=msg.meta.get("notes") or {},
+                device=inst.device,
             )
             resolve(pending, result)
         elif msg.kind is Kind.DROPPED:
@@ -300,7 +301,9 @@ class FunctionPool:
         self.autoscale()
 
     def police(self, now: float) -> None:
-        """Stop the instances that harm others: over the memory limit, or computing only for callers gone."""
+        """Stop the instances that harm others: over the memory limit, or computing only for callers gone; and
+        end those whose process is gone unheard."""
+        self.processes.reconcile()
         limit = self.spec.resources.memory_mb * 1024 * 1024
         for inst in list(self.instances.values()):
             if inst.pid is None or inst.stopped_because is not None:

@@ -44,6 +44,7 @@ class Processes:
         self.on_ready, self.on_reply, self.on_gone = on_ready, on_reply, on_gone
         self._tasks: set[asyncio.Task[None]] = set()
         self._exits: dict[int, asyncio.Future[str]] = {}
+        self._running: dict[int, Instance] = {}  # by pid, until its end is heard
         if template is not None:
             self.use(template)
 
@@ -67,6 +68,7 @@ class Processes:
         try:
             sock, inst.pid = await template.spawn(self.function, inst.name, self.artifacts, inst.digest)
             self._exits[inst.pid] = loop.create_future()
+            self._running[inst.pid] = inst
             started: asyncio.Future[Message] = loop.create_future()
 
             def on_message(msg: Message) -> None:
@@ -96,6 +98,8 @@ class Processes:
         except SlserveError as e:
             start_error = e
         finally:
+            if inst.pid is not None:
+                self._running.pop(inst.pid, None)
             await self.on_gone(inst, start_error)
 
     def stop(self, inst: Instance, why: str) -> None:
@@ -107,8 +111,7 @@ class Processes:
 
     async def ended(self, inst: Instance, make_sure: bool) -> str:
         """How `inst` ended (`make_sure`: kill it first, in case its socket closed but the process lingers)."""
-        if inst.channel is not None and inst.channel.transport is not None:
-            inst.channel.transport.close()
+        hang_up(inst)
         if inst.pid is None:
             return "not started"
         if make_sure:
@@ -120,6 +123,16 @@ class Processes:
         waiter = self._exits.get(pid)
         if waiter is not None and not waiter.done():
             waiter.set_result(status)
+        inst = self._running.get(pid)
+        if inst is not None:
+            hang_up(inst)  # its socket may outlive it (a process it forked holds a copy): its end is now
+
+    def reconcile(self) -> None:
+        """End the instances whose process is gone though no exit was reported (their template died too):
+        their states follow their processes, not their sockets."""
+        for pid, inst in list(self._running.items()):
+            if not alive(pid):
+                hang_up(inst)
 
     async def _exit_status(self, pid: int, template: Template | None) -> str:
         """As the template reaped it: the socket closes first, the report follows (none from a dead template)."""
@@ -145,3 +158,18 @@ class Processes:
 def kill(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+def hang_up(inst: Instance) -> None:
+    """Close the gateway's end of an instance's socket: its task then hears the end and reports it gone."""
+    if inst.channel is not None and inst.channel.transport is not None:
+        inst.channel.transport.close()
+
+
+def alive(pid: int) -> bool:
+    """Whether `pid` is a process that has not ended (a zombie, ended but not yet reaped, is not alive)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return False
