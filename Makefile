@@ -39,6 +39,7 @@ serve: build
 lint: install
 	$(BIN)/ruff check src samples tests benchmarks
 	$(BIN)/ruff format --check src samples tests benchmarks
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -41,14 +41,14 @@ wrk.headers["Authorization"] = "Bearer {key}"
 
 
 def binary(inputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    from slserve.gateway.v2 import encode_request
     from slserve.platform.base import InferRequest
+    from slserve.platform.v2 import encode_request
 
     return encode_request(InferRequest("", inputs))
 
 
 def outputs(response: httpx.Response) -> dict[str, np.ndarray]:
-    from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs
+    from slserve.platform.v2 import HEADER_LENGTH, decode_outputs
 
     assert response.status_code == 200, response.text
     return decode_outputs(response.content, response.headers.get(HEADER_LENGTH))

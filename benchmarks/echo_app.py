@@ -37,10 +37,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from slserve.framing import LENGTH
-from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.base import InferResult
-from slserve.platform.local.handle import InstanceProtocol
-from slserve.platform.local.instance import Connection
+from slserve.platform.local.instance_handle import InstanceProtocol
+from slserve.platform.local.instance_process import Connection
+from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.wire import Kind, Message
 from slserve.runtime.tensors import NUMPY_OF
 from slserve.spec import load_function

@@ -20,8 +20,8 @@ import uvloop
 
 from harness import machine, pct, save
 from slserve.framing import widen_buffers
-from slserve.platform.local.handle import InstanceProtocol
-from slserve.platform.local.instance import Connection
+from slserve.platform.local.instance_handle import InstanceProtocol
+from slserve.platform.local.instance_process import Connection
 from slserve.platform.wire import Kind, Message
 
 

@@ -157,7 +157,7 @@ def init(
 ) -> None:
     """Start a function in functions/NAME/: a commented function.toml and starter code that builds and serves
     as it is; replace the code with your model's, and keep its signature table in step."""
-    from slserve.templates import FRAMEWORKS, code_template, function_template
+    from slserve.starters import FRAMEWORKS, code_template, function_template
 
     if framework not in FRAMEWORKS:
         raise SlserveError(f"--framework {framework!r}: choose one of {', '.join(FRAMEWORKS)}")

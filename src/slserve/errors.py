@@ -221,10 +221,16 @@ class Forbidden(SlserveError):
 
 
 class InstanceFailed(SlserveError):
-    """A function instance died or failed twice while serving the request."""
+    """A function instance died or failed twice while serving the request. `may_have_run`: no answer came in
+    time, and the function may still be running it (a timed-out invocation), so running it again elsewhere
+    (a tier's fallback) could run and cost it twice: it is not retried."""
 
     status = 502
     code = "instance_failed"
+
+    def __init__(self, message: str, may_have_run: bool = False) -> None:
+        super().__init__(message)
+        self.may_have_run = may_have_run
 
 
 class GatewayUnreachable(SlserveError):

@@ -75,7 +75,7 @@ def frame(body_length: int) -> bytes:
 
 
 def widen_buffers(sock: socket.socket) -> None:
-    """Kernel buffers big enough for a large tensor in a few writes: with the 208 KB default a 4 MB frame takes
-    ~20 sender/receiver hand-offs each way (measured: a 4 MB round trip 9.6 ms -> 5.5 ms)."""
+    """Kernel buffers big enough for a large tensor in a few writes: with the kernel's default a frame of a few
+    MB takes tens of sender/receiver hand-offs each way (the round trip's figures: RESULTS.md, `transport.py`)."""
     for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
         sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER_BYTES)

@@ -1,8 +1,8 @@
 """Run the gateway with the embedded platform on uvicorn (uvloop + httptools, its heads bounded).
 
-The local templates are launched first, before the gateway's own imports and start (about 0.3 s here), which
-their framework imports (torch: 1.6 s) then overlap: the order is what makes a restarted gateway's first answer
-come about that much sooner.
+The local templates are launched first, before the gateway's own imports and start, which their framework
+imports (torch's above all) then overlap: the order is what makes a restarted gateway's first answer come
+sooner (RESULTS.md, "A restarted gateway").
 """
 
 from __future__ import annotations

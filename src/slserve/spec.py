@@ -16,8 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from slserve.errors import SpecError
 
 SPEC_FILENAME = "function.toml"
-_NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
+NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # a function's, a model's, a tier's
+VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 _IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
+
+
+def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Natural order: "2" < "10", "1.9" < "1.10"; numbers sort before words."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._-]", version))
 
 
 class Datatype(StrEnum):
@@ -81,8 +87,8 @@ class Signature(_Strict):
 
 
 class ModelRef(_Strict):
-    name: Annotated[str, Field(pattern=_NAME)]
-    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$")] = "1"
+    name: Annotated[str, Field(pattern=NAME)]
+    version: Annotated[str, Field(pattern=VERSION)] = "1"
     description: str = ""
 
 
@@ -211,7 +217,7 @@ class FunctionSpec(_Strict):
     source: Source
     signature: Signature
     processor: Processor | None = None
-    tier: Annotated[str, Field(pattern=_NAME)] = "standard"
+    tier: Annotated[str, Field(pattern=NAME)] = "standard"
     target: Literal["local", "aws", "modal"] = Field(
         default="local",
         description="where it runs: this machine's processes, AWS Lambda, or Modal (a deployment setting)",
@@ -288,8 +294,8 @@ def format_errors(path: Path | str, err: ValidationError) -> str:
 def read_folder_toml(directory: Path, filename: str, missing: str = "") -> dict[str, Any]:
     """A function folder's TOML file (the folder's name checked first); SpecError says what is wrong where."""
     path = directory / filename
-    if not re.match(_NAME, directory.name):
-        raise SpecError(f"{directory}: function folder names must match {_NAME} (lowercase, digits, '-')")
+    if not re.match(NAME, directory.name):
+        raise SpecError(f"{directory}: function folder names must match {NAME} (lowercase, digits, '-')")
     try:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:

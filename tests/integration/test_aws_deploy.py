@@ -168,7 +168,7 @@ def test_deadlines_come_from_the_edge_and_images_are_built_for_lambdas_platform(
     router's deadline, the model functions' timeouts and the router's own all fit inside it, so nothing is billed
     that was not delivered."""
     functions = resources(deployed["template"], "AWS::Lambda::Function")
-    router = next(f for f in functions.values() if f["Properties"].get("Handler") == "slserve.aws.router.handler")
+    router = next(f for f in functions.values() if f["Properties"].get("Handler") == "slserve.aws.gateway.handler")
     deadline = int(router["Properties"]["Environment"]["Variables"]["SLSERVE_REQUEST_TIMEOUT_S"])
     assert deadline == 28 and router["Properties"]["Timeout"] == 30
     models = [f for f in functions.values() if "slserve" in f.get("Metadata", {})]

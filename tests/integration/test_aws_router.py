@@ -114,7 +114,7 @@ def house(
     }
     routers = [  # two environments of the router function, as Lambda runs many side by side
         start_environment(
-            "slserve.aws.router.handler",
+            "slserve.aws.gateway.handler",
             router_env,
             root / f"router-{n}.log",
             sandbox=Sandbox.make(router_package.directory, runtime, root / f"router-sandbox-{n}"),

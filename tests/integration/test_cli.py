@@ -21,7 +21,7 @@ def slserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 def test_init_build_invoke_verify(tmp_path: Path) -> None:
     first = slserve("init", "fresh", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    assert "keep [signature] in step" in " ".join(first.stdout.split())  # not eaten as markup
+    assert "keep its signature table in step" in " ".join(first.stdout.split())  # not eaten as markup
     assert (tmp_path / "functions/fresh/model.py").is_file()
     assert (tmp_path / "functions/fresh/function.toml").is_file()
     again = slserve("init", "fresh", cwd=tmp_path)

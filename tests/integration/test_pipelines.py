@@ -20,8 +20,8 @@ from slserve.accounts.keys import new_key
 from slserve.build.function import build_function
 from slserve.compose.catalog import build_pipeline
 from slserve.compose.spec import load_pipeline
-from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs
 from slserve.metering.ledger import SQLiteLedger
+from slserve.platform.v2 import HEADER_LENGTH, decode_outputs
 from slserve.snapshot import ArtifactStore
 from slserve.spec import discover_functions, load_function
 from slserve_samples.faulty import MODEL_BUG, SLEEP, hazards_function
@@ -137,8 +137,8 @@ def server(sample_store: ArtifactStore, tmp_path_factory: pytest.TempPathFactory
 
 
 def binary_request(inputs: dict[str, np.ndarray]) -> tuple[bytes, dict[str, str]]:
-    from slserve.gateway.v2 import encode_request
     from slserve.platform.base import InferRequest
+    from slserve.platform.v2 import encode_request
 
     return encode_request(InferRequest("", inputs))
 

@@ -17,7 +17,7 @@ from tests.integration.test_platform import wait_for
 from tests.reliability.hazards import TIMEOUT_S, bearer, ledger_rows, sleeping
 
 from slserve.accounts.keys import new_key
-from slserve.gateway.v2 import CLIENT_TIMEOUT
+from slserve.platform.v2 import CLIENT_TIMEOUT
 from slserve.snapshot import ArtifactStore
 
 

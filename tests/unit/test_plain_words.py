@@ -14,8 +14,8 @@ from tests.conftest import SMALL_MLP_TOML, write_function
 from slserve.aws.deploy import missing_for_deploy
 from slserve.build.function import build_function
 from slserve.errors import InvalidInput
-from slserve.gateway.v2 import RequestLimits, parse_infer
 from slserve.platform.base import Deployed
+from slserve.platform.v2 import RequestLimits, parse_infer
 from slserve.runtime.tensors import as_bytes_array
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function

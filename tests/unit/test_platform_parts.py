@@ -165,7 +165,7 @@ def test_retry_after_is_the_time_to_work_off_the_queue() -> None:
 
 def test_the_host_s_idle_cores_go_to_a_call_alone_and_never_oversubscribe() -> None:
     from slserve.platform.local.cores import HostCores
-    from slserve.platform.local.handle import Instance
+    from slserve.platform.local.instance_handle import Instance
 
     a, b, c = (Instance("f", n, "digest", "1") for n in range(3))
     cores = HostCores(lambda: (a, b, c), total=4)

@@ -49,7 +49,7 @@ def test_an_import_nothing_installed_provides_names_its_importer(tmp_path: Path)
 
 
 def test_the_routers_closure_reaches_no_framework_and_the_modal_client_it_may_call() -> None:
-    closure = ImportClosure(leave_out=adapters_except(())).add("slserve.aws.router")
+    closure = ImportClosure(leave_out=adapters_except(())).add("slserve.aws.gateway")
     wanted = set(closure.distributions(provided=("boto3", "botocore")))
     assert {"cachetools", "httpx", "mangum", "starlette"} <= wanted  # features, the modal target, the transport
     assert not wanted & {"torch", "onnxruntime", "onnx", "safetensors", "boto3"}

@@ -8,8 +8,7 @@ import pytest
 
 from slserve.errors import InvalidInput, ModelNotFound, SpecError
 from slserve.router import RoutesConfig, RouteTable, load_routes
-from slserve.router.table import version_order
-from slserve.spec import FunctionDef, FunctionSpec
+from slserve.spec import FunctionDef, FunctionSpec, version_order
 
 SIGNATURE = {
     "inputs": [{"name": "x", "datatype": "FP32", "shape": [-1, 4]}],
@@ -136,3 +135,27 @@ def test_a_function_named_like_another_model_is_refused() -> None:
     assert RouteTable.build(own_name, RoutesConfig()).resolve("clf", None, "k", None).candidates == [
         ("standard", "clf")
     ]
+
+
+def test_route_editing_keeps_the_operator_s_comments_and_tables(tmp_path: Path) -> None:
+    from slserve.router.edit import RoutesFile
+
+    path = tmp_path / "routes.toml"
+    path.write_text(
+        "# ours: do not lose this\n"
+        "[tiers.economy]  # the cheap one\nrank = 0\nprice_per_request = 7\n\n"
+        "[tiers.standard]\nrank = 1\n\n[tiers.premium]\nrank = 2\n\n"
+        '[models.enc]\ndefault = "stable"  # what callers get\n\n'
+        '[models.enc.aliases.stable]\nversion = "1"\n'
+    )
+    routes = RoutesFile(path, FUNCTIONS)
+    routes.set_alias("enc", "canary", ["1=90", "2=10"])
+    routes.set_shadow("enc", "canary", "2", 5)
+    text = path.read_text()
+    assert "# ours: do not lose this" in text and "# the cheap one" in text and "# what callers get" in text
+    config = routes.load()
+    assert config.tiers["economy"].price_per_request == 7 and config.models["enc"].default == "stable"
+    canary = config.models["enc"].aliases["canary"]
+    assert canary.split == {"1": 90, "2": 10} and canary.shadow is not None and canary.shadow.percent == 5
+    routes.rollback()
+    assert "canary" in path.read_text() and routes.load().models["enc"].aliases["canary"].shadow is None

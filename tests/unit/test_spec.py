@@ -7,7 +7,7 @@ from tests.conftest import FUNCTIONS, SMALL_MLP_TOML, write_function
 
 from slserve.errors import SpecError
 from slserve.spec import Datatype, Framework, load_function
-from slserve.templates import function_template
+from slserve.starters import function_template
 
 SHIPPED = (
     "big-mlp",

@@ -30,7 +30,7 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in (34, 28, 27, 26, 24, 17)
 PYTHON = "3.12"
 BASE_IMAGE = "public.ecr.aws/lambda/python:3.12"
 MODEL_HANDLER = "slserve.aws.handler"
-ROUTER_HANDLER = "slserve.aws.router"
+ROUTER_HANDLER = "slserve.aws.gateway"
 
 
 @dataclass(frozen=True)

@@ -4,10 +4,11 @@
                      │                                                     (zip + SnapStart, or an image, or
                      ├── DynamoDB: keys, ledger, responses                   provisioned concurrency)
                      └── Secrets Manager: the API keys' HMAC key
-    S3: the artifacts, content-addressed (versioned, encrypted)
+    S3: the artifacts, content-addressed (versioned, encrypted): the record of what was deployed; each model
+        function carries its own artifact in its zip or image and reads nothing from S3
 
 Least privilege: the router may invoke only slserve's aliases, read and write only its tables, read only its
-secret; a model function may read only its own artifact's objects. Every cdk-nag finding left is acknowledged
+secret; a model function is granted nothing beyond its logs and traces. Every cdk-nag finding left is acknowledged
 here, next to the construct, with its reason.
 """
 
@@ -349,7 +350,7 @@ class SlserveStack(cdk.Stack):
             "Router",
             function_name=f"{self.plan.prefix}-router",
             runtime=PYTHON,
-            handler="slserve.aws.router.handler",
+            handler="slserve.aws.gateway.handler",
             code=lambda_.Code.from_asset(str(self.plan.router_package)),
             memory_size=1024,
             architecture=ARCHITECTURE,

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from slserve.drift.comparison import OutputComparison
 from slserve.errors import BuildError
-from slserve.router.shadow import ShadowStats
 from slserve.runtime.base import load_runtime
 from slserve.runtime.onnx_runtime import CPU
 from slserve.runtime.tensors import NUMPY_OF
@@ -76,7 +76,7 @@ def check_agreement(fdef: FunctionDef, artifact: Artifact, reference: bytes) -> 
     names = [o.name for o in session.get_outputs()]
     expected = dict(zip(names, session.run(None, {k: v for k, v in feeds.items() if k in wanted}), strict=True))
     got = variant.run(feeds)
-    stats = ShadowStats()
+    stats = OutputComparison()
     stats.add(expected, got)
     summary = {k: float(v) for k, v in stats.to_dict().items() if v is not None and k not in ("requests", "failures")}
     score = summary.get("min_cosine", summary.get("argmax_agreement", 1.0))

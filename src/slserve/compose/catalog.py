@@ -16,9 +16,8 @@ import orjson
 from slserve.compose.graph import Graph, Signatures
 from slserve.compose.spec import PIPELINE_FILENAME, PipelineDef, PipelineSpec, discover_pipelines
 from slserve.errors import SpecError
-from slserve.router.table import version_order
 from slserve.snapshot import ArtifactStore
-from slserve.spec import NamedSpec, Signature
+from slserve.spec import NamedSpec, Signature, version_order
 
 log = logging.getLogger("slserve.compose")
 

@@ -11,7 +11,7 @@ import copy
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
@@ -20,11 +20,30 @@ from slserve.compose.graph import Graph
 from slserve.compose.spec import Step
 from slserve.errors import EntityNotFound, RuntimeUnavailable, SlserveError
 from slserve.features import FeatureStore
+from slserve.platform.base import InferResult
 
-if TYPE_CHECKING:
-    from slserve.router.dispatch import Served
 
-CallModel = Callable[[Step, dict[str, np.ndarray]], Awaitable["Served"]]
+class Routed(Protocol):
+    @property
+    def model(self) -> str: ...
+
+
+class StepAnswer(Protocol):
+    """What a model step's call answers (the router's `Served`, which prices it as a request of its own)."""
+
+    @property
+    def result(self) -> InferResult: ...
+    @property
+    def route(self) -> Routed: ...
+    @property
+    def tier(self) -> str: ...
+    @property
+    def price(self) -> int: ...
+    @property
+    def compute_cost(self) -> int: ...
+
+
+CallModel = Callable[[Step, dict[str, np.ndarray]], Awaitable[StepAnswer]]
 
 
 @dataclass
@@ -32,7 +51,7 @@ class StepReport:
     name: str
     kind: str  # "model" | "op" | "lookup"
     ms: float  # wall time of the step itself (from its inputs being ready to its outputs)
-    served: Served | None = None  # a model step's answer: function, version, tier, compute, price
+    served: StepAnswer | None = None  # a model step's answer: function, version, tier, compute, price
 
     @property
     def cost(self) -> int:

@@ -34,8 +34,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slserve.errors import SpecError
-from slserve.router.config import NAME, VERSION
-from slserve.spec import Limits, ModelRef, Signature, format_errors, read_folder_toml
+from slserve.spec import NAME, VERSION, Limits, ModelRef, Signature, format_errors, read_folder_toml
 
 PIPELINE_FILENAME = "pipeline.toml"
 # A source: a pipeline input's name, or "<step>.<output>".

@@ -34,7 +34,7 @@ References = Callable[[str, str], Profile | None]  # (model, version) -> the bui
 
 
 Request = tuple[Mapping[str, np.ndarray], Mapping[str, np.ndarray]]
-PENDING_REQUESTS = 64  # requests held for one reduction: a request's own costs ~30 us of numpy calls, 64 ~1 us each
+PENDING_REQUESTS = 64  # requests held for one reduction: numpy's per-call overhead is paid once for all of them
 PENDING_ROWS = 4096  # ... and no more rows than this (a few MB at most)
 
 

@@ -38,7 +38,7 @@ from slserve.gateway.dashboard import PAGE, Overview
 from slserve.gateway.front import Front, caller, error_reply
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
-from slserve.gateway.pipeline import Pipeline
+from slserve.gateway.passage import Passage
 from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState
@@ -46,9 +46,9 @@ from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Deployed, Platform
 from slserve.router import pricing
 from slserve.router.dispatch import Router
-from slserve.router.table import version_order
 from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
+from slserve.spec import version_order
 
 log = logging.getLogger("slserve.gateway")
 PLATFORMS = {"torch": "pytorch_libtorch", "onnx": "onnxruntime_onnx"}
@@ -82,7 +82,7 @@ class Gateway:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
         `version` (a version or an alias), if the caller's key opens it."""
         key = caller(request.scope)
-        route = self.router.route(model, version, "", None, True, 1.0, key.models)
+        route = self.router.default_route(model, version, opens=key.models)
         check_model(key, route.model)
         return self.router.signature_function(route)
 
@@ -121,7 +121,7 @@ class Gateway:
             if step.model is None:
                 continue
             try:
-                route = self.router.route(step.model, step.version, "", step.tier, True, 1.0)
+                route = self.router.default_route(step.model, step.version, step.tier)
             except SlserveError as e:
                 return False, f"{step.describe()}: {e.message}"
             function = status.get(route.candidates[0][1]) if route.candidates else None
@@ -196,7 +196,7 @@ class Gateway:
         version = doc.get("version") if isinstance(doc, dict) else None
         if not isinstance(doc, dict) or not isinstance(doc.get("model"), str) or not isinstance(version, str | None):
             raise InvalidInput('send {"model": "NAME", "version": "V"} (version optional: the default route\'s)')
-        route = self.router.route(doc["model"], version, "", None, True, 1.0)
+        route = self.router.default_route(doc["model"], version)
         return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
@@ -212,7 +212,7 @@ class Gateway:
         allowed = caller(request.scope).models
         names: dict[str, Deployed | DeployedPipeline] = {}
         for name in sorted(self.router.table.models):
-            names[name] = self.router.signature_function(self.router.route(name, None, "", None, True, 1.0))
+            names[name] = self.router.signature_function(self.router.default_route(name))
         for fdef in self.platform.functions().values():
             names.setdefault(fdef.name, fdef)
         for pipeline in self.router.pipelines.values():
@@ -311,7 +311,7 @@ def build_app(
     if (ledger is None) != (fleet is None):
         raise ValueError("a gateway's ledger and fleet state come together (idempotency and quotas need both)")
     timeout_s, bill_abandoned = settings.request_timeout_s, settings.bill_abandoned
-    pipeline = Pipeline(platform, router, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
+    passage = Passage(platform, router, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
     metrics = Metrics(platform, router, ledger, monitor)
     timeline = Timeline()
     overview = Overview(platform, router, timeline, ledger, settings.currency)
@@ -371,7 +371,7 @@ def build_app(
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Front(app, Authenticator(keys), pipeline, metrics, settings, timeline)
+    return Front(app, Authenticator(keys), passage, metrics, settings, timeline)
 
 
 def drift_monitor(platform: Platform, store: ArtifactStore, settings: ServeSettings) -> DriftMonitor:

@@ -1,7 +1,7 @@
 """Request timeouts with one timer for all requests.
 
-`asyncio.timeout` starts and closes an event-loop timer per request (on uvloop a libuv handle: measured ~15 µs
-a request, as much as decoding the request's JSON). Every request here has the same timeout, so deadlines come
+`asyncio.timeout` starts and closes an event-loop timer per request (on uvloop a libuv handle, costing about as
+much as decoding a small request's JSON). Every request here has the same timeout, so deadlines come
 in arrival order: a queue of them and one timer armed for the earliest live one cover them all. A request that
 finishes marks its entry and drops the finished entries at the head of the queue, so the queue holds about the
 requests in flight; the timer is left armed (at concurrency 1 it fires once per timeout, not once per request)

@@ -31,10 +31,10 @@ from slserve.gateway import logs, openai
 from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
 from slserve.gateway.intake import ClientGone, Intake, body_limit
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
-from slserve.gateway.pipeline import Call, Pipeline, Reply
+from slserve.gateway.passage import Call, Passage, Reply
 from slserve.gateway.timeline import Timeline
-from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.base import InferResult
+from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.router.dispatch import Resolve, Router, Served
 from slserve.router.table import Route
 from slserve.settings import ServeSettings
@@ -117,7 +117,7 @@ class Front:
         self,
         app: ASGIApp,
         auth: Authenticator,
-        pipeline: Pipeline,
+        passage: Passage,
         metrics: Metrics,
         settings: ServeSettings,
         timeline: Timeline,
@@ -125,8 +125,8 @@ class Front:
         self.app = app
         self.timeline = timeline
         self.auth = auth
-        self.pipeline = pipeline
-        self.router: Router = pipeline.router
+        self.passage = passage
+        self.router: Router = passage.router
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
         self.max_elements = settings.max_tensor_elements
@@ -151,7 +151,7 @@ class Front:
             else:
                 await self.app(scope, receive, send)
             return
-        request_id = os.urandom(16).hex()  # 128 random bits, as a uuid4's hex (a uuid4 object costs 5x more)
+        request_id = os.urandom(16).hex()  # 128 random bits, as a uuid4's hex (without building a uuid4 object)
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         call: Call | None = None
@@ -184,7 +184,7 @@ class Front:
             if call is not None:
                 self.intake.release(call.held_bytes, call.key.tenant)
                 call.held_bytes = 0
-                await self.pipeline.done(call)
+                await self.passage.done(call)
         status, body, out_headers = reply
         out_headers.setdefault("x-request-id", request_id)
         await _respond(send, status, body, out_headers)
@@ -196,14 +196,19 @@ class Front:
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         draw = random.random()
         sticky = routing_key(key, headers)
-        route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw, key.models))
+        route = scoped(
+            key,
+            self.router.route(
+                model, version, routing_key=sticky, tier=tier, allow_upgrade=upgrade, draw=draw, opens=key.models
+            ),
+        )
         call.route = route
         call.resolve = self.resolver(key, sticky, upgrade, draw)
         fdef = self.router.signature_function(route)
-        await self.pipeline.admit(call)  # the key's limits before a byte of the body is held
+        await self.passage.admit(call)  # the key's limits before a byte of the body is held
         why = f"the largest valid request to {fdef.name}: its signature, limits.max_rows, limits.max_bytes_per_element"
         await self.read_request(call, receive, self.body_limit(fdef.name, fdef.spec), why)
-        replayed = await self.pipeline.replay(call, path)
+        replayed = await self.passage.replay(call, path)
         if replayed is not None:
             return replayed
         fdef = self.router.signature_function(route)
@@ -213,28 +218,44 @@ class Front:
         if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
             tier = str(asked_tier) if asked_tier else tier
             upgrade = upgrade or asked_upgrade is True
-            route = scoped(key, self.router.route(model, version, sticky, tier, upgrade, draw, key.models))
+            route = scoped(
+                key,
+                self.router.route(
+                    model, version, routing_key=sticky, tier=tier, allow_upgrade=upgrade, draw=draw, opens=key.models
+                ),
+            )
 
         def encode(served: Served) -> tuple[bytes, dict[str, str]]:
             content, out = encode_infer(served.result, model, v2, [s.to_dict() for s in served.steps])
             out.update(result_headers(served))
             return content, out
 
-        return await self.pipeline.serve(call, route, v2.request, path, encode)
+        return await self.passage.serve(call, route, v2.request, path, encode)
 
     async def embeddings(self, call: Call, receive: Receive, path: str) -> Reply:
         key, headers = call.key, call.headers
-        await self.pipeline.admit(call)
+        await self.passage.admit(call)
         await self.read_request(call, receive, self.embeddings_limit(), "the largest valid request to any function")
         request = await decode(len(call.body), openai.parse_embeddings, call.body)
         tier = tier_for(key, headers.get("x-slserve-tier") or request.tier)
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         sticky = routing_key(key, headers)
         draw = random.random()
-        route = scoped(key, self.router.route(request.model, request.selector, sticky, tier, upgrade, draw, key.models))
+        route = scoped(
+            key,
+            self.router.route(
+                request.model,
+                request.selector,
+                routing_key=sticky,
+                tier=tier,
+                allow_upgrade=upgrade,
+                draw=draw,
+                opens=key.models,
+            ),
+        )
         call.route = route
         call.resolve = self.resolver(key, sticky, upgrade, draw)
-        replayed = await self.pipeline.replay(call, path)
+        replayed = await self.passage.replay(call, path)
         if replayed is not None:
             return replayed
         fdef = self.router.signature_function(route)
@@ -247,7 +268,7 @@ class Front:
             body = openai.encode_embeddings(result.outputs[output], model_name, request.encoding_format, result.tokens)
             return body, {"content-type": "application/json", **result_headers(served)}
 
-        return await self.pipeline.serve(call, route, infer, path, encode)
+        return await self.passage.serve(call, route, infer, path, encode)
 
     def body_limit(self, name: str, spec: FunctionSpec | PipelineSpec) -> int:
         """The largest body a valid request to this function can need (computed once per spec)."""
@@ -266,7 +287,12 @@ class Front:
         models and tiers its key opens (a step never opens a model the key does not)."""
 
         def resolve(model: str, selector: str | None, tier: str | None) -> Route:
-            return scoped(key, self.router.route(model, selector, sticky, tier, upgrade, draw, key.models))
+            return scoped(
+                key,
+                self.router.route(
+                    model, selector, routing_key=sticky, tier=tier, allow_upgrade=upgrade, draw=draw, opens=key.models
+                ),
+            )
 
         return resolve
 

@@ -12,8 +12,8 @@ import numpy as np
 import orjson
 
 from slserve.errors import InvalidInput, SlserveError
-from slserve.gateway.v2 import RequestLimits
 from slserve.platform.base import InferRequest
+from slserve.platform.v2 import RequestLimits
 from slserve.spec import Datatype, NamedSpec
 
 MAX_INPUTS = 2048  # OpenAI's own limit per request

@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from slserve.compose.run import StepReport
 
 
-@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs ~3x more, once per request
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ goes through object.__setattr__, per request
 class Record:
     request_id: str
     time_us: int  # unix microseconds

@@ -14,8 +14,8 @@ from pathlib import Path
 import orjson
 
 from slserve.errors import BuildError
-from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed
+from slserve.platform.modal_labels import modal_label
 from slserve.remote.requirements import canonical, declared, function_closure, pinned
 from slserve.snapshot import Artifact, ArtifactStore
 

@@ -19,7 +19,7 @@ import orjson
 
 from slserve.errors import InstanceFailed, Overloaded, PayloadTooLarge, RuntimeUnavailable
 from slserve.platform.base import Deployed, InferRequest
-from slserve.platform.remote import RemoteExecutor, Reply
+from slserve.platform.remote_executor import RemoteExecutor, Reply
 
 ALIAS = "live"  # the alias every deployed function is invoked through (it moves on each deploy)
 PAYLOAD_LIMIT = 6 * 1024 * 1024  # Lambda's synchronous invocations, request and response alike
@@ -96,7 +96,9 @@ class LambdaExecutor(RemoteExecutor):
         except errors.ClientError as e:
             raise RuntimeUnavailable(f"{name}: Lambda refused the call ({e})") from None
         except ReadTimeoutError:  # not retried: the function may have run
-            raise InstanceFailed(f"{name}: no answer from Lambda within the client's read timeout") from None
+            raise InstanceFailed(
+                f"{name}: no answer from Lambda within the client's read timeout", may_have_run=True
+            ) from None
         except BotoCoreError as e:  # the endpoint unreachable, credentials missing
             raise RuntimeUnavailable(f"{name}: Lambda could not be called ({e})") from None
         body = response["Payload"].read()

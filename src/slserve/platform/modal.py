@@ -16,10 +16,10 @@ import time
 import httpx
 
 from slserve.errors import GatewayTimeout, InstanceFailed, RuntimeUnavailable
-from slserve.gateway.v2 import CLIENT_TIMEOUT
-from slserve.modal.labels import modal_label
 from slserve.platform.base import Deployed, InferRequest
-from slserve.platform.remote import RemoteExecutor, Reply
+from slserve.platform.modal_labels import modal_label
+from slserve.platform.remote_executor import RemoteExecutor, Reply
+from slserve.platform.v2 import CLIENT_TIMEOUT
 from slserve.secrets import RotatingSecret
 
 
@@ -91,6 +91,8 @@ class ModalExecutor(RemoteExecutor):
                 raise RuntimeUnavailable(f"{function.name}: cannot reach its Modal endpoint {base}: timed out") from e
             if request.deadline is not None and time.monotonic() >= request.deadline:
                 raise GatewayTimeout(f"{function.name}: no answer from Modal before the request's deadline") from None
-            raise InstanceFailed(f"{function.name}: no answer from Modal within {self.timeout_s:g} s") from None
+            raise InstanceFailed(
+                f"{function.name}: no answer from Modal within {self.timeout_s:g} s", may_have_run=True
+            ) from None
         except httpx.HTTPError as e:
             raise RuntimeUnavailable(f"{function.name}: cannot reach its Modal endpoint {base} ({e!r})") from None

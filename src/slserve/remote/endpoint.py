@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from slserve.errors import ModelNotFound, RuntimeUnavailable, SlserveError, Unauthorized
-from slserve.gateway.v2 import client_timeout_s
+from slserve.platform.v2 import client_timeout_s
 from slserve.remote.model import ModelFunction, error_reply
 from slserve.remote.rounds import Rounds
 

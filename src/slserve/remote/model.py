@@ -18,8 +18,8 @@ from typing import Any
 import orjson
 
 from slserve.errors import GatewayTimeout, InferenceFailed, PayloadTooLarge, SlserveError
-from slserve.gateway.v2 import HEADER_LENGTH, RequestLimits, V2Request, encode_infer, parse_infer
 from slserve.platform.base import Deployed, InferResult
+from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, V2Request, encode_infer, parse_infer
 from slserve.restore import reseed
 from slserve.runtime.base import Preloaded, RequestContext, Runtime, Tensors, load_runtime
 from slserve.runtime.batching import ExactBatcher, run_call

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from slserve.errors import GatewayTimeout
-from slserve.gateway.v2 import V2Request
+from slserve.platform.v2 import V2Request
 from slserve.remote.model import ModelFunction, failure
 from slserve.runtime.base import RequestContext, Tensors
 from slserve.runtime.batching import Outcome, rows_of, run_call

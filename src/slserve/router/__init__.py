@@ -1,7 +1,6 @@
-"""The router: a request's (model, version or alias, tier) to an ordered list of functions.
-
-Not wired into the gateway yet (issue 4): today's gateway addresses functions by name.
-"""
+"""The router: a request's (model, version or alias, tier) to an ordered list of functions (`table`), tried in
+order with fallback and priced by the work asked for (`dispatch`, `pricing`); routes.toml parsed (`config`)
+and edited (`edit`)."""
 
 from slserve.router.config import RoutesConfig, Tier, load_routes
 from slserve.router.table import Route, RouteTable

@@ -31,9 +31,7 @@ from typing import Annotated, Any, Literal, Self
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from slserve.errors import SpecError
-
-NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"
-VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
+from slserve.spec import NAME, VERSION
 
 
 class _Strict(BaseModel):

@@ -19,6 +19,7 @@ from slserve.compose.catalog import DeployedPipeline, Pipelines, signatures_of
 from slserve.compose.graph import Graph
 from slserve.compose.run import StepReport, run_graph
 from slserve.compose.spec import Step
+from slserve.drift.comparison import OutputComparison
 from slserve.drift.monitor import DriftMonitor
 from slserve.errors import (
     Forbidden,
@@ -34,7 +35,6 @@ from slserve.features import FeatureStore
 from slserve.platform.base import Deployed, InferRequest, InferResult, Platform
 from slserve.router import pricing as pricing_
 from slserve.router.config import load_routes
-from slserve.router.shadow import ShadowStats
 from slserve.router.table import BUCKETS, Route, RouteTable
 from slserve.runtime.tensors import check_inputs
 from slserve.spec import FunctionSpec, Pricing
@@ -53,7 +53,7 @@ class Served:
     route: Route
     tier: str  # the tier that served (and is billed: a tier served below its promise bills the one below)
     price: int  # micro-units of currency charged (`pricing`: by the request's work, never by the host's load)
-    fallback: str | None  # "standard->economy" when a fallback was taken
+    fallback: str | None  # "enc-v1->enc-v1-eco": the first choice's function, then the one that served
     steps: list[StepReport] = field(default_factory=list)  # a pipeline's steps, each with its own answer and cost
     compute_cost: int = 0  # micro-units: what the measured compute cost the house
     degraded: str | None = None  # how the tier was served below its promise (a GPU function on the CPU)
@@ -74,7 +74,7 @@ class Router:
         self.features = features
         self.graphs: dict[str, Graph] = {}  # pipelines whose steps fit the functions deployed now
         self.pipeline_errors: dict[str, str] = {}  # the others, and why not
-        self.shadows: dict[tuple[str, str, str], ShadowStats] = {}  # (model, alias, shadow version) -> comparison
+        self.shadows: dict[tuple[str, str, str], OutputComparison] = {}  # (model, alias, shadow version) -> comparison
         self._shadow_tasks: set[asyncio.Task[None]] = set()
         self.routes_path = routes_path
         self.error: str | None = None
@@ -161,10 +161,18 @@ class Router:
             "shadows": shadows,
         }
 
+    def default_route(
+        self, model: str, selector: str | None = None, tier: str | None = None, opens: tuple[str, ...] | None = None
+    ) -> Route:
+        """The route of a request with no routing key of its own (metadata, readiness, a pipeline's steps for
+        callers inside the house): upgrades allowed, the split's first bucket."""
+        return self.route(model, selector, routing_key="", tier=tier, allow_upgrade=True, draw=1.0, opens=opens)
+
     def route(
         self,
         model: str,
         selector: str | None,
+        *,
         routing_key: str,
         tier: str | None,
         allow_upgrade: bool,
@@ -222,6 +230,8 @@ class Router:
                 routed = request if request.function == function else dataclasses.replace(request, function=function)
                 result = await platform.infer(routed)
             except CANNOT_SERVE as e:
+                if isinstance(e, InstanceFailed) and e.may_have_run:
+                    raise  # another tier would run it a second time, and bill it twice
                 last = e
                 continue
             fallback = None if (tier, function) == ordered[0] else f"{ordered[0][1]}->{function}"
@@ -249,7 +259,7 @@ class Router:
         def step_route(model: str, selector: str | None, step_tier: str | None) -> Route:
             if resolve is not None:
                 return resolve(model, selector, step_tier or tier)
-            return self.route(model, selector, "", step_tier or tier, True, 1.0)
+            return self.default_route(model, selector, step_tier or tier)
 
         async def call_model(step: Step, inputs: dict[str, np.ndarray]) -> Served:
             assert step.model is not None
@@ -299,7 +309,7 @@ class Router:
         billed for it."""
         shadow_version = self.table.models[route.model].aliases[route.alias or ""].shadow_version or "?"
         key = (route.model, route.alias or "", shadow_version)
-        stats = self.shadows.setdefault(key, ShadowStats())
+        stats = self.shadows.setdefault(key, OutputComparison())
         # The caller has its answer: its disconnect or deadline must not stop the shadow halfway.
         shadow_request = dataclasses.replace(request, function=route.shadow[0][1], cancellation=None, deadline=None)
 

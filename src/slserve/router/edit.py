@@ -1,9 +1,9 @@
 """Editing routes.toml from the CLI: every change is validated against the functions before it is written
-(atomically), and the file before it is kept, so `rollback` can put it back."""
+(atomically), the file before it is kept, so `rollback` can put it back, and only the alias a change is about
+is rewritten: the operator's comments, order and other tables stay as they were (tomlkit)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tomllib
@@ -11,40 +11,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import tomlkit
 from pydantic import ValidationError
+from tomlkit.items import Table
 
 from slserve.errors import SpecError
-from slserve.router.config import Alias, ModelRoutes, RoutesConfig, Shadow, load_routes
-from slserve.router.table import RouteTable, version_order
-from slserve.spec import NamedSpec
+from slserve.router.config import Alias, RoutesConfig, Shadow, load_routes
+from slserve.router.table import RouteTable
+from slserve.spec import NamedSpec, version_order
 
-
-def dump_routes(config: RoutesConfig) -> str:
-    """TOML text for a RoutesConfig (only what differs from the defaults of each table)."""
-    lines: list[str] = ["# slserve routes: versions, aliases and tiers. Edited by `slserve route ...`; reloaded live."]
-    for name, tier in config.tiers.items():
-        lines += ["", f"[tiers.{name}]"]
-        lines += [f"{k} = {_value(v)}" for k, v in tier.model_dump().items()]
-    for model, routes in config.models.items():
-        lines += ["", f"[models.{model}]", f"default = {_value(routes.default)}"]
-        for alias, target in routes.aliases.items():
-            lines += ["", f"[models.{model}.aliases.{_key(alias)}]"]
-            lines += [f"{k} = {_value(v)}" for k, v in target.model_dump(exclude_none=True).items()]
-    return "\n".join(lines) + "\n"
-
-
-def _key(name: str) -> str:
-    return name if name.replace("-", "").replace("_", "").isalnum() else json.dumps(name)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{json.dumps(k)} = {_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)
-    return str(v)
+HEADER = "slserve routes: versions, aliases and tiers. Edited by `slserve route ...`; reloaded live."
 
 
 class RoutesFile:
@@ -56,11 +32,20 @@ class RoutesFile:
     def load(self) -> RoutesConfig:
         return load_routes(self.path)
 
-    def write(self, config: RoutesConfig) -> RouteTable:
-        """Validate, keep the current file in the history, write the new one atomically."""
+    def write_alias(self, model: str, alias: str, new: Alias) -> RouteTable:
+        """Set one alias in the file as it is (its other tables and comments untouched); validate, keep the
+        current file in the history, write the new one atomically."""
+        doc = tomlkit.parse(self.path.read_text()) if self.path.exists() else tomlkit.document()
+        if not self.path.exists():
+            doc.add(tomlkit.comment(HEADER))
+        aliases = _table(_table(_table(doc, "models"), model), "aliases")
+        aliases[alias] = _alias_table(new)
+        text = tomlkit.dumps(doc)
+        try:
+            config = RoutesConfig.model_validate(tomllib.loads(text))
+        except ValidationError as e:
+            raise SpecError("; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from None
         table = RouteTable.build(self.functions, config)  # raises SpecError: nothing is written
-        text = dump_routes(config)
-        assert RoutesConfig.model_validate(tomllib.loads(text)) == config  # the dump round-trips
         self.history.mkdir(parents=True, exist_ok=True)
         n = len(list(self.history.iterdir()))
         if self.path.exists():
@@ -87,7 +72,7 @@ class RoutesFile:
             old = config.models.get(model)
             shadow = old.aliases[alias].shadow if old and alias in old.aliases else None
             new = _alias(split=split, shadow=shadow)
-        return self.write(_with_alias(config, model, alias, new))
+        return self.write_alias(model, alias, new)
 
     def set_shadow(self, model: str, alias: str, version: str | None, percent: float) -> RouteTable:
         config = self.load()
@@ -99,7 +84,7 @@ class RoutesFile:
         target = current.aliases[alias]
         shadow = Shadow(version=version, percent=percent) if version else None
         new = _alias(version=target.version, split=target.split, shadow=shadow)
-        return self.write(_with_alias(config, model, alias, new))
+        return self.write_alias(model, alias, new)
 
     def promote(self, model: str, alias: str) -> tuple[RouteTable, str]:
         """A split alias (a canary) becomes 100% its newest version."""
@@ -109,7 +94,7 @@ class RoutesFile:
         if target is None or target.split is None:
             raise SpecError(f"{model}: alias {alias!r} is not a split; promote takes a canary like 1=90 2=10")
         newest = max(target.split, key=version_order)
-        return self.write(_with_alias(config, model, alias, _alias(version=newest))), newest
+        return self.write_alias(model, alias, _alias(version=newest)), newest
 
     def rollback(self) -> RouteTable:
         """Put back the routes file as it was before the last change (no file at all, before the first)."""
@@ -134,10 +119,22 @@ def _alias(**fields: Any) -> Alias:
         raise SpecError("; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())) from None
 
 
-def _with_alias(config: RoutesConfig, model: str, alias: str, new: Alias) -> RoutesConfig:
-    models = dict(config.models)
-    current = models.get(model)
-    aliases = dict(current.aliases) if current else {}
-    aliases[alias] = new
-    models[model] = (current or ModelRoutes()).model_copy(update={"aliases": aliases})
-    return config.model_copy(update={"models": models})
+def _table(parent: Any, key: str) -> Table:
+    """`parent[key]`, made a table of its own header's children ([models.x.aliases.y]) when it is new."""
+    if key not in parent:
+        parent[key] = tomlkit.table(is_super_table=True)
+    found = parent[key]
+    assert isinstance(found, Table)
+    return found
+
+
+def _alias_table(alias: Alias) -> Table:
+    table = tomlkit.table()
+    for key, value in alias.model_dump(exclude_none=True).items():
+        if isinstance(value, dict):
+            inline = tomlkit.inline_table()
+            inline.update(value)
+            table[key] = inline
+        else:
+            table[key] = value
+    return table

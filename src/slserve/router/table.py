@@ -8,20 +8,14 @@ draw): no clock, no randomness inside, so it is exact to test and cheap to run (
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from slserve.errors import InvalidInput, ModelNotFound, SpecError
 from slserve.router.config import Alias, Costs, RoutesConfig, Tier
-from slserve.spec import NamedSpec, Signature
+from slserve.spec import NamedSpec, Signature, version_order
 
 BUCKETS = 10_000  # a split's weights (percent) map onto this many hash buckets
-
-
-def version_order(version: str) -> tuple[tuple[int, int | str], ...]:
-    """Natural order: "2" < "10", "1.9" < "1.10"; numbers sort before words."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"[._-]", version))
 
 
 @dataclass(frozen=True)

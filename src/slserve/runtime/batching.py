@@ -129,6 +129,10 @@ class ExactBatcher:
         return calls
 
 
+PROOF_ROWS = 8  # distinct rows a shape is proven on
+PROOF_SHIFTS = 2  # arrangements of them per call size, so each row is seen at more than one position
+
+
 def merge(items: Sequence[Mapping[str, np.ndarray]], size: int) -> tuple[Tensors, list[int]]:
     """Concatenate the items' feeds, padded to `size` rows; returns the feeds and each item's row count."""
     counts = [rows_of(f) for f in items]
@@ -204,18 +208,45 @@ def run_call(
 
 def prove_shapes(runtime: Runtime, max_rows: int, examples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, int]:
     """The floor on the call-size ladder for each distinct feed shape among `examples` (one-row feeds). Kernel
-    choice depends on shapes, not values, but it moves with the shape beyond the batch dimension (MiniLM: the
-    floor is 2 at 8 tokens and at 16), so each shape is proven on its own. A shape whose rows differ by position
-    even in the largest call has no floor and is left out: its requests will run alone."""
-    shapes: dict[str, Mapping[str, np.ndarray]] = {}
-    for feeds in examples:
-        shapes.setdefault(shape_key(feeds), feeds)
+    choice depends on shapes, but a kernel's rounding can depend on a row's position in the call and on its
+    values (on some CPUs MLAS rounds rows at odd positions differently, for some values only), so each shape is
+    proven on distinct rows at every position (`distinct_rows`). A shape whose rows differ by position even in
+    the largest call has no floor and is left out: its requests will run alone."""
     floors = {}
-    for key, feeds in shapes.items():
-        floor = _floor(runtime, feeds, max_rows)
+    for key, rows in by_shape(examples).items():
+        floor = _floor(runtime, distinct_rows(rows), max_rows)
         if floor is not None:
             floors[key] = floor
     return floors
+
+
+def by_shape(examples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, list[Mapping[str, np.ndarray]]]:
+    shapes: dict[str, list[Mapping[str, np.ndarray]]] = {}
+    for feeds in examples:
+        shapes.setdefault(shape_key(feeds), []).append(feeds)
+    return shapes
+
+
+def distinct_rows(rows: Sequence[Mapping[str, np.ndarray]], wanted: int = PROOF_ROWS) -> list[Mapping[str, np.ndarray]]:
+    """At least `wanted` one-row feeds of one shape: the examples', then variants of them (floats scaled and
+    shifted at random, integers such as token ids permuted within the row: still valid inputs) to make up the
+    number. Seeded: a proof is the same on every build."""
+    out: list[Mapping[str, np.ndarray]] = []
+    out += [{k: v[:1] for k, v in r.items()} for r in rows][:wanted]
+    rng = np.random.default_rng(0)
+    while len(out) < wanted:
+        base = out[len(out) % len(rows)]
+        variant: dict[str, np.ndarray] = {}
+        for name, arr in base.items():
+            if arr.dtype.kind == "f":
+                noise = rng.normal(0.0, 1.0, arr.shape) * (float(np.abs(arr).mean()) or 1.0)
+                variant[name] = (arr * rng.uniform(0.5, 1.5, arr.shape) + noise).astype(arr.dtype)
+            elif arr.dtype.kind in "iu" and arr.ndim > 1:
+                variant[name] = arr[..., rng.permutation(arr.shape[-1])]
+            else:
+                variant[name] = arr
+        out.append(variant)
+    return out
 
 
 def prove_threads(
@@ -228,25 +259,24 @@ def prove_threads(
     if set_threads is None or most < 2:
         return {}
     serving = runtime.spec.resources.threads
-    shapes: dict[str, Mapping[str, np.ndarray]] = {}
-    for feeds in examples:
-        shapes.setdefault(shape_key(feeds), feeds)
     grants: dict[str, dict[str, int]] = {}
     try:
-        for key, feeds in shapes.items():
+        for key, found in by_shape(examples).items():
             floor = floors.get(key)
             if floor is None:
                 continue
-            one = {k: v[:1] for k, v in feeds.items()}
-            set_threads(serving)
-            reference = {k: v[:1].copy() for k, v in runtime.run(merge([one], floor)[0]).items()}
+            rows = distinct_rows(found)
             for size in (n for n in call_sizes(max_rows) if n >= floor):
-                merged, _ = merge([one], size)
+                # distinct rows at every position; at the serving threads each is its answer alone (the floor's
+                # proof), so a call on more threads must give the same rows
+                merged, _ = merge([rows[i % len(rows)] for i in range(size)], size)
+                set_threads(serving)
+                reference = {k: v.copy() for k, v in runtime.run(merged).items()}
                 exact = serving
                 for threads in range(serving + 1, most + 1):
                     set_threads(threads)
                     produced = runtime.run(merged)
-                    if not all(np.array_equal(produced[k], np.repeat(r, size, axis=0)) for k, r in reference.items()):
+                    if not all(np.array_equal(produced[k], r) for k, r in reference.items()):
                         break
                     exact = threads
                 if exact > serving:
@@ -256,17 +286,19 @@ def prove_threads(
     return grants
 
 
-def _floor(runtime: Runtime, feeds: Mapping[str, np.ndarray], max_rows: int) -> int | None:
-    one = {k: v[:1] for k, v in feeds.items()}
-    ladder = call_sizes(max_rows)
-    reference: Tensors | None = None
+def _floor(runtime: Runtime, rows: Sequence[Mapping[str, np.ndarray]], max_rows: int) -> int | None:
+    """The smallest call size from which every row's answer is the same in every call of that size or larger,
+    at every position; each distinct row is placed at several positions (a shifted arrangement per call)."""
+    reference: dict[int, Tensors] = {}  # a distinct row's answer where it was first seen (in the largest call)
     floor = None
-    for size in reversed(ladder):
-        merged, _ = merge([one], size)
-        produced = runtime.run(merged)
-        if reference is None:
-            reference = {k: v[:1].copy() for k, v in produced.items()}
-        if not all(np.array_equal(produced[k], np.repeat(ref, size, axis=0)) for k, ref in reference.items()):
-            break
+    for size in reversed(call_sizes(max_rows)):
+        for shift in range(min(len(rows), PROOF_SHIFTS)):
+            picks = [(i + shift) % len(rows) for i in range(size)]
+            produced = runtime.run(merge([rows[p] for p in picks], size)[0])
+            for position, p in enumerate(picks):
+                answer = {k: v[position : position + 1] for k, v in produced.items()}
+                known = reference.setdefault(p, {k: v.copy() for k, v in answer.items()})
+                if not all(np.array_equal(answer[k], known[k]) for k in known):
+                    return floor
         floor = size
     return floor

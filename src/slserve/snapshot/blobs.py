@@ -112,7 +112,7 @@ class BlobStore:
         mapping the same blob, and the model can never write through to the file.
 
         Pages fault in lazily as the model reads them. MAP_POPULATE would fault them in for writing, which on
-        a private mapping copies every page (measured: 20x slower restore for big-mlp).
+        a private mapping copies every page (RESULTS.md: snapshot restore).
         """
         path = self.verify(digest, size, what)
         with path.open("rb") as f:

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from slserve.host import cores
-from slserve.platform.local.handle import Instance
+from slserve.platform.local.instance_handle import Instance
 
 
 class HostCores:

@@ -12,7 +12,7 @@ from collections import OrderedDict
 
 from slserve.errors import ClientClosedRequest, InstanceFailed, OverMemoryLimit, PoisonRequest, SlserveError
 from slserve.platform.base import InferRequest
-from slserve.platform.local.handle import Instance, Pending
+from slserve.platform.local.instance_handle import Instance, Pending
 from slserve.platform.wire import tensor_payload
 
 RETRIES = 1

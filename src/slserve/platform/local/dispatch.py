@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from slserve.errors import GatewayTimeout, SlserveError
-from slserve.platform.local.handle import Instance, InstanceState, Pending, fail
+from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail
 from slserve.platform.wire import Kind, Message
 
 

@@ -16,7 +16,7 @@ from typing import Protocol
 
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed
-from slserve.platform.local.templates import RUNTIME_MODULES, Template
+from slserve.platform.local.template_handle import RUNTIME_MODULES, Template
 from slserve.runtime.code import artifact_provides
 from slserve.snapshot import ArtifactStore
 

@@ -43,9 +43,9 @@ from slserve.platform.local.autoscaler import (
 from slserve.platform.local.cores import HostCores
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.dispatch import Dispatcher
-from slserve.platform.local.handle import Instance, InstanceState, Pending, fail, resolve
+from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail, resolve
 from slserve.platform.local.processes import Processes, kill
-from slserve.platform.local.templates import Template
+from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
 from slserve.spec import FunctionSpec
 

@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from slserve.errors import RuntimeUnavailable, SlserveError, error_from_wire
-from slserve.platform.local.handle import Instance, InstanceProtocol
-from slserve.platform.local.templates import Template
+from slserve.platform.local.instance_handle import Instance, InstanceProtocol
+from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
 
 START_TIMEOUT_S = 120.0

@@ -26,8 +26,8 @@ from slserve.errors import (
     SlserveError,
     error_from_wire,
 )
-from slserve.gateway.v2 import HEADER_LENGTH, decode_outputs, encode_request
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.platform.v2 import HEADER_LENGTH, decode_outputs, encode_request
 
 
 @dataclass(frozen=True)

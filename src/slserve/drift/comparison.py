@@ -1,5 +1,6 @@
-"""Shadow traffic: a copy of a request runs on another version after the caller has its answer; the two
-answers are compared and the comparison is kept per (model, alias, shadow version)."""
+"""Two models' answers to the same inputs, compared: a shadow version's against the primary's (the router keeps
+one comparison per model, alias and shadow version) and a quantized variant's against fp32 (the build's
+agreement check)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 
 
 @dataclass
-class ShadowStats:
+class OutputComparison:
     requests: int = 0
     failures: int = 0
     max_abs_diff: float = 0.0

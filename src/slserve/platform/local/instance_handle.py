@@ -12,7 +12,7 @@ from typing import cast
 
 from slserve.framing import FrameAssembler
 from slserve.platform.base import InferRequest, InferResult, InstanceStatus
-from slserve.platform.local.templates import Template
+from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Message, decode, encode
 
 PAGE = os.sysconf("SC_PAGE_SIZE")

@@ -68,7 +68,7 @@ class Template:
         the framework's import overlaps them). What it says meanwhile waits in its socket until `attach`."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
-        cmd = [sys.executable, "-m", "slserve.platform.local.template", "--control-fd", str(theirs.fileno())]
+        cmd = [sys.executable, "-m", "slserve.platform.local.template_process", "--control-fd", str(theirs.fileno())]
         cmd += ["--family", self.family, f"--first={len(RUNTIME_MODULES[self.family])}"]
         cmd += ["--artifacts", str(self.artifacts), *(f"--preload={d}" for d in self.preload)]
         self.proc = subprocess.Popen([*cmd, *self.modules], pass_fds=[theirs.fileno()], env=env)

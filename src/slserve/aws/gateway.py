@@ -1,4 +1,4 @@
-"""The front on AWS: `slserve.aws.router.handler`, behind API Gateway.
+"""The front on AWS: `slserve.aws.gateway.handler`, behind API Gateway.
 
 It runs slserve's own gateway (the same `Front`: API keys, limits, routing by version and tier, idempotency,
 metering, the v2 and OpenAI protocols), with another transport (Mangum turns the HTTP API's events into ASGI)

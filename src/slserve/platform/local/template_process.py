@@ -1,6 +1,6 @@
 """The template process of a runtime family: imports once, forks instances on demand.
 
-Run as `python -m slserve.platform.local.template --control-fd N [--artifacts DIR --preload DIGEST...]
+Run as `python -m slserve.platform.local.template_process --control-fd N [--artifacts DIR --preload DIGEST...]
 MODULE...`. It imports the runtime libraries and every function's own modules (model code, processors),
 preloads each CPU function whole (module or session over the mapped weights), freezes the heap for
 copy-on-write, and then waits on its control socket. Each spawn request carries the instance's end of a fresh
@@ -64,10 +64,9 @@ def _fork_instance(
         for w in wake:
             os.close(w)
         # Models yield the CPU to the gateway and the ledger writer: those are light but on every request's
-        # path, and waiting behind a batch for a core stalls every request. (At concurrency 8 on 2 cores:
-        # +10% req/s, p50 66 -> 54 ms; no change when the instances saturate the cores.)
+        # path, and waiting behind a batch for a core stalls every request (RESULTS.md: "nice +5").
         os.nice(INSTANCE_NICE)
-        from slserve.platform.local.instance import InstanceConfig, serve_instance
+        from slserve.platform.local.instance_process import InstanceConfig, serve_instance
 
         # `ps` and `top` say which instance this is, not the template's command line it was forked with.
         setproctitle(f"slserve instance {request['instance']} ({str(request['digest'])[:12]})")
@@ -129,7 +128,7 @@ def serve_template(ctrl: socket.socket, modules: list[str], root: Path | None, d
     started = time.perf_counter()
     for name in modules[:first]:
         importlib.import_module(name)
-    importlib.import_module("slserve.platform.local.instance")  # the child's own code, imported once here
+    importlib.import_module("slserve.platform.local.instance_process")  # the child's own code, imported once here
     gc.collect()
     gc.freeze()  # instances share the imported heap copy-on-write; a GC pass would touch (and copy) it all
     _send(ctrl, {"ready": (time.perf_counter() - started) * 1000, "pid": os.getpid()})

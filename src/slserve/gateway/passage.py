@@ -1,4 +1,4 @@
-"""One inference request after authentication, the same for every protocol: the key's limits (before its body
+"""An inference request's passage after authentication, the same for every protocol: the key's limits (before its body
 is read), idempotent replay, the router (under the request timeout), the ledger, the response.
 
     limits (429) ──► body ──► replay? ──► router.infer (504 past request_timeout_s) ──► ledger (durable) ──► response
@@ -33,10 +33,10 @@ from slserve.errors import (
 )
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
-from slserve.gateway.v2 import client_timeout_s
 from slserve.metering.fleet import LEASE_MARGIN_S, FleetState
 from slserve.metering.ledger import Ledger, Record, StoredResponse, steps_json
 from slserve.platform.base import Cancellation, InferRequest, Platform
+from slserve.platform.v2 import client_timeout_s
 from slserve.router.dispatch import Resolve, Router, Served
 from slserve.router.table import Route
 
@@ -86,7 +86,9 @@ class Call:
         return fingerprint(self.endpoint, path, self.headers, self.body)
 
 
-class Pipeline:
+class Passage:
+    """A request's passage through the gateway, whatever its protocol (not a model pipeline: `compose`)."""
+
     def __init__(
         self,
         platform: Platform,
