@@ -18,6 +18,7 @@ import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,9 @@ class Item:
         return self.msg.request_id
 
 
+IDLE_BEFORE_PREPARING_S = 0.2  # an instance that started with nothing to do makes its sessions this soon
+
+
 class InstanceLoop:
     def __init__(
         self,
@@ -119,8 +123,12 @@ class InstanceLoop:
         max_delay_ms: float,
         function: str,
         grants: Mapping[str, Mapping[str, int]] | None = None,
+        prepare_threads: Callable[[], None] | None = None,
     ) -> None:
         self.conn = conn
+        # Sessions for more threads are made once the instance first has nothing waiting: made at its start,
+        # they took a core from the burst it was started for, on the way of every request in it.
+        self.prepare_threads = prepare_threads
         self.runtime = runtime
         self.grants = grants or {}  # shape -> call size -> the most threads proven exact (the build's)
         self.set_threads: Callable[[int], None] | None = getattr(runtime, "set_threads", None) if grants else None
@@ -133,13 +141,23 @@ class InstanceLoop:
         self.waiting: list[Message] = []  # requests read, not yet taken into a round
         self.unstarted: set[int] = set()  # requests of this round whose model call has not begun
         self.stopping = False
+        self.rounds = 0  # rounds served
 
     def run(self) -> None:
         while True:
             if not self.waiting:
                 if self.stopping or self.conn.closed:
                     return
-                self._take(self.conn.receive(None))
+                if self.prepare_threads is not None:
+                    # the first moment nothing waits after a round (a burst's share done), or a quiet start
+                    arrived = [] if self.rounds else self.conn.receive(IDLE_BEFORE_PREPARING_S)
+                    if not arrived:
+                        self.prepare_threads()
+                        self.prepare_threads = None
+                        continue
+                    self._take(arrived)
+                else:
+                    self._take(self.conn.receive(None))
             if self.max_batch > 1 and self.max_delay > 0 and self.last_batch > 1:
                 deadline = time.monotonic() + self.max_delay
                 while len(self.waiting) < self.max_batch and (left := deadline - time.monotonic()) > 0:
@@ -149,6 +167,7 @@ class InstanceLoop:
             requests, self.waiting = self.waiting, []
             if requests:
                 self.serve(requests)
+                self.rounds += 1
 
     def _take(self, messages: list[Message]) -> None:
         """Requests wait for the next round; a cancel drops its request if it has not started; a stop lets
@@ -229,7 +248,7 @@ class InstanceLoop:
 
         def use_threads(feeds: Tensors, size: int) -> None:
             """More threads where the build proved them exact for this shape and call size, as many as granted."""
-            if self.set_threads is not None:
+            if self.set_threads is not None and self.prepare_threads is None:  # never made on a request's way
                 proven = self.grants.get(shape_key(feeds), {}).get(str(size), self.threads)
                 self.set_threads(max(self.threads, min(granted, proven)))
 
@@ -269,10 +288,10 @@ def serve_instance(sock: socket.socket, config: InstanceConfig, preloaded: Prelo
         floors = artifact.manifest.build.batch_floors.get(runtime.device, {})  # none measured: never merge
         grants = artifact.manifest.build.thread_grants.get(runtime.device, {})
         batcher = ExactBatcher(batching.max_batch_size, floors)
-        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function, grants)
-        prepare_threads = getattr(runtime, "prepare_threads", None)  # ONNX Runtime: a session per thread count
-        if prepare_threads is not None and grants:
-            prepare_threads({n for sizes in grants.values() for n in sizes.values()})
+        make_sessions = getattr(runtime, "prepare_threads", None)  # ONNX Runtime: a session per thread count
+        thread_counts = {n for sizes in grants.values() for n in sizes.values()}
+        prepare_threads = partial(make_sessions, thread_counts) if make_sessions and thread_counts else None
+        loop = InstanceLoop(conn, runtime, batcher, batching.max_delay_ms, config.function, grants, prepare_threads)
         # Warm up through the same path requests take (lazy initialization happens here, not in a request).
         feeds = runtime.prepare(example_inputs(runtime.spec.signature))
         merged, counts = merge([feeds], batcher.plan([feeds])[0].size)
