@@ -44,7 +44,7 @@ def compute_cost(costs: Costs, compute_ms: float, device: str | None) -> int:
 
 def published(tier_name: str, tier: Tier, pricing: Pricing) -> dict[str, Any]:
     """The price as a model's metadata publishes it: enough for a caller to compute it."""
-    unit = "row" if pricing.per == "row" else "1,000 tokens"
+    units = "rows" if pricing.per == "row" else "tokens / 1000"
     return {
         "tier": tier_name,
         "currency": "micro-units",
@@ -52,5 +52,5 @@ def published(tier_name: str, tier: Tier, pricing: Pricing) -> dict[str, Any]:
         "per_unit": tier.price_per_unit,
         "unit": pricing.per,
         "weight": pricing.weight,
-        "formula": f"per_request + ceil({pricing.weight:g} x {unit}s x per_unit)",
+        "formula": f"per_request + ceil({pricing.weight:g} x {units} x per_unit)",
     }
