@@ -37,7 +37,7 @@ from slserve.router import pricing as pricing_
 from slserve.router.config import load_routes
 from slserve.router.table import BUCKETS, Route, RouteTable
 from slserve.runtime.tensors import check_inputs
-from slserve.spec import FunctionSpec, Pricing
+from slserve.spec import Pricing
 
 log = logging.getLogger("slserve.router")
 # What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
@@ -341,10 +341,6 @@ class Router:
         price = pricing_.price(self.table.tiers[tier], pricing, rows, result.tokens)
         cost = pricing_.compute_cost(self.table.costs, result.compute_ms, result.device)
         return Served(result, route, tier, price, fallback, compute_cost=cost, degraded=degraded)
-
-    def price_of(self, tier: str, spec: FunctionSpec | None, rows: int, tokens: int | None) -> int:
-        """What a request of `rows` (and `tokens`) to a function with `spec` costs in `tier`."""
-        return pricing_.price(self.table.tiers[tier], spec.pricing if spec else Pricing(), rows, tokens)
 
 
 def rows_of(request: InferRequest) -> int:
