@@ -67,6 +67,9 @@ class LambdaExecutor(RemoteExecutor):
     async def stop(self, drain_seconds: float) -> None:
         self.calls.shutdown(wait=False, cancel_futures=True)
 
+    def gives_gpu(self, function: str) -> bool | None:
+        return False  # Lambda has no GPUs: a function naming one runs on Lambda's CPUs
+
     async def _call(self, function: Deployed, body: bytes, headers: dict[str, str], request: InferRequest) -> Reply:
         payload = orjson.dumps({"slserve": 1, "body": base64.b64encode(body).decode(), "headers": headers})
         if len(payload) > PAYLOAD_LIMIT:  # refused here, not by Lambda as a 503 after the upload

@@ -53,6 +53,10 @@ class ModalExecutor(RemoteExecutor):
     async def stop(self, drain_seconds: float) -> None:
         await self.client.aclose()
 
+    def gives_gpu(self, function: str) -> bool | None:
+        deployed = self.functions.get(function)
+        return None if deployed is None else bool(deployed.spec.resources.gpu)  # Modal gives the GPU a class asks
+
     async def _call(self, function: Deployed, body: bytes, headers: dict[str, str], request: InferRequest) -> Reply:
         left_s = self.timeout_s
         if request.deadline is not None:

@@ -76,6 +76,9 @@ class RemoteExecutor(ABC):
     def warm_capacity(self, function: str) -> int:
         return 0  # unknown from here: the remote platform keeps its own warm containers
 
+    def gives_gpu(self, function: str) -> bool | None:
+        return None
+
     async def infer(self, request: InferRequest) -> InferResult:
         function = self.functions.get(request.function)
         if function is None:

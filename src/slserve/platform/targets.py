@@ -92,6 +92,11 @@ class Targets:
         executor = self._executor(deployed) if deployed is not None else None
         return 0 if executor is None else executor.warm_capacity(function)
 
+    def gives_gpu(self, function: str) -> bool | None:
+        deployed = self.functions().get(function)
+        executor = self._executor(deployed) if deployed is not None else None
+        return None if executor is None else executor.gives_gpu(function)
+
     def ready(self) -> bool:
         return all(e.ready() for e in self.executors.values())
 

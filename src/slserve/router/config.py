@@ -67,6 +67,9 @@ class Tier(_Strict):
     price_per_request: Annotated[int, Field(ge=0, description="micro-units of currency")] = 0
     price_per_unit: Annotated[int, Field(ge=0, description="micro-units per unit of work (slserve.router.pricing)")] = 0
     fallback: Literal["downgrade", "none"] = "downgrade"
+    # A function of this tier that names a GPU, where the target would run it on the CPU: "degrade" serves it
+    # there (x-slserve-degraded, billed as the tier below), "refuse" leaves it to fallback or a 503.
+    without_gpu: Literal["degrade", "refuse"] = "degrade"
 
     @model_validator(mode="before")
     @classmethod

@@ -227,6 +227,7 @@ class Router:
                     self._start_shadow(platform, route, request, served.result, resolve)
                 return served
             try:
+                self._check_hardware(platform, tier, function)
                 routed = request if request.function == function else dataclasses.replace(request, function=function)
                 result = await platform.infer(routed)
             except CANNOT_SERVE as e:
@@ -325,6 +326,20 @@ class Router:
         task = asyncio.get_running_loop().create_task(run())
         self._shadow_tasks.add(task)
         task.add_done_callback(self._shadow_tasks.discard)
+
+    def _check_hardware(self, platform: Platform, tier: str, function: str) -> None:
+        """A tier set to refuse its functions without their GPU: the function is not run where it would get the
+        CPU (fallback may take the request to another candidate)."""
+        if self.table.tiers[tier].without_gpu != "refuse":
+            return
+        deployed = self.functions.get(function)
+        gpu = deployed.spec.resources.gpu if deployed is not None else None
+        if gpu and platform.gives_gpu(function) is False:
+            raise RuntimeUnavailable(
+                f"{function} ({tier}) promises a {gpu} GPU and its target has none here; the tier refuses to serve "
+                f'it on the CPU (tiers.{tier}.without_gpu = "refuse"; "degrade" serves it there at '
+                f"{self.table.below(tier)}'s price)"
+            )
 
     def _bill(
         self, result: InferResult, route: Route, tier: str, fallback: str | None, deployed: Deployed | None, rows: int

@@ -124,6 +124,9 @@ class LocalExecutor:
     def warm_capacity(self, function: str) -> int:
         return self.pool(function).warm_capacity()
 
+    def gives_gpu(self, function: str) -> bool | None:
+        return self.pool(function).gives_gpu()
+
     def status(self, function: str) -> FunctionStatus:
         """The pool's status; ready only once its runtime family's template forks it ready to serve (an ONNX
         function is ready while torch still imports; big-mlp while MiniLM's model code still imports)."""

@@ -21,6 +21,7 @@ import logging
 import time
 from pathlib import Path
 
+from slserve import host
 from slserve.errors import (
     ClientClosedRequest,
     GatewayTimeout,
@@ -83,7 +84,7 @@ class FunctionPool:
         self.start_failures = 0
         self.failed_start_at = -START_RETRY_S
         self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
-        self.warned_cpu = False  # said once that it names a GPU but runs on the CPU
+        self.device: str | None = None  # where its instances run, once one has loaded
         self._numbers = itertools.count(1)
         self.processes = Processes(function.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)
 
@@ -151,6 +152,10 @@ class FunctionPool:
 
     def warm_capacity(self) -> int:
         return self.dispatcher.warm_capacity()
+
+    def gives_gpu(self) -> bool:
+        """Whether it runs on a GPU: as its instances report, or before any has loaded, whether the host has one."""
+        return self.device != "cpu" if self.device is not None else host.has_gpu()
 
     def _may_scale_up(self) -> bool:
         """With an empty queue, whether the load in flight wants more instances than are running (the
@@ -279,8 +284,8 @@ class FunctionPool:
         inst.device = str(msg.meta.get("device"))
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
         inst.preloaded = bool(msg.meta.get("preloaded"))
-        if self.spec.resources.gpu and inst.device == "cpu" and not self.warned_cpu:
-            self.warned_cpu = True  # once per function, not per instance
+        first, self.device = self.device is None, inst.device
+        if self.spec.resources.gpu and inst.device == "cpu" and first:  # said once per function, not per instance
             log.warning(
                 "function %s names a GPU (%s) but this host has none: it runs on the CPU, slower than its tier "
                 "promises",
