@@ -286,19 +286,40 @@ def status(
         console.print_json(data=doc)
         return
     table = Table(box=box.SIMPLE_HEAD)
-    for column in ("function", "ver", "tier", "instances", "queued", "in flight", "cold starts", "served"):
-        table.add_column(column, justify="left" if column in ("function", "tier", "instances") else "right")
+    columns = ("function", "ver", "tier", "instances", "queued", "in flight", "cold starts", "served", "memory MB")
+    for column in (*columns, "keep-alive"):
+        table.add_column(
+            column, justify="left" if column in ("function", "tier", "instances", "keep-alive") else "right"
+        )
     for f in doc["functions"]:
         states: dict[str, int] = {}
         for inst in f["instances"]:
             states[inst["state"]] = states.get(inst["state"], 0) + 1
         shown = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "0"
         counts = (f["queued"], f["in_flight"], f["cold_starts"], f["served"])
-        table.add_row(f["name"], f["version"], f["tier"], shown, *map(str, counts))
+        memory = "" if f.get("memory_mb") is None else f"{f['memory_mb']:.0f}"
+        table.add_row(f["name"], f["version"], f["tier"], shown, *map(str, counts), memory, _keep_alive(f))
     print_table(console, table)
+    memory_budget = (doc.get("host") or {}).get("memory")
+    if memory_budget:
+        m = memory_budget
+        console.print(
+            f"memory: {m['used_mb']} MB held of a {m['budget_mb']} MB budget (peak {m['peak_mb']} MB); "
+            f"{m['evictions']} idle instances stopped to make room, {m['refused']} starts refused"
+        )
     for f in doc["functions"]:
         if f["error"]:
             console.print(f"[red]{escape(f['name'])}[/]: {escape(f['error'])}")
+
+
+def _keep_alive(function: dict[str, Any]) -> str:
+    """A function's keep-alive as `status` shows it: `12.5 s (learned: ...)`, or a pre-warm's timing."""
+    policy = function.get("keep_alive")
+    if not policy:
+        return ""
+    if policy["prewarm_s"] is not None:
+        return f"pre-warm after {policy['prewarm_s']:g} s, keep {policy['keep_s']:g} s ({policy['basis']})"
+    return f"{policy['keep_s']:g} s ({policy['basis']})"
 
 
 @app.command()

@@ -113,6 +113,13 @@ class UploadsFull(RetryLater):
     code = "uploads_full"
 
 
+class MemoryFull(RetryLater):
+    """No instance of the function fits in the host's memory budget now (`memory_budget_mb`)."""
+
+    status = 503
+    code = "memory_budget"
+
+
 class UploadTooSlow(SlserveError):
     """The body arrived slower than the gateway's minimum rate (`min_upload_kb_per_s`)."""
 

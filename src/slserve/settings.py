@@ -83,6 +83,12 @@ class ServeSettings(BaseSettings):
         description="Cores the local functions' model calls share (default: this host's). A call alone on the "
         "host may use the idle ones where its build proved more threads exact; 1 keeps every call on its own",
     )
+    memory_budget_mb: Annotated[float | None, Field(gt=0)] = Field(
+        None,
+        description="Memory the gateway, templates and local instances may hold together (PSS); an instance that "
+        "would pass it makes room by stopping idle ones, or waits (503 after 5 s). Default: the host's memory (or "
+        "its cgroup's memory.max) less a tenth",
+    )
     drift: bool = Field(True, description="Profile every model version's traffic for drift (off: no statistics)")
     drift_window_s: Annotated[float, Field(gt=0)] = Field(
         300.0, description="The live window each version's drift is measured over (it slides in tenths)"

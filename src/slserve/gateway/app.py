@@ -164,7 +164,7 @@ class Gateway:
             {**s.to_dict(), "drifting": monitor.drifting(s.model, s.version) if monitor else None}
             for s in self.platform.status()
         ]
-        return json_response({"functions": functions})
+        return json_response({"functions": functions, "host": self.platform.host()})
 
     # --- drift ---------------------------------------------------------------------------------------------
 

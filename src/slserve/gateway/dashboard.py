@@ -32,6 +32,7 @@ class Overview:
         return {
             "time": time.time(),
             "functions": [s.to_dict() for s in self.platform.status()],
+            "host": self.platform.host(),
             "recent": self.timeline.recent(60),
             "timeline": self.timeline.series(),
             "routes": self.router.describe(),

@@ -119,6 +119,8 @@ class FunctionStatus:
     error: str | None = None  # why the function cannot serve (not built, artifact corrupt, failed to start)
     stale: str | None = None  # it serves its last build, and its folder has changed since (not rebuilt)
     ready: bool = False  # it can take requests now (instances may still be at zero)
+    keep_alive: dict[str, Any] | None = None  # how long an idle instance stays, and why (local target)
+    memory_mb: float | None = None  # what its instances hold together (PSS; local target)
 
     @classmethod
     def of(cls, function: Deployed, **state: Any) -> FunctionStatus:
@@ -192,6 +194,10 @@ class Executor(Protocol):
 
     def status(self, function: str) -> FunctionStatus: ...
 
+    def host(self) -> dict[str, Any] | None:
+        """What the target's host holds (the local target: its memory budget); None where another runs it."""
+        ...
+
     def ready(self) -> bool:
         """Whether what every function of this target shares is up (templates, connections)."""
         ...
@@ -218,6 +224,10 @@ class Platform(Protocol):
     def gives_gpu(self, function: str) -> bool | None: ...
 
     def status(self) -> list[FunctionStatus]: ...
+
+    def host(self) -> dict[str, Any] | None:
+        """The local host's memory budget: held, peak, evictions, refusals."""
+        ...
 
     def refresh(self) -> bool:
         """Take in functions deployed, redeployed or removed since the last call; returns whether any were."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import orjson
 
@@ -77,6 +77,9 @@ class RemoteExecutor(ABC):
         return 0  # unknown from here: the remote platform keeps its own warm containers
 
     def gives_gpu(self, function: str) -> bool | None:
+        return None
+
+    def host(self) -> dict[str, Any] | None:
         return None
 
     async def infer(self, request: InferRequest) -> InferResult:

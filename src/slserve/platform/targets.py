@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from typing import Any
 
 from slserve.errors import ModelNotFound, RuntimeUnavailable
 from slserve.platform.base import Catalog, Deployed, Executor, FunctionStatus, InferRequest, InferResult
@@ -99,6 +100,10 @@ class Targets:
 
     def ready(self) -> bool:
         return all(e.ready() for e in self.executors.values())
+
+    def host(self) -> dict[str, Any] | None:
+        local = self.executors.get("local")
+        return None if local is None else local.host()
 
     def status(self) -> list[FunctionStatus]:
         out = []

@@ -7,12 +7,15 @@ import contextlib
 import dataclasses
 import logging
 import time
+from typing import Any
 
 from slserve.errors import ArtifactCorrupt, ArtifactNotFound, ModelNotFound
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.platform.local.budget import MemoryBudget, default_budget
 from slserve.platform.local.cores import HostCores
 from slserve.platform.local.families import Families, Member, family_modules
 from slserve.platform.local.pool import FunctionPool
+from slserve.platform.local.template_handle import Template
 from slserve.snapshot import ArtifactStore
 
 TICK_S = 0.5
@@ -26,11 +29,13 @@ class LocalExecutor:
     """A pool per function, the templates they fork from, and the loops that keep them honest: scale-downs,
     memory limits and abandoned work, artifact checks."""
 
-    def __init__(self, store: ArtifactStore, cores: int | None = None) -> None:
+    def __init__(self, store: ArtifactStore, cores: int | None = None, memory_budget: int | None = None) -> None:
+        """`memory_budget`: bytes every process of the server may hold together (default: `default_budget`)."""
         self.store = store
         self.pools: dict[str, FunctionPool] = {}
         self.cores = HostCores(lambda: (i for p in self.pools.values() for i in p.instances.values()), cores)
         self.families = Families(store.root, self._members)
+        self.budget = MemoryBudget(memory_budget or default_budget(), self.pools.values)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: set[asyncio.Task[None]] = set()
         self._check_now = asyncio.Event()
@@ -47,7 +52,8 @@ class LocalExecutor:
         self.families.start([f for f in functions if f.digest])
         for function in functions:
             template = self.families.templates.get(function.spec.framework.value)
-            self.pools[function.name] = FunctionPool(function, template, self.store.root, self.cores)
+            self.pools[function.name] = self._pool(function, template)
+        self.budget.start()
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(c) for c in (self._tick(), self._watch_instances(), self._check_artifacts())]
 
@@ -57,7 +63,7 @@ class LocalExecutor:
         template = self.families.template_for(function) if function.digest else None
         pool = self.pools.get(function.name)
         if pool is None:
-            self.pools[function.name] = FunctionPool(function, template, self.store.root, self.cores)
+            self.pools[function.name] = self._pool(function, template)
         elif function.digest is not None:
             pool.redeploy(function, template)
         self._check_now.set()
@@ -66,6 +72,9 @@ class LocalExecutor:
             self.families.renew_stale()
         else:
             log.warning("function %s cannot serve: %s", function.name, function.error)
+
+    def _pool(self, function: Deployed, template: Template | None) -> FunctionPool:
+        return FunctionPool(function, template, self.store.root, self.cores, self.budget)
 
     def remove(self, name: str) -> None:
         pool = self.pools.pop(name, None)
@@ -127,6 +136,9 @@ class LocalExecutor:
     def gives_gpu(self, function: str) -> bool | None:
         return self.pool(function).gives_gpu()
 
+    def host(self) -> dict[str, Any] | None:
+        return {"memory": self.budget.status()}
+
     def status(self, function: str) -> FunctionStatus:
         """The pool's status; ready only once its runtime family's template forks it ready to serve (an ONNX
         function is ready while torch still imports; big-mlp while MiniLM's model code still imports)."""
@@ -138,6 +150,7 @@ class LocalExecutor:
         return status
 
     async def stop(self, drain_seconds: float) -> None:
+        self.budget.stop()
         self.families.halt()
         for task in self._tasks:
             task.cancel()

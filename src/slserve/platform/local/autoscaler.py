@@ -31,19 +31,23 @@ def desired_instances(scaling: Scaling, demand: int) -> int:
     return max(scaling.min_instances, min(scaling.max_instances, wanted))
 
 
-def decide(scaling: Scaling, ready: Sequence[InstanceLoad], starting: int, queued: int, now: float) -> ScaleDecision:
+def decide(
+    scaling: Scaling,
+    ready: Sequence[InstanceLoad],
+    starting: int,
+    queued: int,
+    now: float,
+    idle_s: float | None = None,
+) -> ScaleDecision:
     """Scale up at once to cover the demand (requests in flight + queued), counting instances already
-    starting; scale down only instances idle for `idle_seconds`, longest-idle first, never below what the
-    demand and `min_instances` need."""
+    starting; scale down only instances idle for `idle_s` (the function's keep-alive now; `idle_seconds` when
+    not given), longest-idle first, never below what the demand and `min_instances` need."""
+    keep_s = scaling.idle_seconds if idle_s is None else idle_s
     demand = sum(i.in_flight for i in ready) + queued
     desired = desired_instances(scaling, demand)
     start = max(0, desired - len(ready) - starting)
     idle = sorted(
-        (
-            i
-            for i in ready
-            if i.in_flight == 0 and i.idle_since is not None and now - i.idle_since >= scaling.idle_seconds
-        ),
+        (i for i in ready if i.in_flight == 0 and i.idle_since is not None and now - i.idle_since >= keep_s),
         key=lambda i: (i.idle_since, i.id),
     )
     surplus = max(0, len(ready) + starting - desired)

@@ -25,6 +25,7 @@ from slserve import host
 from slserve.errors import (
     ClientClosedRequest,
     GatewayTimeout,
+    MemoryFull,
     Overloaded,
     OverMemoryLimit,
     PoisonRequest,
@@ -41,10 +42,12 @@ from slserve.platform.local.autoscaler import (
     expected_wait_s,
     retry_after_s,
 )
+from slserve.platform.local.budget import WAIT_S, Admission, MemoryBudget
 from slserve.platform.local.cores import HostCores
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.dispatch import Dispatcher
 from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail, resolve
+from slserve.platform.local.keepalive import Rhythm
 from slserve.platform.local.processes import Processes, kill
 from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
@@ -65,7 +68,12 @@ def slots(spec: FunctionSpec) -> int:
 
 class FunctionPool:
     def __init__(
-        self, function: Deployed, template: Template | None, artifacts: Path, cores: HostCores | None = None
+        self,
+        function: Deployed,
+        template: Template | None,
+        artifacts: Path,
+        cores: HostCores | None = None,
+        budget: MemoryBudget | None = None,
     ) -> None:
         self.function = function
         self.spec = function.spec
@@ -85,6 +93,9 @@ class FunctionPool:
         self.failed_start_at = -START_RETRY_S
         self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
         self.device: str | None = None  # where its instances run, once one has loaded
+        self.budget = budget  # the host's memory, shared with every other function (None: unbounded)
+        self.rhythm = Rhythm(self.spec.scaling.idle_seconds)  # its idle gaps choose its keep-alive
+        self.cold_start_s = 0.0  # its latest instance's cold start
         self._numbers = itertools.count(1)
         self.processes = Processes(function.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)
 
@@ -98,6 +109,7 @@ class FunctionPool:
         if self.artifact_error is not None:
             raise RuntimeUnavailable(self.artifact_error)
         self.poison.check(request)
+        self._called()
         recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
         if self.error and recently_failed and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
@@ -132,6 +144,11 @@ class FunctionPool:
         finally:
             if cancellation is not None:
                 cancellation.remove_callback(abandon)
+
+    def _called(self) -> None:
+        self.rhythm.called(time.monotonic(), self.cold_start_s)
+        if self.budget is not None:
+            self.budget.called(self, self.cold_start_s * 1000)
 
     def _admit_by_deadline(self, request: InferRequest) -> None:
         """A request that would wait past its deadline behind the work already queued is refused now (429), not
@@ -203,6 +220,8 @@ class FunctionPool:
             self.failed += 1
             fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
         self.dispatcher.dispatch()
+        if not self.dispatcher.waiting and not any(i.in_flight for i in self.instances.values()):
+            self.rhythm.went_idle(time.monotonic())
 
     def _measure_speed(self, msg: Message) -> None:
         """Rows per second of the model call that answered `msg` (its batch over its time), averaged."""
@@ -235,16 +254,80 @@ class FunctionPool:
                         self._retire(i)
         waiting = self.dispatcher.waiting + previous_load
         decision = decide(self.spec.scaling, ready, starting, waiting, now)
-        for _ in range(decision.start):
-            self._launch()
+        start = decision.start
+        prewarm = not start and not ready and not starting and self.rhythm.prewarm_due(now)
+        if prewarm and (self.budget is None or self.budget.fits(self)):
+            start = 1  # ahead of the call its idle gaps predict, where memory allows without stopping another
+        for _ in range(start):
+            if not self._launch():
+                break
+        if not start and self.budget is not None:
+            self.budget.settled(self)
         for number in decision.stop:
             self._retire(self.instances[number])
 
-    def _launch(self) -> None:
+    def _launch(self) -> bool:
+        """Start an instance, if the host's memory budget has room for it (else room is being made, or the
+        requests waiting are refused); returns whether it started."""
         assert self.digest is not None
+        if self.budget is not None and not self._memory_for_one(self.budget):
+            return False
         inst = Instance(self.function.name, next(self._numbers), self.digest, self.spec.model.version)
         self.instances[inst.number] = inst
         self.processes.start(inst)
+        return True
+
+    def _memory_for_one(self, budget: MemoryBudget) -> bool:
+        admission = budget.admit(self)
+        if admission is Admission.YES:
+            return True
+        need, limit = budget.need(self) >> 20, budget.limit >> 20
+        if admission is Admission.NEVER:
+            self._fail_queue(
+                MemoryFull(
+                    f"{self.function.name}: an instance needs about {need} MB, more than the host's memory budget "
+                    f"({limit} MB, memory_budget_mb) leaves instances even with every other stopped; raise the "
+                    "budget or lower what the function holds",
+                    retry_after=WAIT_S,
+                )
+            )
+        elif budget.waited(self) > WAIT_S and not any(i.serving for i in self.instances.values()):
+            self._fail_queue(
+                MemoryFull(
+                    f"{self.function.name}: the host's memory budget ({limit} MB, memory_budget_mb) is held by busy "
+                    f"instances and an instance of this function needs about {need} MB; retry after the "
+                    "Retry-After interval",
+                    retry_after=WAIT_S,
+                )
+            )
+        return False
+
+    # --- the memory budget's view (budget.Tenant) ----------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return self.function.name
+
+    @property
+    def family(self) -> str:
+        return self.spec.framework.value
+
+    def evictable(self) -> list[Instance]:
+        """Idle instances beyond `min_instances` (the longest idle first)."""
+        idle = [i for i in self.instances.values() if i.state is InstanceState.IDLE and not i.in_flight]
+        idle.sort(key=lambda i: i.idle_since or 0.0)
+        busy = sum(1 for i in self.instances.values() if i.state is InstanceState.BUSY)
+        kept = max(0, self.spec.scaling.min_instances - busy)  # busy instances count towards the minimum
+        return idle[: max(0, len(idle) - kept)]
+
+    def expired(self, now: float) -> list[Instance]:
+        """Its evictable instances idle past the window its idle gaps chose: the first to go when memory is
+        wanted."""
+        limit = self.rhythm.idle_limit_s(now)
+        return [i for i in self.evictable() if i.idle_since is not None and now - i.idle_since >= limit]
+
+    def evict(self, inst: Instance) -> None:
+        self._retire(inst)
 
     def _retire(self, inst: Instance) -> None:
         inst.state = InstanceState.DRAINING
@@ -263,6 +346,7 @@ class FunctionPool:
             self.use_template(template)
         assert function.digest is not None
         self.function, self.spec, self.digest = function, function.spec, function.digest
+        self.rhythm.cap_s = self.spec.scaling.idle_seconds
         self.dispatcher.slots, self.dispatcher.digest = slots(self.spec), self.digest
         self.error, self.start_failures, self.artifact_error = None, 0, None
         serving = 0
@@ -281,6 +365,7 @@ class FunctionPool:
             self._retire(inst)
             return
         inst.ready_at = inst.idle_since = time.monotonic()
+        self.cold_start_s = inst.ready_at - inst.spawned_at
         inst.device = str(msg.meta.get("device"))
         inst.load_ms = float(msg.meta.get("load_ms", 0.0)) + float(msg.meta.get("warmup_ms", 0.0))
         inst.preloaded = bool(msg.meta.get("preloaded"))
@@ -358,6 +443,8 @@ class FunctionPool:
                 self._fail_queue(RuntimeUnavailable(self.error))
         self.dispatcher.dispatch()
         self.autoscale()
+        if self.budget is not None:
+            self.budget.released()
 
     def _orphaned(self, pending: Pending, inst: Instance, status: str) -> None:
         if pending.future.done():
@@ -431,4 +518,6 @@ class FunctionPool:
             failed=self.failed,
             error=self.artifact_error or self.error,
             ready=self.ready,
+            keep_alive=self.rhythm.policy.to_dict(),
+            memory_mb=None if self.budget is None else round(self.budget.held_by(self) / (1 << 20), 1),
         )

@@ -1,0 +1,289 @@
+"""The host's memory budget: every process of the server (the gateway, the templates, the instances) counted by
+what it really holds (`memory.MemoryMeter`), and no instance started where it would take the total past the
+budget.
+
+Each function's learned keep-alive (`keepalive.Rhythm`) decides which idle instances go when memory is wanted:
+while the host has room, an idle instance stays its `idle_seconds` (memory no one needs costs nothing here);
+above `HIGH_WATER`, those idle past their learned window are stopped. An instance that would not fit makes room
+first: idle instances of other functions are stopped, those past their window first, then the cheapest to lose
+(`eviction.GreedyDual`), and the start waits for their processes to be gone (their memory is counted
+until then, so the total never passes the budget on the way). Where nothing idle could make room, the start waits
+for memory to come free; a function whose instance could never fit, or that has waited `WAIT_S`, is refused with
+a 503 that names the budget. The kernel's OOM killer never chooses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Protocol
+
+from slserve.platform.local.eviction import MB, GreedyDual, Idle
+from slserve.platform.local.instance_handle import Instance, InstanceState
+from slserve.platform.local.memory import MemoryMeter, cgroup_oom_kills, descendants, host_memory, resident
+
+READ_EVERY_S = 0.25  # how often the meter looks whether a full reading is due
+WAIT_S = 5.0  # the longest a function's requests wait for memory before a 503
+FIRST_GUESS = 128 * MB  # an instance's memory before any of its family has been measured
+HIGH_WATER = 0.9  # above this share of the budget, idle instances past their learned keep-alive are stopped
+MARGIN = 1.25  # a new instance is expected to grow this far past the most one of its function was seen to hold
+log = logging.getLogger("slserve.platform")
+
+
+def default_budget() -> int:
+    """The host's memory (or its cgroup's limit) less a reserve for the rest of the host: a tenth, 512 MB at
+    least."""
+    total = host_memory()
+    return max(total // 2, total - max(total // 10, 512 * MB))
+
+
+class Admission(Enum):
+    YES = "yes"
+    WAIT = "wait"  # room is being made, or memory may come free: try again when an instance is gone
+    NEVER = "never"  # more than the budget leaves the instances, even with every other one stopped
+
+
+class Tenant(Protocol):
+    """A function's pool, as the budget sees it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def family(self) -> str: ...
+
+    @property
+    def instances(self) -> dict[int, Instance]: ...
+
+    def evictable(self) -> list[Instance]:
+        """Its idle instances beyond what it must keep (`min_instances`)."""
+        ...
+
+    def expired(self, now: float) -> list[Instance]:
+        """Those of its evictable instances idle past its learned keep-alive (`keepalive.Rhythm`)."""
+        ...
+
+    def evict(self, inst: Instance) -> None: ...
+
+    def autoscale(self) -> None: ...
+
+
+class MemoryBudget:
+    def __init__(self, limit: int, tenants: Callable[[], Iterable[Tenant]]) -> None:
+        """Every process of the server counts: this one (the gateway), and all it started (templates, their
+        instances, the ledger's writer)."""
+        self.limit = limit
+        self.tenants = tenants
+        self.tree = {os.getpid()}  # the server's processes, as last listed (instances are added as they start)
+        self.meter = MemoryMeter()
+        self.policy = GreedyDual()
+        self.sizes: dict[str, int] = {}  # function -> the most one of its instances held (PSS), once called
+        self.waiting: dict[str, float] = {}  # function -> since when its start waits for memory
+        self.peak = 0
+        self.evictions = 0
+        self.refused = 0
+        self.over = False  # the last reading was over the budget (said once per crossing)
+        self.oom_kills_at_start = cgroup_oom_kills()
+        self._task: asyncio.Task[None] | None = None
+
+    # --- what is held ----------------------------------------------------------------------------------------
+
+    def _instances(self) -> set[int]:
+        return {
+            inst.pid
+            for tenant in self.tenants()
+            for inst in tenant.instances.values()
+            if inst.pid is not None and inst.state is not InstanceState.DEAD
+        }
+
+    def used(self) -> int:
+        """Bytes held now, and those promised: each instance counted at least at what its function's instances
+        are expected to reach (one just started, or not called yet, holds less than it will), the server's own
+        processes not read yet at their resident memory."""
+        instances = self._instances()
+        own = self.tree - instances
+        held = self.meter.held(own | instances)
+        total = self.meter.left_behind + sum(held.get(pid, resident(pid) or 0) for pid in own)
+        for tenant in self.tenants():
+            need = self.need(tenant)
+            for inst in tenant.instances.values():
+                if inst.state is not InstanceState.DEAD:
+                    total += max(held.get(inst.pid, 0) if inst.pid is not None else 0, need)
+        self.peak = max(self.peak, total)
+        return total
+
+    def need(self, tenant: Tenant) -> int:
+        """What an instance of `tenant` is expected to hold: the most one of its instances held (PSS: what it
+        holds alone and its share of what it maps with others), with a margin; before any was measured, the
+        most of its family's, or a first guess. PSS, not private memory: a new process's share of the pages it
+        maps is not taken from the others' readings (libraries mapped by processes outside the server share
+        theirs too), so counting only its private memory would count it short."""
+        seen = self.sizes.get(tenant.name)
+        if seen is None:
+            family = [self.sizes[t.name] for t in self.tenants() if t.family == tenant.family and t.name in self.sizes]
+            seen = max(family, default=FIRST_GUESS)
+        return int(seen * MARGIN)
+
+    # --- admission -------------------------------------------------------------------------------------------
+
+    def fits(self, tenant: Tenant) -> bool:
+        """Whether an instance of `tenant` fits now without stopping any other (a pre-warm's test)."""
+        return self.used() + self.need(tenant) <= self.limit
+
+    def admit(self, tenant: Tenant) -> Admission:
+        """Whether an instance of `tenant` may start now; if not, room is made where idle instances allow."""
+        need, used = self.need(tenant), self.used()
+        if used + need <= self.limit:
+            self.waiting.pop(tenant.name, None)
+            return Admission.YES
+        self.waiting.setdefault(tenant.name, time.monotonic())
+        instances = sum(self._frees(t, i) for t in self.tenants() if t is not tenant for i in t.instances.values())
+        if used - instances + need > self.limit:
+            self.refused += 1
+            return Admission.NEVER
+        if self._make_room(used + need - self.limit, exclude=tenant):
+            self.waiting[tenant.name] = time.monotonic()  # room is on its way: the wait starts again
+        return Admission.WAIT
+
+    def _make_room(self, short: int, exclude: Tenant | None = None) -> int:
+        """Stop idle instances whose memory covers `short` bytes (none where all of them would not): first
+        those idle past their function's learned keep-alive, the longest idle first, then those the policy
+        values least; returns how many were stopped."""
+        draining = sum(
+            self._frees(t, i) for t in self.tenants() for i in t.instances.values() if i.state is InstanceState.DRAINING
+        )
+        short -= draining  # already on their way out
+        if short <= 0:
+            return 0
+        now = time.monotonic()
+        expired: list[tuple[Tenant, Instance]] = []
+        idle, owners = [], {}
+        for tenant in self.tenants():
+            if tenant is exclude:
+                continue
+            expired += [(tenant, i) for i in tenant.expired(now)]
+            for inst in tenant.evictable():
+                idle.append(Idle(tenant.name, inst.number, self._frees(tenant, inst), inst.idle_since or 0.0))
+                owners[(tenant.name, inst.number)] = (tenant, inst)
+        if sum(self._frees(t, i) for t, i in expired) >= short:
+            expired.sort(key=lambda ti: ti[1].idle_since or 0.0)
+            chosen = []
+            for tenant, inst in expired:
+                if short <= 0:
+                    break
+                chosen.append((tenant, inst))
+                short -= self._frees(tenant, inst)
+        else:
+            victims = self.policy.victims(idle, short) or []
+            chosen = [owners[(v.function, v.number)] for v in victims]
+        for tenant, inst in chosen:
+            self.evictions += 1
+            log.info("memory budget: %s stopped to make room (%d MB)", inst.name, self._frees(tenant, inst) // MB)
+            tenant.evict(inst)
+        return len(chosen)
+
+    def _release_expired(self) -> None:
+        now = time.monotonic()
+        for tenant in self.tenants():
+            for inst in tenant.expired(now):
+                self.evictions += 1
+                log.info("memory budget: %s idle past its learned keep-alive; stopped", inst.name)
+                tenant.evict(inst)
+
+    def _frees(self, tenant: Tenant, inst: Instance) -> int:
+        """What stopping `inst` takes off `used`: its private memory as last read, at least what it is counted at
+        (the pages it shares stay with the others)."""
+        private = self.meter.private(inst.pid) if inst.pid is not None else None
+        return max(private or 0, self.need(tenant))
+
+    def waited(self, tenant: Tenant) -> float:
+        """How long `tenant`'s start has waited for memory (0 when it does not)."""
+        since = self.waiting.get(tenant.name)
+        return 0.0 if since is None else time.monotonic() - since
+
+    def called(self, tenant: Tenant, cold_start_ms: float) -> None:
+        self.policy.called(tenant.name, cold_start_ms, self.need(tenant))
+
+    def released(self) -> None:
+        """An instance's process is gone: the functions waiting for memory try again, the longest waiting first."""
+        by_name = {t.name: t for t in self.tenants()}
+        for name in sorted(self.waiting, key=self.waiting.__getitem__):
+            tenant = by_name.get(name)
+            if tenant is None:
+                self.waiting.pop(name, None)
+            else:
+                tenant.autoscale()
+
+    def settled(self, tenant: Tenant) -> None:
+        """`tenant` wants no instance started now: it no longer waits for memory."""
+        self.waiting.pop(tenant.name, None)
+
+    def forget(self, tenant: Tenant) -> None:
+        self.waiting.pop(tenant.name, None)
+        if not tenant.instances:
+            self.policy.forget(tenant.name)
+
+    # --- reading -------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._read())
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    async def _read(self) -> None:
+        while True:
+            await asyncio.sleep(READ_EVERY_S)
+            self.tree = {os.getpid(), *descendants(os.getpid())}
+            pids = self.tree | self._instances()
+            now = time.monotonic()
+            if self.meter.due(pids, now):
+                self.meter.take(await asyncio.to_thread(MemoryMeter.measure, pids), now)
+                self._learn_sizes()
+                if self.waiting:  # what ended processes shared is known to be free only now
+                    self.released()
+            used = self.used()
+            if used > self.limit and not self.over:
+                log.warning(
+                    "memory budget: %d MB held, over the budget of %d MB (an instance grew past its estimate, or "
+                    "the server's own processes did); idle instances are stopped to make room",
+                    used // MB,
+                    self.limit // MB,
+                )
+            self.over = used > self.limit
+            if self.over:
+                self._make_room(used - self.limit)
+            elif used > HIGH_WATER * self.limit:  # memory is wanted soon: instances past their window go now
+                self._release_expired()
+
+    def _learn_sizes(self) -> None:
+        for tenant in self.tenants():
+            for inst in tenant.instances.values():
+                reading = self.meter.readings.get(inst.pid) if inst.pid is not None else None
+                if reading is not None and inst.served:  # (before its first call it holds less than it will)
+                    self.sizes[tenant.name] = max(self.sizes.get(tenant.name, 0), reading.footprint.pss)
+
+    def status(self) -> dict[str, object]:
+        kills = cgroup_oom_kills()
+        return {
+            "budget_mb": self.limit // MB,
+            "used_mb": self.used() // MB,
+            "peak_mb": self.peak // MB,
+            "evictions": self.evictions,
+            "refused": self.refused,
+            "waiting": sorted(self.waiting),
+            "oom_kills": None if kills is None else kills - (self.oom_kills_at_start or 0),
+        }
+
+    def held_by(self, tenant: Tenant) -> int:
+        """Bytes `tenant`'s instances hold (their last PSS readings)."""
+        return sum(
+            r.footprint.pss
+            for inst in tenant.instances.values()
+            if inst.pid is not None and (r := self.meter.readings.get(inst.pid)) is not None
+        )

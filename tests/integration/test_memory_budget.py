@@ -1,0 +1,191 @@
+"""The host's memory budget holds with real processes: functions whose instances hold working memory of their own
+(a KV cache's worth), more of them than fit, called in turn and then all at once. The memory the server's
+process tree holds (PSS, read by the test itself) never passes the budget, idle instances are stopped to make
+room, requests that cannot get memory in time are refused with a 503 naming the budget, and nothing is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from tests.conftest import write_function
+from tests.integration.server import Server, start_server
+
+from slserve.build.function import build_function
+from slserve.platform.local.memory import footprint
+from slserve.snapshot import ArtifactStore
+from slserve.spec import load_function
+
+pytestmark = pytest.mark.slow
+
+WORKING_MB = 48  # what each instance allocates for itself at its first call, and keeps
+FUNCTIONS = 6
+FITS = 5  # the budget beyond the server's own processes, in units of an instance's working memory and 16 MB
+
+MODEL = f'''
+import torch
+
+
+class Cached(torch.nn.Module):
+    """A model that keeps working memory of its own once called (a cache), as serving models do."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layer = torch.nn.Linear(16, 16)
+        self.cache = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            self.cache = torch.ones({WORKING_MB} * 262144)  # touched: resident and private to this instance
+        return self.layer(x) + self.cache[:1]
+
+
+def build_model() -> Cached:
+    return Cached()
+'''
+
+TOML = """
+[model]
+name = "{name}"
+
+[source]
+framework = "torch"
+factory = "model:build_model"
+seed = {seed}
+
+[[signature.inputs]]
+name = "x"
+datatype = "FP32"
+shape = [-1, 16]
+
+[[signature.outputs]]
+name = "y"
+datatype = "FP32"
+shape = [-1, 16]
+
+[scaling]
+max_instances = 1
+idle_seconds = 600
+"""
+
+BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
+
+
+def tree(root: int) -> set[int]:
+    """`root` and every process descended from it."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    parents[int(entry)] = int(f.read().rsplit(b")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [p for p, pp in parents.items() if pp == parent and p not in found]
+        found.update(children)
+        frontier += children
+    return found
+
+
+class PeakMemory:
+    """The PSS of a server's whole process tree, read every few tens of milliseconds; its highest reading."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.peak, self.readings = pid, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def now(self) -> int | None:
+        """The tree's PSS, or None where a process started or ended while it was read: a fork halfway through
+        would count the pages it shares twice (the parent read before, the child after)."""
+        pids = tree(self.pid)
+        total = sum(f.pss for pid in pids if (f := footprint(pid)) is not None)
+        return total if tree(self.pid) == pids else None
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.03):
+            reading = self.now()
+            if reading is not None:
+                self.peak, self.readings = max(self.peak, reading), self.readings + 1
+
+
+@pytest.fixture(scope="module")
+def functions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ArtifactStore]:
+    root = tmp_path_factory.mktemp("budget")
+    store = ArtifactStore(root / "artifacts")
+    for i in range(FUNCTIONS):
+        folder = write_function(root / "functions", f"cached-{i}", TOML.format(name=f"cached-{i}", seed=i))
+        (folder / "model.py").write_text(MODEL)
+        build_function(load_function(folder), store)
+    return root / "functions", store
+
+
+@pytest.fixture(scope="module")
+def server(functions: tuple[Path, ArtifactStore]) -> Iterator[tuple[Server, int]]:
+    """A server whose budget leaves `FITS` instances room beyond what its own processes hold at rest (read from
+    a first server with no budget to speak of)."""
+    folder, store = functions
+    first = start_server(folder, store.root, folder.parent / "first.log")
+    try:
+        at_rest = None
+        while at_rest is None:
+            at_rest = PeakMemory(first.proc.pid).now()
+    finally:
+        first.stop()
+    budget = at_rest + int(FITS * (WORKING_MB + 16) * (1 << 20))
+    srv = start_server(folder, store.root, folder.parent / "serve.log", memory_budget_mb=str(budget / (1 << 20)))
+    yield srv, budget
+    srv.stop()
+
+
+async def call_all_at_once(server: Server, rounds: int) -> list[httpx.Response]:
+    async with httpx.AsyncClient(timeout=60, headers=server.auth) as client:
+        calls = [
+            client.post(f"{server.url}/v2/models/cached-{i}/infer", json=BODY)
+            for _ in range(rounds)
+            for i in range(FUNCTIONS)
+        ]
+        return list(await asyncio.gather(*calls))
+
+
+def test_the_budget_holds_one_function_after_another_and_all_at_once(server: tuple[Server, int]) -> None:
+    srv, budget = server
+    with PeakMemory(srv.proc.pid) as memory:
+        for _ in range(2):
+            for i in range(FUNCTIONS):  # one after another: each start makes room by stopping an idle one
+                r = srv.post(f"/v2/models/cached-{i}/infer", json=BODY)
+                assert r.status_code == 200, r.text
+        answers = asyncio.run(call_all_at_once(srv, rounds=3))
+    assert memory.readings > 10
+    assert memory.peak <= budget, f"peak {memory.peak >> 20} MB over the budget of {budget >> 20} MB"
+    print(f"peak {memory.peak / 2**20:.0f} MB of {budget / 2**20:.0f} MB", srv.get("/slserve/functions").json()["host"])
+    refused = [r for r in answers if r.status_code != 200]
+    for r in refused:  # refused, never failed: the budget named, with when to come back
+        assert r.status_code == 503 and r.json()["code"] == "memory_budget", r.text
+        assert "memory budget" in r.json()["error"] and "memory_budget_mb" in r.json()["error"]
+        assert int(r.headers["retry-after"]) >= 1
+    assert len(refused) < len(answers)
+    doc = srv.get("/slserve/functions").json()
+    host = doc["host"]["memory"]
+    assert host["evictions"] >= FUNCTIONS and host["peak_mb"] <= budget >> 20
+    assert host["oom_kills"] in (None, 0)
+    log = srv.log.read_text()
+    assert "SIGKILL" not in log and "signal 9" not in log
+    for f in doc["functions"]:
+        assert f["keep_alive"]["keep_s"] <= 600 and f["memory_mb"] is not None
