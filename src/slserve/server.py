@@ -67,7 +67,11 @@ def _mb(mb: float | None) -> int | None:
 def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str, Executor], dict[str, str]]:
     """The local executor always; the `aws` and `modal` ones where a function targets them; and for each
     target named but not runnable here, what would make it runnable."""
-    out: dict[str, Executor] = {"local": LocalExecutor(catalog.store, settings.cores, _mb(settings.memory_budget_mb))}
+    out: dict[str, Executor] = {
+        "local": LocalExecutor(
+            catalog.store, settings.cores, _mb(settings.memory_budget_mb), learned=settings.keep_alive == "learned"
+        )
+    }
     missing: dict[str, str] = {}
     targets = {f.target for f in catalog.functions().values()}
     remote = {"aws": (_aws_executor, settings.aws_endpoint_url), "modal": (_modal_executor, settings.modal_url)}

@@ -89,6 +89,12 @@ class ServeSettings(BaseSettings):
         "would pass it makes room by stopping idle ones, or waits (503 after 5 s). Default: the host's memory (or "
         "its cgroup's memory.max) less a tenth",
     )
+    keep_alive: Literal["learned", "fixed"] = Field(
+        "learned",
+        description="learned: where memory is wanted, idle instances past the keep-alive their idle gaps chose go "
+        "first, then those cheapest to lose (Greedy-Dual-Size-Frequency), and instances are pre-warmed ahead of "
+        "predicted calls; fixed: each stays idle_seconds and the longest idle goes first (to compare)",
+    )
     drift: bool = Field(True, description="Profile every model version's traffic for drift (off: no statistics)")
     drift_window_s: Annotated[float, Field(gt=0)] = Field(
         300.0, description="The live window each version's drift is measured over (it slides in tenths)"

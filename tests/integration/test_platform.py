@@ -225,7 +225,17 @@ def test_batching_is_exact(server: Server) -> None:
     ]
     alone = asyncio.run(post_many(url, bodies, concurrency=1, headers=server.auth))
     together = asyncio.run(post_many(url, bodies, concurrency=len(bodies), headers=server.auth))
-    assert all(r.status_code == 200 for r in alone + together)
+    for _ in range(3):  # on a loaded host some are refused to come back later (429/503 + Retry-After), as clients do
+        again = [i for i, r in enumerate(together) if r.status_code in (429, 503) and "retry-after" in r.headers]
+        if not again:
+            break
+        time.sleep(max(float(together[i].headers["retry-after"]) for i in again))
+        retried = asyncio.run(post_many(url, [bodies[i] for i in again], len(again), headers=server.auth))
+        for i, r in zip(again, retried, strict=True):
+            together[i] = r
+    assert all(r.status_code == 200 for r in alone + together), [
+        (r.status_code, r.text[:200]) for r in alone + together if r.status_code != 200
+    ]
     assert max(int(r.headers["x-slserve-batch-size"]) for r in together) > 1, "nothing was batched"
     for a, b in zip(alone, together, strict=True):
         assert a.json()["id"] == b.json()["id"]

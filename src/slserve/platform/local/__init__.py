@@ -29,13 +29,16 @@ class LocalExecutor:
     """A pool per function, the templates they fork from, and the loops that keep them honest: scale-downs,
     memory limits and abandoned work, artifact checks."""
 
-    def __init__(self, store: ArtifactStore, cores: int | None = None, memory_budget: int | None = None) -> None:
-        """`memory_budget`: bytes every process of the server may hold together (default: `default_budget`)."""
+    def __init__(
+        self, store: ArtifactStore, cores: int | None = None, memory_budget: int | None = None, learned: bool = True
+    ) -> None:
+        """`memory_budget`: bytes every process of the server may hold together (default: `default_budget`);
+        `learned`: keep-alive learned per function (else fixed, for comparison: see `budget`)."""
         self.store = store
         self.pools: dict[str, FunctionPool] = {}
         self.cores = HostCores(lambda: (i for p in self.pools.values() for i in p.instances.values()), cores)
         self.families = Families(store.root, self._members)
-        self.budget = MemoryBudget(memory_budget or default_budget(), self.pools.values)
+        self.budget = MemoryBudget(memory_budget or default_budget(), self.pools.values, learned)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: set[asyncio.Task[None]] = set()
         self._check_now = asyncio.Event()

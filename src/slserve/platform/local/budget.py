@@ -24,7 +24,7 @@ from typing import Protocol
 
 from slserve.platform.local.eviction import MB, GreedyDual, Idle
 from slserve.platform.local.instance_handle import Instance, InstanceState
-from slserve.platform.local.memory import MemoryMeter, cgroup_oom_kills, descendants, host_memory, resident
+from slserve.platform.local.memory import Footprint, MemoryMeter, cgroup_oom_kills, descendants, host_memory, resident
 
 READ_EVERY_S = 0.25  # how often the meter looks whether a full reading is due
 WAIT_S = 5.0  # the longest a function's requests wait for memory before a 503
@@ -32,6 +32,17 @@ FIRST_GUESS = 128 * MB  # an instance's memory before any of its family has been
 HIGH_WATER = 0.9  # above this share of the budget, idle instances past their learned keep-alive are stopped
 MARGIN = 1.25  # a new instance is expected to grow this far past the most one of its function was seen to hold
 log = logging.getLogger("slserve.platform")
+
+
+def _longest_idle(idle: list[Idle], need: int) -> list[Idle] | None:
+    """The fixed policy's victims: the longest idle first (least recently used)."""
+    chosen, freed = [], 0
+    for candidate in sorted(idle, key=lambda i: i.idle_since):
+        if freed >= need:
+            break
+        chosen.append(candidate)
+        freed += candidate.frees
+    return chosen if freed >= need else None
 
 
 def default_budget() -> int:
@@ -73,15 +84,17 @@ class Tenant(Protocol):
 
 
 class MemoryBudget:
-    def __init__(self, limit: int, tenants: Callable[[], Iterable[Tenant]]) -> None:
+    def __init__(self, limit: int, tenants: Callable[[], Iterable[Tenant]], learned: bool = True) -> None:
         """Every process of the server counts: this one (the gateway), and all it started (templates, their
-        instances, the ledger's writer)."""
+        instances, the ledger's writer). `learned` False: the fixed policy, to compare with (each idle instance
+        stays its `idle_seconds`, the longest idle goes first, no pre-warms)."""
         self.limit = limit
         self.tenants = tenants
+        self.learned = learned
         self.tree = {os.getpid()}  # the server's processes, as last listed (instances are added as they start)
         self.meter = MemoryMeter()
         self.policy = GreedyDual()
-        self.sizes: dict[str, int] = {}  # function -> the most one of its instances held (PSS), once called
+        self.sizes: dict[str, Footprint] = {}  # function -> the most one of its called instances held
         self.waiting: dict[str, float] = {}  # function -> since when its start waits for memory
         self.peak = 0
         self.evictions = 0
@@ -109,34 +122,44 @@ class MemoryBudget:
         held = self.meter.held(own | instances)
         total = self.meter.left_behind + sum(held.get(pid, resident(pid) or 0) for pid in own)
         for tenant in self.tenants():
-            need = self.need(tenant)
             for inst in tenant.instances.values():
                 if inst.state is not InstanceState.DEAD:
-                    total += max(held.get(inst.pid, 0) if inst.pid is not None else 0, need)
+                    total += self._counted(tenant, inst, held)
         self.peak = max(self.peak, total)
         return total
 
-    def need(self, tenant: Tenant) -> int:
-        """What an instance of `tenant` is expected to hold: the most one of its instances held (PSS: what it
-        holds alone and its share of what it maps with others), with a margin; before any was measured, the
-        most of its family's, or a first guess. PSS, not private memory: a new process's share of the pages it
-        maps is not taken from the others' readings (libraries mapped by processes outside the server share
-        theirs too), so counting only its private memory would count it short."""
+    def _counted(self, tenant: Tenant, inst: Instance, held: dict[int, int]) -> int:
+        """An instance not read yet: what its function's instances reached (PSS: a new process's share of the
+        pages it maps is not taken from the others' readings until they are read again, and libraries mapped by
+        processes outside the server share theirs too, so counting only its private memory would count it
+        short). One read: what it holds, and the private memory it is still expected to add (a cache its first
+        call fills)."""
+        reading = self.meter.readings.get(inst.pid) if inst.pid is not None else None
+        now = held.get(inst.pid) if inst.pid is not None else None
+        if reading is None or now is None:
+            return self.need(tenant).pss
+        return now + max(0, self.need(tenant).private - reading.footprint.private)
+
+    def need(self, tenant: Tenant) -> Footprint:
+        """What an instance of `tenant` is expected to reach: the most one of its called instances held (PSS and
+        private memory), with a margin; before any was read, the most of its family's, or a first guess."""
         seen = self.sizes.get(tenant.name)
         if seen is None:
             family = [self.sizes[t.name] for t in self.tenants() if t.family == tenant.family and t.name in self.sizes]
-            seen = max(family, default=FIRST_GUESS)
-        return int(seen * MARGIN)
+            seen = Footprint(
+                max((f.pss for f in family), default=FIRST_GUESS), max((f.private for f in family), default=FIRST_GUESS)
+            )
+        return Footprint(int(seen.pss * MARGIN), int(seen.private * MARGIN))
 
     # --- admission -------------------------------------------------------------------------------------------
 
     def fits(self, tenant: Tenant) -> bool:
         """Whether an instance of `tenant` fits now without stopping any other (a pre-warm's test)."""
-        return self.used() + self.need(tenant) <= self.limit
+        return self.used() + self.need(tenant).pss <= self.limit
 
     def admit(self, tenant: Tenant) -> Admission:
         """Whether an instance of `tenant` may start now; if not, room is made where idle instances allow."""
-        need, used = self.need(tenant), self.used()
+        need, used = self.need(tenant).pss, self.used()
         if used + need <= self.limit:
             self.waiting.pop(tenant.name, None)
             return Admission.YES
@@ -165,7 +188,8 @@ class MemoryBudget:
         for tenant in self.tenants():
             if tenant is exclude:
                 continue
-            expired += [(tenant, i) for i in tenant.expired(now)]
+            if self.learned:
+                expired += [(tenant, i) for i in tenant.expired(now)]
             for inst in tenant.evictable():
                 idle.append(Idle(tenant.name, inst.number, self._frees(tenant, inst), inst.idle_since or 0.0))
                 owners[(tenant.name, inst.number)] = (tenant, inst)
@@ -178,7 +202,7 @@ class MemoryBudget:
                 chosen.append((tenant, inst))
                 short -= self._frees(tenant, inst)
         else:
-            victims = self.policy.victims(idle, short) or []
+            victims = (self.policy.victims if self.learned else _longest_idle)(idle, short) or []
             chosen = [owners[(v.function, v.number)] for v in victims]
         for tenant, inst in chosen:
             self.evictions += 1
@@ -195,10 +219,10 @@ class MemoryBudget:
                 tenant.evict(inst)
 
     def _frees(self, tenant: Tenant, inst: Instance) -> int:
-        """What stopping `inst` takes off `used`: its private memory as last read, at least what it is counted at
-        (the pages it shares stay with the others)."""
-        private = self.meter.private(inst.pid) if inst.pid is not None else None
-        return max(private or 0, self.need(tenant))
+        """What stopping `inst` takes off `used` (what it is counted at; the pages it shares stay with the others
+        until they are read again)."""
+        now = self.meter.now(inst.pid) if inst.pid is not None else None
+        return self._counted(tenant, inst, {} if now is None or inst.pid is None else {inst.pid: now})
 
     def waited(self, tenant: Tenant) -> float:
         """How long `tenant`'s start has waited for memory (0 when it does not)."""
@@ -206,7 +230,7 @@ class MemoryBudget:
         return 0.0 if since is None else time.monotonic() - since
 
     def called(self, tenant: Tenant, cold_start_ms: float) -> None:
-        self.policy.called(tenant.name, cold_start_ms, self.need(tenant))
+        self.policy.called(tenant.name, cold_start_ms, self.need(tenant).pss)
 
     def released(self) -> None:
         """An instance's process is gone: the functions waiting for memory try again, the longest waiting first."""
@@ -258,7 +282,9 @@ class MemoryBudget:
             self.over = used > self.limit
             if self.over:
                 self._make_room(used - self.limit)
-            elif used > HIGH_WATER * self.limit:  # memory is wanted soon: instances past their window go now
+            elif (
+                used > HIGH_WATER * self.limit and self.learned
+            ):  # memory is wanted soon: instances past their window go now
                 self._release_expired()
 
     def _learn_sizes(self) -> None:
@@ -266,7 +292,8 @@ class MemoryBudget:
             for inst in tenant.instances.values():
                 reading = self.meter.readings.get(inst.pid) if inst.pid is not None else None
                 if reading is not None and inst.served:  # (before its first call it holds less than it will)
-                    self.sizes[tenant.name] = max(self.sizes.get(tenant.name, 0), reading.footprint.pss)
+                    seen, now = self.sizes.get(tenant.name, Footprint(0, 0)), reading.footprint
+                    self.sizes[tenant.name] = Footprint(max(seen.pss, now.pss), max(seen.private, now.private))
 
     def status(self) -> dict[str, object]:
         kills = cgroup_oom_kills()

@@ -131,12 +131,16 @@ class MemoryMeter:
             ended = self.readings.pop(pid)
             self.left_behind += ended.footprint.pss - ended.footprint.private
         held = {}
-        for pid in pids:
-            reading = self.readings.get(pid)
-            rss = resident(pid)
-            if rss is not None and reading is not None:  # (not read yet: the caller knows what to count)
-                held[pid] = reading.footprint.pss + max(0, rss - reading.rss)
+        for pid in pids:  # (not read yet: the caller knows what to count)
+            if (now := self.now(pid)) is not None:
+                held[pid] = now
         return held
+
+    def now(self, pid: int) -> int | None:
+        """Bytes the process holds now by its last reading and its growth since; None: not read, or gone."""
+        reading = self.readings.get(pid)
+        rss = resident(pid) if reading is not None else None
+        return None if reading is None or rss is None else reading.footprint.pss + max(0, rss - reading.rss)
 
     def due(self, pids: set[int], now: float) -> bool:
         """Whether a full reading is due: the set changed, a process moved, or it has been `FULL_S`."""
@@ -221,3 +225,12 @@ def _descendants_by_scan(pid: int) -> set[int]:
         found |= children
         frontier += children
     return found
+
+
+def tree_pss(pid: int) -> int | None:
+    """The PSS of `pid` and every process descended from it, or None where a process started or ended while the
+    tree was read: a fork halfway through would count the pages it shares twice (the parent read before, the
+    child after)."""
+    pids = {pid, *descendants(pid)}
+    total = sum(f.pss for p in pids if (f := footprint(p)) is not None)
+    return total if {pid, *descendants(pid)} == pids else None

@@ -256,7 +256,7 @@ class FunctionPool:
         decision = decide(self.spec.scaling, ready, starting, waiting, now)
         start = decision.start
         prewarm = not start and not ready and not starting and self.rhythm.prewarm_due(now)
-        if prewarm and (self.budget is None or self.budget.fits(self)):
+        if prewarm and self.budget is not None and self.budget.learned and self.budget.fits(self):
             start = 1  # ahead of the call its idle gaps predict, where memory allows without stopping another
         for _ in range(start):
             if not self._launch():
@@ -281,7 +281,7 @@ class FunctionPool:
         admission = budget.admit(self)
         if admission is Admission.YES:
             return True
-        need, limit = budget.need(self) >> 20, budget.limit >> 20
+        need, limit = budget.need(self).pss >> 20, budget.limit >> 20
         if admission is Admission.NEVER:
             self._fail_queue(
                 MemoryFull(
