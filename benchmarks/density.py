@@ -25,7 +25,9 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -151,20 +153,26 @@ class Memory:
             last = now
 
 
-async def replay(url: str, auth: dict[str, str], calls: list[tuple[float, str]]) -> list[tuple[int, float, bool]]:
-    """Each call at its time; (status, latency ms, waited for a cold start)."""
-    out: list[tuple[int, float, bool]] = []
-    limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
-    async with httpx.AsyncClient(timeout=60, headers=auth, limits=limits) as client:
+Answer = tuple[str, int, float, bool]  # function, status, latency ms, waited for a cold start
+
+
+async def replay(url: str, auth: dict[str, str], calls: list[tuple[float, str]]) -> list[Answer]:
+    """Each call at its time (aiohttp: httpx's pool slows with every request it queues, and the client fell
+    behind the trace)."""
+    out: list[Answer] = []
+    async with aiohttp.ClientSession(
+        connector=aiohttp.TCPConnector(limit=256), headers=auth, timeout=aiohttp.ClientTimeout(total=60)
+    ) as session:
 
         async def one(name: str) -> None:
             start = time.perf_counter()
             try:
-                r = await client.post(f"{url}/v2/models/{name}/infer", json=BODY)
-            except httpx.HTTPError:
-                out.append((0, (time.perf_counter() - start) * 1000, False))
-                return
-            out.append((r.status_code, (time.perf_counter() - start) * 1000, "x-slserve-cold-start-ms" in r.headers))
+                async with session.post(f"{url}/v2/models/{name}/infer", json=BODY) as r:
+                    await r.read()
+                    cold = "x-slserve-cold-start-ms" in r.headers
+                    out.append((name, r.status, (time.perf_counter() - start) * 1000, cold))
+            except (aiohttp.ClientError, TimeoutError):
+                out.append((name, 0, (time.perf_counter() - start) * 1000, False))
 
         began = time.monotonic()
         tasks = []
@@ -185,7 +193,9 @@ def at_rest(functions: Path) -> int:
         return reading
 
 
-def run_policy(functions: Path, policy: str, budget: int, rest: int, calls: list[tuple[float, str]]) -> dict:
+def run_policy(
+    functions: Path, policy: str, budget: int, rest: int, calls: list[tuple[float, str]], kinds: dict[str, str]
+) -> dict[str, Any]:
     settings = {"keep_alive": policy, "memory_budget_mb": str(budget / (1 << 20))}
     with gateway(functions, settings=settings) as gw:
         memory = Memory(gw.proc.pid, rest)
@@ -195,20 +205,27 @@ def run_policy(functions: Path, policy: str, budget: int, rest: int, calls: list
         memory.stop.set()
         sampler.join()
         host = httpx.get(gw.url + "/slserve/functions", headers=gw.auth).json()["host"]["memory"]
-    ok = [a for a in answers if a[0] == 200]
-    cold = sum(1 for a in answers if a[2])
+    ok = [a for a in answers if a[1] == 200]
+    cold = sum(1 for a in answers if a[3])
+    by_kind: dict[str, list[int]] = {}
+    for name, _, _, was_cold in answers:
+        counts = by_kind.setdefault(kinds[name].split()[0], [0, 0])
+        counts[0] += 1
+        counts[1] += was_cold
     return {
         "policy": policy,
         "requests": len(answers),
         "cold_per_1000": round(1000 * cold / max(1, len(answers)), 1),
-        "p50_ms": round(pct([a[1] for a in ok], 50), 1) if ok else None,
-        "p99_ms": round(pct([a[1] for a in ok], 99), 1) if ok else None,
+        "p50_ms": round(pct([a[2] for a in ok], 50), 1) if ok else None,
+        "p99_ms": round(pct([a[2] for a in ok], 99), 1) if ok else None,
         "memory_gb_s": round(memory.byte_seconds / (1 << 30), 1),
         "peak_mb": memory.peak >> 20,
         "budget_mb": budget >> 20,
-        "refused": sum(1 for a in answers if a[0] == 503),
-        "failed": sum(1 for a in answers if a[0] not in (200, 503)),
+        "refused": sum(1 for a in answers if a[1] == 503),
+        "failed": sum(1 for a in answers if a[1] not in (200, 503)),
         "evictions": host["evictions"],
+        "cold_by_kind": {kind: f"{c[1]} of {c[0]}" for kind, c in sorted(by_kind.items())},
+        "first_calls": len({a[0] for a in answers}),  # cold under any policy
     }
 
 
@@ -228,7 +245,7 @@ def main() -> None:
         f"{len(names)} functions, {len(calls)} calls over {args.seconds:g} s; at rest {rest >> 20} MB, "
         f"budget {budget >> 20} MB; {machine()}"
     )
-    rows = [run_policy(folder, policy, budget, rest, calls) for policy in ("fixed", "learned")]
+    rows = [run_policy(folder, policy, budget, rest, calls, kinds) for policy in ("fixed", "learned")]
     header = (
         "policy",
         "requests",
@@ -245,6 +262,8 @@ def main() -> None:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(str(row[h]) for h in header))
+    for row in rows:
+        print(f"{row['policy']}: cold starts by kind {row['cold_by_kind']}; {row['first_calls']} first calls")
     fixed, learned = rows
     ratio = learned["cold_per_1000"] / fixed["cold_per_1000"] if fixed["cold_per_1000"] else None
     print(f"cold starts learned/fixed: {ratio:.2f}" if ratio is not None else "no cold starts under fixed")

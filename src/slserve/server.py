@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from setproctitle import setproctitle
 
 from slserve.gateway import logs
+from slserve.keepalive import GAPS_FILE
 from slserve.platform.base import Executor
 from slserve.platform.catalog import FolderCatalog
 from slserve.platform.local import LocalExecutor
@@ -69,7 +70,11 @@ def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str
     target named but not runnable here, what would make it runnable."""
     out: dict[str, Executor] = {
         "local": LocalExecutor(
-            catalog.store, settings.cores, _mb(settings.memory_budget_mb), learned=settings.keep_alive == "learned"
+            catalog.store,
+            settings.cores,
+            _mb(settings.memory_budget_mb),
+            learned=settings.keep_alive == "learned",
+            gaps_file=settings.state / GAPS_FILE,
         )
     }
     missing: dict[str, str] = {}

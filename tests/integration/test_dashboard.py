@@ -64,6 +64,14 @@ def shown(page: Any, testid: str) -> str:
     return str(page.get_by_test_id(testid).inner_text()).strip()
 
 
+def keep_alive(k: dict[str, Any] | None) -> str:
+    if k is None:
+        return "\u2013"  # the page's dash
+    prewarm = k["prewarm_s"]
+    when = f"{k['keep_s']:g} s" if prewarm is None else f"pre-warm after {prewarm:g} s, keep {k['keep_s']:g} s"
+    return f"{when} ({k['basis']})"
+
+
 def expected(doc: dict[str, Any]) -> dict[str, str]:
     """What the page must show, from the JSON, by test id."""
     want = {"card-functions": str(len(doc["functions"])), "card-charged": doc["money"]["total"]["charged"]}
@@ -73,6 +81,13 @@ def expected(doc: dict[str, Any]) -> dict[str, str]:
         want[f"cold-{name}"] = f"{f['cold_starts']:,}"
         want[f"queued-{name}"] = f"{f['queued']:,}"
         want[f"failed-{name}"] = f"{f['failed']:,}"
+        k = f["keep_alive"]
+        when = (
+            f"{k['keep_s']:g} s"
+            if k["prewarm_s"] is None
+            else f"pre-warm after {k['prewarm_s']:g} s, keep {k['keep_s']:g} s"
+        )
+        want[f"keepalive-{name}"] = f"{when} ({k['basis']})"
     for row in doc["money"]["by_tier"]:
         want[f"tier-charged-{row['tier']}"] = row["charged"]
         want[f"tier-requests-{row['tier']}"] = f"{row['requests']:,}"

@@ -4,11 +4,17 @@ keep-alive a function's idle gaps choose."""
 from __future__ import annotations
 
 import math
+import tomllib
+from pathlib import Path
 
 import pytest
+from tests.conftest import SMALL_MLP_TOML
 
+from slserve.keepalive import GAPS_FILE, MIN_GAPS, IdleGaps, Rhythm, choose, load_gaps, save_gaps
+from slserve.modal.plan import scaledown_window
+from slserve.platform.base import Deployed
 from slserve.platform.local.eviction import MB, GreedyDual, Idle
-from slserve.platform.local.keepalive import MIN_GAPS, IdleGaps, Rhythm, choose
+from slserve.spec import FunctionSpec
 
 
 def idle(function: str, number: int = 1, mb: int = 100, since: float = 0.0) -> Idle:
@@ -123,3 +129,23 @@ def test_gaps_follow_the_recent_rhythm() -> None:
         t += gap
     rhythm.called(t, cold_start_s=0.05)
     assert rhythm.policy.prewarm_s == pytest.approx(5.0 - (0.5 + 2 * 0.05))  # the 0.5 s gaps have aged out
+
+
+def test_recorded_gaps_survive_a_restart_and_choose_modal_scaledown_windows(tmp_path: Path) -> None:
+    learned = Rhythm(cap_s=60)
+    for i in range(50):
+        learned.called(float(i * 3), cold_start_s=0.1)
+        learned.went_idle(float(i * 3) + 0.5)  # a call every 3 s, each 0.5 s long: gaps of 2.5 s
+    save_gaps(tmp_path / GAPS_FILE, {"steady": learned, "unseen": Rhythm(cap_s=60)})
+    loaded = load_gaps(tmp_path / GAPS_FILE)
+    assert set(loaded) == {"steady"} and len(loaded["steady"]) == 49
+    assert choose(loaded["steady"], 60, 0.1) == learned.policy
+    spec = FunctionSpec.model_validate(tomllib.loads(SMALL_MLP_TOML.format(version="1", seed=0)))
+    function = Deployed(
+        "steady", spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"idle_seconds": 300})}), "d"
+    )
+    assert scaledown_window(function, None) == (300, "fixed: 0 idle gaps seen, 8 needed to learn")
+    window, why = scaledown_window(function, loaded["steady"])
+    assert window == math.ceil(2.5 * 1.25) and why.startswith("learned")  # no GPU paid for 300 s after each call
+    (tmp_path / GAPS_FILE).write_text("not json")
+    assert load_gaps(tmp_path / GAPS_FILE) == {}

@@ -11,6 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from slserve.keepalive import GAPS_FILE, load_gaps
 from slserve.remote.deploying import stop_unless_deployable
 from slserve.settings import DEFAULT_ROUTES, DEFAULT_STATE
 from slserve.terminal import make_console, print_table
@@ -26,6 +27,9 @@ def deploy_modal(
     only: Annotated[str | None, typer.Option("--only", help="Comma-separated functions (default: GPU, modal)")] = None,
     work: Annotated[Path, typer.Option("--work", help="Where the plan is written")] = Path(".slserve/modal"),
     prefix: Annotated[str, typer.Option("--prefix", help="The app's name and the endpoints' label prefix")] = "slserve",
+    state: Annotated[
+        Path, typer.Option("--state", envvar="SLSERVE_STATE", help="Where the local gateway recorded idle gaps")
+    ] = DEFAULT_STATE,
 ) -> None:
     """Plan a Modal class per GPU function (and per function whose target is modal), build the app offline, and
     print each class's GPU, snapshots, scaling, what the volume must hold and the cost per million requests.
@@ -44,7 +48,7 @@ def deploy_modal(
     store = ArtifactStore(artifacts)
     catalog = FolderCatalog(store, functions)
     chosen = deploy.selected(catalog, only.split(",") if only else None)
-    plan = plan_app(store, chosen, prefix)
+    plan = plan_app(store, chosen, prefix, load_gaps(state / GAPS_FILE))
     plan_file = plan.write(work / "modal-plan.json")
     build_app(plan, plan_file, "slserve.modal.container", {})  # Modal checks every class's settings as it builds
     console.print(f"planned {plan_file}; app {plan.app!r} built offline, a class per function: {len(plan.functions)}")
@@ -58,6 +62,7 @@ def deploy_modal(
     print_table(console, table)
     for f in plan.functions:
         console.print(f"  {f.name}: {f.snapshot}")
+        console.print(f"  {f.name}: scale-down window {f.scaledown_window} s ({f.scaledown_basis})")
         size = sum(f.blobs.values())
         console.print(f"  {f.name}: volume {plan.volume} holds {len(f.blobs)} blobs, {size / 2**20:.1f} MB (sent once)")
 

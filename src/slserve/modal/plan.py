@@ -7,13 +7,16 @@ the very same app (`slserve.modal.container`) without the functions folder.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 
 from slserve.errors import BuildError
+from slserve.keepalive import IdleGaps, choose
 from slserve.platform.base import Deployed
 from slserve.platform.modal_labels import modal_label
 from slserve.remote.requirements import canonical, declared, function_closure, pinned
@@ -33,6 +36,7 @@ PROVIDED = ("modal",)  # Modal puts its own client into every container
 GPU_BUILDS = {"onnxruntime": "onnxruntime-gpu", "torch": "torch"}
 TIMEOUT_S = 300  # per input, Modal's default: the gateway's own deadline (x-slserve-timeout-ms) is the real bound
 SCALEDOWN_RANGE = (2, 3600)  # Modal's bounds on scaledown_window, in seconds
+MODAL_COLD_START_S = 2.0  # a memory snapshot's restore and first call: the keep-alive's pre-warm lead
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,7 @@ class ModalFunction:
     gpu_snapshot: bool
     snapshot: str  # what the memory snapshot holds, and why
     blobs: dict[str, int]  # digest -> bytes: the artifact's manifest and blobs, for the volume
+    scaledown_basis: str = ""  # why that window: learned from the recorded idle gaps, or fixed
 
 
 @dataclass(frozen=True)
@@ -116,7 +121,18 @@ def container_requirements(functions: list[Deployed], artifacts: list[Artifact])
     return sorted(requirements), sorted({name.split(".")[0] for name in closure.shipped})
 
 
-def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> ModalFunction:
+def scaledown_window(function: Deployed, gaps: IdleGaps | None) -> tuple[int, str]:
+    """The class's scale-down window (the idle time a GPU container is paid for after its last call): the
+    keep-alive its recorded idle gaps choose (`keepalive.choose`, `idle_seconds` the cap; a pre-warm policy's
+    window, which Modal cannot schedule, counts from the call), within Modal's bounds; and why."""
+    low, high = SCALEDOWN_RANGE
+    cap = function.spec.scaling.idle_seconds
+    policy = choose(gaps or IdleGaps(), cap, MODAL_COLD_START_S)
+    seconds = policy.keep_s if policy.prewarm_s is None else min(cap, policy.prewarm_s + policy.keep_s)
+    return min(high, max(low, math.ceil(seconds))), policy.basis
+
+
+def plan_function(store: ArtifactStore, function: Deployed, prefix: str, gaps: IdleGaps | None = None) -> ModalFunction:
     spec = function.spec
     if function.digest is None:
         raise BuildError(f"{function.name} is not built: run `slserve build {function.name}` first")
@@ -131,7 +147,7 @@ def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> Moda
             f"memory: the runtime imported and the weights mapped; {spec.framework.value} moves them to the GPU "
             "after each restore (GPU snapshots are on for torch only)"
         )
-    low, high = SCALEDOWN_RANGE
+    window, why = scaledown_window(function, gaps)
     return ModalFunction(
         name=function.name,
         cls_name=class_name(function.name),
@@ -144,15 +160,22 @@ def plan_function(store: ArtifactStore, function: Deployed, prefix: str) -> Moda
         timeout_s=TIMEOUT_S,
         min_containers=spec.scaling.min_instances,
         max_containers=spec.scaling.max_instances,
-        scaledown_window=min(high, max(low, round(spec.scaling.idle_seconds))),
+        scaledown_window=window,
         max_inputs=max(spec.scaling.target_concurrency, spec.batching.max_batch_size),
         gpu_snapshot=gpu_snapshot,
         snapshot=snapshot,
         blobs={function.digest: store.blobs.path(function.digest).stat().st_size, **artifact.manifest.unique_blobs()},
+        scaledown_basis=why,
     )
 
 
-def plan_app(store: ArtifactStore, functions: list[Deployed], prefix: str = "slserve") -> ModalPlan:
+def plan_app(
+    store: ArtifactStore,
+    functions: list[Deployed],
+    prefix: str = "slserve",
+    gaps: Mapping[str, IdleGaps] | None = None,
+) -> ModalPlan:
+    """`gaps`: each function's idle gaps as the local gateway recorded them (`keepalive.save_gaps`)."""
     if not functions:
         raise BuildError('no function to deploy to Modal: name a GPU in its [resources], or set target = "modal"')
     artifacts = [store.open(f.digest) for f in functions if f.digest]
@@ -165,5 +188,5 @@ def plan_app(store: ArtifactStore, functions: list[Deployed], prefix: str = "sls
         python=PYTHON,
         requirements=requirements,
         modules=modules,
-        functions=[plan_function(store, f, prefix) for f in functions],
+        functions=[plan_function(store, f, prefix, (gaps or {}).get(f.name)) for f in functions],
     )

@@ -7,9 +7,11 @@ import contextlib
 import dataclasses
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from slserve.errors import ArtifactCorrupt, ArtifactNotFound, ModelNotFound
+from slserve.keepalive import load_gaps, save_gaps
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.budget import MemoryBudget, default_budget
 from slserve.platform.local.cores import HostCores
@@ -19,6 +21,7 @@ from slserve.platform.local.template_handle import Template
 from slserve.snapshot import ArtifactStore
 
 TICK_S = 0.5
+RECORD_GAPS_S = 60.0
 POLICE_S = 0.1  # memory limits and abandoned work are checked this often (a few /proc reads)
 REMOVED_DRAIN_S = 30.0
 CHECK_ARTIFACTS_S = 2.0  # blobs are looked at this often: a stat and a marker read each, unless one changed
@@ -30,10 +33,18 @@ class LocalExecutor:
     memory limits and abandoned work, artifact checks."""
 
     def __init__(
-        self, store: ArtifactStore, cores: int | None = None, memory_budget: int | None = None, learned: bool = True
+        self,
+        store: ArtifactStore,
+        cores: int | None = None,
+        memory_budget: int | None = None,
+        learned: bool = True,
+        gaps_file: Path | None = None,
     ) -> None:
         """`memory_budget`: bytes every process of the server may hold together (default: `default_budget`);
-        `learned`: keep-alive learned per function (else fixed, for comparison: see `budget`)."""
+        `learned`: keep-alive learned per function (else fixed, for comparison: see `budget`); `gaps_file`:
+        where each function's idle gaps are kept across restarts (and read by `slserve deploy modal`)."""
+        self.gaps_file = gaps_file
+        self._recorded = load_gaps(gaps_file) if gaps_file is not None else {}
         self.store = store
         self.pools: dict[str, FunctionPool] = {}
         self.cores = HostCores(lambda: (i for p in self.pools.values() for i in p.instances.values()), cores)
@@ -77,7 +88,8 @@ class LocalExecutor:
             log.warning("function %s cannot serve: %s", function.name, function.error)
 
     def _pool(self, function: Deployed, template: Template | None) -> FunctionPool:
-        return FunctionPool(function, template, self.store.root, self.cores, self.budget)
+        gaps = self._recorded.pop(function.name, None)
+        return FunctionPool(function, template, self.store.root, self.cores, self.budget, gaps)
 
     def remove(self, name: str) -> None:
         pool = self.pools.pop(name, None)
@@ -89,11 +101,22 @@ class LocalExecutor:
         log.info("function %s was removed; its instances drain", name)
 
     async def _tick(self) -> None:
-        """Scale-downs happen with time, not with requests."""
+        """Scale-downs happen with time, not with requests; the idle gaps are recorded now and then."""
+        recorded = time.monotonic()
         while True:
             await asyncio.sleep(TICK_S)
             for pool in self.pools.values():
                 pool.autoscale()
+            if time.monotonic() - recorded >= RECORD_GAPS_S:
+                recorded = time.monotonic()
+                self._record_gaps()
+
+    def _record_gaps(self) -> None:
+        if self.gaps_file is not None:
+            try:
+                save_gaps(self.gaps_file, {name: pool.rhythm for name, pool in self.pools.items()})
+            except OSError as e:
+                log.warning("the functions' idle gaps could not be recorded in %s: %s", self.gaps_file, e)
 
     async def _watch_instances(self) -> None:
         while True:
@@ -154,6 +177,7 @@ class LocalExecutor:
 
     async def stop(self, drain_seconds: float) -> None:
         self.budget.stop()
+        self._record_gaps()
         self.families.halt()
         for task in self._tasks:
             task.cancel()

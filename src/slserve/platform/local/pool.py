@@ -34,6 +34,7 @@ from slserve.errors import (
     SlserveError,
     error_from_wire,
 )
+from slserve.keepalive import IdleGaps, Rhythm
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
 from slserve.platform.local.autoscaler import (
     InstanceLoad,
@@ -47,7 +48,6 @@ from slserve.platform.local.cores import HostCores
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.dispatch import Dispatcher
 from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail, resolve
-from slserve.platform.local.keepalive import Rhythm
 from slserve.platform.local.processes import Processes, kill
 from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
@@ -74,7 +74,9 @@ class FunctionPool:
         artifacts: Path,
         cores: HostCores | None = None,
         budget: MemoryBudget | None = None,
+        gaps: IdleGaps | None = None,
     ) -> None:
+        """`gaps`: its idle gaps as last recorded (a restarted gateway goes on learning from them)."""
         self.function = function
         self.spec = function.spec
         self.digest = function.digest
@@ -94,7 +96,7 @@ class FunctionPool:
         self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
         self.device: str | None = None  # where its instances run, once one has loaded
         self.budget = budget  # the host's memory, shared with every other function (None: unbounded)
-        self.rhythm = Rhythm(self.spec.scaling.idle_seconds)  # its idle gaps choose its keep-alive
+        self.rhythm = Rhythm(self.spec.scaling.idle_seconds, gaps)  # its idle gaps choose its keep-alive
         self.cold_start_s = 0.0  # its latest instance's cold start
         self._numbers = itertools.count(1)
         self.processes = Processes(function.name, artifacts, template, self._on_ready, self._on_reply, self._on_gone)

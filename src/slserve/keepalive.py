@@ -17,10 +17,15 @@ No clock in here: the pool passes the times, and the tests pass them too.
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
+GAPS_FILE = "idle-gaps.json"  # in the state folder: each function's recent gaps (`save_gaps`)
 KEPT_GAPS = 256  # the distribution follows the recent rhythm, not the whole history
 MIN_GAPS = 8  # fewer seen: the fixed window
 HEAD, TAIL = 0.05, 0.99
@@ -91,9 +96,9 @@ def choose(gaps: IdleGaps, cap_s: float, cold_start_s: float) -> KeepAlive:
 class Rhythm:
     """One function's idle gaps as they happen, and the keep-alive they choose now."""
 
-    def __init__(self, cap_s: float) -> None:
+    def __init__(self, cap_s: float, gaps: IdleGaps | None = None) -> None:
         self.cap_s = cap_s
-        self.gaps = IdleGaps()
+        self.gaps = gaps or IdleGaps()
         self.idle_from: float | None = None  # since when it has had nothing to do (None: busy, or never called)
         self.policy = choose(self.gaps, cap_s, 0.0)
 
@@ -123,3 +128,28 @@ class Rhythm:
         if policy.prewarm_s is None or since is None:
             return False
         return since + policy.prewarm_s <= now < since + policy.prewarm_s + policy.keep_s
+
+
+def save_gaps(path: Path, rhythms: Mapping[str, Rhythm]) -> None:
+    """Each function's recent idle gaps, written atomically: a restarted gateway starts from them, and `slserve
+    deploy modal` chooses each class's `scaledown_window` from them."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {name: [round(g, 3) for g in rhythm.gaps.gaps] for name, rhythm in rhythms.items() if len(rhythm.gaps)}
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(record))
+    os.replace(partial, path)
+
+
+def load_gaps(path: Path) -> dict[str, IdleGaps]:
+    """The gaps `save_gaps` wrote (none where nothing was recorded, or the record cannot be read)."""
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    out: dict[str, IdleGaps] = {}
+    for name, seconds in record.items() if isinstance(record, dict) else ():
+        gaps = out[name] = IdleGaps()
+        for s in seconds if isinstance(seconds, list) else ():
+            if isinstance(s, int | float):
+                gaps.add(float(s))
+    return out
