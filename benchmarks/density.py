@@ -30,75 +30,26 @@ from typing import Any
 import aiohttp
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import ARTIFACTS, OUT, gateway, machine, pct, save
 from slserve.platform.local.memory import tree_pss
+from slserve_samples.cached import cached_function
 
 CAP_S = 10.0  # idle_seconds: ten minutes of the real trace's keep-alive at 60x
-WORKING_MB = 64  # what each big function's instance holds of its own once called
 RATES = (10**-2.7, 10**1.3)  # calls per second: four orders of magnitude, log-uniform
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 
-SMALL = """
-[model]
-name = "{name}"
-
-[source]
-framework = "torch"
-factory = "slserve_samples.big_mlp:build_small"
-seed = {seed}
-
-[[signature.inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 16]
-
-[[signature.outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 16]
-
-[scaling]
-max_instances = 1
-idle_seconds = {cap}
-"""
-
-BIG = SMALL.replace('factory = "slserve_samples.big_mlp:build_small"', 'factory = "model:build_model"')
-
-BIG_MODEL = f'''
-import torch
-
-
-class Cached(torch.nn.Module):
-    """Keeps {WORKING_MB} MB of working memory of its own once called (a cache), as big serving models do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(16, 16)
-        self.cache = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cache is None:
-            self.cache = torch.ones({WORKING_MB} * 262144)
-        return self.layer(x) + self.cache[:1]
-
-
-def build_model() -> Cached:
-    return Cached()
-'''
-
 
 def write_functions(target: Path, count: int) -> list[str]:
-    """`count` functions, one in eight big; built into the default artifact store."""
+    """`count` functions, one in eight big (`slserve_samples.cached`), the others the small MLP; built into the
+    default artifact store."""
     names = []
     for i in range(count):
         big = i % 8 == 7
         name = f"{'big' if big else 'small'}-{i}"
         folder = target / name
         folder.mkdir(parents=True, exist_ok=True)
-        (folder / "function.toml").write_text((BIG if big else SMALL).format(name=name, seed=1000 + i, cap=CAP_S))
-        if big:
-            (folder / "model.py").write_text(BIG_MODEL)
+        factory = "slserve_samples.cached:build" if big else "slserve_samples.big_mlp:build_small"
+        (folder / "function.toml").write_text(cached_function(name, 1000 + i, CAP_S, factory))
         names.append(name)
     slserve = [sys.executable, "-c", "from slserve.cli import main; main()"]
     build = [*slserve, "build", "--functions", str(target), "--artifacts", str(ARTIFACTS)]

@@ -1,5 +1,5 @@
 """The host's memory budget holds with real processes: functions whose instances hold working memory of their own
-(a KV cache's worth), more of them than fit, called in turn and then all at once. The memory the server's
+(`slserve_samples.cached`), more of them than fit, called in turn and then all at once. The memory the server's
 process tree holds (PSS, read by the test itself) never passes the budget, idle instances are stopped to make
 room, requests that cannot get memory in time are refused with a 503 naming the budget, and nothing is killed."""
 
@@ -19,58 +19,12 @@ from slserve.build.function import build_function
 from slserve.platform.local.memory import tree_pss
 from slserve.snapshot import ArtifactStore
 from slserve.spec import load_function
+from slserve_samples.cached import WORKING_MB, cached_function
 
 pytestmark = pytest.mark.slow
 
-WORKING_MB = 48  # what each instance allocates for itself at its first call, and keeps
 FUNCTIONS = 6
 FITS = 5  # the budget beyond the server's own processes, in units of an instance's working memory and 16 MB
-
-MODEL = f'''
-import torch
-
-
-class Cached(torch.nn.Module):
-    """A model that keeps working memory of its own once called (a cache), as serving models do."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.layer = torch.nn.Linear(16, 16)
-        self.cache = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.cache is None:
-            self.cache = torch.ones({WORKING_MB} * 262144)  # touched: resident and private to this instance
-        return self.layer(x) + self.cache[:1]
-
-
-def build_model() -> Cached:
-    return Cached()
-'''
-
-TOML = """
-[model]
-name = "{name}"
-
-[source]
-framework = "torch"
-factory = "model:build_model"
-seed = {seed}
-
-[[signature.inputs]]
-name = "x"
-datatype = "FP32"
-shape = [-1, 16]
-
-[[signature.outputs]]
-name = "y"
-datatype = "FP32"
-shape = [-1, 16]
-
-[scaling]
-max_instances = 1
-idle_seconds = 600
-"""
 
 BODY = {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1, 16], "data": [0.5] * 16}]}
 
@@ -106,8 +60,7 @@ def functions(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, ArtifactS
     root = tmp_path_factory.mktemp("budget")
     store = ArtifactStore(root / "artifacts")
     for i in range(FUNCTIONS):
-        folder = write_function(root / "functions", f"cached-{i}", TOML.format(name=f"cached-{i}", seed=i))
-        (folder / "model.py").write_text(MODEL)
+        folder = write_function(root / "functions", f"cached-{i}", cached_function(f"cached-{i}", i, 600))
         build_function(load_function(folder), store)
     return root / "functions", store
 

@@ -29,7 +29,7 @@ from slserve.platform.local.memory import Footprint, MemoryMeter, cgroup_oom_kil
 READ_EVERY_S = 0.25  # how often the meter looks whether a full reading is due
 WAIT_S = 5.0  # the longest a function's requests wait for memory before a 503
 FIRST_GUESS = 128 * MB  # an instance's memory before any of its family has been measured
-HIGH_WATER = 0.9  # above this share of the budget, idle instances past their learned keep-alive are stopped
+HIGH_WATER = 0.5  # past half the budget, idle instances past their learned keep-alive are stopped (room for a burst)
 MARGIN = 1.25  # a new instance is expected to grow this far past the most one of its function was seen to hold
 log = logging.getLogger("slserve.platform")
 
