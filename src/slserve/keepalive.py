@@ -115,18 +115,18 @@ class Rhythm:
     def idle_limit_s(self, now: float) -> float:
         """How long an idle instance may stay idle, now. With a pre-warm: none before the pre-warm (let go at
         once), through its window as long as it lasts, none after."""
-        policy, since = self.policy, self.idle_from
-        if policy.prewarm_s is None or since is None:
-            return policy.keep_s
-        if since + policy.prewarm_s <= now < since + policy.prewarm_s + policy.keep_s:
-            return math.inf
-        return 0.0
+        window = self._prewarm_window(now)
+        return self.policy.keep_s if window is None else math.inf if window else 0.0
 
     def prewarm_due(self, now: float) -> bool:
         """Whether an instance should be up now, ahead of the call the gaps predict."""
+        return bool(self._prewarm_window(now))
+
+    def _prewarm_window(self, now: float) -> bool | None:
+        """None: no pre-warm policy, or busy; else whether `now` is within the pre-warmed window."""
         policy, since = self.policy, self.idle_from
         if policy.prewarm_s is None or since is None:
-            return False
+            return None
         return since + policy.prewarm_s <= now < since + policy.prewarm_s + policy.keep_s
 
 

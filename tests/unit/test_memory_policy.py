@@ -60,15 +60,6 @@ def test_equal_priorities_evict_the_longest_idle() -> None:
     assert [v.number for v in found] == [2]
 
 
-def test_forgetting_a_function_resets_its_frequency() -> None:
-    policy = GreedyDual()
-    for _ in range(3):
-        policy.called("f", cold_start_ms=100, size=100 * MB)
-    policy.forget("f")
-    policy.called("f", cold_start_ms=100, size=100 * MB)
-    assert policy.priority("f") == pytest.approx(1.0)
-
-
 def gaps(*seconds: float) -> IdleGaps:
     out = IdleGaps()
     for s in seconds:

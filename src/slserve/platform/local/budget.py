@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Protocol
 
-from slserve.platform.local.eviction import MB, GreedyDual, Idle
+from slserve.platform.local.eviction import MB, GreedyDual, Idle, longest_idle
 from slserve.platform.local.instance_handle import Instance, InstanceState
 from slserve.platform.local.memory import Footprint, MemoryMeter, cgroup_oom_kills, descendants, host_memory, resident
 
@@ -32,17 +32,6 @@ FIRST_GUESS = 128 * MB  # an instance's memory before any of its family has been
 HIGH_WATER = 0.5  # past half the budget, idle instances past their learned keep-alive are stopped (room for a burst)
 MARGIN = 1.25  # a new instance is expected to grow this far past the most one of its function was seen to hold
 log = logging.getLogger("slserve.platform")
-
-
-def _longest_idle(idle: list[Idle], need: int) -> list[Idle] | None:
-    """The fixed policy's victims: the longest idle first (least recently used)."""
-    chosen, freed = [], 0
-    for candidate in sorted(idle, key=lambda i: i.idle_since):
-        if freed >= need:
-            break
-        chosen.append(candidate)
-        freed += candidate.frees
-    return chosen if freed >= need else None
 
 
 def default_budget() -> int:
@@ -183,32 +172,26 @@ class MemoryBudget:
         if short <= 0:
             return 0
         now = time.monotonic()
-        expired: list[tuple[Tenant, Instance]] = []
-        idle, owners = [], {}
+        idle: list[Idle] = []
+        expired: list[Idle] = []  # those idle past their learned window
+        owners: dict[tuple[str, int], tuple[Tenant, Instance]] = {}
         for tenant in self.tenants():
             if tenant is exclude:
                 continue
-            if self.learned:
-                expired += [(tenant, i) for i in tenant.expired(now)]
+            past = {i.number for i in tenant.expired(now)} if self.learned else set()
             for inst in tenant.evictable():
-                idle.append(Idle(tenant.name, inst.number, self._frees(tenant, inst), inst.idle_since or 0.0))
+                candidate = Idle(tenant.name, inst.number, self._frees(tenant, inst), inst.idle_since or 0.0)
+                (expired if inst.number in past else idle).append(candidate)
                 owners[(tenant.name, inst.number)] = (tenant, inst)
-        if sum(self._frees(t, i) for t, i in expired) >= short:
-            expired.sort(key=lambda ti: ti[1].idle_since or 0.0)
-            chosen = []
-            for tenant, inst in expired:
-                if short <= 0:
-                    break
-                chosen.append((tenant, inst))
-                short -= self._frees(tenant, inst)
-        else:
-            victims = (self.policy.victims if self.learned else _longest_idle)(idle, short) or []
-            chosen = [owners[(v.function, v.number)] for v in victims]
-        for tenant, inst in chosen:
+        victims = longest_idle(expired, short)  # those past their window, when they are enough
+        if victims is None:
+            victims = (self.policy.victims if self.learned else longest_idle)(idle + expired, short) or []
+        for victim in victims:
+            tenant, inst = owners[(victim.function, victim.number)]
             self.evictions += 1
-            log.info("memory budget: %s stopped to make room (%d MB)", inst.name, self._frees(tenant, inst) // MB)
+            log.info("memory budget: %s stopped to make room (%d MB)", inst.name, victim.frees // MB)
             tenant.evict(inst)
-        return len(chosen)
+        return len(victims)
 
     def _release_expired(self) -> None:
         now = time.monotonic()
@@ -246,11 +229,6 @@ class MemoryBudget:
         """`tenant` wants no instance started now: it no longer waits for memory."""
         self.waiting.pop(tenant.name, None)
 
-    def forget(self, tenant: Tenant) -> None:
-        self.waiting.pop(tenant.name, None)
-        if not tenant.instances:
-            self.policy.forget(tenant.name)
-
     # --- reading -------------------------------------------------------------------------------------------
 
     def start(self) -> None:
@@ -282,10 +260,8 @@ class MemoryBudget:
             self.over = used > self.limit
             if self.over:
                 self._make_room(used - self.limit)
-            elif (
-                used > HIGH_WATER * self.limit and self.learned
-            ):  # memory is wanted soon: instances past their window go now
-                self._release_expired()
+            elif used > HIGH_WATER * self.limit and self.learned:
+                self._release_expired()  # memory is wanted soon: instances past their window go now
 
     def _learn_sizes(self) -> None:
         for tenant in self.tenants():

@@ -39,24 +39,27 @@ class GreedyDual:
     def priority(self, function: str) -> float:
         return self.priorities.get(function, self.clock)
 
-    def forget(self, function: str) -> None:
-        """The function has no instance left: its count starts again at its next call."""
-        self.calls.pop(function, None)
-        self.priorities.pop(function, None)
-
     def victims(self, idle: list[Idle], need: int) -> list[Idle] | None:
         """The fewest lowest-priority instances whose memory together covers `need` bytes, or None (and nothing
         chosen) when all of them would not; the clock moves up to the highest priority chosen."""
-        order = sorted(idle, key=lambda i: (self.priority(i.function), i.idle_since))
-        chosen: list[Idle] = []
-        freed = 0
-        for candidate in order:
-            if freed >= need:
-                break
-            chosen.append(candidate)
-            freed += candidate.frees
-        if freed < need:
-            return None
+        chosen = cover(sorted(idle, key=lambda i: (self.priority(i.function), i.idle_since)), need)
         if chosen:
             self.clock = max(self.clock, max(self.priority(c.function) for c in chosen))
         return chosen
+
+
+def longest_idle(idle: list[Idle], need: int) -> list[Idle] | None:
+    """The fixed policy's victims: the longest idle first (least recently used)."""
+    return cover(sorted(idle, key=lambda i: i.idle_since), need)
+
+
+def cover(ordered: list[Idle], need: int) -> list[Idle] | None:
+    """The first of `ordered` whose memory together covers `need` bytes; None when all of them would not."""
+    chosen: list[Idle] = []
+    freed = 0
+    for candidate in ordered:
+        if freed >= need:
+            break
+        chosen.append(candidate)
+        freed += candidate.frees
+    return chosen if freed >= need else None
