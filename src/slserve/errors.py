@@ -155,8 +155,14 @@ class TooManyRequests(RetryLater):
 
 
 class MethodNotAllowed(SlserveError):
+    """The path exists; `allow` lists its methods (sent as Allow, as RFC 9110 asks)."""
+
     status = 405
     code = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class Overloaded(TooManyRequests):

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.conformance import conforms
 from tests.conftest import FUNCTIONS, write_function
 from tests.integration.server import Server, start_server
 from tests.integration.test_platform import TINY, tiny_request, wait_for
@@ -257,7 +258,7 @@ def test_1000_concurrent_requests_leave_exactly_one_record_each_and_usage_adds_u
     assert int(lines["TOTAL"][7]) == charged and int(lines["TOTAL"][3]) == 1000
     assert int(lines["economy"][3]) == 334 and int(lines["standard"][3]) == 666
     # The API shows a key its own usage only.
-    mine = server.get("/v1/usage", headers=bearer(key)).json()
+    mine = conforms(server.get("/v1/usage", headers=bearer(key))).json()
     assert mine["total"]["charged_micros"] == charged and mine["tenant"] == "bulk"
     stranger = server.get("/v1/usage", headers=bearer(make_key(server, "other"))).json()
     assert stranger["total"]["requests"] == 0 and stranger["usage"] == []

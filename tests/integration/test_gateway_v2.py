@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import numpy as np
 import orjson
 import pytest
+from tests.conformance import conforms
 from tests.conftest import FUNCTIONS
 from tests.integration.server import Server, start_server
 from tests.integration.test_platform import wait_for
@@ -50,15 +51,20 @@ def output(body: dict[str, object], name: str) -> np.ndarray:
 
 
 def test_health_and_metadata(server: Server) -> None:
-    assert server.get("/v2/health/live").json() == {"live": True}
-    assert server.get("/v2/health/ready").status_code == 200
-    meta = server.get("/v2").json()
+    assert conforms(server.get("/v2/health/live")).json() == {"live": True}
+    assert conforms(server.get("/v2/health/ready")).status_code == 200
+    meta = conforms(server.get("/v2")).json()
     assert meta["name"] == "slserve" and "binary_tensor_data" in meta["extensions"]
-    model = server.get("/v2/models/classifier").json()
+    conforms(server.get("/v2/models"))
+    model = conforms(server.get("/v2/models/classifier")).json()
+    assert model["price"]["tier"]
     assert model["name"] == "classifier" and model["versions"] == ["1"] and model["platform"] == "onnxruntime_onnx"
     assert model["inputs"] == [{"name": "features", "datatype": "FP32", "shape": [-1, 4]}]
-    assert server.get("/v2/models/classifier/versions/1").json() == model
-    assert server.get("/v2/models/minilm/ready").json() == {"name": "minilm", "ready": True}
+    assert conforms(server.get("/v2/models/classifier/versions/1")).json() == model
+    assert conforms(server.get("/v2/models/minilm/ready")).json() == {"name": "minilm", "ready": True}
+    conforms(server.get("/v1/models"))
+    conforms(server.get("/v1/usage"))
+    conforms(server.get("/v2/models/nope"))
     openapi = server.get("/openapi.json").json()
     assert "/v2/models/{model}/versions/{version}/infer" in openapi["paths"]
     assert "InferRequestBody" in openapi["components"]["schemas"]
@@ -106,7 +112,7 @@ def test_the_premium_tier_is_the_kept_warm_fp16_function(server: Server) -> None
 
 def test_classifier_and_requested_outputs(server: Server) -> None:
     x = np.array([[0.1, 0.2, 0.3, 0.4], [2.0, -1.0, 0.5, 0.0]], dtype=np.float32)
-    body = server.post("/v2/models/classifier/infer", json=fp32_request("features", x)).json()
+    body = conforms(server.post("/v2/models/classifier/infer", json=fp32_request("features", x, id="r-1"))).json()
     probs, label = output(body, "probabilities"), output(body, "label")
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
     assert (label == probs.argmax(axis=1)).all()
@@ -226,7 +232,7 @@ BAD_REQUESTS = [
     ("/v2/models/classifier/infer", orjson.dumps(_with(shape=[1, 4], data=[1, 2])), {}, 400, "2 elements"),
     ("/v2/models/classifier/infer", orjson.dumps(_with(name="feats")), {}, 400, "unknown input(s) ['feats']"),
     ("/v2/models/classifier/infer", orjson.dumps(_with(data=["a", "b", "c", "d"])), {}, 400, "must be numbers"),
-    ("/v2/models/classifier/infer", orjson.dumps({"inputs": []}), {}, 400, "non-empty list"),
+    ("/v2/models/classifier/infer", orjson.dumps({"inputs": []}), {}, 400, "inputs must have at least 1 item"),
     ("/v2/models/classifier/infer", b'{"inputs": [', {}, 400, "malformed"),
     ("/v2/models/classifier/infer", b"[1, 2]", {}, 400, "JSON object"),
     (

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from tests.conformance import conforms
 from tests.conftest import FUNCTIONS, ROOT, write_function
 from tests.integration.server import Server, start_server
 
@@ -191,7 +192,7 @@ def test_each_step_is_reported_and_the_ledger_itemizes_them(server: Server) -> N
             ]
         },
     )
-    assert response.status_code == 200, response.text
+    assert conforms(response).status_code == 200, response.text
     steps = response.json()["parameters"]["steps"]
     assert [s["name"] for s in steps] == ["embed", "customer", "joined", "triage"]
     model_steps = [s for s in steps if s["kind"] == "model"]
@@ -299,7 +300,7 @@ def test_pipeline_versions_take_aliases_and_canaries(server: Server) -> None:
 
 def test_a_text_to_embedding_pipeline_serves_openai_embeddings(server: Server) -> None:
     assert "embed-norm" in {m["id"] for m in server.get("/v1/models").json()["data"]}
-    r = server.post("/v1/embeddings", json={"model": "embed-norm", "input": ["a pipeline", "of two steps"]})
+    r = conforms(server.post("/v1/embeddings", json={"model": "embed-norm", "input": ["a pipeline", "of two steps"]}))
     assert r.status_code == 200, r.text
     vectors = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
     assert vectors.shape == (2, 384) and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)

@@ -23,7 +23,6 @@ from slserve.drift.monitor import DriftMonitor
 from slserve.drift.profile import Profile, Thresholds
 from slserve.drift.reference import reference_of
 from slserve.errors import (
-    InvalidInput,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
@@ -35,6 +34,7 @@ from slserve.features import CachedFeatures, SQLiteFeatureStore
 from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.dashboard import PAGE, Overview
+from slserve.gateway.endpoints import ENDPOINTS
 from slserve.gateway.front import Front, caller, error_reply
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
@@ -44,6 +44,8 @@ from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState
 from slserve.metering.ledger import Ledger, SQLiteLedger
 from slserve.platform.base import Deployed, Platform
+from slserve.protocols import parse
+from slserve.protocols.admin import DriftPin
 from slserve.router import pricing
 from slserve.router.dispatch import Router
 from slserve.settings import ServeSettings
@@ -70,12 +72,14 @@ class Gateway:
         settings: ServeSettings,
         router: Router,
         ledger: Ledger | None,
+        summary: Overview,
         monitor: DriftMonitor | None = None,
     ) -> None:
         self.platform = platform
         self.settings = settings
         self.router = router
         self.ledger = ledger
+        self.summary = summary  # what the dashboard shows
         self.monitor = monitor
 
     def function(self, request: Request, model: str, version: str | None) -> Deployed | DeployedPipeline:
@@ -192,11 +196,8 @@ class Gateway:
         """`{"model": M, "version": V}`: the version's live window becomes its drift reference (V defaults to the
         version the model's default route serves)."""
         monitor = self._monitor()
-        doc = await small_json(request)
-        version = doc.get("version") if isinstance(doc, dict) else None
-        if not isinstance(doc, dict) or not isinstance(doc.get("model"), str) or not isinstance(version, str | None):
-            raise InvalidInput('send {"model": "NAME", "version": "V"} (version optional: the default route\'s)')
-        route = self.router.default_route(doc["model"], version)
+        pin = parse(DriftPin, await small_body(request))
+        route = self.router.default_route(pin.model, pin.version)
         return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
@@ -204,6 +205,15 @@ class Gateway:
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
+
+    async def dashboard(self, request: Request) -> Response:  # async: run on the loop, beside what it reads
+        return Response(PAGE, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
+
+    async def no_icon(self, request: Request) -> Response:
+        return Response(status_code=204, headers={"cache-control": "max-age=86400"})
+
+    async def overview(self, request: Request) -> Response:
+        return json_response(self.summary.document())
 
     # --- OpenAI-compatible and billing ---------------------------------------------------------------------
 
@@ -236,8 +246,8 @@ class Gateway:
 SMALL_BODY = 64 * 1024  # what an admin command sends; more is refused before it is read
 
 
-async def small_json(request: Request) -> Any:
-    """A small JSON body (None when it is not JSON); past SMALL_BODY bytes, a 413 without reading the rest."""
+async def small_body(request: Request) -> bytes:
+    """A small body; past SMALL_BODY bytes, a 413 without reading the rest."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > SMALL_BODY:
         raise PayloadTooLarge(f"the body is {declared} bytes; this endpoint takes at most {SMALL_BODY}")
@@ -246,10 +256,7 @@ async def small_json(request: Request) -> Any:
         body += chunk
         if len(body) > SMALL_BODY:
             raise PayloadTooLarge(f"the body is over the {SMALL_BODY} bytes this endpoint takes")
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
+    return body
 
 
 def model_metadata(fdef: Deployed | DeployedPipeline) -> dict[str, Any]:
@@ -275,7 +282,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = NotFound(f"no route {request.url.path}; see GET /openapi.json")
     elif exc.status_code == 405:
-        error = MethodNotAllowed(f"{request.method} is not allowed here")
+        allow = (exc.headers or {}).get("Allow", "")
+        error = MethodNotAllowed(f"{request.method} is not allowed here; use {allow}", allow)
     else:
         error = SlserveError(str(exc.detail))
     status, body, headers = error_reply(error, request.url.path)
@@ -315,39 +323,9 @@ def build_app(
     metrics = Metrics(platform, router, ledger, monitor)
     timeline = Timeline()
     overview = Overview(platform, router, timeline, ledger, settings.currency)
-    gw = Gateway(platform, settings, router, ledger, monitor)
+    gw = Gateway(platform, settings, router, ledger, overview, monitor)
 
-    async def dashboard_page(request: Request) -> Response:  # async: run on the loop, beside what it reads
-        return Response(PAGE, media_type="text/html; charset=utf-8", headers={"cache-control": "no-store"})
-
-    async def no_icon(request: Request) -> Response:  # what a browser asks of every page: nothing, no 401
-        return Response(status_code=204, headers={"cache-control": "max-age=86400"})
-
-    async def overview_document(request: Request) -> Response:
-        return json_response(overview.document())
-
-    model = "/v2/models/{model}"
-    versioned = "/v2/models/{model}/versions/{version}"
-    routes = [
-        Route("/v2/health/live", gw.live),
-        Route("/v2/health/ready", gw.ready),
-        Route("/v2", gw.server_metadata),
-        Route("/v2/models", gw.models),
-        Route(model, gw.model_metadata),
-        Route(versioned, gw.model_metadata),
-        Route(f"{model}/ready", gw.model_ready),
-        Route(f"{versioned}/ready", gw.model_ready),
-        Route("/slserve/functions", gw.functions_status),
-        Route("/slserve/routes", gw.routes_status),
-        Route("/openapi.json", gw.openapi),
-        Route("/v1/models", gw.openai_models),
-        Route("/v1/usage", gw.usage),
-        Route("/dashboard", dashboard_page),
-        Route("/favicon.ico", no_icon),
-        Route("/slserve/overview", overview_document),
-        Route("/slserve/drift", gw.drift),
-        Route("/slserve/drift/pin", gw.drift_pin, methods=["POST"]),
-    ]
+    routes = [Route(e.path, getattr(gw, e.handler), methods=[e.method]) for e in ENDPOINTS if not e.front]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -15,7 +15,6 @@ import functools
 import logging
 import os
 import random
-import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
@@ -29,6 +28,7 @@ from slserve.compose.spec import PipelineSpec
 from slserve.errors import MethodNotAllowed, SlserveError, Unauthorized
 from slserve.gateway import logs, openai
 from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
+from slserve.gateway.endpoints import ADMIN_PREFIX, OPENAI_PREFIX, PUBLIC, Endpoint, front_endpoint
 from slserve.gateway.intake import ClientGone, Intake, body_limit
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
 from slserve.gateway.passage import Call, Passage, Reply
@@ -47,10 +47,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 ALLOW_UPGRADE = "x-slserve-allow-upgrade"
-INFER_PATH = re.compile(r"/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer")
-EMBEDDINGS_PATH = "/v1/embeddings"
 # No key needed: health, metrics, the dashboard's page (it has no data of its own), the icon browsers ask for.
-PUBLIC = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics", "/dashboard", "/favicon.ico"})
 CALLER = "slserve.key"  # where Starlette handlers find the authenticated key in the ASGI scope
 DECODE_IN_THREAD = 256 * 1024  # bodies larger than this are decoded off the event loop
 T = TypeVar("T")
@@ -101,14 +98,20 @@ def step_header(step: StepReport) -> str:
     return f"{step.name};function={step.served.result.function};ms={step.ms:.2f};cost={step.served.price}"
 
 
+def not_allowed(method: str, endpoint: Endpoint) -> MethodNotAllowed:
+    return MethodNotAllowed(f"{method} is not allowed here; {endpoint.method} it", endpoint.method)
+
+
 def error_reply(error: SlserveError, path: str) -> Reply:
-    body = openai.error_document(error) if path.startswith("/v1/") else orjson.dumps(error.to_dict())
+    body = openai.error_document(error) if path.startswith(OPENAI_PREFIX) else orjson.dumps(error.to_dict())
     headers = {"content-type": "application/json"}
     retry_after = getattr(error, "retry_after", None)
     if retry_after is not None:
         headers["retry-after"] = str(max(1, round(retry_after)))
     if isinstance(error, Unauthorized):
         headers["www-authenticate"] = 'Bearer realm="slserve"'
+    if isinstance(error, MethodNotAllowed):
+        headers["allow"] = error.allow
     return error.status, body, headers
 
 
@@ -145,8 +148,11 @@ class Front:
             await self.app(scope, receive, send)
             return
         path: str = scope["path"]
+        found = front_endpoint(path)
         if path in PUBLIC:
-            if path == "/metrics":
+            if found is not None and scope["method"] != found[0].method:
+                await _respond(send, *error_reply(not_allowed(scope["method"], found[0]), path))
+            elif found is not None:  # /metrics
                 await self.serve_metrics(scope, send)
             else:
                 await self.app(scope, receive, send)
@@ -157,20 +163,21 @@ class Front:
         call: Call | None = None
         try:
             key = self.auth.authenticate(headers)
-            if path.startswith("/slserve/"):
+            if path.startswith(ADMIN_PREFIX):
                 require_admin(key, path)
-            match = INFER_PATH.fullmatch(path)
-            if match is None and path != EMBEDDINGS_PATH:
+            if found is None:
                 scope[CALLER] = key
                 await self.app(scope, receive, _with_request_id(send, request_id))
                 return
-            if scope["method"] != "POST":
-                raise MethodNotAllowed(f"{scope['method']} is not allowed here; POST an inference request")
-            call = Call(request_id, key, "v2" if match else "openai", headers, b"", headers.get("idempotency-key"))
-            if match:
-                reply = await self.v2(call, match["model"], match["version"], receive, path)
-            else:
+            endpoint, params = found
+            if scope["method"] != endpoint.method:
+                raise not_allowed(scope["method"], endpoint)
+            protocol = "openai" if endpoint.openai else "v2"
+            call = Call(request_id, key, protocol, headers, b"", headers.get("idempotency-key"))
+            if endpoint.handler == "embeddings":
                 reply = await self.embeddings(call, receive, path)
+            else:
+                reply = await self.v2(call, params["model"], params.get("version"), receive, path)
         except ClientGone:
             return
         except SlserveError as e:
@@ -214,9 +221,9 @@ class Front:
         fdef = self.router.signature_function(route)
         limits = RequestLimits(self.max_elements, fdef.spec.limits.max_rows, fdef.spec.limits.max_bytes_per_element)
         v2 = await decode(len(call.body), parse_infer, fdef, call.body, headers.get(HEADER_LENGTH), limits)
-        asked_tier, asked_upgrade = v2.parameters.get("tier"), v2.parameters.get("allow_upgrade")
+        asked_tier, asked_upgrade = v2.parameters.tier, v2.parameters.allow_upgrade
         if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
-            tier = str(asked_tier) if asked_tier else tier
+            tier = asked_tier or tier
             upgrade = upgrade or asked_upgrade is True
             route = scoped(
                 key,
@@ -237,7 +244,7 @@ class Front:
         await self.passage.admit(call)
         await self.read_request(call, receive, self.embeddings_limit(), "the largest valid request to any function")
         request = await decode(len(call.body), openai.parse_embeddings, call.body)
-        tier = tier_for(key, headers.get("x-slserve-tier") or request.tier)
+        tier = tier_for(key, headers.get("x-slserve-tier") or request.body.tier)
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         sticky = routing_key(key, headers)
         draw = random.random()
@@ -265,7 +272,9 @@ class Front:
 
         def encode(served: Served) -> tuple[bytes, dict[str, str]]:
             result = served.result
-            body = openai.encode_embeddings(result.outputs[output], model_name, request.encoding_format, result.tokens)
+            body = openai.encode_embeddings(
+                result.outputs[output], model_name, request.body.encoding_format, result.tokens
+            )
             return body, {"content-type": "application/json", **result_headers(served)}
 
         return await self.passage.serve(call, route, infer, path, encode)

@@ -14,9 +14,10 @@ import orjson
 from slserve.errors import InvalidInput, SlserveError
 from slserve.platform.base import InferRequest
 from slserve.platform.v2 import RequestLimits
+from slserve.protocols import parse
+from slserve.protocols.openai import EmbeddingsRequestBody
 from slserve.spec import Datatype, NamedSpec
 
-MAX_INPUTS = 2048  # OpenAI's own limit per request
 ERROR_TYPES = {
     400: "invalid_request_error",
     401: "authentication_error",
@@ -28,15 +29,11 @@ ERROR_TYPES = {
 }
 
 
-@dataclass
+@dataclass(frozen=True)
 class EmbeddingsRequest:
-    model: str
-    selector: str | None  # version or alias
-    texts: list[str]
-    encoding_format: str
-    tier: str | None
-    dimensions: int | None
-    truncate: bool  # cut texts longer than the model's limit (else they are refused)
+    body: EmbeddingsRequestBody
+    model: str  # the model named in the body's `model`
+    selector: str | None  # and its version or alias
 
 
 def embedding_io(fdef: NamedSpec) -> tuple[str, str] | None:
@@ -62,54 +59,24 @@ def split_model(model: str) -> tuple[str, str | None]:
 
 
 def parse_embeddings(body: bytes) -> EmbeddingsRequest:
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as e:
-        raise InvalidInput(f"the request body is not valid JSON: {e}") from None
-    if not isinstance(doc, dict):
-        raise InvalidInput("the request body must be a JSON object with 'model' and 'input'")
-    model = doc.get("model")
-    if not isinstance(model, str) or not model:
-        raise InvalidInput("'model' must be a model name (GET /v1/models lists them)")
-    raw = doc.get("input")
-    texts = [raw] if isinstance(raw, str) else raw
-    if not isinstance(texts, list) or not texts:
-        raise InvalidInput("'input' must be a string or a non-empty list of strings")
-    if not all(isinstance(t, str) for t in texts):
-        raise InvalidInput("'input' must be text: token-id arrays are not accepted here, send the strings")
-    if any(not t for t in texts):
-        raise InvalidInput("'input' must not contain empty strings")
-    if len(texts) > MAX_INPUTS:
-        raise InvalidInput(f"'input' has {len(texts)} strings; at most {MAX_INPUTS} per request")
-    encoding = doc.get("encoding_format", "float")
-    if encoding not in ("float", "base64"):
-        raise InvalidInput("'encoding_format' must be 'float' or 'base64'")
-    tier = doc.get("tier")
-    if tier is not None and not isinstance(tier, str):
-        raise InvalidInput("'tier' must be a tier name")
-    dimensions = doc.get("dimensions")
-    if dimensions is not None and (not isinstance(dimensions, int) or isinstance(dimensions, bool)):
-        raise InvalidInput("'dimensions' must be an integer")
-    truncate = doc.get("truncate", False)
-    if not isinstance(truncate, bool):
-        raise InvalidInput("'truncate' must be true or false")
-    name, selector = split_model(model)
-    return EmbeddingsRequest(name, selector, texts, encoding, tier, dimensions, truncate)
+    doc = parse(EmbeddingsRequestBody, body)
+    name, selector = split_model(doc.model)
+    return EmbeddingsRequest(doc, name, selector)
 
 
 def infer_request(fdef: NamedSpec, request: EmbeddingsRequest, request_id: str, max_elements: int) -> InferRequest:
     io = embedding_io(fdef)
     if io is None:
         raise InvalidInput(f"{fdef.spec.model.name} is not a text-embedding model; GET /v1/models lists those that are")
-    dim = fdef.spec.signature.outputs[0].shape[1]
-    if request.dimensions is not None and request.dimensions != dim:
+    body, dim = request.body, fdef.spec.signature.outputs[0].shape[1]
+    if body.dimensions is not None and body.dimensions != dim:
         raise InvalidInput(f"'dimensions' must be {dim} for {fdef.spec.model.name} (or left out); it is fixed")
     limits = RequestLimits(max_elements, fdef.spec.limits.max_rows, fdef.spec.limits.max_bytes_per_element)
-    limits.check("input", [len(request.texts)], 0)
-    texts = np.empty(len(request.texts), dtype=object)
-    texts[:] = [t.encode() for t in request.texts]
+    limits.check("input", [len(body.input)], 0)
+    texts = np.empty(len(body.input), dtype=object)
+    texts[:] = [t.encode() for t in body.input]
     limits.check_bytes("input", texts)
-    options = {"truncate": True} if request.truncate else {}
+    options = {"truncate": True} if body.truncate else {}
     return InferRequest(fdef.name, {io[0]: texts}, [io[1]], request_id, options)
 
 

@@ -1,7 +1,8 @@
 """The Open Inference Protocol v2 (KServe / Triton) on the wire: JSON tensors and the binary tensor extension.
 
-Decoding goes straight from the body into numpy buffers (binary data is viewed in place, never copied) and is
-checked against the function's signature here, so a malformed request never reaches an instance.
+The message is validated by its one schema (`protocols.v2`); its tensors go straight from the body into numpy
+buffers (binary data is viewed in place, never copied) and are checked against the function's signature here, so
+a malformed request never reaches an instance.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ import orjson
 from slserve.errors import InvalidInput, PayloadTooLarge
 from slserve.platform.base import InferRequest, InferResult
 from slserve.platform.wire import tensor_from_payload, tensor_payload
+from slserve.protocols import parse
+from slserve.protocols.v2 import InferRequestBody, InferResponseBody, RequestedOutput, RequestParameters
 from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
 from slserve.spec import Datatype, NamedSpec
 
 HEADER_LENGTH = "inference-header-content-length"
 CLIENT_TIMEOUT = "x-slserve-timeout-ms"  # the client stops waiting after this: no work is queued or started past it
-MAX_DIMS = 32  # what the wire between the gateway and instances carries
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
+NO_PARAMETERS = RequestParameters()  # frozen: one for every request that sends none
 
 
 @dataclass
@@ -31,7 +34,7 @@ class V2Request:
     request: InferRequest
     id: str | None
     binary_outputs: set[str]  # outputs to return as binary data
-    parameters: dict[str, Any]  # the request-level v2 parameters
+    parameters: RequestParameters  # the request-level v2 parameters
 
 
 def client_timeout_s(headers: dict[str, str]) -> float:
@@ -59,8 +62,6 @@ class RequestLimits:
     def check(self, name: str, shape: list[int], elements_so_far: int) -> int:
         """The elements `shape` declares (413 past either limit). A zero dimension makes no shape free: the
         others are held to the limit too."""
-        if len(shape) > MAX_DIMS:
-            raise _fail(f"input {name!r}: shape {shape[:8]}... has {len(shape)} dimensions; at most {MAX_DIMS}")
         count = math.prod(shape)
         if elements_so_far + max(count, math.prod(d for d in shape if d)) > self.max_elements:
             raise PayloadTooLarge(
@@ -168,59 +169,32 @@ def _flatten(data: Any, max_depth: int, name: str) -> list[Any]:
     return out
 
 
-def _shape(value: Any, name: str) -> list[int]:
-    if not isinstance(value, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in value):
-        raise _fail(f"input {name!r}: shape must be a list of non-negative integers, got {value!r}")
-    return value
-
-
-def _datatype(value: Any, name: str) -> Datatype:
-    try:
-        return Datatype(value)
-    except ValueError:
-        allowed = ", ".join(d.value for d in Datatype)
-        raise _fail(f"input {name!r}: unknown datatype {value!r}; use one of {allowed}") from None
-
-
-def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
-    view = memoryview(body)
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryview]:
+    """The JSON header (the whole body when no length is declared) and the binary tensors after it."""
     if header_length is None:
-        return view, view[len(view) :]
+        return body, memoryview(body)[len(body) :]
     try:
         n = int(header_length)
     except ValueError:
         raise _fail(f"Inference-Header-Content-Length must be an integer, got {header_length!r}") from None
     if not 0 < n <= len(body):
         raise _fail(f"Inference-Header-Content-Length is {n} but the body has {len(body)} bytes")
-    return view[:n], view[n:]
+    view = memoryview(body)
+    return bytes(view[:n]), view[n:]
 
 
 def parse_infer(fdef: NamedSpec, body: bytes, header_length: str | None, limits: RequestLimits) -> V2Request:
     header, binary = split_body(body, header_length)
-    try:
-        doc = orjson.loads(header)
-    except orjson.JSONDecodeError as e:
-        raise _fail(f"the request's JSON is malformed: {e}") from None
-    if not isinstance(doc, dict):
-        raise _fail("the request body must be a JSON object with an 'inputs' list")
-    raw_inputs = doc.get("inputs")
-    if not isinstance(raw_inputs, list) or not raw_inputs:
-        raise _fail("'inputs' must be a non-empty list of tensors ({name, datatype, shape, data})")
+    doc = parse(InferRequestBody, header)
     inputs: dict[str, np.ndarray] = {}
     offset = elements = 0
-    for i, raw in enumerate(raw_inputs):
-        if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
-            raise _fail(f"inputs[{i}] must be an object with a string 'name'")
-        name = raw["name"]
+    for tensor in doc.inputs:
+        name, datatype, shape = tensor.name, tensor.datatype, tensor.shape
         if name in inputs:
             raise _fail(f"input {name!r} appears twice")
-        datatype, shape = _datatype(raw.get("datatype"), name), _shape(raw.get("shape"), name)
         elements += limits.check(name, shape, elements)  # before anything is allocated for the shape
-        params = raw.get("parameters") or {}
-        size = params.get("binary_data_size") if isinstance(params, dict) else None
+        size = tensor.parameters.binary_data_size if tensor.parameters else None
         if size is not None:
-            if not isinstance(size, int) or size < 0:
-                raise _fail(f"input {name!r}: binary_data_size must be a non-negative integer")
             if offset + size > len(binary):
                 raise _fail(
                     f"input {name!r}: binary_data_size {size} runs past the end of the binary data "
@@ -228,8 +202,8 @@ def parse_infer(fdef: NamedSpec, body: bytes, header_length: str | None, limits:
                 )
             inputs[name] = tensor_from_payload(datatype, shape, binary[offset : offset + size], name)
             offset += size
-        elif "data" in raw:
-            inputs[name] = _json_tensor(raw["data"], datatype, shape, name)
+        elif tensor.data is not None:
+            inputs[name] = _json_tensor(tensor.data, datatype, shape, name)
         else:
             raise _fail(f"input {name!r} has neither 'data' nor parameters.binary_data_size")
         if datatype is Datatype.BYTES:
@@ -237,37 +211,26 @@ def parse_infer(fdef: NamedSpec, body: bytes, header_length: str | None, limits:
     if offset != len(binary):
         raise _fail(f"{len(binary) - offset} bytes of binary data are not claimed by any input's binary_data_size")
     checked = check_inputs(fdef.spec.signature, inputs)
-    outputs, binary_outputs = _requested_outputs(fdef, doc)
-    request_id = None if doc.get("id") is None else str(doc["id"])
-    params = doc.get("parameters")
-    params = params if isinstance(params, dict) else {}
-    truncate = params.get("truncate", False)
-    if not isinstance(truncate, bool):
-        raise _fail("parameters.truncate must be true or false")
-    options = {"truncate": True} if truncate else {}
-    return V2Request(InferRequest(fdef.name, checked, outputs, request_id, options), request_id, binary_outputs, params)
+    params = doc.parameters or NO_PARAMETERS
+    outputs, binary_outputs = _requested_outputs(fdef, doc.outputs, params.binary_data_output)
+    options = {"truncate": True} if params.truncate else {}
+    return V2Request(InferRequest(fdef.name, checked, outputs, doc.id, options), doc.id, binary_outputs, params)
 
 
-def _requested_outputs(fdef: NamedSpec, doc: dict[str, Any]) -> tuple[list[str] | None, set[str]]:
+def _requested_outputs(
+    fdef: NamedSpec, asked: list[RequestedOutput] | None, binary_all: bool
+) -> tuple[list[str] | None, set[str]]:
     known = [t.name for t in fdef.spec.signature.outputs]
-    params = doc.get("parameters") or {}
-    binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
-    raw = doc.get("outputs")
-    if raw is None:
+    if asked is None:
         return None, set(known) if binary_all else set()
-    if not isinstance(raw, list):
-        raise _fail("'outputs' must be a list of {name, parameters}")
     names: list[str] = []
     binary: set[str] = set()
-    for i, out in enumerate(raw):
-        if not isinstance(out, dict) or not isinstance(out.get("name"), str):
-            raise _fail(f"outputs[{i}] must be an object with a string 'name'")
-        if out["name"] not in known:
-            raise _fail(f"unknown output {out['name']!r}; this function returns {known}")
-        names.append(out["name"])
-        out_params = out.get("parameters") or {}
-        if binary_all or (isinstance(out_params, dict) and out_params.get("binary_data")):
-            binary.add(out["name"])
+    for out in asked:
+        if out.name not in known:
+            raise _fail(f"unknown output {out.name!r}; this function returns {known}")
+        names.append(out.name)
+        if binary_all or (out.parameters is not None and out.parameters.binary_data):
+            binary.add(out.name)
     return names, binary
 
 
@@ -325,15 +288,13 @@ def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
 def decode_outputs(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:
     """The outputs of a v2 response (JSON data or binary), as numpy arrays."""
     header, binary = split_body(body, header_length)
-    doc = orjson.loads(header)
     outputs: dict[str, np.ndarray] = {}
     offset = 0
-    for out in doc.get("outputs", []):
-        datatype, shape = Datatype(out["datatype"]), list(out["shape"])
-        size = (out.get("parameters") or {}).get("binary_data_size")
+    for out in parse(InferResponseBody, header).outputs:
+        size = out.parameters.binary_data_size if out.parameters else None
         if size is not None:
-            outputs[out["name"]] = tensor_from_payload(datatype, shape, binary[offset : offset + size], out["name"])
+            outputs[out.name] = tensor_from_payload(out.datatype, out.shape, binary[offset : offset + size], out.name)
             offset += size
         else:
-            outputs[out["name"]] = _json_tensor(out["data"], datatype, shape, out["name"])
+            outputs[out.name] = _json_tensor(out.data or [], out.datatype, out.shape, out.name)
     return outputs
