@@ -14,7 +14,8 @@ from tests.conftest import SMALL_MLP_TOML
 
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed, InferRequest, InferResult
-from slserve.router.dispatch import Router, Served
+from slserve.router.live import Router
+from slserve.serving import Runner, Served
 from slserve.spec import FunctionSpec
 
 
@@ -50,7 +51,7 @@ def serve(tmp_path: Path, routes: str, gpu: bool | None, standard: bool = True) 
     route = router.route("small-mlp", None, routing_key="", tier="premium", allow_upgrade=False, draw=0.5)
     host = CpuOnlyHost(gpu)
     request = InferRequest("enc-gpu", {"x": np.ones((2, 16), dtype=np.float32)})
-    return asyncio.run(router.infer(host, route, request)), host.called  # type: ignore[arg-type]
+    return asyncio.run(Runner(router).infer(host, route, request)), host.called  # type: ignore[arg-type]
 
 
 REFUSE = """

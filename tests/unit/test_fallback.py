@@ -13,7 +13,8 @@ from tests.conftest import SMALL_MLP_TOML
 
 from slserve.errors import InstanceFailed, SlserveError
 from slserve.platform.base import Deployed, InferRequest, InferResult
-from slserve.router.dispatch import Router
+from slserve.router.live import Router
+from slserve.serving import Runner
 from slserve.spec import FunctionSpec
 
 
@@ -47,7 +48,7 @@ def serve(failure: SlserveError, tmp_path: Path) -> tuple[list[str], str | None]
     route = router.route("small-mlp", None, routing_key="", tier="standard", allow_upgrade=False, draw=0.5)
     platform = TwoTiers(failure)
     request = InferRequest("enc-std", {"x": np.ones((1, 16), dtype=np.float32)})
-    served = asyncio.run(router.infer(platform, route, request))  # type: ignore[arg-type]
+    served = asyncio.run(Runner(router).infer(platform, route, request))  # type: ignore[arg-type]
     return platform.called, served.fallback
 
 

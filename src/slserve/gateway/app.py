@@ -47,7 +47,8 @@ from slserve.platform.base import Deployed, Platform
 from slserve.protocols import parse
 from slserve.protocols.admin import DriftPin
 from slserve.router import pricing
-from slserve.router.dispatch import Router
+from slserve.router.live import Router
+from slserve.serving import Runner
 from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
 from slserve.spec import version_order
@@ -70,17 +71,17 @@ class Gateway:
         self,
         platform: Platform,
         settings: ServeSettings,
-        router: Router,
+        runner: Runner,
         ledger: Ledger | None,
         summary: Overview,
-        monitor: DriftMonitor | None = None,
     ) -> None:
         self.platform = platform
         self.settings = settings
-        self.router = router
+        self.runner = runner
+        self.router = runner.router
         self.ledger = ledger
         self.summary = summary  # what the dashboard shows
-        self.monitor = monitor
+        self.monitor = runner.monitor
 
     def function(self, request: Request, model: str, version: str | None) -> Deployed | DeployedPipeline:
         """The function that answers for `model` (a model name through the routes, or a function's name) and
@@ -185,11 +186,7 @@ class Gateway:
         if model is not None and model not in self.router.table.models:
             raise ModelNotFound(f"unknown model {model!r}; models: {sorted(self.router.table.models)}")
         versions = [d.to_dict() for d in monitor.report(model)]
-        shadows = [
-            {"model": m, "alias": a, "shadow_version": v, **stats.to_dict()}
-            for (m, a, v), stats in self.router.shadows.items()
-            if model is None or m == model
-        ]
+        shadows = self.runner.shadows.describe(model)
         return json_response({"window_s": monitor.window_s, "versions": versions, "shadows": shadows})
 
     async def drift_pin(self, request: Request) -> Response:
@@ -201,7 +198,7 @@ class Gateway:
         return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
-        return json_response(self.router.describe())
+        return json_response(self.runner.describe_routes())
 
     async def openapi(self, request: Request) -> Response:
         return json_response(openapi_document())
@@ -311,7 +308,8 @@ def build_app(
     pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
     monitor = drift_monitor(platform, store, settings) if settings.drift else None
-    router = Router(platform.functions(), settings.routes, pipelines, features, monitor)
+    router = Router(platform.functions(), settings.routes, pipelines)
+    runner = Runner(router, monitor, features)
     keys = keys or SQLiteKeyStore(settings.state)
     if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)
@@ -319,11 +317,11 @@ def build_app(
     if (ledger is None) != (fleet is None):
         raise ValueError("a gateway's ledger and fleet state come together (idempotency and quotas need both)")
     timeout_s, bill_abandoned = settings.request_timeout_s, settings.bill_abandoned
-    passage = Passage(platform, router, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
-    metrics = Metrics(platform, router, ledger, monitor)
+    passage = Passage(platform, runner, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
+    metrics = Metrics(platform, runner, ledger)
     timeline = Timeline()
-    overview = Overview(platform, router, timeline, ledger, settings.currency)
-    gw = Gateway(platform, settings, router, ledger, overview, monitor)
+    overview = Overview(platform, runner, timeline, ledger, settings.currency)
+    gw = Gateway(platform, settings, runner, ledger, overview)
 
     routes = [Route(e.path, getattr(gw, e.handler), methods=[e.method]) for e in ENDPOINTS if not e.front]
 

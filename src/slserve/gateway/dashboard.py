@@ -11,7 +11,7 @@ from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.ledger import Ledger
 from slserve.platform.base import Platform
-from slserve.router.dispatch import Router
+from slserve.serving import Runner
 
 PAGE = files("slserve.gateway").joinpath("dashboard.html").read_bytes()
 MONEY_TTL_S = 5.0  # the month's sums are a query over the ledger: shared by every poll within this time
@@ -19,10 +19,10 @@ MONEY_TTL_S = 5.0  # the month's sums are a query over the ledger: shared by eve
 
 class Overview:
     def __init__(
-        self, platform: Platform, router: Router, timeline: Timeline, ledger: Ledger | None, currency: str
+        self, platform: Platform, runner: Runner, timeline: Timeline, ledger: Ledger | None, currency: str
     ) -> None:
         self.platform = platform
-        self.router = router
+        self.runner = runner
         self.timeline = timeline
         self.ledger = ledger
         self.currency = currency
@@ -35,8 +35,8 @@ class Overview:
             "host": self.platform.host(),
             "recent": self.timeline.recent(60),
             "timeline": self.timeline.series(),
-            "routes": self.router.describe(),
-            "drift": [d.to_dict() for d in self.router.monitor.report()] if self.router.monitor else [],
+            "routes": self.runner.describe_routes(),
+            "drift": [d.to_dict() for d in self.runner.monitor.report()] if self.runner.monitor else [],
             "money": self.money(),
         }
 

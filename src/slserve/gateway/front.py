@@ -35,8 +35,9 @@ from slserve.gateway.passage import Call, Passage, Reply
 from slserve.gateway.timeline import Timeline
 from slserve.platform.base import InferResult
 from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
-from slserve.router.dispatch import Resolve, Router, Served
+from slserve.router.live import Resolve, Router
 from slserve.router.table import Route
+from slserve.serving import Served
 from slserve.settings import ServeSettings
 from slserve.spec import FunctionSpec
 
@@ -129,7 +130,7 @@ class Front:
         self.timeline = timeline
         self.auth = auth
         self.passage = passage
-        self.router: Router = passage.router
+        self.router: Router = passage.runner.router
         self.metrics = metrics
         self.max_body_bytes = settings.max_body_bytes
         self.max_elements = settings.max_tensor_elements

@@ -13,7 +13,7 @@ from prometheus_client.registry import Collector
 from slserve.drift.monitor import DriftMonitor
 from slserve.metering.ledger import Ledger
 from slserve.platform.base import Platform
-from slserve.router.dispatch import Router
+from slserve.serving import Runner
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
@@ -21,9 +21,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class Metrics:
-    def __init__(
-        self, platform: Platform, router: Router, ledger: Ledger | None, monitor: DriftMonitor | None = None
-    ) -> None:
+    def __init__(self, platform: Platform, runner: Runner, ledger: Ledger | None) -> None:
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["endpoint", "model", "version", "alias", "tier", "status"]
         self.requests = Counter("slserve_requests", "Inference requests answered", labels, registry=self.registry)
@@ -54,7 +52,7 @@ class Metrics:
         self.fallbacks = Counter(
             "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
         )
-        self.registry.register(StateCollector(platform, router, ledger, monitor))
+        self.registry.register(StateCollector(platform, runner, ledger))
         # A labelled child is looked up (lock, label checks) on every `labels()` call; a request's labels repeat,
         # so each combination is looked up once. Bounded by the models, versions, tiers and statuses served.
         self._answered: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
@@ -83,13 +81,12 @@ class Metrics:
 
 
 class StateCollector(Collector):
-    def __init__(
-        self, platform: Platform, router: Router, ledger: Ledger | None, monitor: DriftMonitor | None = None
-    ) -> None:
+    def __init__(self, platform: Platform, runner: Runner, ledger: Ledger | None) -> None:
         self.platform = platform
-        self.router = router
+        self.router = runner.router
+        self.shadows = runner.shadows
         self.ledger = ledger
-        self.monitor = monitor
+        self.monitor = runner.monitor
 
     def collect(self) -> Iterator[Metric]:
         queued = GaugeMetricFamily("slserve_queue_depth", "Requests waiting for an instance", labels=["function"])
@@ -160,7 +157,7 @@ class StateCollector(Collector):
                 "slserve_shadow_argmax_agreement", "Share of rows with the same argmax", labels=labels
             ),
         }
-        for (model, alias, version), stats in list(self.router.shadows.items()):
+        for (model, alias, version), stats in list(self.shadows.stats.items()):
             values = stats.to_dict()
             requests.add_metric([model, alias, version], stats.requests)
             failures.add_metric([model, alias, version], stats.failures)

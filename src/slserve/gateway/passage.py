@@ -37,8 +37,9 @@ from slserve.metering.fleet import LEASE_MARGIN_S, FleetState
 from slserve.metering.ledger import Ledger, Record, StoredResponse, steps_json
 from slserve.platform.base import Cancellation, InferRequest, Platform
 from slserve.platform.v2 import client_timeout_s
-from slserve.router.dispatch import Resolve, Router, Served
+from slserve.router.live import Resolve
 from slserve.router.table import Route
+from slserve.serving import Runner, Served
 
 REPLAY = "x-slserve-idempotent-replay"
 ABANDONED = 499  # the ledger status of a request whose client went away (nginx's "client closed request")
@@ -92,7 +93,7 @@ class Passage:
     def __init__(
         self,
         platform: Platform,
-        router: Router,
+        runner: Runner,
         limiter: Limiter,
         ledger: Ledger | None,
         fleet: FleetState | None,
@@ -100,7 +101,7 @@ class Passage:
         bill_abandoned: bool = False,
     ) -> None:
         self.platform = platform
-        self.router = router
+        self.runner = runner
         self.limiter = limiter
         self.ledger = ledger
         self.fleet = fleet
@@ -182,7 +183,7 @@ class Passage:
         try:
             if call.gone:  # left while waiting for its key or its body: nothing was started
                 raise ClientClosedRequest("the client went away before the request ran")
-            served = await self.deadlines.run(self.router.infer(self.platform, route, request, call.resolve))
+            served = await self.deadlines.run(self.runner.infer(self.platform, route, request, call.resolve))
         except TimeoutError:
             error: SlserveError = GatewayTimeout(
                 f"{route.model} did not answer within {self.timeout_s:g} s (request_timeout_s); retry later"

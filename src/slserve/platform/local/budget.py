@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Protocol
 
+from slserve.errors import MemoryFull
 from slserve.platform.local.eviction import MB, GreedyDual, Idle, longest_idle
 from slserve.platform.local.instance_handle import Instance, InstanceState
 from slserve.platform.local.memory import Footprint, MemoryMeter, cgroup_oom_kills, descendants, host_memory, resident
@@ -290,3 +291,25 @@ class MemoryBudget:
             for inst in tenant.instances.values()
             if inst.pid is not None and (r := self.meter.readings.get(inst.pid)) is not None
         )
+
+
+def refusal(budget: MemoryBudget, tenant: Tenant, admission: Admission) -> MemoryFull | None:
+    """The 503 for `tenant`'s waiting requests when its instance cannot start (`admission` is not YES): at once
+    when it could never fit, after `WAIT_S` when busy instances hold the memory and none of its own serves;
+    None while it should wait on."""
+    need, limit = budget.need(tenant).pss >> 20, budget.limit >> 20
+    if admission is Admission.NEVER:
+        return MemoryFull(
+            f"{tenant.name}: an instance needs about {need} MB, more than the host's memory budget ({limit} MB, "
+            "memory_budget_mb) leaves instances even with every other stopped; raise the budget or lower what the "
+            "function holds",
+            retry_after=WAIT_S,
+        )
+    serving = any(i.serving for i in tenant.instances.values())
+    if admission is Admission.WAIT and budget.waited(tenant) > WAIT_S and not serving:
+        return MemoryFull(
+            f"{tenant.name}: the host's memory budget ({limit} MB, memory_budget_mb) is held by busy instances "
+            f"and an instance of this function needs about {need} MB; retry after the Retry-After interval",
+            retry_after=WAIT_S,
+        )
+    return None

@@ -24,38 +24,32 @@ from pathlib import Path
 from slserve import host
 from slserve.errors import (
     ClientClosedRequest,
-    GatewayTimeout,
-    MemoryFull,
-    Overloaded,
     OverMemoryLimit,
     PoisonRequest,
     RuntimeUnavailable,
     ShuttingDown,
     SlserveError,
-    error_from_wire,
 )
 from slserve.keepalive import IdleGaps, Rhythm
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.platform.local.admission import check_room
 from slserve.platform.local.autoscaler import (
     InstanceLoad,
     decide,
     desired_instances,
-    expected_wait_s,
-    retry_after_s,
 )
-from slserve.platform.local.budget import WAIT_S, Admission, MemoryBudget
+from slserve.platform.local.budget import Admission, MemoryBudget, refusal
 from slserve.platform.local.cores import HostCores
 from slserve.platform.local.deaths import PoisonMemory, after_death
 from slserve.platform.local.dispatch import Dispatcher
-from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail, resolve
+from slserve.platform.local.instance_handle import Instance, InstanceState, Pending, fail
 from slserve.platform.local.processes import Processes, kill
+from slserve.platform.local.replies import Speed, answer
+from slserve.platform.local.starts import START_RETRY_S, StartFailures
 from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
 from slserve.spec import FunctionSpec
 
-MAX_START_FAILURES = 3
-START_RETRY_S = 2.0  # after a failed start, requests fail fast this long before the next start is tried
-SPEED_WEIGHT = 0.1  # of each new reply in the moving average of an instance's rows per second
 ABANDONED_STOP_S = 1.0  # an instance computing only for callers gone this long is stopped
 _request_ids = itertools.count(1)
 log = logging.getLogger("slserve.platform")
@@ -67,6 +61,12 @@ def slots(spec: FunctionSpec) -> int:
 
 
 class FunctionPool:
+    """The one owner of a function's state on this machine: its instances, queue, counters and errors. It is
+    longer than a class should be because every event that changes that state (a request, a reply, an instance
+    ready or gone, a redeploy, an artifact check, the drain) must change it in one place, on the event loop; the
+    rules those events apply each live in a module of their own (`admission`, `autoscaler`, `dispatch`,
+    `replies`, `deaths`, `starts`, `budget`)."""
+
     def __init__(
         self,
         function: Deployed,
@@ -91,9 +91,8 @@ class FunctionPool:
         self.cold_starts = 0
         self.served = 0
         self.failed = 0
-        self.start_failures = 0
-        self.failed_start_at = -START_RETRY_S
-        self.rows_per_s: float | None = None  # one instance's speed, a moving average over replies
+        self.starts = StartFailures(function.name)
+        self.speed = Speed()  # one instance's rows per second
         self.device: str | None = None  # where its instances run, once one has loaded
         self.budget = budget  # the host's memory, shared with every other function (None: unbounded)
         self.rhythm = Rhythm(self.spec.scaling.idle_seconds, gaps)  # its idle gaps choose its keep-alive
@@ -112,18 +111,11 @@ class FunctionPool:
             raise RuntimeUnavailable(self.artifact_error)
         self.poison.check(request)
         self._called()
-        recently_failed = time.monotonic() - self.failed_start_at < START_RETRY_S
-        if self.error and recently_failed and not self.instances:
+        if self.error and self.starts.recent() and not self.instances:
             raise RuntimeUnavailable(f"{self.error} (retrying in at most {START_RETRY_S:.0f} s)")
-        queued = len(self.dispatcher.queue)
-        if queued >= self.spec.scaling.queue_size:
-            serving = sum(1 for i in self.instances.values() if i.state is not InstanceState.DRAINING)
-            raise Overloaded(
-                f"{self.function.name}: {queued} requests are already waiting (scaling.queue_size); "
-                "retry after the Retry-After interval",
-                retry_after=retry_after_s(queued, serving, self.rows_per_s),
-            )
-        self._admit_by_deadline(request)
+        check_room(
+            self.function.name, self.spec, self.dispatcher, self.instances.values(), self.speed.rows_per_s, request
+        )
         loop = asyncio.get_running_loop()
         rows = int(next(iter(request.inputs.values())).shape[0]) if request.inputs else 1
         pending = Pending(request, loop.create_future(), time.monotonic(), next(_request_ids), rows=rows)
@@ -151,23 +143,6 @@ class FunctionPool:
         self.rhythm.called(time.monotonic(), self.cold_start_s)
         if self.budget is not None:
             self.budget.called(self, self.cold_start_s * 1000)
-
-    def _admit_by_deadline(self, request: InferRequest) -> None:
-        """A request that would wait past its deadline behind the work already queued is refused now (429), not
-        left to time out in the queue: its client can retry elsewhere or later, and no capacity is spent on an
-        answer nobody will read."""
-        if request.deadline is None or not self.dispatcher.queue:
-            return
-        serving = sum(1 for i in self.instances.values() if i.serving)
-        wait = expected_wait_s(self.dispatcher.rows_ahead(), serving, self.rows_per_s)
-        left = request.deadline - time.monotonic()
-        if wait is not None and wait > left:
-            raise Overloaded(
-                f"{self.function.name}: the {len(self.dispatcher.queue)} requests waiting need about {wait:.1f} s, "
-                f"more than this request's {max(left, 0.0):.1f} s left (request_timeout_s, or x-slserve-timeout-ms); "
-                "retry later",
-                retry_after=wait,
-            )
 
     def warm_capacity(self) -> int:
         return self.dispatcher.warm_capacity()
@@ -198,47 +173,20 @@ class FunctionPool:
         inst.served += 1
         if msg.kind is Kind.RESULT:
             self.served += 1
-            self._measure_speed(msg)
-            result = InferResult(
-                outputs=msg.tensors,
-                function=self.function.name,
-                version=inst.version,
-                instance=inst.name,
-                queue_ms=(pending.dispatched_at - pending.enqueued_at) * 1000,
-                compute_ms=float(msg.meta.get("compute_ms", 0.0)),
-                batch_size=int(msg.meta.get("batch_size", 1)),
-                cold_start_ms=pending.cold_start_ms,
-                tokens=msg.meta.get("tokens"),
-                notes=msg.meta.get("notes") or {},
-                device=inst.device,
-            )
-            resolve(pending, result)
-        elif msg.kind is Kind.DROPPED:
-            if msg.meta.get("reason") == "deadline":
-                fail(pending, GatewayTimeout(f"{self.function.name}: the request's deadline passed before it ran"))
-            else:
-                fail(pending, ClientClosedRequest(f"{self.function.name}: the client went away; not run"))
-        else:
+            self.speed.measure(msg)
+        elif msg.kind is not Kind.DROPPED:
             self.failed += 1
-            fail(pending, error_from_wire(msg.meta["status"], msg.meta["code"], msg.meta["message"]))
+        answer(self.function.name, inst, pending, msg)
         self.dispatcher.dispatch()
         if not self.dispatcher.waiting and not any(i.in_flight for i in self.instances.values()):
             self.rhythm.went_idle(time.monotonic())
-
-    def _measure_speed(self, msg: Message) -> None:
-        """Rows per second of the model call that answered `msg` (its batch over its time), averaged."""
-        seconds = float(msg.meta.get("compute_ms", 0.0)) / 1000
-        if seconds > 0:
-            speed = int(msg.meta.get("batch_size", 1)) / seconds
-            last = self.rows_per_s
-            self.rows_per_s = speed if last is None else last + SPEED_WEIGHT * (speed - last)
 
     # --- instances -----------------------------------------------------------------------------------------
 
     def autoscale(self) -> None:
         if self.processes.template is None or self.digest is None or self.closing:
             return
-        if self.error and self.start_failures >= MAX_START_FAILURES and not self.dispatcher.waiting:
+        if self.error and self.starts.given_up() and not self.dispatcher.waiting:
             return  # a function that keeps failing to start waits for the next request to try again
         now = time.monotonic()
         ready: list[InstanceLoad] = []
@@ -272,37 +220,17 @@ class FunctionPool:
         """Start an instance, if the host's memory budget has room for it (else room is being made, or the
         requests waiting are refused); returns whether it started."""
         assert self.digest is not None
-        if self.budget is not None and not self._memory_for_one(self.budget):
-            return False
+        if self.budget is not None:
+            admission = self.budget.admit(self)
+            if admission is not Admission.YES:
+                refused = refusal(self.budget, self, admission)
+                if refused is not None:
+                    self._fail_queue(refused)
+                return False
         inst = Instance(self.function.name, next(self._numbers), self.digest, self.spec.model.version)
         self.instances[inst.number] = inst
         self.processes.start(inst)
         return True
-
-    def _memory_for_one(self, budget: MemoryBudget) -> bool:
-        admission = budget.admit(self)
-        if admission is Admission.YES:
-            return True
-        need, limit = budget.need(self).pss >> 20, budget.limit >> 20
-        if admission is Admission.NEVER:
-            self._fail_queue(
-                MemoryFull(
-                    f"{self.function.name}: an instance needs about {need} MB, more than the host's memory budget "
-                    f"({limit} MB, memory_budget_mb) leaves instances even with every other stopped; raise the "
-                    "budget or lower what the function holds",
-                    retry_after=WAIT_S,
-                )
-            )
-        elif budget.waited(self) > WAIT_S and not any(i.serving for i in self.instances.values()):
-            self._fail_queue(
-                MemoryFull(
-                    f"{self.function.name}: the host's memory budget ({limit} MB, memory_budget_mb) is held by busy "
-                    f"instances and an instance of this function needs about {need} MB; retry after the "
-                    "Retry-After interval",
-                    retry_after=WAIT_S,
-                )
-            )
-        return False
 
     # --- the memory budget's view (budget.Tenant) ----------------------------------------------------------
 
@@ -350,7 +278,8 @@ class FunctionPool:
         self.function, self.spec, self.digest = function, function.spec, function.digest
         self.rhythm.cap_s = self.spec.scaling.idle_seconds
         self.dispatcher.slots, self.dispatcher.digest = slots(self.spec), self.digest
-        self.error, self.start_failures, self.artifact_error = None, 0, None
+        self.error, self.artifact_error = None, None
+        self.starts.started()
         serving = 0
         for inst in list(self.instances.values()):
             if inst.state is InstanceState.STARTING:
@@ -387,7 +316,7 @@ class FunctionPool:
         if replaced:  # a redeploy's replacement: one instance of the previous build stops
             self._retire(min(replaced, key=lambda i: len(i.in_flight)))
         self.cold_starts += 1
-        self.start_failures = 0
+        self.starts.started()
         self.error = None
         self.dispatcher.dispatch()
         self.autoscale()
@@ -427,21 +356,12 @@ class FunctionPool:
         for pending in orphans:
             self._orphaned(pending, inst, status)
         if not was_ready and not expected:
-            self.start_failures += 1
-            self.failed_start_at = time.monotonic()
-            if start_error is not None:
-                detail = start_error.message.removeprefix(f"{self.function.name}: ")  # named once, here
-            else:
-                detail = f"instance {inst.name} exited while starting ({status})"
             previous = any(i.ready_at is not None and i.digest != inst.digest for i in self.instances.values())
-            error = f"{self.function.name}: cannot start an instance: {detail}"
-            if previous:  # a redeploy that cannot start: the build before it serves on
-                error += f" (build {inst.digest[:12]}; the previous build keeps serving)"
+            error = self.starts.failed(inst, start_error, status, previous)
             if error != self.error:
                 log.error("%s", error)
             self.error = error
-            # An error the instance reported (bad artifact, broken model code) will not go away by retrying now.
-            if start_error is not None or self.start_failures >= MAX_START_FAILURES:
+            if start_error is not None or self.starts.given_up():
                 self._fail_queue(RuntimeUnavailable(self.error))
         self.dispatcher.dispatch()
         self.autoscale()
