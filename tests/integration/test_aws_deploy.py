@@ -130,7 +130,7 @@ def test_the_stores_keep_what_money_needs(deployed: dict[str, Any]) -> None:
 
 def test_the_rest_variant_and_the_modal_target_stay_clean(deployed: dict[str, Any], build_sample) -> None:  # type: ignore[no-untyped-def]
     from slserve.aws.deploy import lint, synthesize
-    from slserve.aws.stack import DeployPlan, FunctionPlan
+    from slserve.aws.plan import DeployPlan, FunctionPlan
 
     root = deployed["root"]
     spec = load_function(root / "functions" / "classifier").spec
@@ -228,7 +228,7 @@ def test_a_second_stage_has_names_of_its_own_and_the_key_secret_outlives_the_sta
     """Two stacks in one account and region (a stage per prefix); `cdk destroy` keeps the tables and the HMAC key
     they need, and a later stack reuses that key (--key-secret-arn) instead of making one that cannot read them."""
     from slserve.aws.deploy import lint, synthesize
-    from slserve.aws.stack import DeployPlan, FunctionPlan
+    from slserve.aws.plan import DeployPlan, FunctionPlan
 
     root = deployed["root"]
     spec = load_function(root / "functions" / "classifier").spec

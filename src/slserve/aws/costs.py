@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from slserve.aws.plan import FunctionPlan, lambda_memory_mb
 from slserve.aws.schema import LEDGER
-from slserve.aws.stack import FunctionPlan, lambda_memory_mb
 
 # List prices, us-east-1 (2026-11), US dollars.
 LAMBDA_GB_S = 0.0000166667

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 from slserve.aws.package import Package, function_image, function_zip, router_zip
-from slserve.aws.stack import NEW_ACCOUNT_MEMORY_MB, DeployPlan, FunctionPlan, lambda_memory_mb
+from slserve.aws.plan import NEW_ACCOUNT_MEMORY_MB, DeployPlan, FunctionPlan, lambda_memory_mb
 from slserve.compose.catalog import DeployedPipeline, ManifestPipelines, PipelineCatalog, signatures_of
 from slserve.compose.graph import Graph
 from slserve.errors import BuildError, SpecError
