@@ -17,7 +17,8 @@ from slserve.accounts.keys import KeyStore, SQLiteKeyStore, new_key, split_token
 from slserve.errors import LedgerUnavailable, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
 from slserve.metering.fleet import SQLiteFleetState
-from slserve.metering.ledger import Ledger, Record, SQLiteLedger, StoredResponse
+from slserve.metering.ledger import SQLiteLedger
+from slserve.metering.records import Ledger, Record, StoredResponse
 from slserve.metering.usage import month_span
 
 _prefixes = itertools.count()

@@ -15,7 +15,8 @@ from tests.reliability.hazards import bearer, fine, ledger_rows, model_bug, post
 from slserve.accounts.keys import new_key
 from slserve.errors import IdempotencyInProgress
 from slserve.gateway.idempotency import KeyHolders
-from slserve.metering.ledger import Record, SQLiteLedger, StoredResponse
+from slserve.metering.ledger import SQLiteLedger
+from slserve.metering.records import Record, StoredResponse
 
 
 def test_when_the_holder_fails_the_next_runs_and_the_rest_replay_its_answer(server: Server) -> None:

@@ -13,7 +13,8 @@ from tests.integration.server import Server
 from tests.reliability.hazards import bearer, fine, ledger_rows, model_bug, post_together
 
 from slserve.accounts.keys import new_key
-from slserve.metering.ledger import Record, SQLiteLedger, StoredResponse
+from slserve.metering.ledger import SQLiteLedger
+from slserve.metering.records import Record, StoredResponse
 
 
 def _record(request_id: str, tenant: str, price: int = 5) -> Record:

@@ -26,7 +26,8 @@ from slserve.accounts.limits import (
 from slserve.errors import LedgerUnavailable, QuotaExceeded, RateLimited, SpecError, Unauthorized
 from slserve.gateway.auth import Authenticator
 from slserve.metering.fleet import SQLiteFleetState
-from slserve.metering.ledger import Record, SQLiteLedger
+from slserve.metering.ledger import SQLiteLedger
+from slserve.metering.records import Record
 from slserve.metering.usage import money, month_span, report, to_csv
 
 

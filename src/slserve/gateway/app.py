@@ -42,7 +42,8 @@ from slserve.gateway.passage import Passage
 from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState
-from slserve.metering.ledger import Ledger, SQLiteLedger
+from slserve.metering.ledger import SQLiteLedger
+from slserve.metering.records import Ledger
 from slserve.platform.base import Deployed, Platform
 from slserve.protocols import parse
 from slserve.protocols.admin import DriftPin

@@ -9,7 +9,7 @@ from typing import Any
 
 from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
-from slserve.metering.ledger import Ledger
+from slserve.metering.records import Ledger
 from slserve.platform.base import Platform
 from slserve.serving import Runner
 

@@ -11,7 +11,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from slserve.drift.monitor import DriftMonitor
-from slserve.metering.ledger import Ledger
+from slserve.metering.records import Ledger
 from slserve.platform.base import Platform
 from slserve.serving import Runner
 

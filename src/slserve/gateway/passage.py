@@ -34,7 +34,7 @@ from slserve.errors import (
 from slserve.gateway.deadlines import Deadlines
 from slserve.gateway.idempotency import KeyHolders, Slot, check_key, fingerprint
 from slserve.metering.fleet import LEASE_MARGIN_S, FleetState
-from slserve.metering.ledger import Ledger, Record, StoredResponse, steps_json
+from slserve.metering.records import Ledger, Record, StoredResponse, steps_json
 from slserve.platform.base import Cancellation, InferRequest, Platform
 from slserve.platform.v2 import client_timeout_s
 from slserve.router.live import Resolve

@@ -26,7 +26,8 @@ from typing import Any
 import orjson
 
 from slserve.errors import LedgerUnavailable
-from slserve.metering.ledger import DEFAULT_RETENTION_S, Record, SpendRow, StoredResponse, UsageRow, itemize
+from slserve.metering.ledger import DEFAULT_RETENTION_S
+from slserve.metering.records import Record, SpendRow, StoredResponse, UsageRow, itemize
 
 FIELDS = {f.name: f.type for f in fields(Record)}
 # DynamoDB's items are at most 400 KB: an answer over this (with its headers and names beside it) is not kept.

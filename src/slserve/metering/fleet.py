@@ -30,7 +30,8 @@ from pathlib import Path
 from typing import Protocol
 
 from slserve.errors import LedgerUnavailable
-from slserve.metering.ledger import StoredResponse, connect, stored_answer
+from slserve.metering.ledger import connect, stored_answer
+from slserve.metering.records import StoredResponse
 
 LEASE_MARGIN_S = 30.0  # beyond the request timeout: a live holder never loses its claim
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from slserve.accounts.limits import month_bounds
 from slserve.errors import InvalidInput
-from slserve.metering.ledger import StepUsage, UsageRow
+from slserve.metering.records import StepUsage, UsageRow
 
 MICROS = 1_000_000
 
