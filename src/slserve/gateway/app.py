@@ -35,10 +35,11 @@ from slserve.gateway import address, openai
 from slserve.gateway.auth import Authenticator, check_model
 from slserve.gateway.dashboard import PAGE, Overview
 from slserve.gateway.endpoints import ENDPOINTS
-from slserve.gateway.front import Front, caller, error_reply
+from slserve.gateway.front import Front, caller
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
 from slserve.gateway.passage import Passage
+from slserve.gateway.replies import error_reply
 from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState

@@ -20,20 +20,18 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import orjson
-
 from slserve.accounts.keys import KeyRecord
-from slserve.compose.run import StepReport
 from slserve.compose.spec import PipelineSpec
-from slserve.errors import MethodNotAllowed, SlserveError, Unauthorized
-from slserve.gateway import logs, openai
+from slserve.errors import SlserveError, Unauthorized
+from slserve.gateway import openai
 from slserve.gateway.auth import Authenticator, presented_key, require_admin, scoped, tier_for
-from slserve.gateway.endpoints import ADMIN_PREFIX, OPENAI_PREFIX, PUBLIC, Endpoint, front_endpoint
+from slserve.gateway.endpoints import ADMIN_PREFIX, PUBLIC, front_endpoint
 from slserve.gateway.intake import ClientGone, Intake, body_limit
 from slserve.gateway.metrics import CONTENT_TYPE, Metrics
+from slserve.gateway.observe import Observer
 from slserve.gateway.passage import Call, Passage, Reply
+from slserve.gateway.replies import error_reply, not_allowed, result_headers
 from slserve.gateway.timeline import Timeline
-from slserve.platform.base import InferResult
 from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.router.live import Resolve, Router
 from slserve.router.table import Route
@@ -64,58 +62,6 @@ def routing_key(key: KeyRecord, headers: dict[str, str]) -> str:
     return headers.get("x-slserve-routing-key") or key.key_id
 
 
-def result_headers(served: Served) -> dict[str, str]:
-    result: InferResult = served.result
-    headers = {
-        "x-slserve-function": result.function,
-        "x-slserve-version": result.version,
-        "x-slserve-instance": result.instance,
-        "x-slserve-queue-ms": f"{result.queue_ms:.2f}",
-        "x-slserve-compute-ms": f"{result.compute_ms:.2f}",
-        "x-slserve-batch-size": str(result.batch_size),
-        "x-slserve-tier": served.tier,
-        "x-slserve-cost": str(served.price),
-    }
-    if result.cold_start_ms is not None:
-        headers["x-slserve-cold-start-ms"] = f"{result.cold_start_ms:.1f}"
-    if served.route.alias is not None:
-        headers["x-slserve-alias"] = served.route.alias
-    if served.fallback is not None:
-        headers["x-slserve-fallback"] = served.fallback
-    if served.degraded is not None:
-        headers["x-slserve-degraded"] = served.degraded
-    if served.steps:  # a pipeline: each step's function, time and price
-        headers["x-slserve-steps"] = ", ".join(step_header(s) for s in served.steps)
-    truncated = result.notes.get("truncated")
-    if truncated:
-        headers["x-slserve-truncated"] = str(truncated)  # rows cut to the model's input limit, as asked
-    return headers
-
-
-def step_header(step: StepReport) -> str:
-    """`embed;function=minilm-onnx;ms=4.21;cost=37` (model steps), `joined;op;ms=0.02` (the others)."""
-    if step.served is None:
-        return f"{step.name};{step.kind};ms={step.ms:.2f}"
-    return f"{step.name};function={step.served.result.function};ms={step.ms:.2f};cost={step.served.price}"
-
-
-def not_allowed(method: str, endpoint: Endpoint) -> MethodNotAllowed:
-    return MethodNotAllowed(f"{method} is not allowed here; {endpoint.method} it", endpoint.method)
-
-
-def error_reply(error: SlserveError, path: str) -> Reply:
-    body = openai.error_document(error) if path.startswith(OPENAI_PREFIX) else orjson.dumps(error.to_dict())
-    headers = {"content-type": "application/json"}
-    retry_after = getattr(error, "retry_after", None)
-    if retry_after is not None:
-        headers["retry-after"] = str(max(1, round(retry_after)))
-    if isinstance(error, Unauthorized):
-        headers["www-authenticate"] = 'Bearer realm="slserve"'
-    if isinstance(error, MethodNotAllowed):
-        headers["allow"] = error.allow
-    return error.status, body, headers
-
-
 class Front:
     def __init__(
         self,
@@ -127,7 +73,7 @@ class Front:
         timeline: Timeline,
     ) -> None:
         self.app = app
-        self.timeline = timeline
+        self.observer = Observer(metrics, timeline)
         self.auth = auth
         self.passage = passage
         self.router: Router = passage.runner.router
@@ -196,7 +142,7 @@ class Front:
         status, body, out_headers = reply
         out_headers.setdefault("x-request-id", request_id)
         await _respond(send, status, body, out_headers)
-        self._observe(call, path, status, time.perf_counter() - started, out_headers["x-request-id"])
+        self.observer.answered(call, path, status, time.perf_counter() - started, out_headers["x-request-id"])
 
     async def v2(self, call: Call, model: str, version: str | None, receive: Receive, path: str) -> Reply:
         key, headers = call.key, call.headers
@@ -330,51 +276,6 @@ class Front:
 
         watcher.add_done_callback(on_message)
         call.watcher = watcher
-
-    def _observe(self, call: Call | None, path: str, status: int, seconds: float, request_id: str) -> None:
-        """Metrics and the access log line for an inference request."""
-        if call is None:
-            logs.access("request", request_id=request_id, path=path, status=status, ms=round(seconds * 1000, 2))
-            return
-        route, served = call.route, call.served
-        model, version = (route.model, route.version) if route else ("", "")
-        tier = served.tier if served else (route.tier if route else "")
-        alias = (route.alias or "") if route else ""
-        m = self.metrics
-        m.answered(call.endpoint, model, version, alias, tier, status, seconds)
-        function = served.result.function if served else route.candidates[0][1] if route and route.candidates else None
-        if function is not None:
-            self.timeline.answered(function, status, seconds, served.result.cold_start_ms if served else None)
-        for step in served.steps if served else ():  # a pipeline's functions served too: their traffic counts
-            if step.served is not None:
-                done = step.served.result
-                self.timeline.answered(done.function, 200, step.ms / 1000, done.cold_start_ms)
-        if served is not None:
-            result = served.result
-            m.batch(result.function, result.batch_size)
-            if result.cold_start_ms is not None:
-                m.cold_start.labels(result.function).observe(result.cold_start_ms / 1000)
-            if served.price:
-                m.charged.labels(model, tier).inc(served.price)
-            if served.fallback:
-                m.fallbacks.labels(model, tier).inc()
-        if not logs.ACCESS.isEnabledFor(logging.INFO):
-            return
-        logs.access(
-            "infer",
-            request_id=request_id,
-            key_id=call.key.key_id,
-            tenant=call.key.tenant,
-            endpoint=call.endpoint,
-            model=model,
-            version=version,
-            alias=alias or None,
-            tier=tier,
-            function=served.result.function if served else None,
-            status=status,
-            cost=served.price if served else 0,
-            ms=round(seconds * 1000, 2),
-        )
 
 
 def caller(scope: Scope) -> KeyRecord:
