@@ -1,6 +1,7 @@
 """One function's instances on this machine: a bounded queue, dispatch, autoscaling, retries.
 
-Everything here runs on the gateway's event loop; instances are processes reached over unix sockets.
+Everything here runs on the gateway's event loop; instances are processes reached over unix sockets. The module
+is long for the reason `FunctionPool` says: one owner per function's state; the rules it applies live beside it.
 
 What a request may cost others is bounded here:
 - a request whose caller stopped waiting is taken off the queue, or cancelled on its instance (dropped there if
