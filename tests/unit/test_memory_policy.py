@@ -14,6 +14,7 @@ from slserve.keepalive import GAPS_FILE, MIN_GAPS, IdleGaps, Rhythm, choose, loa
 from slserve.modal.plan import scaledown_window
 from slserve.platform.base import Deployed
 from slserve.platform.local.eviction import MB, GreedyDual, Idle
+from slserve.platform.local.preloads import Preloads
 from slserve.spec import FunctionSpec
 
 
@@ -140,3 +141,15 @@ def test_recorded_gaps_survive_a_restart_and_choose_modal_scaledown_windows(tmp_
     assert window == math.ceil(2.5 * 1.25) and why.startswith("learned")  # no GPU paid for 300 s after each call
     (tmp_path / GAPS_FILE).write_text("not json")
     assert load_gaps(tmp_path / GAPS_FILE) == {}
+
+
+def test_preloads_follow_use() -> None:
+    spec = FunctionSpec.model_validate(tomllib.loads(SMALL_MLP_TOML.format(version="1", seed=0)))
+    warm = spec.model_copy(update={"scaling": spec.scaling.model_copy(update={"min_instances": 1})})
+    used, rare, kept = Deployed("used", spec, "d1"), Deployed("rare", spec, "d2"), Deployed("kept", warm, "d3")
+    first_start = Preloads(None)  # nothing recorded: nothing says which will be called, so all are preloaded
+    assert all(first_start.wants(f) for f in (used, rare, kept)) and not first_start.called(rare)
+    after = Preloads({"used"})
+    assert after.wants(used) and after.wants(kept) and not after.wants(rare)
+    assert after.called(rare) and after.wants(rare)  # its first call puts it in use (the template is renewed)
+    assert not after.called(rare) and not after.called(used)

@@ -17,6 +17,7 @@ from slserve.platform.local.budget import MemoryBudget, default_budget
 from slserve.platform.local.cores import HostCores
 from slserve.platform.local.families import Families, Member, family_modules
 from slserve.platform.local.pool import FunctionPool
+from slserve.platform.local.preloads import Preloads
 from slserve.platform.local.template_handle import Template
 from slserve.snapshot import ArtifactStore
 
@@ -48,7 +49,8 @@ class LocalExecutor:
         self.store = store
         self.pools: dict[str, FunctionPool] = {}
         self.cores = HostCores(lambda: (i for p in self.pools.values() for i in p.instances.values()), cores)
-        self.families = Families(store.root, self._members)
+        recorded = None if gaps_file is None or not gaps_file.exists() else set(self._recorded)
+        self.families = Families(store.root, self._members, Preloads(recorded))
         self.budget = MemoryBudget(memory_budget or default_budget(), self.pools.values, learned)
         self._tasks: list[asyncio.Task[None]] = []
         self._draining: set[asyncio.Task[None]] = set()
@@ -154,7 +156,10 @@ class LocalExecutor:
             raise ModelNotFound(f"no function named {name!r}; GET /v2/models lists them") from None
 
     async def infer(self, request: InferRequest) -> InferResult:
-        return await self.pool(request.function).infer(request)
+        pool = self.pool(request.function)
+        if self.families.preloads.called(pool.function):  # newly in use: its build joins its template's preloads
+            self.families.renew_stale()
+        return await pool.infer(request)
 
     def warm_capacity(self, function: str) -> int:
         return self.pool(function).warm_capacity()

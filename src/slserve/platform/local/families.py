@@ -1,7 +1,8 @@
 """One template process per runtime family (torch, onnx), kept current and kept alive.
 
-A template preloads the builds it was started with. When a family gains a build its template lacks (a new
-function, or a rebuild), a new template is started with every current build of the family; once it is ready,
+A template preloads the builds it was started with: those in use (`preloads.Preloads`). When a build in use is
+missing from its template (a new function, a rebuild, a build just called for the first time), a new template is
+started with every build of the family in use; once it is ready,
 new instances fork from it, and the old one exits with its last instance. A template that dies unasked is
 replaced the same way, after a pause that grows while it keeps dying.
 """
@@ -16,6 +17,7 @@ from typing import Protocol
 
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed
+from slserve.platform.local.preloads import Preloads
 from slserve.platform.local.template_handle import RUNTIME_MODULES, Template
 from slserve.runtime.code import artifact_provides
 from slserve.snapshot import ArtifactStore
@@ -54,8 +56,11 @@ def family_modules(functions: Iterable[Deployed], store: ArtifactStore) -> dict[
 class Families:
     """The templates, by family. `members(family)` lists the functions with a build to serve in it."""
 
-    def __init__(self, artifacts: Path, members: Callable[[str], list[Member]]) -> None:
+    def __init__(
+        self, artifacts: Path, members: Callable[[str], list[Member]], preloads: Preloads | None = None
+    ) -> None:
         self.artifacts = artifacts
+        self.preloads = preloads or Preloads(None)
         self.store = ArtifactStore(artifacts)
         self.members = members
         self.templates: dict[str, Template] = {}
@@ -67,7 +72,7 @@ class Families:
     def launch(self, functions: list[Deployed]) -> None:
         """A template process per family of `functions`, preloading each one's build; `start` listens to them."""
         for family, modules in family_modules(functions, self.store).items():
-            digests = [f.digest for f in functions if f.spec.framework.value == family and f.digest]
+            digests = [d for f in self._preloaded(functions) if f.spec.framework.value == family and (d := f.digest)]
             self.templates[family] = self._new(family, modules, digests, attach=False)
 
     def start(self, functions: list[Deployed]) -> None:
@@ -85,7 +90,9 @@ class Families:
         family = function.spec.framework.value
         if family not in self.templates:
             self.templates[family] = self._new(
-                family, family_modules([function], self.store)[family], [function.digest]
+                family,
+                family_modules([function], self.store)[family],
+                [function.digest] * self.preloads.wants(function),
             )
         return self.templates[family]
 
@@ -112,7 +119,7 @@ class Families:
 
     def renew_stale(self) -> None:
         for family, template in self.templates.items():
-            stale = any(m.function.digest not in template.preload for m in self.members(family))
+            stale = any(f.digest not in template.preload for f in self._preloaded(self._functions(family)))
             if stale and family not in self._renewing:
                 self._renewing[family] = asyncio.get_running_loop().create_task(self._renew(family))
 
@@ -127,9 +134,8 @@ class Families:
             self._on_gone(current)
 
     async def _start_renewed(self, family: str) -> None:
-        members = self.members(family)
-        functions = [m.function for m in members]
-        digests = [f.digest for f in functions if f.digest]
+        functions = self._functions(family)
+        digests = [d for f in self._preloaded(functions) if (d := f.digest)]
         renewed = self._new(family, family_modules(functions, self.store).get(family, RUNTIME_MODULES[family]), digests)
         try:
             await renewed.wait_preloaded()  # the old template serves meanwhile, with its own preloads
@@ -148,9 +154,17 @@ class Families:
             member.use_template(renewed)
         old.retire()
         self._retired = [t for t in self._retired if t.proc is not None and t.proc.poll() is None] + [old]
-        log.info("the %s template was renewed; it preloads %s", family, ", ".join(sorted(f.name for f in functions)))
-        if any(m.function.digest not in renewed.preload for m in self.members(family)):
+        preloaded = sorted(f.name for f in self._preloaded(functions))
+        log.info("the %s template was renewed; it preloads %s", family, ", ".join(preloaded) or "nothing")
+        if any(f.digest not in renewed.preload for f in self._preloaded(self._functions(family))):
             asyncio.get_running_loop().call_soon(self.renew_stale)  # rebuilt again meanwhile
+
+    def _functions(self, family: str) -> list[Deployed]:
+        return [m.function for m in self.members(family)]
+
+    def _preloaded(self, functions: Iterable[Deployed]) -> list[Deployed]:
+        """Those of `functions` whose builds a template preloads (built, and in use)."""
+        return [f for f in functions if f.digest and self.preloads.wants(f)]
 
     def halt(self) -> None:
         """The server is stopping: no template is renewed or restarted any more."""
