@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from tests.integration.lambda_peer import Environment, start_environment
+from tests.integration.test_platform import wait_for
 
 from slserve.runtime import load_runtime
 from slserve.snapshot import ArtifactStore
@@ -27,8 +28,8 @@ def http_event(body: bytes, binary: bool = False) -> dict[str, Any]:
     return event
 
 
-def direct(body: dict[str, Any]) -> dict[str, Any]:
-    return {"slserve": 1, "body": base64.b64encode(json.dumps(body).encode()).decode(), "headers": {}}
+def direct(body: dict[str, Any], headers: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"slserve": 1, "body": base64.b64encode(json.dumps(body).encode()).decode(), "headers": headers or {}}
 
 
 def decoded(outcome: Any) -> tuple[int, dict[str, str], Any]:
@@ -68,6 +69,24 @@ def test_init_once_then_many_invokes_answer_v2_as_the_local_runtime_does(classif
         assert headers["x-request-id"]
     assert statuses == [200] * 5
     assert classifier.proc.poll() is None  # one process served them all
+
+
+def test_the_routers_request_id_is_answered_and_logged(classifier: Environment) -> None:
+    """The router sends its id of the request; the function answers with it (Lambda's own beside it), and the
+    lines it logs for the request carry it, so the function's logs and the ledger's record name the same id."""
+    _, headers, _ = decoded(classifier.api.invoke(direct(FEATURES, {"x-request-id": "gw-0001"})))
+    assert headers["x-request-id"] == "gw-0001" and headers["x-slserve-lambda-request-id"] not in ("", "gw-0001")
+    bad = {"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}]}
+    status, headers, _ = decoded(classifier.api.invoke(direct(bad, {"x-request-id": "gw-0002"})))
+    assert status == 400 and headers["x-request-id"] == "gw-0002"
+
+    def logged() -> bool:
+        lines = [json.loads(line) for line in classifier.log.read_text().splitlines() if line.startswith("{")]
+        return any(line.get("gateway_request_id") == "gw-0002" and line.get("status") == 400 for line in lines)
+
+    assert wait_for(logged, 10), classifier.log.read_text()[-2000:]
+    _, headers, _ = decoded(classifier.api.invoke(direct(FEATURES)))  # the id is the invocation's, not kept
+    assert headers["x-request-id"] == headers["x-slserve-lambda-request-id"]
 
 
 def test_api_gateway_http_events_json_and_base64(classifier: Environment) -> None:

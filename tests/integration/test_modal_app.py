@@ -81,8 +81,9 @@ def test_a_class_runs_here_and_answers_as_the_local_platform(generated, containe
     asgi = namespace["MinilmFp16"]().web.local()  # runs the snapshot hook and the restore hook, on the CPU
     doc = {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(SENTENCES)], "data": SENTENCES}]}
     auth = {"authorization": f"Bearer {SECRET}", "content-type": "application/json"}
-    r = asyncio.run(_post(asgi, "/v2/models/minilm/infer", orjson.dumps(doc), auth))
+    r = asyncio.run(_post(asgi, "/v2/models/minilm/infer", orjson.dumps(doc), {**auth, "x-request-id": "gw-7"}))
     assert r.status_code == 200, r.text
+    assert r.headers["x-request-id"] == "gw-7"  # the gateway's id of the request, answered with it
     assert r.headers["x-slserve-function"] == "minilm-fp16" and "x-slserve-cold-start-ms" in r.headers
     assert int(r.headers["x-slserve-tokens"]) > len(SENTENCES)
     got = np.asarray(r.json()["outputs"][0]["data"], dtype=np.float32).reshape(len(SENTENCES), 384)
@@ -96,5 +97,6 @@ def test_a_class_runs_here_and_answers_as_the_local_platform(generated, containe
     want = runtime.finish(split(runtime.run(merged), counts)[0])["embedding"]
     assert np.array_equal(got, want)
 
-    refused = asyncio.run(_post(asgi, "/v2/models/minilm/infer", orjson.dumps(doc), {"authorization": "Bearer x"}))
-    assert refused.status_code == 401
+    wrong = {"authorization": "Bearer x", "x-request-id": "gw-8"}
+    refused = asyncio.run(_post(asgi, "/v2/models/minilm/infer", orjson.dumps(doc), wrong))
+    assert refused.status_code == 401 and refused.headers["x-request-id"] == "gw-8"

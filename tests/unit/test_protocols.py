@@ -3,6 +3,7 @@ from the same definitions, and a refused body is told where it is wrong."""
 
 from __future__ import annotations
 
+import numpy as np
 import orjson
 import pytest
 
@@ -11,6 +12,8 @@ from slserve.gateway.app import Gateway
 from slserve.gateway.endpoints import ADMIN_PREFIX, ENDPOINTS, PUBLIC, front_endpoint
 from slserve.gateway.front import Front
 from slserve.gateway.openapi import openapi_document
+from slserve.platform.base import InferRequest
+from slserve.platform.v2 import encode_request
 from slserve.protocols import parse
 from slserve.protocols.openai import EmbeddingsRequestBody
 from slserve.protocols.v2 import InferRequestBody
@@ -63,3 +66,10 @@ def test_unknown_fields_are_ignored_and_types_are_exact() -> None:
     for bad in (b'{"model": "m", "input": [1, 2]}', b'{"model": "m", "input": "a", "dimensions": "384"}'):
         with pytest.raises(InvalidInput):
             parse(EmbeddingsRequestBody, bad)
+
+
+def test_a_call_to_another_target_carries_the_gateways_request_id() -> None:
+    """What the router sends Lambda or Modal names the request as the gateway's ledger and logs do."""
+    request = InferRequest("f", {"x": np.zeros((1, 4), np.float32)}, request_id="ab" * 16)
+    assert encode_request(request)[1]["x-request-id"] == "ab" * 16
+    assert "x-request-id" not in encode_request(InferRequest("f", {"x": np.zeros((1, 4), np.float32)}))[1]

@@ -7,8 +7,8 @@ so no invocation pays for it. Two kinds of event carry a v2 request:
 - a direct invoke from slserve's router: `{"slserve": 1, "body": <base64 v2 request>, "headers": {...}}`,
   answered in the same shape as an HTTP response (`statusCode`, `headers`, base64 `body`).
 
-Powertools gives the logs (the request id in every line), metrics in EMF (cold starts, latency, batch size) and
-traces (X-Ray, where enabled).
+Powertools gives the logs (Lambda's request id and the router's, `gateway_request_id`, in every line), metrics in
+EMF (cold starts, latency, batch size) and traces (X-Ray, where enabled).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventV2
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from slserve.platform.aws import PAYLOAD_LIMIT
+from slserve.platform.v2 import REQUEST_ID
 from slserve.remote.model import ModelFunction, decode_body
 
 logger = Logger(service="slserve")
@@ -51,6 +52,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     else:
         http = parse(event=event, model=APIGatewayProxyEventV2Model)
         body, headers = decode_body(event), {k.lower(): v for k, v in http.headers.items()}
+    gateway_id = headers.get(REQUEST_ID)  # the router's id of the request: in this invocation's log lines too
+    logger.append_keys(gateway_request_id=gateway_id)  # (None: no key in the line)
     status, content, out = MODEL.answer(body, headers, context.get_remaining_time_in_millis())
     metrics.add_dimension(name="function", value=MODEL.function.name)
     metrics.add_metric(name="latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)
@@ -58,7 +61,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         metrics.add_metric(name="batch_size", unit=MetricUnit.Count, value=int(out.get("x-slserve-batch-size", 1)))
     else:
         metrics.add_metric(name="refused", unit=MetricUnit.Count, value=1)
-    out["x-request-id"] = context.aws_request_id
+        logger.info("refused", extra={"status": status})  # with the router's id: its record names the same one
+    out[REQUEST_ID] = gateway_id or context.aws_request_id
+    out["x-slserve-lambda-request-id"] = context.aws_request_id
     return {
         "statusCode": status,
         "headers": out,

@@ -179,6 +179,7 @@ class Passage:
         """Run an admitted call (`admit`)."""
         call.route = route
         request.cancellation = call.cancellation
+        request.request_id = call.request_id
         request.deadline = time.monotonic() + min(self.timeout_s, client_timeout_s(call.headers))
         try:
             if call.gone:  # left while waiting for its key or its body: nothing was started

@@ -52,6 +52,7 @@ class InferRequest:
     options: dict[str, Any] = field(default_factory=dict)  # for the function's processor (e.g. truncate)
     deadline: float | None = None  # time.monotonic() after which nobody wants the answer: never start it then
     cancellation: Cancellation | None = None
+    request_id: str | None = None  # the gateway's (x-request-id): sent with the call wherever it runs, for its logs
 
 
 @dataclass

@@ -24,6 +24,7 @@ from slserve.runtime.tensors import NUMPY_OF, check_inputs, datatype_of
 from slserve.spec import Datatype, NamedSpec
 
 HEADER_LENGTH = "inference-header-content-length"
+REQUEST_ID = "x-request-id"  # the gateway's id of the request, sent to the function that runs it and answered
 CLIENT_TIMEOUT = "x-slserve-timeout-ms"  # the client stops waiting after this: no work is queued or started past it
 _JSON_OPTS = orjson.OPT_SERIALIZE_NUMPY
 NO_PARAMETERS = RequestParameters()  # frozen: one for every request that sends none
@@ -282,7 +283,10 @@ def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
     if request.outputs is not None:
         doc["outputs"] = [{"name": name, "parameters": {"binary_data": True}} for name in request.outputs]
     header = orjson.dumps(doc)
-    return b"".join([header, *blobs]), {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
+    if request.request_id is not None:
+        headers[REQUEST_ID] = request.request_id
+    return b"".join([header, *blobs]), headers
 
 
 def decode_outputs(body: bytes, header_length: str | None) -> dict[str, np.ndarray]:

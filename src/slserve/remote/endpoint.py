@@ -21,7 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from slserve.errors import ModelNotFound, RuntimeUnavailable, SlserveError, Unauthorized
-from slserve.platform.v2 import client_timeout_s
+from slserve.platform.v2 import REQUEST_ID, client_timeout_s
 from slserve.remote.model import ModelFunction, error_reply
 from slserve.remote.rounds import Rounds
 
@@ -44,6 +44,13 @@ def endpoint_app(model: ModelFunction, secret: str | None) -> Starlette:
         return None
 
     async def infer(request: Request) -> Response:
+        response = await answer(request)
+        gateway_id = request.headers.get(REQUEST_ID)
+        if gateway_id is not None:  # the gateway's id of the request, answered with it
+            response.headers[REQUEST_ID] = gateway_id
+        return response
+
+    async def answer(request: Request) -> Response:
         problem = authorized(request)
         if problem is not None:
             return refused(problem)
