@@ -4,7 +4,7 @@ no key, and the OpenAPI document are all made from this list, so none can name a
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any, Literal
 
@@ -54,10 +54,10 @@ class Endpoint:
     unavailable: bool = False  # a 503 answers with `reply` too (not ready, and why)
     front: bool = False  # answered before Starlette (inference streams its body, meters and bills)
     status: int = 200
-    path_params: tuple[str, ...] = field(init=False)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "path_params", tuple(re.findall(r"\{(\w+)\}", self.path)))
+    @cached_property
+    def path_params(self) -> tuple[str, ...]:
+        return tuple(re.findall(r"\{(\w+)\}", self.path))
 
     @cached_property
     def pattern(self) -> re.Pattern[str]:

@@ -121,7 +121,7 @@ class Front:
                 raise not_allowed(scope["method"], endpoint)
             protocol = "openai" if endpoint.openai else "v2"
             call = Call(request_id, key, protocol, headers, b"", headers.get("idempotency-key"))
-            if endpoint.handler == "embeddings":
+            if endpoint.openai:  # /v1/embeddings
                 reply = await self.embeddings(call, receive, path)
             else:
                 reply = await self.v2(call, params["model"], params.get("version"), receive, path)

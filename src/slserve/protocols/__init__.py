@@ -5,6 +5,7 @@ forbid them (a field the code adds without its model shows as a conformance fail
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -13,6 +14,8 @@ from slserve.errors import InvalidInput
 
 M = TypeVar("M", bound=BaseModel)
 SHOWN_PROBLEMS = 3  # a refusal names this many of the body's problems, then counts the rest
+_SHORT = reprlib.Repr()  # (keyword arguments only from Python 3.12)
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 4, 3, 2
 
 
 class Request(BaseModel):
@@ -80,5 +83,4 @@ def _where(loc: tuple[int | str, ...]) -> str:
 
 
 def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
+    return _SHORT.repr(value)  # bounded: a hostile body's wrong value may be a huge list

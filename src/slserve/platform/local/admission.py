@@ -5,7 +5,7 @@ expect room, so its client can retry elsewhere or later and no capacity is spent
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Collection
 
 from slserve.errors import Overloaded
 from slserve.platform.base import InferRequest
@@ -19,20 +19,20 @@ def check_room(
     name: str,
     spec: FunctionSpec,
     dispatcher: Dispatcher,
-    instances: Iterable[Instance],
+    instances: Collection[Instance],
     rows_per_s: float | None,
     request: InferRequest,
 ) -> None:
-    queued, running = len(dispatcher.queue), list(instances)
+    queued = len(dispatcher.queue)
     if queued >= spec.scaling.queue_size:
-        serving = sum(1 for i in running if i.state is not InstanceState.DRAINING)
+        serving = sum(1 for i in instances if i.state is not InstanceState.DRAINING)
         raise Overloaded(
             f"{name}: {queued} requests are already waiting (scaling.queue_size); retry after the Retry-After interval",
             retry_after=retry_after_s(queued, serving, rows_per_s),
         )
     if request.deadline is None or not queued:
         return
-    wait = expected_wait_s(dispatcher.rows_ahead(), sum(1 for i in running if i.serving), rows_per_s)
+    wait = expected_wait_s(dispatcher.rows_ahead(), sum(1 for i in instances if i.serving), rows_per_s)
     left = request.deadline - time.monotonic()
     if wait is not None and wait > left:
         raise Overloaded(
