@@ -59,8 +59,7 @@ class TracingUnavailable(SlserveError):
 
 def configure(environ: Mapping[str, str] = os.environ) -> str | None:
     """Traces as the environment says (see the module); returns what was turned on, for the startup log, or None
-    when traces are off. `environ` chooses the exporters; the SDK reads its own variables (sampler, batch
-    processor, endpoint, resource) from the process's environment."""
+    when traces are off."""
     shutdown()
     names = [n.strip().lower() for n in environ.get("OTEL_TRACES_EXPORTER", "").split(",") if n.strip()]
     if not names or environ.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
@@ -161,10 +160,9 @@ def server_span(name: str, incoming: Incoming, attributes: Attributes) -> MaybeS
 
 
 def span(name: str, attributes: Attributes | None = None) -> MaybeSpan:
-    """A child of the current span for the block (None when off, or when the trace is not sampled: a span that
-    is not recorded costs the SDK nearly as much as one that is): an exception leaving it marks it failed."""
+    """A child of the current span for the block (None when off): an exception leaving it marks it failed."""
     tracer = _state.tracer
-    if tracer is None or not trace.get_current_span().is_recording():  # a trace not sampled: no children
+    if tracer is None:
         return _NO_SPAN
     return tracer.start_as_current_span(name, attributes=attributes, record_exception=False)
 
@@ -172,12 +170,11 @@ def span(name: str, attributes: Attributes | None = None) -> MaybeSpan:
 def record(name: str, start: float, end: float, attributes: Attributes | None = None) -> None:
     """A finished child of the current span, from `time.monotonic()` stamps taken where it happened."""
     tracer = _state.tracer
-    parent = trace.get_current_span()
-    if tracer is None or not parent.is_recording():
+    if tracer is None:
         return
     wall_ns = time.time_ns() - time.monotonic_ns()
     # Within its parent's time, whatever the clocks' jitter: a child never seems to start before its parent.
-    floor = getattr(parent, "start_time", None) or 0
+    floor = getattr(trace.get_current_span(), "start_time", None) or 0
     start_ns = max(floor, wall_ns + int(start * 1e9))
     started = tracer.start_span(name, attributes=attributes, start_time=start_ns)
     started.end(end_time=max(start_ns, wall_ns + int(end * 1e9)))
