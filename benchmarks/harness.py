@@ -104,10 +104,9 @@ def gateway(
     metering: bool = True,
     log: Path | None = None,
     settings: Mapping[str, str] | None = None,
-    environ: Mapping[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """A gateway on a free port with a fresh state folder (keys, ledger) and one admin key; `log` keeps its
-    output (at info level), `settings` are SLSERVE_* variables without the prefix, `environ` others (OTEL_*)."""
+    output (at info level), `settings` are SLSERVE_* variables without the prefix."""
     from slserve.accounts.keys import SQLiteKeyStore, new_key
 
     port = free_port()
@@ -125,8 +124,7 @@ def gateway(
         "--artifacts",
         str(ARTIFACTS),
     ]
-    env = {**os.environ, **(environ or {}), "SLSERVE_LOG_LEVEL": "info" if log else "warning"}
-    env["SLSERVE_STATE"] = str(state)
+    env = {**os.environ, "SLSERVE_LOG_LEVEL": "info" if log else "warning", "SLSERVE_STATE": str(state)}
     env["SLSERVE_METERING"] = "true" if metering else "false"
     if routes is not None:
         env["SLSERVE_ROUTES"] = str(routes)
