@@ -138,11 +138,18 @@ class Intake:
     async def _next(self, receive: Receive, size: int, started: float) -> MutableMapping[str, Any]:
         """The next message, or 408 when the body so far has come slower than the minimum rate allows."""
         wait_s = self.grace_s + (size + NEXT_CHUNK) / self.min_bytes_per_s - (time.monotonic() - started)
+        # Checked on every message as well as by the timer: a body dribbled in tiny messages never leaves a pause
+        # long enough for the timer to fire, however far behind the minimum rate it falls.
+        if wait_s <= 0:
+            raise self._too_slow(size, started)
         try:
-            async with asyncio.timeout(max(0.05, wait_s)):  # a timer, not a task: cheap on every request
+            async with asyncio.timeout(wait_s):  # a timer, not a task: cheap on every request
                 return await receive()
         except TimeoutError:
-            raise UploadTooSlow(
-                f"the request body arrived slower than {self.min_bytes_per_s / 1024:g} KB/s ({size} bytes in "
-                f"{time.monotonic() - started:.1f} s; min_upload_kb_per_s); send it without pauses"
-            ) from None
+            raise self._too_slow(size, started) from None
+
+    def _too_slow(self, size: int, started: float) -> UploadTooSlow:
+        return UploadTooSlow(
+            f"the request body arrived slower than {self.min_bytes_per_s / 1024:g} KB/s ({size} bytes in "
+            f"{time.monotonic() - started:.1f} s; min_upload_kb_per_s); send it without pauses"
+        )
