@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # onnxruntime and onnxruntime-gpu share one folder and break each other: pick exactly one.
 ORT_EXTRA := $(shell command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo onnx)
-EXTRAS := torch,$(ORT_EXTRA),samples,features,aws,deploy,modal,dev
+EXTRAS := torch,$(ORT_EXTRA),samples,features,aws,deploy,modal,traces,dev
 STAMP := $(VENV)/.installed-$(ORT_EXTRA)
 
 export HF_HUB_OFFLINE := 1

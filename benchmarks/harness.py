@@ -104,9 +104,10 @@ def gateway(
     metering: bool = True,
     log: Path | None = None,
     settings: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> Iterator[Gateway]:
     """A gateway on a free port with a fresh state folder (keys, ledger) and one admin key; `log` keeps its
-    output (at info level), `settings` are SLSERVE_* variables without the prefix."""
+    output (at info level), `settings` are SLSERVE_* variables without the prefix, `environ` others (OTEL_*)."""
     from slserve.accounts.keys import SQLiteKeyStore, new_key
 
     port = free_port()
@@ -124,7 +125,8 @@ def gateway(
         "--artifacts",
         str(ARTIFACTS),
     ]
-    env = {**os.environ, "SLSERVE_LOG_LEVEL": "info" if log else "warning", "SLSERVE_STATE": str(state)}
+    env = {**os.environ, **(environ or {}), "SLSERVE_LOG_LEVEL": "info" if log else "warning"}
+    env["SLSERVE_STATE"] = str(state)
     env["SLSERVE_METERING"] = "true" if metering else "false"
     if routes is not None:
         env["SLSERVE_ROUTES"] = str(routes)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from setproctitle import setproctitle
 
+from slserve import tracing
 from slserve.gateway import logs
 from slserve.keepalive import GAPS_FILE
 from slserve.platform.base import Executor
@@ -31,6 +32,9 @@ log = logging.getLogger("slserve.gateway")
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
     logs.configure(settings.log_level, settings.log_format)
+    traces = tracing.configure()
+    if traces is not None:
+        log.info("traces on (OTEL_TRACES_EXPORTER=%s)", traces)
     store = ArtifactStore(settings.artifacts)
     catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
     made, missing = executors(settings, catalog)

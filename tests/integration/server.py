@@ -68,11 +68,13 @@ def start_server(
     state: Path | None = None,
     own_group: bool = False,
     ready_path: str = "/v2/health/ready",
+    environ: dict[str, str] | None = None,
     **env: str,
 ) -> Server:
     """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key; returned
     once `ready_path` answers 200 (every function ready, by default). Hermetic: its routes and settings are its
-    own (a routes.toml in its state folder, no slserve.toml), whatever the checkout or the shell hold."""
+    own (a routes.toml in its state folder, no slserve.toml), whatever the checkout or the shell hold. `env` are
+    slserve's settings (`SLSERVE_` + the name); `environ`, other variables as they are (`OTEL_*`)."""
     port = free_port()
     state = state or log.parent / f"state-{port}"
     key = SQLiteKeyStore(state).create(new_key("tests", admin=True))
@@ -80,7 +82,7 @@ def start_server(
     args = ["serve", "--port", str(port), "--functions", str(functions), "--artifacts", str(artifacts)]
     env = {"state": str(state), "routes": str(state / "routes.toml"), "config": str(state / "slserve.toml"), **env}
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("SLSERVE_")}
-    full_env = {**inherited, **{f"SLSERVE_{k.upper()}": v for k, v in env.items()}}
+    full_env = {**inherited, **(environ or {}), **{f"SLSERVE_{k.upper()}": v for k, v in env.items()}}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-c", code, *args],

@@ -19,6 +19,7 @@ from slserve.snapshot import ArtifactStore
 
 EVENTS = Path(__file__).resolve().parents[1] / "events"
 HANDLER = "slserve.aws.handler.handler"
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"  # W3C's example trace
 
 
 def http_event(body: bytes, binary: bool = False) -> dict[str, Any]:
@@ -77,12 +78,16 @@ def test_the_routers_request_id_is_answered_and_logged(classifier: Environment) 
     _, headers, _ = decoded(classifier.api.invoke(direct(FEATURES, {"x-request-id": "gw-0001"})))
     assert headers["x-request-id"] == "gw-0001" and headers["x-slserve-lambda-request-id"] not in ("", "gw-0001")
     bad = {"inputs": [{"name": "nope", "datatype": "FP32", "shape": [1, 4], "data": [0, 0, 0, 0]}]}
-    status, headers, _ = decoded(classifier.api.invoke(direct(bad, {"x-request-id": "gw-0002"})))
+    traced = {"x-request-id": "gw-0002", "traceparent": f"00-{TRACE_ID}-00f067aa0ba902b7-01"}
+    status, headers, _ = decoded(classifier.api.invoke(direct(bad, traced)))
     assert status == 400 and headers["x-request-id"] == "gw-0002"
 
     def logged() -> bool:
         lines = [json.loads(line) for line in classifier.log.read_text().splitlines() if line.startswith("{")]
-        return any(line.get("gateway_request_id") == "gw-0002" and line.get("status") == 400 for line in lines)
+        return any(
+            line.get("gateway_request_id") == "gw-0002" and line.get("status") == 400 and line["trace_id"] == TRACE_ID
+            for line in lines
+        )
 
     assert wait_for(logged, 10), classifier.log.read_text()[-2000:]
     _, headers, _ = decoded(classifier.api.invoke(direct(FEATURES)))  # the id is the invocation's, not kept

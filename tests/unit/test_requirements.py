@@ -61,3 +61,13 @@ def test_a_model_handler_ships_only_its_frameworks_adapter() -> None:
     assert "aws_lambda_powertools" in onnx.third_party
     (powertools,) = [r for r in pinned(onnx.distributions()) if r.startswith("aws")]
     assert "[" in powertools and "tracer" in powertools  # the extras slserve declares (X-Ray, inside powertools)
+
+
+def test_a_namespace_package_ships_the_distribution_of_the_subpackage_imported(tmp_path: Path) -> None:
+    """`opentelemetry` is the API's, the SDK's and each exporter's: the gateway's trace context needs the API
+    alone, and the SDK, imported only where traces are turned on (in a `try`), does not ship."""
+    code = write(tmp_path, {"traced.py": "from opentelemetry import trace\nimport opentelemetry.context\n"})
+    assert ImportClosure(code=code).add("traced").distributions() == ["opentelemetry-api"]
+    handler = ImportClosure(leave_out=adapters_except(["onnx"])).add("slserve.aws.handler").distributions()
+    assert "opentelemetry-api" in handler
+    assert not [d for d in handler if d.startswith(("opentelemetry-sdk", "opentelemetry-exporter", "protobuf"))]

@@ -7,7 +7,8 @@ so no invocation pays for it. Two kinds of event carry a v2 request:
 - a direct invoke from slserve's router: `{"slserve": 1, "body": <base64 v2 request>, "headers": {...}}`,
   answered in the same shape as an HTTP response (`statusCode`, `headers`, base64 `body`).
 
-Powertools gives the logs (Lambda's request id and the router's, `gateway_request_id`, in every line), metrics in
+Powertools gives the logs (Lambda's request id, the router's, `gateway_request_id`, and the W3C trace id of the
+request's `traceparent`, `trace_id`, in every line), metrics in
 EMF (cold starts, latency, batch size) and traces (X-Ray, where enabled).
 """
 
@@ -26,6 +27,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from slserve.platform.aws import PAYLOAD_LIMIT
 from slserve.platform.v2 import REQUEST_ID
 from slserve.remote.model import ModelFunction, decode_body
+from slserve.tracing import Incoming
 
 logger = Logger(service="slserve")
 metrics = Metrics(namespace="slserve", service="slserve")
@@ -53,7 +55,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         http = parse(event=event, model=APIGatewayProxyEventV2Model)
         body, headers = decode_body(event), {k.lower(): v for k, v in http.headers.items()}
     gateway_id = headers.get(REQUEST_ID)  # the router's id of the request: in this invocation's log lines too
-    logger.append_keys(gateway_request_id=gateway_id)  # (None: no key in the line)
+    trace = Incoming(headers)  # the W3C trace the request is part of (the gateway's span, or its client's)
+    logger.append_keys(gateway_request_id=gateway_id, trace_id=trace.trace_id)  # (None: no key in the line)
     status, content, out = MODEL.answer(body, headers, context.get_remaining_time_in_millis())
     metrics.add_dimension(name="function", value=MODEL.function.name)
     metrics.add_metric(name="latency", unit=MetricUnit.Milliseconds, value=(time.perf_counter() - started) * 1000)

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
+from slserve import tracing
 from slserve.compose import ops
 from slserve.compose.graph import Graph
 from slserve.compose.spec import Step
@@ -104,20 +105,21 @@ async def run_graph(
         await asyncio.gather(*(tasks[name] for name in graph.needs[step.name]))
         started = time.perf_counter()
         served = None
+        kind = "model" if step.model else "op" if step.op else "lookup"
         try:
-            if step.model is not None:
-                assert isinstance(step.inputs, dict)
-                served = await call_model(step, {name: values[src] for name, src in step.inputs.items()})
-                out = served.result.outputs
-            elif step.op is not None:
-                out = ops.apply(step, [values[src] for src in step.inputs])
-            else:
-                assert step.key is not None
-                out = {"features": lookup(step, values[step.key], features)}
+            with tracing.span(f"step {step.name}", {"slserve.step.kind": kind}):  # (its span starts with its work)
+                if step.model is not None:
+                    assert isinstance(step.inputs, dict)
+                    served = await call_model(step, {name: values[src] for name, src in step.inputs.items()})
+                    out = served.result.outputs
+                elif step.op is not None:
+                    out = ops.apply(step, [values[src] for src in step.inputs])
+                else:
+                    assert step.key is not None
+                    out = {"features": lookup(step, values[step.key], features)}
         except SlserveError as e:
             raise in_step(e, step) from None
         values.update({f"{step.name}.{name}": arr for name, arr in out.items()})
-        kind = "model" if step.model else "op" if step.op else "lookup"
         reports[step.name] = StepReport(step.name, kind, (time.perf_counter() - started) * 1000, served)
 
     for step in graph.order:

@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import slserve
+from slserve import tracing
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
 from slserve.accounts.limits import Limiter
 from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, Pipelines
@@ -346,6 +347,7 @@ def build_app(
             await platform.stop(settings.drain_seconds)
             if ledger is not None:
                 await ledger.close()  # after the drain: every record of an answered request is written
+            tracing.shutdown()  # the spans still buffered are exported
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)

@@ -20,6 +20,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
+from slserve import tracing
 from slserve.accounts.keys import KeyRecord
 from slserve.compose.spec import PipelineSpec
 from slserve.errors import SlserveError, Unauthorized
@@ -107,42 +108,51 @@ class Front:
         request_id = os.urandom(16).hex()  # 128 random bits, as a uuid4's hex (without building a uuid4 object)
         started = time.perf_counter()
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        call: Call | None = None
-        try:
-            key = self.auth.authenticate(headers)
-            if path.startswith(ADMIN_PREFIX):
-                require_admin(key, path)
-            if found is None:
-                scope[CALLER] = key
-                await self.app(scope, receive, _with_request_id(send, request_id))
+        incoming = tracing.Incoming(headers) if tracing.TRACEPARENT in headers else tracing.NO_TRACE
+        method = scope["method"]
+        name = f"{method} {found[0].path}" if found is not None else method  # (semconv: the route, not the path)
+        attributes = {"http.request.method": method, "url.path": path, "slserve.request_id": request_id}
+        with tracing.server_span(name, incoming, attributes) as span:
+            call: Call | None = None
+            try:
+                with tracing.span("auth"):
+                    key = self.auth.authenticate(headers)
+                if path.startswith(ADMIN_PREFIX):
+                    require_admin(key, path)
+                if found is None:
+                    scope[CALLER] = key
+                    await self.app(scope, receive, _with_request_id(send, request_id))
+                    return
+                endpoint, params = found
+                if method != endpoint.method:
+                    raise not_allowed(method, endpoint)
+                protocol = "openai" if endpoint.openai else "v2"
+                idempotency_key = headers.get("idempotency-key")
+                call = Call(request_id, key, protocol, headers, b"", idempotency_key, trace=incoming)
+                call.trace_id = tracing.trace_id(incoming)
+                if endpoint.openai:  # /v1/embeddings
+                    reply = await self.embeddings(call, receive, path)
+                else:
+                    reply = await self.v2(call, params["model"], params.get("version"), receive, path)
+            except ClientGone:
                 return
-            endpoint, params = found
-            if scope["method"] != endpoint.method:
-                raise not_allowed(scope["method"], endpoint)
-            protocol = "openai" if endpoint.openai else "v2"
-            call = Call(request_id, key, protocol, headers, b"", headers.get("idempotency-key"))
-            if endpoint.openai:  # /v1/embeddings
-                reply = await self.embeddings(call, receive, path)
-            else:
-                reply = await self.v2(call, params["model"], params.get("version"), receive, path)
-        except ClientGone:
-            return
-        except SlserveError as e:
-            reply = error_reply(e, path)
-        except Exception as e:  # a bug: say so without a stack trace, log it, keep serving
-            log.exception(
-                "unexpected error on %s %s", scope["method"], path, extra={"fields": {"request_id": request_id}}
-            )
-            reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
-        finally:
-            if call is not None:
-                self.intake.release(call.held_bytes, call.key.tenant)
-                call.held_bytes = 0
-                await self.passage.done(call)
-        status, body, out_headers = reply
-        out_headers.setdefault("x-request-id", request_id)
-        await _respond(send, status, body, out_headers)
-        self.observer.answered(call, path, status, time.perf_counter() - started, out_headers["x-request-id"])
+            except SlserveError as e:
+                reply = error_reply(e, path)
+            except Exception as e:  # a bug: say so without a stack trace, log it, keep serving
+                log.exception("unexpected error on %s %s", method, path, extra={"fields": {"request_id": request_id}})
+                reply = error_reply(SlserveError(f"internal error ({type(e).__name__}); the server logged it"), path)
+            finally:
+                if call is not None:
+                    self.intake.release(call.held_bytes, call.key.tenant)
+                    call.held_bytes = 0
+                    await self.passage.done(call)
+            status, body, out_headers = reply
+            out_headers.setdefault("x-request-id", request_id)
+            await _respond(send, status, body, out_headers)
+            seconds = time.perf_counter() - started
+            trace_id = call.trace_id if call is not None else tracing.trace_id(incoming)
+            self.observer.answered(call, path, status, seconds, out_headers["x-request-id"], trace_id)
+            self.observer.traced(span, call, status)
 
     async def v2(self, call: Call, model: str, version: str | None, receive: Receive, path: str) -> Reply:
         key, headers = call.key, call.headers
@@ -150,12 +160,13 @@ class Front:
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         draw = random.random()
         sticky = routing_key(key, headers)
-        route = scoped(
-            key,
-            self.router.route(
-                model, version, routing_key=sticky, tier=tier, allow_upgrade=upgrade, draw=draw, opens=key.models
-            ),
-        )
+        with tracing.span("route"):
+            route = scoped(
+                key,
+                self.router.route(
+                    model, version, routing_key=sticky, tier=tier, allow_upgrade=upgrade, draw=draw, opens=key.models
+                ),
+            )
         call.route = route
         call.resolve = self.resolver(key, sticky, upgrade, draw)
         fdef = self.router.signature_function(route)
@@ -167,7 +178,8 @@ class Front:
             return replayed
         fdef = self.router.signature_function(route)
         limits = RequestLimits(self.max_elements, fdef.spec.limits.max_rows, fdef.spec.limits.max_bytes_per_element)
-        v2 = await decode(len(call.body), parse_infer, fdef, call.body, headers.get(HEADER_LENGTH), limits)
+        with tracing.span("decode"):
+            v2 = await decode(len(call.body), parse_infer, fdef, call.body, headers.get(HEADER_LENGTH), limits)
         asked_tier, asked_upgrade = v2.parameters.tier, v2.parameters.allow_upgrade
         if (asked_tier and asked_tier != tier) or asked_upgrade is not None:  # v2 parameters may choose the tier too
             tier = asked_tier or tier
@@ -190,23 +202,25 @@ class Front:
         key, headers = call.key, call.headers
         await self.passage.admit(call)
         await self.read_request(call, receive, self.embeddings_limit(), "the largest valid request to any function")
-        request = await decode(len(call.body), openai.parse_embeddings, call.body)
+        with tracing.span("decode"):
+            request = await decode(len(call.body), openai.parse_embeddings, call.body)
         tier = tier_for(key, headers.get("x-slserve-tier") or request.body.tier)
         upgrade = _true(headers.get(ALLOW_UPGRADE))
         sticky = routing_key(key, headers)
         draw = random.random()
-        route = scoped(
-            key,
-            self.router.route(
-                request.model,
-                request.selector,
-                routing_key=sticky,
-                tier=tier,
-                allow_upgrade=upgrade,
-                draw=draw,
-                opens=key.models,
-            ),
-        )
+        with tracing.span("route"):
+            route = scoped(
+                key,
+                self.router.route(
+                    request.model,
+                    request.selector,
+                    routing_key=sticky,
+                    tier=tier,
+                    allow_upgrade=upgrade,
+                    draw=draw,
+                    opens=key.models,
+                ),
+            )
         call.route = route
         call.resolve = self.resolver(key, sticky, upgrade, draw)
         replayed = await self.passage.replay(call, path)
@@ -267,7 +281,8 @@ class Front:
     async def read_request(self, call: Call, receive: Receive, limit: int, why: str) -> None:
         """The body (within `limit`, the gateway's byte budget and its minimum rate); from then on, a disconnect
         cancels the call (work not yet started for it is dropped)."""
-        call.body, call.held_bytes = await self.intake.read(call.headers, receive, limit, why, call.key.tenant)
+        with tracing.span("read body"):
+            call.body, call.held_bytes = await self.intake.read(call.headers, receive, limit, why, call.key.tenant)
         watcher = asyncio.ensure_future(receive())  # resolves at the disconnect, or once the response is sent
 
         def on_message(done: asyncio.Future[Message]) -> None:

@@ -1,10 +1,13 @@
 """What the gateway learns from each answered request: its metrics, the dashboard's timeline (a pipeline's
-functions count too), and the access log line."""
+functions count too), the access log line, and what its server span says it turned out to be."""
 
 from __future__ import annotations
 
 import logging
 
+from opentelemetry.trace import Span
+
+from slserve import tracing
 from slserve.gateway import logs
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.passage import Call
@@ -16,10 +19,13 @@ class Observer:
         self.metrics = metrics
         self.timeline = timeline
 
-    def answered(self, call: Call | None, path: str, status: int, seconds: float, request_id: str) -> None:
+    def answered(
+        self, call: Call | None, path: str, status: int, seconds: float, request_id: str, trace_id: str | None
+    ) -> None:
         """Metrics and the access log line for an inference request."""
         if call is None:
-            logs.access("request", request_id=request_id, path=path, status=status, ms=round(seconds * 1000, 2))
+            ms = round(seconds * 1000, 2)
+            logs.access("request", request_id=request_id, path=path, status=status, ms=ms, trace_id=trace_id)
             return
         route, served = call.route, call.served
         model, version = (route.model, route.version) if route else ("", "")
@@ -59,4 +65,26 @@ class Observer:
             status=status,
             cost=served.price if served else 0,
             ms=round(seconds * 1000, 2),
+            trace_id=trace_id,
+        )
+
+    @staticmethod
+    def traced(span: Span | None, call: Call | None, status: int) -> None:
+        """The server span's outcome: its status, and the request's model, function, tier and tenant."""
+        if span is None:
+            return
+        route, served = (call.route, call.served) if call is not None else (None, None)
+        tracing.answered(
+            span,
+            status,
+            tracing.attributes_of(
+                {
+                    "slserve.tenant": call.key.tenant if call is not None else None,
+                    "slserve.model": route.model if route else None,
+                    "slserve.version": (served.result.version if served else route.version) if route else None,
+                    "slserve.tier": served.tier if served else (route.tier if route else None),
+                    "slserve.function": served.result.function if served else None,
+                    "slserve.price": served.price if served else None,
+                }
+            ),
         )

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from slserve import tracing
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import Admission, Limiter, QuotaHold, take_quota
 from slserve.errors import (
@@ -73,6 +74,8 @@ class Call:
     # What happened, for logs and metrics (filled in as it is known).
     route: Route | None = None
     served: Served | None = None
+    trace: tracing.Incoming = tracing.NO_TRACE  # the client's trace context, passed on to the functions called
+    trace_id: str | None = None  # the request's trace (the client's, or the gateway's span's when traces are on)
 
     @property
     def gone(self) -> bool:
@@ -180,6 +183,7 @@ class Passage:
         call.route = route
         request.cancellation = call.cancellation
         request.request_id = call.request_id
+        request.trace = call.trace.headers
         request.deadline = time.monotonic() + min(self.timeout_s, client_timeout_s(call.headers))
         try:
             if call.gone:  # left while waiting for its key or its body: nothing was started
@@ -251,7 +255,9 @@ class Passage:
             fallback=served.fallback if served else None,
             compute_cost=served.compute_cost if served else None,
             steps=steps_json(served.steps) if served and served.steps else None,
+            trace_id=call.trace_id,
         )
         kept = (call.key.key_id, call.slot[1], stored) if stored and call.slot else None
-        await self.ledger.append(record, kept)
+        with tracing.span("ledger write"):
+            await self.ledger.append(record, kept)
         call.charged = counts

@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS records (
     instance TEXT, cold_start INTEGER NOT NULL, cold_start_ms REAL, queue_ms REAL, compute_ms REAL,
     input_bytes INTEGER NOT NULL, output_bytes INTEGER NOT NULL, batch_size INTEGER, tokens INTEGER,
     status INTEGER NOT NULL, price INTEGER NOT NULL CHECK (price >= 0), fallback TEXT, steps TEXT,
-    compute_cost INTEGER
+    compute_cost INTEGER, trace_id TEXT
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS records_by_tenant ON records (tenant, time_us);
 CREATE INDEX IF NOT EXISTS records_by_key ON records (key_id, time_us);
@@ -104,6 +104,8 @@ def migrate(db: sqlite3.Connection) -> None:
         db.execute("ALTER TABLE records ADD COLUMN steps TEXT")
     if "compute_cost" not in have:  # ledgers from before prices counted work (their cost was their price)
         db.execute("ALTER TABLE records ADD COLUMN compute_cost INTEGER")
+    if "trace_id" not in have:
+        db.execute("ALTER TABLE records ADD COLUMN trace_id TEXT")
 
 
 def connect(path: Path) -> sqlite3.Connection:

@@ -41,6 +41,7 @@ class Record:
     fallback: str | None = None
     steps: str | None = None  # a pipeline's steps, itemized (JSON: `steps_json`); their costs sum to `price`
     compute_cost: int | None = None  # micro-units: what its measured compute cost the house (None: not measured)
+    trace_id: str | None = None  # W3C trace id (32 hex) of its trace: the client's traceparent or the gateway's span
 
 
 @dataclass(frozen=True, slots=True)

@@ -53,6 +53,7 @@ class InferRequest:
     deadline: float | None = None  # time.monotonic() after which nobody wants the answer: never start it then
     cancellation: Cancellation | None = None
     request_id: str | None = None  # the gateway's (x-request-id): sent with the call wherever it runs, for its logs
+    trace: dict[str, str] = field(default_factory=dict)  # the client's W3C trace context (`slserve.tracing`)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from slserve import tracing
 from slserve.errors import InvalidInput, PayloadTooLarge
 from slserve.platform.base import InferRequest, InferResult
 from slserve.platform.wire import tensor_from_payload, tensor_payload
@@ -286,6 +287,7 @@ def encode_request(request: InferRequest) -> tuple[bytes, dict[str, str]]:
     headers = {"content-type": "application/octet-stream", HEADER_LENGTH: str(len(header))}
     if request.request_id is not None:
         headers[REQUEST_ID] = request.request_id
+    headers.update(tracing.outgoing(request.trace))  # the call's span (traces on) or the client's context
     return b"".join([header, *blobs]), headers
 
 

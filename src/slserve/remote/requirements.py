@@ -60,7 +60,7 @@ class ImportClosure:
     leave_out: Collection[str] = ()
     code: Mapping[str, Path] = field(default_factory=dict)
     shipped: dict[str, Path] = field(default_factory=dict)  # installed non-slserve modules to copy (with __init__s)
-    third_party: dict[str, str] = field(default_factory=dict)  # top-level import name -> a module importing it
+    third_party: dict[str, str] = field(default_factory=dict)  # import root (`_root`) -> a module importing it
     code_modules: set[str] = field(init=False)  # the top-level modules of `code`
     _seen: set[str] = field(default_factory=set)
 
@@ -81,8 +81,8 @@ class ImportClosure:
                 top = name.split(".")[0]
                 if self._ours(name) or top in self.code_modules:
                     todo.append(name)
-                elif top not in sys.stdlib_module_names:
-                    self.third_party.setdefault(top, module)
+                elif top not in sys.stdlib_module_names and (root := _root(name)) is not None:
+                    self.third_party.setdefault(root, module)
         return self
 
     def __post_init__(self) -> None:
@@ -91,10 +91,10 @@ class ImportClosure:
     def distributions(self, provided: Collection[str] = ()) -> list[str]:
         """The distributions that provide the third-party imports (less the ones the target provides itself)."""
         out: dict[str, None] = {}
-        for top, importer in sorted(self.third_party.items()):
-            names = _providers().get(top, [])
+        for root, importer in sorted(self.third_party.items()):
+            names = _providers_of(root)
             if not names:
-                raise BuildError(f"{importer} imports {top!r}, which no installed distribution provides: install it")
+                raise BuildError(f"{importer} imports {root!r}, which no installed distribution provides: install it")
             out.update((d, None) for d in names if canonical(d) not in {canonical(p) for p in provided})
         return list(out)
 
@@ -146,6 +146,29 @@ def _providers() -> dict[str, list[str]]:
     """Top-level import name -> the installed distributions (other than slserve) that provide it."""
     found = importlib.metadata.packages_distributions().items()
     return {top: [d for d in names if d != "slserve"] for top, names in found}
+
+
+def _root(name: str) -> str | None:
+    """What decides which distribution provides the import `name`: its top-level package; or where several
+    distributions share that (a namespace package: `opentelemetry` is the API's, the SDK's, each exporter's),
+    its first subpackage, and nothing for the bare namespace."""
+    parts = name.split(".")
+    if len(_providers().get(parts[0], [])) < 2:
+        return parts[0]
+    return ".".join(parts[:2]) if len(parts) > 1 else None
+
+
+@functools.cache
+def _providers_of(root: str) -> list[str]:
+    """The distributions that provide an import root: those with its files, else every one that provides its
+    top-level name (a subpackage no single distribution's files show)."""
+    top, _, sub = root.partition(".")
+    names = _providers().get(top, [])
+    if not sub:
+        return names
+    prefixes = (f"{top}/{sub}/", f"{top}/{sub}.py")
+    having = [d for d in names if any(str(f).startswith(prefixes) for f in importlib.metadata.files(d) or ())]
+    return having or names
 
 
 def imports(tree: ast.Module, module: str, is_package: bool) -> Iterator[str]:

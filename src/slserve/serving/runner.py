@@ -5,8 +5,10 @@ answer profiled for drift and its shadow copy started."""
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
+from slserve import tracing
 from slserve.drift.monitor import DriftMonitor
 from slserve.errors import InstanceFailed, Overloaded, RuntimeUnavailable, SlserveError
 from slserve.features import FeatureStore
@@ -46,14 +48,19 @@ class Runner:
         for tier, function in ordered:
             pipeline = self.router.pipelines.get(function)
             if pipeline is not None:
-                served = await serve_pipeline(self, platform, route, tier, request, resolve)
+                with tracing.span(f"pipeline {function}", {"slserve.tier": tier}):
+                    served = await serve_pipeline(self, platform, route, tier, request, resolve)
                 self._observe(route.model, route.version, pipeline.spec.signature, request, served.result)
                 self._shadow(platform, route, request, served.result, resolve)
                 return served
             try:
                 self._check_hardware(platform, tier, function)
                 routed = request if request.function == function else dataclasses.replace(request, function=function)
-                result = await platform.infer(routed)
+                with tracing.span(f"call {function}", {"slserve.tier": tier}):
+                    started = time.monotonic()
+                    result = await platform.infer(routed)
+                    if tracing.enabled():
+                        _trace_call(started, result)
             except CANNOT_SERVE as e:
                 if isinstance(e, InstanceFailed) and e.may_have_run:
                     raise  # another tier would run it a second time, and bill it twice
@@ -116,6 +123,21 @@ class Runner:
         price = pricing.price(table.tiers[tier], spec.pricing if spec is not None else Pricing(), rows, result.tokens)
         cost = pricing.compute_cost(table.costs, result.compute_ms, result.device)
         return Served(result, route, tier, price, fallback, compute_cost=cost, degraded=degraded)
+
+
+def _trace_call(started: float, result: InferResult) -> None:
+    """A call's two parts, as the platform measured them: waiting for an instance (its cold start included),
+    then running on it (with its batch)."""
+    ended = time.monotonic()
+    queued = min(ended, started + result.queue_ms / 1000)
+    tracing.record("queue", started, queued, tracing.attributes_of({"slserve.cold_start_ms": result.cold_start_ms}))
+    run = {
+        "slserve.instance": result.instance,
+        "slserve.batch_size": result.batch_size,
+        "slserve.compute_ms": result.compute_ms,
+        "slserve.device": result.device,
+    }
+    tracing.record("run", queued, ended, tracing.attributes_of(run))
 
 
 def rows_of(request: InferRequest) -> int:
