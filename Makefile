@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install browser serve build test test-fast lint typecheck check bench bench-peers soak clean
+.PHONY: install browser serve build test test-workers test-fast lint typecheck check bench bench-peers soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ browser:
 
 test: install lint typecheck browser
 	$(BIN)/python -m pytest -q
+
+# The same suite against gateways of two front workers and a platform process (`slserve serve --workers 2`).
+test-workers: install
+	SLSERVE_TEST_WORKERS=2 $(BIN)/python -m pytest -q tests/reliability tests/integration
 
 # The inner loop: unit and reliability tests, one server, no big builds (the full gate is `make test`).
 test-fast: install

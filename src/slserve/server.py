@@ -7,9 +7,11 @@ sooner (RESULTS.md, "A restarted gateway").
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import logging
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from setproctitle import setproctitle
 
@@ -31,22 +33,65 @@ log = logging.getLogger("slserve.gateway")
 
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
+    """The gateway and the embedded platform in this one process."""
+    catalog = _begin(settings)
+    local = local_executor(settings, catalog.store)
+    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    from slserve.gateway.app import build_app
+
+    return _uvicorn(build_app(Targets(*executors(settings, catalog, local)), settings), settings)
+
+
+def make_front(settings: ServeSettings, platform_socket: Path) -> uvicorn.Server:
+    """One front worker of several: the gateway, its local functions run by the platform process (`platform`)
+    and keys' limits counted there; the remote targets' calls leave from here."""
+    catalog = _begin(settings)
+    from slserve.gateway.app import build_app
+    from slserve.platform.linked import LinkedExecutor, LinkedLimits, PlatformLink
+
+    link = PlatformLink(platform_socket)
+    targets = Targets(*executors(settings, catalog, LinkedExecutor(link)))
+    app = build_app(targets, settings, limits=LinkedLimits(link), record_address=False)
+    return _uvicorn(app, settings)
+
+
+def platform(settings: ServeSettings, platform_socket: Path) -> None:
+    """The platform process of several front workers: the local functions' templates, pools and instances, and
+    keys' limits, until SIGTERM (Ctrl-C reaches the supervisor, which stops the fronts first)."""
+    import signal
+
+    import uvloop
+
+    from slserve.platform.local.service import LocalFunctions, PlatformService
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    catalog = _begin(settings)
+    local = local_executor(settings, catalog.store)
+    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    service = PlatformService(Targets(LocalFunctions(catalog), {"local": local}), platform_socket)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        await service.serve(stop, settings.drain_seconds)
+
+    uvloop.run(run())
+
+
+def _begin(settings: ServeSettings) -> FolderCatalog:
     logs.configure(settings.log_level, settings.log_format)
     traces = tracing.configure()
     if traces is not None:
         log.info("traces on (OTEL_TRACES_EXPORTER=%s)", traces)
     store = ArtifactStore(settings.artifacts)
-    catalog = FolderCatalog(store, settings.functions, discover_functions(settings.functions))
-    made, missing = executors(settings, catalog)
-    local = made["local"]
-    assert isinstance(local, LocalExecutor)
-    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    return FolderCatalog(store, settings.functions, discover_functions(settings.functions))
+
+
+def _uvicorn(app: Any, settings: ServeSettings) -> uvicorn.Server:
     import uvicorn
 
-    from slserve.gateway.app import build_app
     from slserve.gateway.connection import BoundedHttpTools
 
-    app = build_app(Targets(catalog, made, missing), settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -65,22 +110,26 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
     return uvicorn.Server(config)
 
 
+def local_executor(settings: ServeSettings, store: ArtifactStore) -> LocalExecutor:
+    return LocalExecutor(
+        store,
+        settings.cores,
+        _mb(settings.memory_budget_mb),
+        learned=settings.keep_alive == "learned",
+        gaps_file=settings.state / GAPS_FILE,
+    )
+
+
 def _mb(mb: float | None) -> int | None:
     return None if mb is None else int(mb * 1024 * 1024)
 
 
-def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str, Executor], dict[str, str]]:
-    """The local executor always; the `aws` and `modal` ones where a function targets them; and for each
-    target named but not runnable here, what would make it runnable."""
-    out: dict[str, Executor] = {
-        "local": LocalExecutor(
-            catalog.store,
-            settings.cores,
-            _mb(settings.memory_budget_mb),
-            learned=settings.keep_alive == "learned",
-            gaps_file=settings.state / GAPS_FILE,
-        )
-    }
+def executors(
+    settings: ServeSettings, catalog: FolderCatalog, local: Executor
+) -> tuple[FolderCatalog, dict[str, Executor], dict[str, str]]:
+    """The catalog; the local executor, and the `aws` and `modal` ones where a function targets them; and for
+    each target named but not runnable here, what would make it runnable."""
+    out: dict[str, Executor] = {"local": local}
     missing: dict[str, str] = {}
     targets = {f.target for f in catalog.functions().values()}
     remote = {"aws": (_aws_executor, settings.aws_endpoint_url), "modal": (_modal_executor, settings.modal_url)}
@@ -93,7 +142,7 @@ def executors(settings: ServeSettings, catalog: FolderCatalog) -> tuple[dict[str
             log.warning("functions target %s, but %s", target, made)
         else:
             out[target] = made
-    return out, missing
+    return catalog, out, missing
 
 
 def _aws_executor(settings: ServeSettings) -> Executor | str:
@@ -123,5 +172,6 @@ def _modal_executor(settings: ServeSettings) -> Executor | str:
 
 
 def serve(settings: ServeSettings) -> None:
+    """One process; `slserve.workers` runs several fronts and a platform instead."""
     setproctitle(f"slserve gateway {settings.host}:{settings.port}")
     make_server(settings).run()

@@ -78,6 +78,11 @@ class ServeSettings(BaseSettings):
     currency: str = Field("USD", description="What prices' micro-units are millionths of")
     log_format: Literal["json", "text"] = Field("json", description="Gateway logs: JSON lines or plain text")
     drain_seconds: Annotated[float, Field(ge=0)] = Field(30.0, description="Graceful shutdown: time to finish work")
+    workers: Annotated[int, Field(ge=1)] = Field(
+        1,
+        description="Front processes on the port (SO_REUSEPORT; HTTP, keys, decoding, routing, metering), beside "
+        "one platform process that runs the functions for all of them; 1: the gateway and platform in one process",
+    )
     cores: Annotated[int | None, Field(ge=1)] = Field(
         None,
         description="Cores the local functions' model calls share (default: this host's). A call alone on the "

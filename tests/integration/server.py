@@ -50,6 +50,34 @@ class Server:
         doc = self.get("/slserve/functions").json()
         return next(f for f in doc["functions"] if f["name"] == function)
 
+    def tree(self) -> dict[int, str]:
+        """Every process under the server (not itself), by pid, with its title (`slserve template torch`, ...)."""
+        parents: dict[int, int] = {}
+        titles: dict[int, str] = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_bytes()
+                    title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+                except OSError:
+                    continue
+                fields = stat.rsplit(b")", 1)[1].split()
+                if fields[0] != b"Z":
+                    parents[int(entry)], titles[int(entry)] = int(fields[1]), title
+        found, frontier = {}, [self.proc.pid]
+        while frontier:
+            parent = frontier.pop()
+            for pid, pp in parents.items():
+                if pp == parent and pid not in found:
+                    found[pid] = titles[pid]
+                    frontier.append(pid)
+        return found
+
+    def fronts(self) -> list[int]:
+        """The processes that serve HTTP: the gateway itself, or its front workers (`--workers N`)."""
+        workers = [pid for pid, title in self.tree().items() if title.startswith("slserve front")]
+        return workers or [self.proc.pid]
+
     def stop(self) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -69,18 +97,27 @@ def start_server(
     own_group: bool = False,
     ready_path: str = "/v2/health/ready",
     environ: dict[str, str] | None = None,
+    workers: int | None = None,
     **env: str,
 ) -> Server:
     """`slserve serve` on a free port, with its own state folder (keys, ledger) holding one admin key; returned
     once `ready_path` answers 200 (every function ready, by default). Hermetic: its routes and settings are its
     own (a routes.toml in its state folder, no slserve.toml), whatever the checkout or the shell hold. `env` are
-    slserve's settings (`SLSERVE_` + the name); `environ`, other variables as they are (`OTEL_*`)."""
+    slserve's settings (`SLSERVE_` + the name); `environ`, other variables as they are (`OTEL_*`). `workers`:
+    front processes (`--workers`); by default SLSERVE_TEST_WORKERS, or 1 (`make test-workers` runs the suite at 2)."""
     port = free_port()
     state = state or log.parent / f"state-{port}"
     key = SQLiteKeyStore(state).create(new_key("tests", admin=True))
     code = "from slserve.cli import main; main()"
     args = ["serve", "--port", str(port), "--functions", str(functions), "--artifacts", str(artifacts)]
-    env = {"state": str(state), "routes": str(state / "routes.toml"), "config": str(state / "slserve.toml"), **env}
+    workers = workers or int(os.environ.get("SLSERVE_TEST_WORKERS", "1"))
+    env = {
+        "workers": str(workers),
+        "state": str(state),
+        "routes": str(state / "routes.toml"),
+        "config": str(state / "slserve.toml"),
+        **env,
+    }
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("SLSERVE_")}
     full_env = {**inherited, **(environ or {}), **{f"SLSERVE_{k.upper()}": v for k, v in env.items()}}
     with log.open("wb") as out:

@@ -25,11 +25,16 @@ HEADER = "Inference-Header-Content-Length"
 
 
 def gateway_peak_rss_mb(server: Server) -> float:
-    """The gateway's peak resident memory so far (VmHWM): an allocation it made, even freed, shows here."""
-    for line in Path(f"/proc/{server.proc.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError("no VmHWM")
+    """The gateway's peak resident memory so far (VmHWM): an allocation it made, even freed, shows here (with
+    several front workers, their peaks together)."""
+    peaks = [
+        int(line.split()[1]) / 1024
+        for pid in server.fronts()
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmHWM:")
+    ]
+    assert peaks, "no VmHWM"
+    return sum(peaks)
 
 
 def binary_request(path: str, server: Server, inputs: list[dict[str, Any]], data: bytes) -> httpx.Response:

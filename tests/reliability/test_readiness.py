@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -63,12 +62,7 @@ def own_server(hazard_functions: tuple[Path, ArtifactStore]) -> Iterator[Server]
 
 
 def template_pid(server: Server) -> int | None:
-    listing = subprocess.run(["ps", "-o", "pid=,args=", "--ppid", str(server.proc.pid)], capture_output=True, text=True)
-    for line in listing.stdout.splitlines():
-        pid, _, args = line.strip().partition(" ")
-        if "slserve template torch" in args:
-            return int(pid)
-    return None
+    return next((pid for pid, title in server.tree().items() if title.startswith("slserve template torch")), None)
 
 
 @pytest.mark.slow

@@ -1,8 +1,9 @@
 """Per-key limits, enforced before any function work: a token-bucket rate, concurrent requests, a monthly quota.
 
-The rate and the concurrency are counted in this process (`Limiter`): each gateway process, and each router
-environment on Lambda, enforces them on its own share of the traffic (the README's "What a fleet shares" says
-how to bound them across a fleet). The monthly quota is counted in the store every process shares
+The rate and the concurrency are counted in one process (`Limiter`): the gateway's, or, with several front
+workers, the platform process's, which every worker asks (`platform.linked`); each router environment on Lambda
+enforces them on its own share of the traffic (the README's "What a fleet shares" says how to bound them across
+a fleet). The monthly quota is counted in the store every process shares
 (`QuotaCounter`: the ledger's SQLite file, or DynamoDB): N processes admit exactly the quota, not N times it.
 """
 
@@ -65,6 +66,52 @@ def month_bounds(when: float) -> tuple[float, float]:
     return start.timestamp(), (start + dt.timedelta(days=days)).timestamp()
 
 
+class Limited(Protocol):
+    """What a key's rate and concurrency are read from (a `KeyRecord`, or its `KeyLimits` sent elsewhere)."""
+
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def rate_per_s(self) -> float | None: ...
+
+    @property
+    def burst(self) -> int | None: ...
+
+    @property
+    def concurrency(self) -> int | None: ...
+
+
+@dataclass(frozen=True)
+class KeyLimits:
+    key_id: str
+    rate_per_s: float | None = None
+    burst: int | None = None
+    concurrency: int | None = None
+
+    @classmethod
+    def of(cls, key: Limited) -> KeyLimits:
+        return cls(key.key_id, key.rate_per_s, key.burst, key.concurrency)
+
+    @property
+    def limited(self) -> bool:
+        return self.rate_per_s is not None or self.concurrency is not None
+
+
+class Held(Protocol):
+    """A request let in by its key's limits: `release` it exactly once when it is done."""
+
+    def release(self) -> None: ...
+
+
+class Limits(Protocol):
+    """Where a key's rate and concurrency are counted (this process, or the platform process of several workers)."""
+
+    async def take(self, key: KeyRecord) -> Held:
+        """Let a request in, or raise 429 saying which limit it hit and when to retry."""
+        ...
+
+
 @dataclass
 class Bucket:
     tokens: float
@@ -76,7 +123,7 @@ class Admission:
     """A request let in: `release` it exactly once when it is done."""
 
     limiter: Limiter
-    key: KeyRecord
+    key: Limited
     released: bool = False
 
     def release(self) -> None:
@@ -92,7 +139,10 @@ class Limiter:
         self._buckets: dict[str, Bucket] = {}
         self._in_flight: dict[str, int] = {}
 
-    def admit(self, key: KeyRecord, now: float | None = None) -> Admission:
+    async def take(self, key: KeyRecord) -> Admission:
+        return self.admit(key)
+
+    def admit(self, key: Limited, now: float | None = None) -> Admission:
         """Let a request in, or raise 429 saying which limit it hit and when to retry."""
         now = time.monotonic() if now is None else now
         if key.concurrency is not None and self._in_flight.get(key.key_id, 0) >= key.concurrency:
@@ -106,7 +156,7 @@ class Limiter:
         self._in_flight[key.key_id] = self._in_flight.get(key.key_id, 0) + 1
         return Admission(self, key)
 
-    def _take_token(self, key: KeyRecord, now: float) -> None:
+    def _take_token(self, key: Limited, now: float) -> None:
         rate = key.rate_per_s
         assert rate is not None
         size = float(key.burst or max(1, round(rate)))

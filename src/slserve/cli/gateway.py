@@ -38,16 +38,20 @@ def serve(
     state: Annotated[
         Path | None, typer.Option(help=f"Keys, ledger and server secret folder (default {DEFAULT_STATE})")
     ] = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="Front processes sharing the port and one platform (default 1)")
+    ] = None,
 ) -> None:
     """Run the gateway with every function behind it, each at zero instances until called."""
-    from slserve.server import serve as run_server
     from slserve.settings import load_settings
 
     if config is not None:
         if not config.is_file():
             raise SlserveError(f"config file {config} not found")
         os.environ["SLSERVE_CONFIG"] = str(config)
-    settings = load_settings(host=host, port=port, functions=functions, artifacts=artifacts, routes=routes, state=state)
+    settings = load_settings(
+        host=host, port=port, functions=functions, artifacts=artifacts, routes=routes, state=state, workers=workers
+    )
     from slserve.accounts.keys import SQLiteKeyStore, ensure_dev_key
     from slserve.gateway.address import client_url
 
@@ -62,7 +66,14 @@ def serve(
             console.print(f"development API key: see {where}")
         dashboard += f"#key={token}"
     console.print(f"dashboard (live, once the gateway is up): {dashboard}", highlight=False, soft_wrap=True)
-    run_server(settings)
+    if settings.workers > 1:
+        from slserve.workers import Supervisor
+
+        Supervisor(settings).run()
+    else:
+        from slserve.server import serve as run_server
+
+        run_server(settings)
 
 
 def status(

@@ -18,7 +18,7 @@ from starlette.routing import Route
 import slserve
 from slserve import tracing
 from slserve.accounts.keys import KeyStore, SQLiteKeyStore
-from slserve.accounts.limits import Limiter
+from slserve.accounts.limits import Limiter, Limits
 from slserve.compose.catalog import DeployedPipeline, PipelineCatalog, Pipelines
 from slserve.drift.monitor import DriftMonitor
 from slserve.drift.profile import Profile, Thresholds
@@ -304,9 +304,13 @@ def build_app(
     ledger: Ledger | None = None,
     pipelines: Pipelines | None = None,
     fleet: FleetState | None = None,
+    limits: Limits | None = None,
+    record_address: bool = True,
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
-    default to SQLite in the state folder (DynamoDB on AWS is handed in: a ledger with its fleet state)."""
+    default to SQLite in the state folder (DynamoDB on AWS is handed in: a ledger with its fleet state); keys'
+    rate and concurrency are counted in this process unless `limits` counts them for several (front workers,
+    whose supervisor records the gateway's address: not `record_address`)."""
     store = ArtifactStore(settings.artifacts)
     pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
@@ -320,7 +324,7 @@ def build_app(
     if (ledger is None) != (fleet is None):
         raise ValueError("a gateway's ledger and fleet state come together (idempotency and quotas need both)")
     timeout_s, bill_abandoned = settings.request_timeout_s, settings.bill_abandoned
-    passage = Passage(platform, runner, Limiter(), ledger, fleet, timeout_s, bill_abandoned)
+    passage = Passage(platform, runner, limits or Limiter(), ledger, fleet, timeout_s, bill_abandoned)
     metrics = Metrics(platform, runner, ledger)
     timeline = Timeline()
     overview = Overview(platform, runner, timeline, ledger, settings.currency)
@@ -337,11 +341,13 @@ def build_app(
             loop.create_task(timeline.run(platform)),
             *([loop.create_task(monitor.run())] if monitor else []),
         ]
-        address.record(settings.state, address.client_url(settings.host, settings.port))
+        if record_address:
+            address.record(settings.state, address.client_url(settings.host, settings.port))
         try:
             yield
         finally:
-            address.forget(settings.state)
+            if record_address:
+                address.forget(settings.state)
             for watcher in watchers:
                 watcher.cancel()
             await platform.stop(settings.drain_seconds)

@@ -1,13 +1,20 @@
 """Prometheus metrics (`GET /metrics`). Per-request counters and histograms are updated as requests finish;
 everything that is state (instances, queues, cold starts, the ledger, shadows, routes) is read at scrape time
-from its owner, so no number is kept twice."""
+from its owner, so no number is kept twice.
+
+With several front workers (`--workers N`) a scrape reaches one front, whichever the kernel picks, so the
+per-request counters are the host's: each front keeps them in prometheus_client's multiprocess files (the
+supervisor sets PROMETHEUS_MULTIPROC_DIR before the fronts import it), and any front's scrape adds up every
+front's, those of fronts that died included (a counter never goes back)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from slserve.drift.monitor import DriftMonitor
@@ -18,6 +25,17 @@ from slserve.serving import Runner
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+SHARED_FOLDER = "PROMETHEUS_MULTIPROC_DIR"  # prometheus_client's own variable
+
+
+class _Families(Collector):
+    """Metric families already collected, to render."""
+
+    def __init__(self, families: Iterable[Metric]) -> None:
+        self.families = list(families)
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.families
 
 
 class Metrics:
@@ -52,7 +70,11 @@ class Metrics:
         self.fallbacks = Counter(
             "slserve_fallbacks", "Requests served by a fallback function", ["model", "tier"], registry=self.registry
         )
-        self.registry.register(StateCollector(platform, runner, ledger))
+        state = StateCollector(platform, runner, ledger)
+        self.registry.register(state)
+        folder = os.environ.get(SHARED_FOLDER)
+        self._shared = MultiProcessCollector(None, folder) if folder else None  # type: ignore[no-untyped-call]
+        self._state = state
         # A labelled child is looked up (lock, label checks) on every `labels()` call; a request's labels repeat,
         # so each combination is looked up once. Bounded by the models, versions, tiers and statuses served.
         self._answered: dict[tuple[str, ...], tuple[Counter, Histogram]] = {}
@@ -76,8 +98,14 @@ class Metrics:
         child.observe(size)
 
     def render(self, money: bool = False) -> bytes:
-        text = generate_latest(self.registry)
-        return text + generate_latest(self.money) if money else text
+        if self._shared is None:
+            text = generate_latest(self.registry)
+            return text + generate_latest(self.money) if money else text
+        shared = list(self._shared.collect())  # type: ignore[no-untyped-call]  # every front's counters
+        money_names = {m.name for m in self.money.collect()}
+        text = generate_latest(_Families(m for m in shared if m.name not in money_names))
+        text += generate_latest(self._state)
+        return text + generate_latest(_Families(m for m in shared if m.name in money_names)) if money else text
 
 
 class StateCollector(Collector):

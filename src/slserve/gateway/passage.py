@@ -23,7 +23,7 @@ from typing import Any
 
 from slserve import tracing
 from slserve.accounts.keys import KeyRecord
-from slserve.accounts.limits import Admission, Limiter, QuotaHold, take_quota
+from slserve.accounts.limits import Held, Limits, QuotaHold, take_quota
 from slserve.errors import (
     ClientClosedRequest,
     GatewayTimeout,
@@ -63,7 +63,7 @@ class Call:
     held_bytes: int = 0  # of the gateway's budget for request bodies
     started_wall: float = field(default_factory=time.time)
     cancellation: Cancellation = field(default_factory=Cancellation)
-    admission: Admission | None = None  # the key's rate and concurrency, taken before the body is read
+    admission: Held | None = None  # the key's rate and concurrency, taken before the body is read
     quota: QuotaHold | None = None  # ... and its monthly quota
     slot: Slot | None = None  # the Idempotency-Key slot this call holds (in this process)
     claimed: bool = False  # ... and in the store the fleet shares
@@ -97,7 +97,7 @@ class Passage:
         self,
         platform: Platform,
         runner: Runner,
-        limiter: Limiter,
+        limiter: Limits,
         ledger: Ledger | None,
         fleet: FleetState | None,
         timeout_s: float,
@@ -157,7 +157,7 @@ class Passage:
     async def admit(self, call: Call) -> None:
         """The key's limits, from the headers alone, before its body is read: a key at its concurrency, rate or
         quota is refused without holding a buffer. Released by `done`."""
-        call.admission = self.limiter.admit(call.key)
+        call.admission = await self.limiter.take(call.key)
         if self.fleet is not None and call.key.quota_per_month is not None:  # the store only for keys with one
             call.quota = await take_quota(self.fleet, call.key)
 

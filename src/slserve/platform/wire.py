@@ -1,4 +1,4 @@
-"""The gateway <-> instance wire format: length-prefixed binary frames over a unix stream socket.
+"""The wire format between the gateway and its instances (and between front workers and the platform process):
 
     frame   = u32 body_length | body                          (slserve.framing)
     body    = u8 kind | u64 request_id | u32 meta_length | meta (JSON) | tensors
@@ -48,6 +48,11 @@ class Kind(IntEnum):
     STOP = 5  # gateway -> instance: finish what you have, then exit
     CANCEL = 6  # gateway -> instance: nobody wants this request's answer; drop it if it has not started
     DROPPED = 7  # instance -> gateway: the request was not run (meta: reason, "cancelled" or "deadline")
+    # between a front worker and the platform process (`platform.link`): INFER, RESULT, ERROR and CANCEL as above
+    STATE = 8  # platform -> front: every local function's status, warm capacity and the host (meta)
+    ADMIT = 9  # front -> platform: let a key's request in by its rate and concurrency (meta: the key's limits)
+    ADMITTED = 10  # platform -> front: let in (or, with meta "error", refused)
+    RELEASE = 11  # front -> platform: the admitted request is over
 
 
 @dataclass

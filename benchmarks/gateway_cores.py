@@ -1,0 +1,156 @@
+"""Every core: one gateway process against `--workers N` (N fronts on one port and a platform process), on the
+classifier and MiniLM (ONNX), wrk at rising concurrency. Targets (issue 27): gateway CPU per request ≤ 0.2 ms;
+2 workers on 2 cores ≥ 1.6x one on the classifier.
+
+Both gateways run over the same functions and are measured in alternation (the idle one costs nothing), several
+rounds; a figure is the median of its points, a ratio the median of the ratios paired in one round. A gateway's
+CPU is its own processes' (utime + stime from /proc): the gateway process, or the fronts and the platform
+process; the instances' (and templates') CPU is reported apart, as "model".
+
+The projection onto a host of C cores assumes the work per request stays what was measured here, that fronts
+scale with cores until the platform process (one event loop, one core) or the model's own CPU runs out, and that
+nothing else runs: requests/s ≤ min(C / (gateway + model CPU per request), 1 / CPU per request of the one event
+loop that cannot spread: the platform process's, or without workers the gateway process's).
+
+    python benchmarks/gateway_cores.py [--seconds 6] [--rounds 3] [--workers 2] [--concurrency 8 32 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from harness import OUT, Gateway, gateway, machine, make_functions, save
+from metering import BODIES
+from throughput import LUA, wrk
+
+FUNCTIONS = {name: (name, {"scaling": {"max_instances": 2, "target_concurrency": 16}}) for name in BODIES}
+
+
+def _tree(root: int) -> dict[int, str]:
+    parents, titles = {}, {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
+            except OSError:
+                continue
+            parents[int(entry)], titles[int(entry)] = int(stat[1]), title
+    found, frontier = {root: titles.get(root, "")}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, pp in parents.items():
+            if pp == parent and pid not in found:
+                found[pid] = titles[pid]
+                frontier.append(pid)
+    return found
+
+
+def _cpu_s(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_role(gw: Gateway) -> dict[str, float]:
+    """CPU seconds so far of the fronts (or the one gateway process), the platform process and the model."""
+    out = {"front": 0.0, "platform": 0.0, "model": 0.0}
+    for pid, title in _tree(gw.proc.pid).items():
+        if title.startswith(("slserve front", "slserve gateway")):
+            out["front"] += _cpu_s(pid)
+        elif title.startswith("slserve platform"):
+            out["platform"] += _cpu_s(pid)
+        elif title.startswith(("slserve instance", "slserve template")):
+            out["model"] += _cpu_s(pid)
+    return out
+
+
+def point(gw: Gateway, name: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
+    before = cpu_by_role(gw)
+    got = wrk(f"{gw.url}/v2/models/{name}/infer", concurrency, seconds, script)
+    after = cpu_by_role(gw)
+    assert got["errors"] == 0, got
+    requests = got["rps"] * seconds
+    per = {role: (after[role] - before[role]) * 1000 / requests for role in before}
+    return {
+        **got,
+        "front_ms": per["front"],
+        "platform_ms": per["platform"],
+        "gateway_ms": per["front"] + per["platform"],
+        "model_ms": per["model"],
+    }
+
+
+def project(points: list[dict[str, float]], cores: int, workers: bool) -> float:
+    """Requests/s on `cores`: the host's CPU shared by all the work, and one event loop's core for what cannot
+    spread (the platform process; without workers, the gateway process itself)."""
+    gateway_ms = statistics.median(p["gateway_ms"] for p in points)
+    model_ms = statistics.median(p["model_ms"] for p in points)
+    one_loop_ms = statistics.median(p["platform_ms" if workers else "gateway_ms"] for p in points)
+    return min(cores * 1000 / (gateway_ms + model_ms), 1000 / one_loop_ms)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[8, 32, 64])
+    parser.add_argument("--cores", type=int, default=16, help="the host to project onto")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed: apt-get install wrk")
+    functions = make_functions(OUT / "functions-cores", FUNCTIONS)
+    layouts = {"1 process": "1", f"{args.workers} workers": str(args.workers)}
+    results: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {}
+    with ExitStack() as stack:
+        gateways = {
+            layout: stack.enter_context(gateway(functions, settings={"workers": n})) for layout, n in layouts.items()
+        }
+        scripts: dict[tuple[str, str], Path] = {}
+        for layout, gw in gateways.items():
+            for name in FUNCTIONS:
+                scripts[layout, name] = OUT / f"cores-{len(scripts)}.lua"
+                scripts[layout, name].write_text(LUA.format(body=BODIES[name], key=gw.key))
+                wrk(f"{gw.url}/v2/models/{name}/infer", max(args.concurrency), 2, scripts[layout, name])  # warm
+        for _ in range(args.rounds):
+            for name in FUNCTIONS:
+                for c in args.concurrency:
+                    for layout, gw in gateways.items():
+                        got = point(gw, name, c, args.seconds, scripts[layout, name])
+                        results.setdefault(name, {}).setdefault(layout, {}).setdefault(c, []).append(got)
+                        print(name, layout, c, got, file=sys.stderr)
+    save("gateway-cores", results)
+    one, many = layouts
+    print(f"wrk -t1, {args.rounds} rounds of {args.seconds:g} s per point; {machine()}")
+    print()
+    print("| function | c | layout | req/s | p99 ms | gateway CPU ms/req (fronts + platform) | model CPU ms/req "
+          f"| paired req/s vs 1 process | projected req/s on {args.cores} cores |")  # fmt: skip
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for name, by_layout in results.items():
+        for c in args.concurrency:
+            for layout in layouts:
+                points = by_layout[layout][c]
+                rps = statistics.median(p["rps"] for p in points)
+                p99 = statistics.median(p["p99"] for p in points)
+                front = statistics.median(p["front_ms"] for p in points)
+                platform = statistics.median(p["platform_ms"] for p in points)
+                model = statistics.median(p["model_ms"] for p in points)
+                paired = statistics.median(p["rps"] / o["rps"] for p, o in zip(points, by_layout[one][c], strict=True))
+                split = f"{front + platform:.3f} ({front:.3f} + {platform:.3f})" if layout == many else f"{front:.3f}"
+                print(
+                    f"| {name} | {c} | {layout} | {rps:.0f} | {p99:.1f} | {split} | {model:.3f} | {paired:.2f}x "
+                    f"| {project(points, args.cores, layout == many):.0f} |"
+                )
+
+
+if __name__ == "__main__":
+    main()

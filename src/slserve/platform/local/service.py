@@ -1,0 +1,177 @@
+"""The platform process of a gateway with several front workers (`slserve serve --workers N`): the local
+executor once for the host (templates, pools, exact batching, the autoscaler, the memory budget) and the keys'
+rate and concurrency limits, for every front worker over one unix socket (`platform.link`'s messages).
+
+Pools and batches stay whole: requests from every worker queue in one pool and batch together in one instance.
+Each front holds the platform's state as last broadcast (every `BROADCAST_S`), so routing, readiness and status
+never wait on a round trip. A front that goes away takes its requests with it: those not yet running are
+dropped (their caller is gone), and the limits it held are given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from pathlib import Path
+from typing import cast
+
+from slserve.accounts.limits import Admission, KeyLimits, Limiter
+from slserve.errors import InferenceFailed, SlserveError
+from slserve.framing import FrameAssembler
+from slserve.platform.base import Cancellation, Catalog, Changes, Deployed, InferRequest
+from slserve.platform.link import PlatformState, error_message, request_of, result_message
+from slserve.platform.targets import Targets
+from slserve.platform.wire import Kind, Message, decode, encode
+
+BROADCAST_S = 0.05  # how stale a front's view of warm capacity and status may be
+REFRESH_S = 1.0  # the catalog is looked at this often (`slserve build` is the deploy), as a lone gateway does
+log = logging.getLogger("slserve.platform")
+
+
+class LocalFunctions:
+    """The catalog as the platform process sees it: the functions of the local target (the fronts run the
+    remote targets' calls themselves). A function moved to another target is gone from here."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        self.catalog = catalog
+
+    def functions(self) -> Mapping[str, Deployed]:
+        return {name: f for name, f in self.catalog.functions().items() if f.target == "local"}
+
+    def refresh(self) -> Changes:
+        changes = self.catalog.refresh()
+        moved = [f.name for f in changes.deployed if f.target != "local"]
+        return Changes([f for f in changes.deployed if f.target == "local"], [*changes.removed, *moved])
+
+
+class FrontConnection(asyncio.BufferedProtocol):
+    """One front worker's end in the platform process: its calls in flight and the admissions it holds."""
+
+    def __init__(self, service: PlatformService) -> None:
+        self.service = service
+        self.transport: asyncio.Transport | None = None
+        self.calls: dict[int, Cancellation] = {}
+        self.admissions: dict[int, Admission] = {}
+        self._frames = FrameAssembler()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.service.joined(self)
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._frames.buffer()
+
+    def buffer_updated(self, nbytes: int) -> None:
+        for body in self._frames.received(nbytes):
+            self.service.handle(self, decode(body))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.service.left(self)
+
+    def send(self, msg: Message) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.writelines(encode(msg))
+
+
+class PlatformService:
+    def __init__(self, targets: Targets, socket_path: Path, limiter: Limiter | None = None) -> None:
+        self.targets = targets
+        self.socket_path = socket_path
+        self.limiter = limiter or Limiter()
+        self.fronts: set[FrontConnection] = set()
+        self._calls: set[asyncio.Task[None]] = set()
+
+    async def serve(self, stop: asyncio.Event, drain_seconds: float) -> None:
+        """Serve the fronts until `stop` is set; then finish what was accepted and stop every instance."""
+        await self.targets.start()
+        loop = asyncio.get_running_loop()
+        self.socket_path.unlink(missing_ok=True)
+        server = await loop.create_unix_server(lambda: FrontConnection(self), path=str(self.socket_path))
+        tasks = [loop.create_task(self._broadcast()), loop.create_task(self._refresh())]
+        log.info("platform serves front workers on %s", self.socket_path)
+        try:
+            await stop.wait()
+        finally:
+            server.close()
+            for task in tasks:
+                task.cancel()
+            await self.targets.stop(drain_seconds)
+            if self._calls:
+                await asyncio.wait(self._calls, timeout=1.0)  # their answers, the drain's last
+            self.socket_path.unlink(missing_ok=True)
+
+    # --- the fronts ------------------------------------------------------------------------------------------
+
+    def joined(self, front: FrontConnection) -> None:
+        self.fronts.add(front)
+        front.send(self.state().message())
+
+    def left(self, front: FrontConnection) -> None:
+        self.fronts.discard(front)
+        for admission in front.admissions.values():
+            admission.release()
+        front.admissions.clear()
+        for cancellation in list(front.calls.values()):
+            cancellation.cancel()
+
+    def handle(self, front: FrontConnection, msg: Message) -> None:
+        if msg.kind is Kind.INFER:
+            request = request_of(msg)
+            request.cancellation = front.calls[msg.request_id] = Cancellation()
+            task = asyncio.get_running_loop().create_task(self._infer(front, msg.request_id, request))
+            self._calls.add(task)
+            task.add_done_callback(self._calls.discard)
+        elif msg.kind is Kind.CANCEL:
+            if (cancellation := front.calls.get(msg.request_id)) is not None:
+                cancellation.cancel()
+        elif msg.kind is Kind.ADMIT:
+            try:
+                front.admissions[msg.request_id] = self.limiter.admit(KeyLimits(**msg.meta))
+                front.send(Message(Kind.ADMITTED, msg.request_id))
+            except SlserveError as e:
+                front.send(error_message(Kind.ADMITTED, msg.request_id, e))
+        elif msg.kind is Kind.RELEASE:
+            if (admission := front.admissions.pop(msg.request_id, None)) is not None:
+                admission.release()
+        else:
+            log.warning("a front worker sent a %s message, which the platform does not take", msg.kind.name)
+
+    async def _infer(self, front: FrontConnection, number: int, request: InferRequest) -> None:
+        try:
+            front.send(result_message(number, await self.targets.infer(request)))
+        except SlserveError as e:
+            front.send(error_message(Kind.ERROR, number, e))
+        except Exception as e:  # a bug of ours: the caller gets a 500 naming it, the platform serves on
+            log.exception("function %s: the platform failed a request", request.function)
+            front.send(error_message(Kind.ERROR, number, InferenceFailed(f"platform error ({type(e).__name__})")))
+        finally:
+            front.calls.pop(number, None)
+
+    # --- the state every front reads -------------------------------------------------------------------------
+
+    def state(self) -> PlatformState:
+        statuses = {s.name: s for s in self.targets.status()}
+        names = [name for name, s in statuses.items() if s.error is None]
+        return PlatformState(
+            ready=self.targets.ready(),
+            host=self.targets.host(),
+            functions=statuses,
+            warm={name: self.targets.warm_capacity(name) for name in names},
+            gpu={name: self.targets.gives_gpu(name) for name in names},
+        )
+
+    async def _broadcast(self) -> None:
+        while True:
+            await asyncio.sleep(BROADCAST_S)
+            if self.fronts:
+                msg = self.state().message()
+                for front in list(self.fronts):
+                    front.send(msg)
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(REFRESH_S)
+            with contextlib.suppress(Exception):  # a folder deleted mid-scan: next time (the fronts log it)
+                self.targets.refresh()
