@@ -7,6 +7,11 @@ rounds; a figure is the median of its points, a ratio the median of the ratios p
 CPU is its own processes' (utime + stime from /proc): the gateway process, or the fronts and the platform
 process; the instances' (and templates') CPU is reported apart, as "model".
 
+Beside them, for the classifier, two floors on the same server stack (`echo_app.py`, one process): `POST /echo`
+(uvicorn + uvloop + httptools + Starlette returning the body) and `/v2hop/classifier` (the v2 protocol's own
+work: parse against the signature, one hop to a forked child, encode the answer; no key, route or ledger). What
+a request costs there, no gateway can go under on this stack.
+
 The projection onto a host of C cores assumes the work per request stays what was measured here, that fronts
 scale with cores until the platform process (one event loop, one core) or the model's own CPU runs out, and that
 nothing else runs: requests/s ≤ min(C / (gateway + model CPU per request), 1 / CPU per request of the one event
@@ -21,11 +26,13 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
-from harness import OUT, Gateway, gateway, machine, make_functions, save
+from harness import OUT, Gateway, free_port, gateway, machine, make_functions, save, wait_ready
 from metering import BODIES
 from throughput import LUA, wrk
 
@@ -89,6 +96,26 @@ def point(gw: Gateway, name: str, concurrency: int, seconds: float, script: Path
     }
 
 
+@contextmanager
+def floors() -> Iterator[tuple[int, str]]:
+    """echo_app.py on a free port: its pid and URL."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("echo_app.py")), str(port)])
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", proc)
+        yield proc.pid, f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait()
+
+
+def floor_point(pid: int, url: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
+    before = _cpu_s(pid)
+    got = wrk(url, concurrency, seconds, script)
+    assert got["errors"] == 0, got
+    return {**got, "gateway_ms": (_cpu_s(pid) - before) * 1000 / (got["rps"] * seconds)}
+
+
 def project(points: list[dict[str, float]], cores: int, workers: bool) -> float:
     """Requests/s on `cores`: the host's CPU shared by all the work, and one event loop's core for what cannot
     spread (the platform process; without workers, the gateway process itself)."""
@@ -111,7 +138,12 @@ def main() -> None:
     functions = make_functions(OUT / "functions-cores", FUNCTIONS)
     layouts = {"1 process": "1", f"{args.workers} workers": str(args.workers)}
     results: dict[str, dict[str, dict[int, list[dict[str, float]]]]] = {}
+    floor_paths = {"HTTP floor (/echo)": "/echo", "v2 floor (/v2hop)": "/v2hop/classifier"}
+    floored: dict[str, dict[int, list[dict[str, float]]]] = {name: {} for name in floor_paths}
     with ExitStack() as stack:
+        echo_pid, echo_url = stack.enter_context(floors())
+        floor_script = OUT / "cores-floor.lua"
+        floor_script.write_text(LUA.format(body=BODIES["classifier"], key="none"))
         gateways = {
             layout: stack.enter_context(gateway(functions, settings={"workers": n})) for layout, n in layouts.items()
         }
@@ -128,7 +160,12 @@ def main() -> None:
                         got = point(gw, name, c, args.seconds, scripts[layout, name])
                         results.setdefault(name, {}).setdefault(layout, {}).setdefault(c, []).append(got)
                         print(name, layout, c, got, file=sys.stderr)
-    save("gateway-cores", results)
+            for c in args.concurrency:
+                for floor, path in floor_paths.items():
+                    got = floor_point(echo_pid, echo_url + path, c, args.seconds, floor_script)
+                    floored[floor].setdefault(c, []).append(got)
+                    print(floor, c, got, file=sys.stderr)
+    save("gateway-cores", {"gateways": results, "floors": floored})
     one, many = layouts
     print(f"wrk -t1, {args.rounds} rounds of {args.seconds:g} s per point; {machine()}")
     print()
@@ -150,6 +187,17 @@ def main() -> None:
                     f"| {name} | {c} | {layout} | {rps:.0f} | {p99:.1f} | {split} | {model:.3f} | {paired:.2f}x "
                     f"| {project(points, args.cores, layout == many):.0f} |"
                 )
+    print_floors(floored)
+
+
+def print_floors(floored: dict[str, dict[int, list[dict[str, float]]]]) -> None:
+    print()
+    print("| floor (classifier's body, one process) | c | req/s | CPU ms/request |")
+    print("| --- | ---: | ---: | ---: |")
+    for floor, by_c in floored.items():
+        for c, points in by_c.items():
+            rps = statistics.median(p["rps"] for p in points)
+            print(f"| {floor} | {c} | {rps:.0f} | {statistics.median(p['gateway_ms'] for p in points):.3f} |")
 
 
 if __name__ == "__main__":

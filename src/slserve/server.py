@@ -24,7 +24,7 @@ from slserve.platform.local import LocalExecutor
 from slserve.platform.targets import Targets
 from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
-from slserve.spec import discover_functions
+from slserve.spec import TARGETS, discover_functions
 
 if TYPE_CHECKING:
     import uvicorn
@@ -43,32 +43,35 @@ def make_server(settings: ServeSettings) -> uvicorn.Server:
 
 
 def make_front(settings: ServeSettings, platform_socket: Path) -> uvicorn.Server:
-    """One front worker of several: the gateway, its local functions run by the platform process (`platform`)
-    and keys' limits counted there; the remote targets' calls leave from here."""
+    """One front worker of several: the gateway, its functions (of every target) run by the platform process
+    (`platform`), keys' limits counted and the dashboard's timeline kept there."""
     catalog = _begin(settings)
     from slserve.gateway.app import build_app
-    from slserve.platform.linked import LinkedExecutor, LinkedLimits, PlatformLink
+    from slserve.platform.linked import LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
 
     link = PlatformLink(platform_socket)
-    targets = Targets(*executors(settings, catalog, LinkedExecutor(link)))
-    app = build_app(targets, settings, limits=LinkedLimits(link), record_address=False)
+    linked = LinkedExecutor(link)
+    targets = Targets(catalog, {target: linked for target in TARGETS})
+    limits, timeline = LinkedLimits(link), LinkedTimeline(link)
+    app = build_app(targets, settings, limits=limits, timeline=timeline, record_address=False)
     return _uvicorn(app, settings)
 
 
 def platform(settings: ServeSettings, platform_socket: Path) -> None:
-    """The platform process of several front workers: the local functions' templates, pools and instances, and
-    keys' limits, until SIGTERM (Ctrl-C reaches the supervisor, which stops the fronts first)."""
+    """The platform process of several front workers: every target's executor (the local functions' templates,
+    pools and instances; Lambda's and Modal's clients), keys' limits and the dashboard's timeline, until SIGTERM
+    (Ctrl-C reaches the supervisor, which stops the fronts first)."""
     import signal
 
     import uvloop
 
-    from slserve.platform.local.service import LocalFunctions, PlatformService
+    from slserve.platform.local.service import PlatformService
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     catalog = _begin(settings)
     local = local_executor(settings, catalog.store)
     local.launch([f for f in catalog.functions().values() if f.target == "local"])
-    service = PlatformService(Targets(LocalFunctions(catalog), {"local": local}), platform_socket)
+    service = PlatformService(Targets(*executors(settings, catalog, local)), platform_socket)
 
     async def run() -> None:
         stop = asyncio.Event()

@@ -9,7 +9,7 @@ import re
 import tomllib
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, Literal, Protocol, Self
+from typing import Annotated, Any, Literal, Protocol, Self, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -17,6 +17,8 @@ from slserve.errors import SpecError
 
 SPEC_FILENAME = "function.toml"
 NAME = r"^[a-z0-9][a-z0-9-]{0,62}$"  # a function's, a model's, a tier's
+Target = Literal["local", "aws", "modal"]  # where a function runs
+TARGETS: tuple[Target, ...] = get_args(Target)
 VERSION = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,31}$"
 _IMPORT_REF = r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"
 
@@ -218,7 +220,7 @@ class FunctionSpec(_Strict):
     signature: Signature
     processor: Processor | None = None
     tier: Annotated[str, Field(pattern=NAME)] = "standard"
-    target: Literal["local", "aws", "modal"] = Field(
+    target: Target = Field(
         default="local",
         description="where it runs: this machine's processes, AWS Lambda, or Modal (a deployment setting)",
     )

@@ -31,27 +31,12 @@ def workers(hazard_functions: tuple[Path, ArtifactStore], tmp_path_factory: pyte
     srv.stop()
 
 
-def _children(pid: int) -> dict[int, str]:
-    """The processes `pid` started, by pid, with their titles."""
-    out = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_bytes()
-                title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-            except OSError:
-                continue
-            if int(stat.rsplit(b")", 1)[1].split()[1]) == pid:
-                out[int(entry)] = title
-    return out
-
-
 def _fronts(server: Server) -> dict[int, str]:
-    return {p: t for p, t in _children(server.proc.pid).items() if t.startswith("slserve front")}
+    return {p: t for p, t in server.tree().items() if t.startswith("slserve front")}
 
 
 def _platform(server: Server) -> int:
-    return next(p for p, t in _children(server.proc.pid).items() if t.startswith("slserve platform"))
+    return next(p for p, t in server.tree().items() if t.startswith("slserve platform"))
 
 
 def _socket_inodes(pid: int) -> set[str]:
@@ -174,6 +159,20 @@ def test_metrics_from_either_front_count_every_fronts_requests(workers: Server) 
         conn.close()
 
 
+def test_the_dashboard_counts_every_fronts_requests(workers: Server) -> None:
+    key = workers.keys().create(new_key("workers-dashboard"))
+    conns = _on_each_front(workers, 2)
+    for conn in conns:
+        assert conn.post("/v2/models/fragile/infer", fine(), bearer(key))[0] == 200
+        conn.close()
+
+    def shown() -> int:
+        recent = workers.get("/slserve/overview").json()["recent"]
+        return int(recent.get("fragile", {}).get("requests", 0))
+
+    _until(lambda: shown() == len(conns), 30)  # each front hands its seconds over once they end
+
+
 def test_a_keys_concurrency_is_one_count_across_fronts(workers: Server) -> None:
     key = workers.keys().create(new_key("workers-concurrency", concurrency=2))
     conns = _on_each_front(workers, 3)
@@ -242,10 +241,10 @@ def test_sigterm_stops_every_process_and_forgets_the_address(
     functions, store = hazard_functions
     srv = start_server(functions, store.root, tmp_path / "serve.log", workers=2)
     assert (srv.state / "gateway.json").is_file()
-    started = set(_children(srv.proc.pid))
+    started = set(srv.tree())
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.proc.wait(timeout=60) == 0
-    _until(lambda: not any(Path(f"/proc/{pid}").exists() and _alive(pid) for pid in started), 30)
+    _until(lambda: not any(_alive(pid) for pid in started), 30)
     assert not (srv.state / "gateway.json").exists()
 
 
@@ -254,7 +253,7 @@ def test_a_supervisor_killed_takes_its_workers_with_it(
 ) -> None:
     functions, store = hazard_functions
     srv = start_server(functions, store.root, tmp_path / "serve.log", workers=2)
-    started = set(_children(srv.proc.pid))
+    started = set(srv.tree())
     srv.proc.kill()
     srv.proc.wait()
     _until(lambda: not any(_alive(pid) for pid in started), 60)

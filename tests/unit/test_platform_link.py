@@ -33,9 +33,9 @@ from slserve.platform.link import (
     result_message,
     result_of,
 )
-from slserve.platform.linked import LinkedExecutor, LinkedLimits, PlatformLink
+from slserve.platform.linked import LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
 from slserve.platform.local import LocalExecutor
-from slserve.platform.local.service import LocalFunctions, PlatformService
+from slserve.platform.local.service import PlatformService
 from slserve.platform.targets import Targets
 from slserve.platform.wire import Kind, Message, decode, encode
 from slserve.snapshot import ArtifactStore
@@ -124,7 +124,7 @@ async def _platform(tmp_path: Path) -> AsyncIterator[Path]:
     store = ArtifactStore(tmp_path / "artifacts")
     catalog = FolderCatalog(store, tmp_path / "functions", [])
     local = LocalExecutor(store, 1, None)
-    service = PlatformService(Targets(LocalFunctions(catalog), {"local": local}), tmp_path / "platform.sock")
+    service = PlatformService(Targets(catalog, {"local": local}), tmp_path / "platform.sock")
     stop = asyncio.Event()
     serving = asyncio.get_running_loop().create_task(service.serve(stop, drain_seconds=1.0))
     try:
@@ -270,6 +270,48 @@ def test_calls_in_flight_fail_with_retry_when_the_platform_goes_away(tmp_path: P
                 await answer
             link.forget(number)
             await _until(lambda: link.state is not None)  # and it connects again
+            await link.close()
+
+    asyncio.run(run())
+
+
+def test_requests_answered_by_two_fronts_show_in_one_timeline(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with _platform(tmp_path) as sock:
+            one, two = await _link(sock), await _link(sock)
+            first, second = LinkedTimeline(one), LinkedTimeline(two)
+            for _ in range(3):
+                first.answered("f", 200, 0.010, None)
+            second.answered("f", 503, 0.030, 150.0)
+            await asyncio.sleep(0)  # each front tells the platform once per turn of its loop
+            await _until_async(lambda: _requests(first), 4)
+            recent = (await second.view())["recent"]["f"]
+            assert (recent["errors"], recent["cold_starts"], recent["p99_ms"]) == (1, 1, 30.0)
+            await one.close()
+            await two.close()
+
+    asyncio.run(run())
+
+
+async def _requests(line: LinkedTimeline) -> int:
+    return int((await line.view())["recent"].get("f", {}).get("requests", 0))
+
+
+async def _until_async(read, expected: int, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while (got := await read()) != expected:
+        assert time.monotonic() < deadline, f"read {got}, not {expected}"
+        await asyncio.sleep(0.01)
+
+
+def test_a_fronts_status_read_catches_up_with_the_platform(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with _platform(tmp_path) as sock:
+            link = await _link(sock)
+            executor = LinkedExecutor(link)
+            link.state = None  # as if no broadcast had come for a while
+            await executor.catch_up()
+            assert link.state is not None and executor.ready()
             await link.close()
 
     asyncio.run(run())

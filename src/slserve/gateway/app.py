@@ -41,12 +41,12 @@ from slserve.gateway.metrics import Metrics
 from slserve.gateway.openapi import openapi_document
 from slserve.gateway.passage import Passage
 from slserve.gateway.replies import error_reply
-from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.fleet import FleetState, SQLiteFleetState
 from slserve.metering.ledger import SQLiteLedger
 from slserve.metering.records import Ledger
 from slserve.platform.base import Deployed, Platform
+from slserve.platform.timeline import Timeline, Timelines
 from slserve.protocols import parse
 from slserve.protocols.admin import DriftPin
 from slserve.router import pricing
@@ -112,6 +112,7 @@ class Gateway:
         return json_response({"live": True})
 
     async def ready(self, request: Request) -> Response:
+        await self.platform.catch_up()
         ready = self.platform.ready()
         functions = {s.name: s.ready for s in self.platform.status()}  # which can serve already, which not yet
         pipelines = {name: self.pipeline_ready(name)[0] for name in self.router.pipelines}
@@ -155,6 +156,7 @@ class Gateway:
         """Ready when the function the model resolves to can take a request now: built, its artifact checked
         intact, its runtime's template up, not failing to start (else 503, with why)."""
         fdef = self.function(request, request.path_params["model"], request.path_params.get("version"))
+        await self.platform.catch_up()
         if isinstance(fdef, DeployedPipeline):
             composed, why = self.pipeline_ready(fdef.name)
             answer = {"name": request.path_params["model"], "ready": composed, **({} if composed else {"reason": why})}
@@ -167,6 +169,7 @@ class Gateway:
         return json_response(doc, 200 if ready else 503)
 
     async def functions_status(self, request: Request) -> Response:
+        await self.platform.catch_up()
         monitor = self.monitor
         functions = [
             {**s.to_dict(), "drifting": monitor.drifting(s.model, s.version) if monitor else None}
@@ -213,7 +216,7 @@ class Gateway:
         return Response(status_code=204, headers={"cache-control": "max-age=86400"})
 
     async def overview(self, request: Request) -> Response:
-        return json_response(self.summary.document())
+        return json_response(await self.summary.document())
 
     # --- OpenAI-compatible and billing ---------------------------------------------------------------------
 
@@ -305,12 +308,14 @@ def build_app(
     pipelines: Pipelines | None = None,
     fleet: FleetState | None = None,
     limits: Limits | None = None,
+    timeline: Timelines | None = None,
     record_address: bool = True,
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
     default to SQLite in the state folder (DynamoDB on AWS is handed in: a ledger with its fleet state); keys'
-    rate and concurrency are counted in this process unless `limits` counts them for several (front workers,
-    whose supervisor records the gateway's address: not `record_address`)."""
+    rate and concurrency are counted in this process unless `limits` counts them for several, and the dashboard's
+    timeline kept here unless `timeline` keeps it for several (front workers, whose supervisor records the
+    gateway's address: not `record_address`)."""
     store = ArtifactStore(settings.artifacts)
     pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
@@ -326,8 +331,8 @@ def build_app(
     timeout_s, bill_abandoned = settings.request_timeout_s, settings.bill_abandoned
     passage = Passage(platform, runner, limits or Limiter(), ledger, fleet, timeout_s, bill_abandoned)
     metrics = Metrics(platform, runner, ledger)
-    timeline = Timeline()
-    overview = Overview(platform, runner, timeline, ledger, settings.currency)
+    line: Timelines = timeline or Timeline()
+    overview = Overview(platform, runner, line, ledger, settings.currency)
     gw = Gateway(platform, settings, runner, ledger, overview)
 
     routes = [Route(e.path, getattr(gw, e.handler), methods=[e.method]) for e in ENDPOINTS if not e.front]
@@ -338,7 +343,7 @@ def build_app(
         loop = asyncio.get_running_loop()
         watchers = [
             loop.create_task(watch_changes(platform, router, pipelines)),
-            loop.create_task(timeline.run(platform)),
+            loop.create_task(line.run(platform)),
             *([loop.create_task(monitor.run())] if monitor else []),
         ]
         if record_address:
@@ -357,7 +362,7 @@ def build_app(
 
     handlers = {SlserveError: _slserve_error, HTTPException: _http_error, Exception: _internal_error}
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=handlers)
-    return Front(app, Authenticator(keys), passage, metrics, settings, timeline)
+    return Front(app, Authenticator(keys), passage, metrics, settings, line)
 
 
 def drift_monitor(platform: Platform, store: ArtifactStore, settings: ServeSettings) -> DriftMonitor:

@@ -7,10 +7,10 @@ import time
 from importlib.resources import files
 from typing import Any
 
-from slserve.gateway.timeline import Timeline
 from slserve.metering import usage
 from slserve.metering.records import Ledger
 from slserve.platform.base import Platform
+from slserve.platform.timeline import Timelines
 from slserve.serving import Runner
 
 PAGE = files("slserve.gateway").joinpath("dashboard.html").read_bytes()
@@ -19,7 +19,7 @@ MONEY_TTL_S = 5.0  # the month's sums are a query over the ledger: shared by eve
 
 class Overview:
     def __init__(
-        self, platform: Platform, runner: Runner, timeline: Timeline, ledger: Ledger | None, currency: str
+        self, platform: Platform, runner: Runner, timeline: Timelines, ledger: Ledger | None, currency: str
     ) -> None:
         self.platform = platform
         self.runner = runner
@@ -28,13 +28,13 @@ class Overview:
         self.currency = currency
         self._money: tuple[float, dict[str, Any]] | None = None
 
-    def document(self) -> dict[str, Any]:
+    async def document(self) -> dict[str, Any]:
+        await self.platform.catch_up()
         return {
             "time": time.time(),
             "functions": [s.to_dict() for s in self.platform.status()],
             "host": self.platform.host(),
-            "recent": self.timeline.recent(60),
-            "timeline": self.timeline.series(),
+            **await self.timeline.view(),  # recent and timeline
             "routes": self.runner.describe_routes(),
             "drift": [d.to_dict() for d in self.runner.monitor.report()] if self.runner.monitor else [],
             "money": self.money(),

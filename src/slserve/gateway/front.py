@@ -32,7 +32,7 @@ from slserve.gateway.metrics import CONTENT_TYPE, Metrics
 from slserve.gateway.observe import Observer
 from slserve.gateway.passage import Call, Passage, Reply
 from slserve.gateway.replies import error_reply, not_allowed, result_headers
-from slserve.gateway.timeline import Timeline
+from slserve.platform.timeline import Timelines
 from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.router.live import Resolve, Router
 from slserve.router.table import Route
@@ -71,7 +71,7 @@ class Front:
         passage: Passage,
         metrics: Metrics,
         settings: ServeSettings,
-        timeline: Timeline,
+        timeline: Timelines,
     ) -> None:
         self.app = app
         self.observer = Observer(metrics, timeline)
@@ -276,7 +276,7 @@ class Front:
         except SlserveError as e:
             await _respond(send, *error_reply(e, "/metrics"))
             return
-        await _respond(send, 200, self.metrics.render(money=key is not None), {"content-type": CONTENT_TYPE})
+        await _respond(send, 200, await self.metrics.render(money=key is not None), {"content-type": CONTENT_TYPE})
 
     async def read_request(self, call: Call, receive: Receive, limit: int, why: str) -> None:
         """The body (within `limit`, the gateway's byte budget and its minimum rate); from then on, a disconnect

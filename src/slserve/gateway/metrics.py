@@ -40,6 +40,7 @@ class _Families(Collector):
 
 class Metrics:
     def __init__(self, platform: Platform, runner: Runner, ledger: Ledger | None) -> None:
+        self.platform = platform
         self.registry = CollectorRegistry(auto_describe=False)
         labels = ["endpoint", "model", "version", "alias", "tier", "status"]
         self.requests = Counter("slserve_requests", "Inference requests answered", labels, registry=self.registry)
@@ -97,7 +98,8 @@ class Metrics:
             child = self._batches[function] = self.batch_size.labels(function)
         child.observe(size)
 
-    def render(self, money: bool = False) -> bytes:
+    async def render(self, money: bool = False) -> bytes:
+        await self.platform.catch_up()  # instances and queues as they are now, wherever they are kept
         if self._shared is None:
             text = generate_latest(self.registry)
             return text + generate_latest(self.money) if money else text

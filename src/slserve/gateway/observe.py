@@ -11,11 +11,11 @@ from slserve import tracing
 from slserve.gateway import logs
 from slserve.gateway.metrics import Metrics
 from slserve.gateway.passage import Call
-from slserve.gateway.timeline import Timeline
+from slserve.platform.timeline import Timelines
 
 
 class Observer:
-    def __init__(self, metrics: Metrics, timeline: Timeline) -> None:
+    def __init__(self, metrics: Metrics, timeline: Timelines) -> None:
         self.metrics = metrics
         self.timeline = timeline
 

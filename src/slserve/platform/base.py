@@ -204,6 +204,11 @@ class Executor(Protocol):
         """Whether what every function of this target shares is up (templates, connections)."""
         ...
 
+    async def catch_up(self) -> None:
+        """Bring `status`, `ready` and `host` up to date where they are kept in another process (one round trip;
+        status endpoints ask it, routing reads what is there); nothing where they are this process's own."""
+        ...
+
 
 class Platform(Protocol):
     """What the gateway runs functions on: a catalog, and an executor per target. The gateway decodes and
@@ -229,6 +234,10 @@ class Platform(Protocol):
 
     def host(self) -> dict[str, Any] | None:
         """The local host's memory budget: held, peak, evictions, refusals."""
+        ...
+
+    async def catch_up(self) -> None:
+        """Before a status endpoint reads `status`, `ready` or `host`: each executor's `catch_up`."""
         ...
 
     def refresh(self) -> bool:

@@ -79,7 +79,8 @@ class PlatformState:
     warm: dict[str, int]
     gpu: dict[str, bool | None]
 
-    def message(self) -> Message:
+    def message(self, number: int = 0) -> Message:
+        """The broadcast (0), or the answer to a front's ask for it (`number`)."""
         meta = {
             "ready": self.ready,
             "host": self.host,
@@ -87,7 +88,7 @@ class PlatformState:
             "warm": self.warm,
             "gpu": self.gpu,
         }
-        return Message(Kind.STATE, 0, meta)
+        return Message(Kind.STATE, number, meta)
 
     @classmethod
     def of(cls, msg: Message) -> PlatformState:

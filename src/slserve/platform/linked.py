@@ -1,5 +1,6 @@
-"""A front worker's end of the platform process (`platform.local.service`): the local target's executor and the
-keys' rate and concurrency limits, both over one unix socket, which is reconnected when the platform restarts.
+"""A front worker's end of the platform process (`platform.local.service`): the local target's executor, the
+keys' rate and concurrency limits and the dashboard's timeline, over one unix socket, which is reconnected when
+the platform restarts.
 
 Calls in flight when the platform goes away fail with a 503 that says to retry (the tier's fallback applies);
 readiness, warm capacity and status are read from the platform's last broadcast, never waited for.
@@ -20,7 +21,7 @@ from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import KeyLimits
 from slserve.errors import RuntimeUnavailable
 from slserve.framing import FrameAssembler
-from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult
+from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult, Platform
 from slserve.platform.link import PlatformState, error_of, request_message, result_of
 from slserve.platform.wire import Kind, Message, decode, encode
 
@@ -102,7 +103,8 @@ class PlatformLink:
         if msg.kind is Kind.STATE:
             self.state = PlatformState.of(msg)
             self._first_state.set()
-            return
+            if not msg.request_id:  # a broadcast, not an answer
+                return
         future = self._waiting.pop(msg.request_id, None)
         if future is not None and not future.done():
             future.set_result(msg)
@@ -125,7 +127,8 @@ class PlatformLink:
 
 
 class LinkedExecutor:
-    """The local target, run by the platform process; this front forwards each call and reads its state."""
+    """Every target, run by the platform process (the local one, and Lambda's and Modal's calls, so that each
+    function's status and counters are one); this front forwards each call and reads the platform's state."""
 
     def __init__(self, link: PlatformLink, connect_timeout_s: float = 120.0) -> None:
         self.link = link
@@ -169,6 +172,15 @@ class LinkedExecutor:
         if msg.kind is Kind.RESULT:
             return result_of(msg)
         raise error_of(msg.meta)
+
+    async def catch_up(self) -> None:
+        """The platform's state now, not as of its last broadcast (up to `BROADCAST_S` old)."""
+        with contextlib.suppress(RuntimeUnavailable):  # not up: status says it is starting
+            number, answer = self.link.ask(lambda n: Message(Kind.STATE, n))
+            try:
+                await answer
+            finally:
+                self.link.forget(number)
 
     def warm_capacity(self, function: str) -> int:
         state = self.link.state
@@ -239,3 +251,33 @@ class LinkedLimits:
         if msg.meta:
             raise error_of(msg.meta)
         return _LinkedAdmission(self.link, number)
+
+
+class LinkedTimeline:
+    """The dashboard's timeline, kept whole in the platform process: each request this front answers is told to
+    it (those answered in one turn of the event loop in one message), and the view is the platform's."""
+
+    def __init__(self, link: PlatformLink) -> None:
+        self.link = link
+        self._answered: list[tuple[str, int, float, float | None]] = []
+
+    def answered(self, function: str, status: int, seconds: float, cold_start_ms: float | None) -> None:
+        if not self._answered:
+            asyncio.get_running_loop().call_soon(self._tell)
+        self._answered.append((function, status, seconds, cold_start_ms))
+
+    def _tell(self) -> None:
+        answered, self._answered = self._answered, []
+        with contextlib.suppress(RuntimeUnavailable):  # restarting: these are not shown
+            self.link.send(Message(Kind.TIMELINE, 0, {"answered": answered}))
+
+    async def run(self, platform: Platform) -> None:
+        """Nothing to do here: the platform samples its instances and queues itself."""
+
+    async def view(self) -> dict[str, Any]:
+        number, answer = self.link.ask(lambda n: Message(Kind.TIMELINE, n))
+        try:
+            msg = await answer
+        finally:
+            self.link.forget(number)
+        return msg.meta

@@ -73,6 +73,9 @@ class RemoteExecutor(ABC):
     def ready(self) -> bool:
         return True
 
+    async def catch_up(self) -> None:  # noqa: B027 (every remote target's: its status is this process's own)
+        pass
+
     def warm_capacity(self, function: str) -> int:
         return 0  # unknown from here: the remote platform keeps its own warm containers
 

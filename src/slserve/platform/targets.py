@@ -44,14 +44,18 @@ class Targets:
 
     async def start(self) -> None:
         functions = list(self.functions().values())
-        for target, executor in self.executors.items():
-            await executor.start([f for f in functions if f.target == target])
+        started: set[int] = set()
+        for executor in self.executors.values():
+            if id(executor) not in started:  # one executor may serve several targets (a front worker's)
+                started.add(id(executor))
+                await executor.start([f for f in functions if self.executors.get(f.target) is executor])
         for function in functions:
             if self._executor(function) is None:
                 log.warning("%s", self._unrunnable(function))
 
     async def stop(self, drain_seconds: float) -> None:
-        await asyncio.gather(*(e.stop(drain_seconds) for e in self.executors.values()))
+        distinct = {id(e): e for e in self.executors.values()}
+        await asyncio.gather(*(e.stop(drain_seconds) for e in distinct.values()))
 
     def refresh(self) -> bool:
         """Take in what the catalog says changed; returns whether the functions the router sees changed."""
@@ -100,6 +104,10 @@ class Targets:
 
     def ready(self) -> bool:
         return all(e.ready() for e in self.executors.values())
+
+    async def catch_up(self) -> None:
+        distinct = {id(e): e for e in self.executors.values()}  # a front's targets may share one
+        await asyncio.gather(*(e.catch_up() for e in distinct.values()))
 
     def host(self) -> dict[str, Any] | None:
         local = self.executors.get("local")

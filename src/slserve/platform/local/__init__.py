@@ -149,6 +149,9 @@ class LocalExecutor:
     def ready(self) -> bool:
         return self.families.ready()
 
+    async def catch_up(self) -> None:
+        pass  # its status is this process's own
+
     def pool(self, name: str) -> FunctionPool:
         try:
             return self.pools[name]

@@ -1,6 +1,7 @@
-"""The platform process of a gateway with several front workers (`slserve serve --workers N`): the local
-executor once for the host (templates, pools, exact batching, the autoscaler, the memory budget) and the keys'
-rate and concurrency limits, for every front worker over one unix socket (`platform.link`'s messages).
+"""The platform process of a gateway with several front workers (`slserve serve --workers N`): every target's
+executor once for the host (locally: templates, pools, exact batching, the autoscaler, the memory budget;
+Lambda's and Modal's clients), the keys' rate and concurrency limits and the dashboard's timeline, for every
+front worker over one unix socket (`platform.link`'s messages).
 
 Pools and batches stay whole: requests from every worker queue in one pool and batch together in one instance.
 Each front holds the platform's state as last broadcast (every `BROADCAST_S`), so routing, readiness and status
@@ -13,37 +14,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 from typing import cast
 
 from slserve.accounts.limits import Admission, KeyLimits, Limiter
 from slserve.errors import InferenceFailed, SlserveError
 from slserve.framing import FrameAssembler
-from slserve.platform.base import Cancellation, Catalog, Changes, Deployed, InferRequest
+from slserve.platform.base import Cancellation, InferRequest
 from slserve.platform.link import PlatformState, error_message, request_of, result_message
 from slserve.platform.targets import Targets
+from slserve.platform.timeline import Timeline
 from slserve.platform.wire import Kind, Message, decode, encode
 
 BROADCAST_S = 0.05  # how stale a front's view of warm capacity and status may be
 REFRESH_S = 1.0  # the catalog is looked at this often (`slserve build` is the deploy), as a lone gateway does
 log = logging.getLogger("slserve.platform")
-
-
-class LocalFunctions:
-    """The catalog as the platform process sees it: the functions of the local target (the fronts run the
-    remote targets' calls themselves). A function moved to another target is gone from here."""
-
-    def __init__(self, catalog: Catalog) -> None:
-        self.catalog = catalog
-
-    def functions(self) -> Mapping[str, Deployed]:
-        return {name: f for name, f in self.catalog.functions().items() if f.target == "local"}
-
-    def refresh(self) -> Changes:
-        changes = self.catalog.refresh()
-        moved = [f.name for f in changes.deployed if f.target != "local"]
-        return Changes([f for f in changes.deployed if f.target == "local"], [*changes.removed, *moved])
 
 
 class FrontConnection(asyncio.BufferedProtocol):
@@ -80,6 +65,7 @@ class PlatformService:
         self.targets = targets
         self.socket_path = socket_path
         self.limiter = limiter or Limiter()
+        self.timeline = Timeline()
         self.fronts: set[FrontConnection] = set()
         self._calls: set[asyncio.Task[None]] = set()
 
@@ -89,7 +75,9 @@ class PlatformService:
         loop = asyncio.get_running_loop()
         self.socket_path.unlink(missing_ok=True)
         server = await loop.create_unix_server(lambda: FrontConnection(self), path=str(self.socket_path))
-        tasks = [loop.create_task(self._broadcast()), loop.create_task(self._refresh())]
+        tasks = [
+            loop.create_task(task) for task in (self._broadcast(), self._refresh(), self.timeline.run(self.targets))
+        ]
         log.info("platform serves front workers on %s", self.socket_path)
         try:
             await stop.wait()
@@ -135,6 +123,17 @@ class PlatformService:
         elif msg.kind is Kind.RELEASE:
             if (admission := front.admissions.pop(msg.request_id, None)) is not None:
                 admission.release()
+        elif msg.kind is Kind.STATE:
+            front.send(self.state().message(msg.request_id))
+        elif msg.kind is Kind.TIMELINE:
+            if "answered" in msg.meta:
+                for function, status, seconds, cold_start_ms in msg.meta["answered"]:
+                    self.timeline.answered(function, status, seconds, cold_start_ms)
+            else:
+                loop = asyncio.get_running_loop()
+                task = loop.create_task(self._view(front, msg.request_id))
+                self._calls.add(task)
+                task.add_done_callback(self._calls.discard)
         else:
             log.warning("a front worker sent a %s message, which the platform does not take", msg.kind.name)
 
@@ -148,6 +147,9 @@ class PlatformService:
             front.send(error_message(Kind.ERROR, number, InferenceFailed(f"platform error ({type(e).__name__})")))
         finally:
             front.calls.pop(number, None)
+
+    async def _view(self, front: FrontConnection, number: int) -> None:
+        front.send(Message(Kind.TIMELINE, number, await self.timeline.view()))
 
     # --- the state every front reads -------------------------------------------------------------------------
 
