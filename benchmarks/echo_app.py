@@ -9,7 +9,7 @@
 - `POST /v2hop/{model}` is the protocol's own floor: what any gateway must do to serve a v2 request from a
   process instance, with slserve's code and nothing else. It parses the v2 body against the sample's signature
   (`parse_infer`), sends the tensors to a second forked child as a wire frame through the pool's own
-  `InstanceProtocol`, which the child reads with the instance's `Connection` and answers with a RESULT frame
+  `FrameChannel`, which the child reads with the instance's `Connection` and answers with a RESULT frame
   of the declared outputs (zeros, no model), and encodes the v2 response (`encode_infer`). No API key, route,
   limits, timeout, metrics, pool queue or batching. With `?wait_ms=W` the child keeps its core busy for W ms
   before answering, as a model call would (a process that waited 26 ms for a model wakes slower than one that
@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from slserve.framing import LENGTH
 from slserve.platform.base import InferResult
-from slserve.platform.local.instance_handle import InstanceProtocol
+from slserve.platform.channel import FrameChannel
 from slserve.platform.local.instance_process import Connection
 from slserve.platform.v2 import HEADER_LENGTH, RequestLimits, encode_infer, parse_infer
 from slserve.platform.wire import Kind, Message
@@ -103,14 +103,14 @@ class Hop(asyncio.Protocol):
 
 
 class FloorChannel:
-    """The gateway's end of the floor's instance: the pool's own `InstanceProtocol`, answers in order."""
+    """The gateway's end of the floor's instance: the pool's own `FrameChannel`, answers in order."""
 
     def __init__(self) -> None:
         self.waiting: deque[asyncio.Future[Message]] = deque()
-        self.protocol: InstanceProtocol | None = None
+        self.protocol: FrameChannel | None = None
 
     async def connect(self, sock: socket.socket) -> None:
-        protocol = self.protocol = InstanceProtocol(lambda msg: self.waiting.popleft().set_result(msg))
+        protocol = self.protocol = FrameChannel(lambda msg: self.waiting.popleft().set_result(msg))
         await asyncio.get_running_loop().connect_accepted_socket(lambda: protocol, sock)
 
     async def call(self, msg: Message) -> Message:

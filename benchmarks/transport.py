@@ -20,7 +20,7 @@ import uvloop
 
 from harness import machine, pct, save
 from slserve.framing import widen_buffers
-from slserve.platform.local.instance_handle import InstanceProtocol
+from slserve.platform.channel import FrameChannel
 from slserve.platform.local.instance_process import Connection
 from slserve.platform.wire import Kind, Message
 
@@ -69,7 +69,7 @@ def framed(n: int, tensor: np.ndarray) -> list[float]:
         def on_message(msg: Message) -> None:
             waiting.pop(msg.request_id).set_result(msg)
 
-        _, channel = await loop.create_unix_connection(lambda: InstanceProtocol(on_message), sock=a)
+        _, channel = await loop.create_unix_connection(lambda: FrameChannel(on_message), sock=a)
         times = []
         for i in range(n):
             start = time.perf_counter()

@@ -26,6 +26,7 @@ from slserve.platform.base import FunctionStatus, InferRequest, InferResult, Ins
 from slserve.platform.catalog import FolderCatalog
 from slserve.platform.link import (
     PlatformState,
+    Routing,
     error_message,
     error_of,
     request_message,
@@ -109,9 +110,11 @@ def test_the_platform_state_crosses_whole() -> None:
         queued=1,
         served=4,
     )
-    state = PlatformState(True, {"memory": {"held_mb": 12.0}}, {"f": status}, {"f": 2}, {"f": None})
-    back = PlatformState.of(_through_wire(state.message()))
+    state = PlatformState(Routing(True, {"f": 2}, {"f": None}), {"memory": {"held_mb": 12.0}}, {"f": status})
+    back = PlatformState.of(_through_wire(state.message(5)))
     assert back == state
+    routing = _through_wire(state.routing.message())
+    assert routing.kind is Kind.ROUTING and Routing.of(routing.meta) == state.routing
 
 
 def _key(key_id: str = "k1", **limits: float | int | None) -> KeyRecord:
@@ -309,7 +312,7 @@ def test_a_fronts_status_read_catches_up_with_the_platform(tmp_path: Path) -> No
         async with _platform(tmp_path) as sock:
             link = await _link(sock)
             executor = LinkedExecutor(link)
-            link.state = None  # as if no broadcast had come for a while
+            link.state = None  # as if it had never had the state whole
             await executor.catch_up()
             assert link.state is not None and executor.ready()
             await link.close()

@@ -1,7 +1,7 @@
 """The messages between a front worker and the platform process of a multi-worker gateway (`slserve serve
 --workers N`), in the instances' wire format (`platform.wire`): a request and its answer, an error with what a
 caller needs from it (Retry-After, whether it may have run), and the platform's state, which every front reads
-locally between broadcasts."""
+locally between broadcasts (`Routing`) or asks for when it must be exact (`PlatformState`)."""
 
 from __future__ import annotations
 
@@ -69,26 +69,36 @@ def error_of(meta: dict[str, Any]) -> SlserveError:
 
 
 @dataclass(frozen=True)
-class PlatformState:
-    """What the platform process broadcasts: enough for a front to route (warm capacity, GPU), to say readiness
-    and to show status, without a round trip per question."""
+class Routing:
+    """What a front routes by: readiness, each function's warm capacity and whether it runs on a GPU. Broadcast
+    whenever it changed (looked at every `BROADCAST_S`), so no request waits on a round trip for it."""
 
     ready: bool
-    host: dict[str, Any] | None
-    functions: dict[str, FunctionStatus]
     warm: dict[str, int]
     gpu: dict[str, bool | None]
 
+    def message(self) -> Message:
+        return Message(Kind.ROUTING, 0, {"ready": self.ready, "warm": self.warm, "gpu": self.gpu})
+
+    @classmethod
+    def of(cls, meta: dict[str, Any]) -> Routing:
+        return cls(meta["ready"], meta["warm"], meta["gpu"])
+
+
+@dataclass(frozen=True)
+class PlatformState:
+    """Every function's status and the host's, as status endpoints show them, with the routing: sent to a
+    front when it connects, and whenever it asks (`LinkedExecutor.catch_up`)."""
+
+    routing: Routing
+    host: dict[str, Any] | None
+    functions: dict[str, FunctionStatus]
+
     def message(self, number: int = 0) -> Message:
-        """The broadcast (0), or the answer to a front's ask for it (`number`)."""
-        meta = {
-            "ready": self.ready,
-            "host": self.host,
-            "functions": [s.to_dict() for s in self.functions.values()],
-            "warm": self.warm,
-            "gpu": self.gpu,
-        }
-        return Message(Kind.STATE, number, meta)
+        """The state on connecting (0), or the answer to a front's ask for it (`number`)."""
+        routing = self.routing.message().meta
+        functions = [s.to_dict() for s in self.functions.values()]
+        return Message(Kind.STATE, number, {"routing": routing, "host": self.host, "functions": functions})
 
     @classmethod
     def of(cls, msg: Message) -> PlatformState:
@@ -97,4 +107,4 @@ class PlatformState:
         for doc in meta["functions"]:
             instances = [InstanceStatus(**i) for i in doc.pop("instances")]
             functions[doc["name"]] = FunctionStatus(**doc, instances=instances)
-        return cls(meta["ready"], meta["host"], functions, meta["warm"], meta["gpu"])
+        return cls(Routing.of(meta["routing"]), meta["host"], functions)

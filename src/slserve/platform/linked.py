@@ -1,9 +1,9 @@
-"""A front worker's end of the platform process (`platform.local.service`): the local target's executor, the
+"""A front worker's end of the platform process (`platform.local.service`): the executor of every target, the
 keys' rate and concurrency limits and the dashboard's timeline, over one unix socket, which is reconnected when
 the platform restarts.
 
-Calls in flight when the platform goes away fail with a 503 that says to retry (the tier's fallback applies);
-readiness, warm capacity and status are read from the platform's last broadcast, never waited for.
+Calls in flight when the platform goes away fail with a 503 that says to retry (the tier's fallback applies).
+Routing reads warm capacity from the platform's last broadcast, never waiting; status endpoints catch up first.
 """
 
 from __future__ import annotations
@@ -15,40 +15,18 @@ import itertools
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import KeyLimits
 from slserve.errors import RuntimeUnavailable
-from slserve.framing import FrameAssembler
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult, Platform
-from slserve.platform.link import PlatformState, error_of, request_message, result_of
-from slserve.platform.wire import Kind, Message, decode, encode
+from slserve.platform.channel import FrameChannel
+from slserve.platform.link import PlatformState, Routing, error_of, request_message, result_of
+from slserve.platform.wire import Kind, Message
 
 RECONNECT_S = 0.1
 log = logging.getLogger("slserve.platform")
-
-
-class _Channel(asyncio.BufferedProtocol):
-    def __init__(self, link: PlatformLink) -> None:
-        self.link = link
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._frames = FrameAssembler()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._frames.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        for body in self._frames.received(nbytes):
-            self.link.received(decode(body))
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
 
 
 class PlatformLink:
@@ -56,8 +34,9 @@ class PlatformLink:
 
     def __init__(self, socket_path: Path) -> None:
         self.socket_path = socket_path
-        self.state: PlatformState | None = None
-        self._channel: _Channel | None = None
+        self.state: PlatformState | None = None  # as of the last ask (or connecting)
+        self.routing: Routing | None = None  # as of the last broadcast
+        self._channel: FrameChannel | None = None
         self._waiting: dict[int, asyncio.Future[Message]] = {}
         self._numbers = itertools.count(1)
         self._first_state = asyncio.Event()
@@ -74,8 +53,8 @@ class PlatformLink:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        if self._channel is not None and self._channel.transport is not None:
-            self._channel.transport.close()
+        if self._channel is not None:
+            self._channel.close()
 
     @property
     def connected(self) -> bool:
@@ -85,13 +64,15 @@ class PlatformLink:
         loop = asyncio.get_running_loop()
         while True:
             try:
-                _, channel = await loop.create_unix_connection(lambda: _Channel(self), str(self.socket_path))
+                _, channel = await loop.create_unix_connection(
+                    lambda: FrameChannel(self.received), str(self.socket_path)
+                )
             except OSError:  # not up yet, or restarting
                 await asyncio.sleep(RECONNECT_S)
                 continue
             self._channel = channel
             await channel.closed
-            self._channel, self.state = None, None
+            self._channel, self.state, self.routing = None, None, None
             log.warning("the platform process went away; reconnecting")
             gone = RuntimeUnavailable("the platform process restarted during the request; retry")
             for future in self._waiting.values():
@@ -100,10 +81,14 @@ class PlatformLink:
             self._waiting.clear()
 
     def received(self, msg: Message) -> None:
+        if msg.kind is Kind.ROUTING:
+            self.routing = Routing.of(msg.meta)
+            return
         if msg.kind is Kind.STATE:
             self.state = PlatformState.of(msg)
+            self.routing = self.state.routing
             self._first_state.set()
-            if not msg.request_id:  # a broadcast, not an answer
+            if not msg.request_id:  # on connecting, not an answer
                 return
         future = self._waiting.pop(msg.request_id, None)
         if future is not None and not future.done():
@@ -111,9 +96,9 @@ class PlatformLink:
 
     def send(self, msg: Message) -> None:
         channel = self._channel
-        if channel is None or channel.transport is None or channel.transport.is_closing():
+        if channel is None or not channel.open:
             raise RuntimeUnavailable("the platform process is not up (starting or restarting); retry")
-        channel.transport.writelines(encode(msg))
+        channel.send(msg)
 
     def ask(self, build: Any) -> tuple[int, asyncio.Future[Message]]:
         """Send the message `build(number)` makes; the future of its answer."""
@@ -174,7 +159,7 @@ class LinkedExecutor:
         raise error_of(msg.meta)
 
     async def catch_up(self) -> None:
-        """The platform's state now, not as of its last broadcast (up to `BROADCAST_S` old)."""
+        """Every function's status and the host's as they are now (status endpoints read them after this)."""
         with contextlib.suppress(RuntimeUnavailable):  # not up: status says it is starting
             number, answer = self.link.ask(lambda n: Message(Kind.STATE, n))
             try:
@@ -183,12 +168,12 @@ class LinkedExecutor:
                 self.link.forget(number)
 
     def warm_capacity(self, function: str) -> int:
-        state = self.link.state
-        return 0 if state is None else state.warm.get(function, 0)
+        routing = self.link.routing
+        return 0 if routing is None else routing.warm.get(function, 0)
 
     def gives_gpu(self, function: str) -> bool | None:
-        state = self.link.state
-        return None if state is None else state.gpu.get(function)
+        routing = self.link.routing
+        return None if routing is None else routing.gpu.get(function)
 
     def status(self, function: str) -> FunctionStatus:
         state = self.link.state
@@ -204,8 +189,8 @@ class LinkedExecutor:
         return None if state is None else state.host
 
     def ready(self) -> bool:
-        state = self.link.state
-        return state is not None and state.ready
+        routing = self.link.routing
+        return routing is not None and routing.ready
 
 
 @dataclasses.dataclass

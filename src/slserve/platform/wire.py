@@ -49,13 +49,14 @@ class Kind(IntEnum):
     CANCEL = 6  # gateway -> instance: nobody wants this request's answer; drop it if it has not started
     DROPPED = 7  # instance -> gateway: the request was not run (meta: reason, "cancelled" or "deadline")
     # between a front worker and the platform process (`platform.link`): INFER, RESULT, ERROR and CANCEL as above
-    STATE = 8  # platform -> front: every function's status, warm capacity and the host (meta); front -> platform
+    STATE = 8  # platform -> front: every function's status, the host, the routing (meta); front -> platform
     # (numbered): send it now, as the answer
     ADMIT = 9  # front -> platform: let a key's request in by its rate and concurrency (meta: the key's limits)
     ADMITTED = 10  # platform -> front: let in (or, with meta "error", refused)
     RELEASE = 11  # front -> platform: the admitted request is over
     TIMELINE = 12  # front -> platform: the requests it answered (meta "answered"); platform -> front: the
     # dashboard's view of the whole timeline, the answer to a numbered TIMELINE without them
+    ROUTING = 13  # platform -> front: readiness, warm capacity and GPU per function, when they changed (meta)
 
 
 @dataclass

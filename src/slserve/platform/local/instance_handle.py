@@ -5,15 +5,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import cast
 
-from slserve.framing import FrameAssembler
 from slserve.platform.base import InferRequest, InferResult, InstanceStatus
+from slserve.platform.channel import FrameChannel
 from slserve.platform.local.template_handle import Template
-from slserve.platform.wire import Message, decode, encode
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -58,7 +55,7 @@ class Instance:
         self.in_flight: dict[int, Pending] = {}
         self.granted = 1  # threads its latest request may use (see `cores.HostCores`)
         self.exclusive = False  # holds a request retried after a crash, and nothing else
-        self.channel: InstanceProtocol | None = None
+        self.channel: FrameChannel | None = None
         self.device: str | None = None
         self.load_ms: float | None = None
         self.preloaded: bool | None = None
@@ -108,35 +105,6 @@ class Instance:
             device=self.device,
             preloaded=self.preloaded,
         )
-
-
-class InstanceProtocol(asyncio.BufferedProtocol):
-    """The gateway's end of an instance's socket: frames in, handled in the event loop's read callback (no
-    reader task to wake per message); the loop reads straight into the frame assembler's buffers."""
-
-    def __init__(self, on_message: Callable[[Message], None]) -> None:
-        self.on_message = on_message
-        self.transport: asyncio.Transport | None = None
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._frames = FrameAssembler()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports are not subclasses
-
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._frames.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        for body in self._frames.received(nbytes):
-            self.on_message(decode(body))  # tensors are views into `body`
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(encode(msg))
 
 
 def resolve(pending: Pending, result: InferResult) -> None:

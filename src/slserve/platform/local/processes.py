@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from slserve.errors import RuntimeUnavailable, SlserveError, error_from_wire
-from slserve.platform.local.instance_handle import Instance, InstanceProtocol
+from slserve.platform.channel import FrameChannel
+from slserve.platform.local.instance_handle import Instance
 from slserve.platform.local.template_handle import Template
 from slserve.platform.wire import Kind, Message
 
@@ -77,7 +78,7 @@ class Processes:
                 else:
                     self.on_reply(inst, msg)
 
-            _, inst.channel = await loop.create_unix_connection(lambda: InstanceProtocol(on_message), sock=sock)
+            _, inst.channel = await loop.create_unix_connection(lambda: FrameChannel(on_message), sock=sock)
             closed = inst.channel.closed
             waiters: list[asyncio.Future[Any]] = [started, closed]
             await asyncio.wait(waiters, timeout=START_TIMEOUT_S, return_when=asyncio.FIRST_COMPLETED)
@@ -162,8 +163,8 @@ def kill(pid: int) -> None:
 
 def hang_up(inst: Instance) -> None:
     """Close the gateway's end of an instance's socket: its task then hears the end and reports it gone."""
-    if inst.channel is not None and inst.channel.transport is not None:
-        inst.channel.transport.close()
+    if inst.channel is not None:
+        inst.channel.close()
 
 
 def alive(pid: int) -> bool:

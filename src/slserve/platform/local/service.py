@@ -4,9 +4,9 @@ Lambda's and Modal's clients), the keys' rate and concurrency limits and the das
 front worker over one unix socket (`platform.link`'s messages).
 
 Pools and batches stay whole: requests from every worker queue in one pool and batch together in one instance.
-Each front holds the platform's state as last broadcast (every `BROADCAST_S`), so routing, readiness and status
-never wait on a round trip. A front that goes away takes its requests with it: those not yet running are
-dropped (their caller is gone), and the limits it held are given back.
+Each front holds the platform's state as last broadcast (every `BROADCAST_S`), so routing never waits on a
+round trip (status endpoints ask for it fresh). A front that goes away takes its requests with it: those not
+yet running are dropped (their caller is gone), and the limits it held are given back.
 """
 
 from __future__ import annotations
@@ -15,49 +15,37 @@ import asyncio
 import contextlib
 import logging
 from pathlib import Path
-from typing import cast
 
 from slserve.accounts.limits import Admission, KeyLimits, Limiter
 from slserve.errors import InferenceFailed, SlserveError
-from slserve.framing import FrameAssembler
 from slserve.platform.base import Cancellation, InferRequest
-from slserve.platform.link import PlatformState, error_message, request_of, result_message
+from slserve.platform.channel import FrameChannel
+from slserve.platform.link import PlatformState, Routing, error_message, request_of, result_message
 from slserve.platform.targets import Targets
 from slserve.platform.timeline import Timeline
-from slserve.platform.wire import Kind, Message, decode, encode
+from slserve.platform.wire import Kind, Message
 
-BROADCAST_S = 0.05  # how stale a front's view of warm capacity and status may be
+BROADCAST_S = 0.05  # how stale a front's view of warm capacity may be
 REFRESH_S = 1.0  # the catalog is looked at this often (`slserve build` is the deploy), as a lone gateway does
 log = logging.getLogger("slserve.platform")
 
 
-class FrontConnection(asyncio.BufferedProtocol):
+class FrontConnection(FrameChannel):
     """One front worker's end in the platform process: its calls in flight and the admissions it holds."""
 
     def __init__(self, service: PlatformService) -> None:
+        super().__init__(lambda msg: service.handle(self, msg))
         self.service = service
-        self.transport: asyncio.Transport | None = None
         self.calls: dict[int, Cancellation] = {}
         self.admissions: dict[int, Admission] = {}
-        self._frames = FrameAssembler()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self.service.joined(self)
 
-    def get_buffer(self, sizehint: int) -> memoryview:
-        return self._frames.buffer()
-
-    def buffer_updated(self, nbytes: int) -> None:
-        for body in self._frames.received(nbytes):
-            self.service.handle(self, decode(body))
-
     def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
         self.service.left(self)
-
-    def send(self, msg: Message) -> None:
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.writelines(encode(msg))
 
 
 class PlatformService:
@@ -75,9 +63,8 @@ class PlatformService:
         loop = asyncio.get_running_loop()
         self.socket_path.unlink(missing_ok=True)
         server = await loop.create_unix_server(lambda: FrontConnection(self), path=str(self.socket_path))
-        tasks = [
-            loop.create_task(task) for task in (self._broadcast(), self._refresh(), self.timeline.run(self.targets))
-        ]
+        watching = (self._broadcast(), self._refresh(), self.timeline.run(self.targets))
+        tasks = [loop.create_task(task) for task in watching]
         log.info("platform serves front workers on %s", self.socket_path)
         try:
             await stop.wait()
@@ -153,22 +140,29 @@ class PlatformService:
 
     # --- the state every front reads -------------------------------------------------------------------------
 
+    def routing(self) -> Routing:
+        warm: dict[str, int] = {}
+        gpu: dict[str, bool | None] = {}
+        for name in self.targets.functions():
+            with contextlib.suppress(SlserveError):  # not servable here (its status says why)
+                warm[name], gpu[name] = self.targets.warm_capacity(name), self.targets.gives_gpu(name)
+        return Routing(self.targets.ready(), warm, gpu)
+
     def state(self) -> PlatformState:
         statuses = {s.name: s for s in self.targets.status()}
-        names = [name for name, s in statuses.items() if s.error is None]
-        return PlatformState(
-            ready=self.targets.ready(),
-            host=self.targets.host(),
-            functions=statuses,
-            warm={name: self.targets.warm_capacity(name) for name in names},
-            gpu={name: self.targets.gives_gpu(name) for name in names},
-        )
+        return PlatformState(self.routing(), self.targets.host(), statuses)
 
     async def _broadcast(self) -> None:
+        """The routing, whenever it changed: nothing while the host is idle."""
+        last: Routing | None = None
         while True:
             await asyncio.sleep(BROADCAST_S)
-            if self.fronts:
-                msg = self.state().message()
+            if not self.fronts:
+                last = None
+                continue
+            routing = self.routing()
+            if routing != last:  # a front that joined since had it whole on joining
+                msg, last = routing.message(), routing
                 for front in list(self.fronts):
                     front.send(msg)
 
