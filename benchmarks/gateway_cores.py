@@ -67,26 +67,35 @@ def _cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_by_role(gw: Gateway) -> dict[str, float]:
-    """CPU seconds so far of the fronts (or the one gateway process), the platform process and the model."""
-    out = {"front": 0.0, "platform": 0.0, "model": 0.0}
+def cpu_by_process(gw: Gateway) -> dict[int, tuple[str, float]]:
+    """Each process of the gateway's tree: its role (front, platform, model) and its CPU seconds so far."""
+    roles = {"slserve front": "front", "slserve gateway": "front", "slserve platform": "platform"}
+    out = {}
     for pid, title in _tree(gw.proc.pid).items():
-        if title.startswith(("slserve front", "slserve gateway")):
-            out["front"] += _cpu_s(pid)
-        elif title.startswith("slserve platform"):
-            out["platform"] += _cpu_s(pid)
-        elif title.startswith(("slserve instance", "slserve template")):
-            out["model"] += _cpu_s(pid)
+        role = next((r for prefix, r in roles.items() if title.startswith(prefix)), None)
+        if role is None and title.startswith(("slserve instance", "slserve template")):
+            role = "model"
+        if role is not None:
+            out[pid] = (role, _cpu_s(pid))
     return out
 
 
+def used_by_role(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]]) -> dict[str, float]:
+    """CPU seconds between two readings by role: a process started between them counts from its start; one
+    that ended between them (an idle instance stopped) drops out, its last stretch uncounted."""
+    used = {"front": 0.0, "platform": 0.0, "model": 0.0}
+    for pid, (role, cpu) in after.items():
+        used[role] += cpu - before.get(pid, (role, 0.0))[1]
+    return used
+
+
 def point(gw: Gateway, name: str, concurrency: int, seconds: float, script: Path) -> dict[str, float]:
-    before = cpu_by_role(gw)
+    before = cpu_by_process(gw)
     got = wrk(f"{gw.url}/v2/models/{name}/infer", concurrency, seconds, script)
-    after = cpu_by_role(gw)
+    used = used_by_role(before, cpu_by_process(gw))
     assert got["errors"] == 0, got
     requests = got["rps"] * seconds
-    per = {role: (after[role] - before[role]) * 1000 / requests for role in before}
+    per = {role: cpu * 1000 / requests for role, cpu in used.items()}
     return {
         **got,
         "front_ms": per["front"],

@@ -47,13 +47,13 @@ def make_front(settings: ServeSettings, platform_socket: Path) -> uvicorn.Server
     (`platform`), keys' limits counted and the dashboard's timeline kept there."""
     catalog = _begin(settings)
     from slserve.gateway.app import build_app
-    from slserve.platform.linked import LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
+    from slserve.platform.linked import LinkedComparisons, LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
 
     link = PlatformLink(platform_socket)
     linked = LinkedExecutor(link)
     targets = Targets(catalog, {target: linked for target in TARGETS})
-    limits, timeline = LinkedLimits(link), LinkedTimeline(link)
-    app = build_app(targets, settings, limits=limits, timeline=timeline, record_address=False)
+    limits, timeline, comparisons = LinkedLimits(link), LinkedTimeline(link), LinkedComparisons(link)
+    app = build_app(targets, settings, limits=limits, timeline=timeline, comparisons=comparisons, record_address=False)
     return _uvicorn(app, settings)
 
 

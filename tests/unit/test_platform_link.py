@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from slserve.accounts.keys import KeyRecord
+from slserve.drift.comparison import OutputComparison
 from slserve.errors import (
     InstanceFailed,
     MemoryFull,
@@ -34,7 +35,7 @@ from slserve.platform.link import (
     result_message,
     result_of,
 )
-from slserve.platform.linked import LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
+from slserve.platform.linked import LinkedComparisons, LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
 from slserve.platform.local import LocalExecutor
 from slserve.platform.local.service import PlatformService
 from slserve.platform.targets import Targets
@@ -316,5 +317,34 @@ def test_a_fronts_status_read_catches_up_with_the_platform(tmp_path: Path) -> No
             await executor.catch_up()
             assert link.state is not None and executor.ready()
             await link.close()
+
+    asyncio.run(run())
+
+
+def test_shadow_comparisons_of_two_fronts_add_up_in_the_platform(tmp_path: Path) -> None:
+    async def run() -> None:
+        async with _platform(tmp_path) as sock:
+            one, two = await _link(sock), await _link(sock)
+            key = ("enc", "mirror", "2")
+            primary = {"y": np.array([[1.0, 0.0], [0.0, 1.0]])}
+            for link, shadow in ((one, [[1.0, 0.0], [0.0, 1.0]]), (two, [[0.0, 1.0], [0.0, 1.0]])):
+                compared = OutputComparison()
+                compared.add(primary, {"y": np.array(shadow)})
+                LinkedComparisons(link).record(key, compared)
+            failed = OutputComparison()
+            failed.failed()
+            LinkedComparisons(two).record(key, failed)
+            executor = LinkedExecutor(one)
+
+            async def totals() -> int:
+                await executor.catch_up()
+                stats = LinkedComparisons(one).totals().get(key)
+                return 0 if stats is None else stats.requests
+
+            await _until_async(totals, 3)
+            stats = LinkedComparisons(one).totals()[key].to_dict()
+            assert stats["failures"] == 1 and stats["argmax_agreement"] == 0.75 and stats["min_cosine"] == 0.0
+            await one.close()
+            await two.close()
 
     asyncio.run(run())

@@ -52,6 +52,17 @@ class OutputComparison:
         self.requests += 1
         self.failures += 1
 
+    def merge(self, other: OutputComparison) -> None:
+        """Count `other`'s comparisons too (another process's, of the same shadow)."""
+        self.requests += other.requests
+        self.failures += other.failures
+        self.max_abs_diff = max(self.max_abs_diff, other.max_abs_diff)
+        self.cosine_sum += other.cosine_sum
+        self.cosine_rows += other.cosine_rows
+        self.min_cosine = min(self.min_cosine, other.min_cosine)
+        self.argmax_agree += other.argmax_agree
+        self.argmax_rows += other.argmax_rows
+
     def to_dict(self) -> dict[str, float | int | None]:
         return {
             "requests": self.requests,

@@ -52,6 +52,7 @@ from slserve.protocols.admin import DriftPin
 from slserve.router import pricing
 from slserve.router.live import Router
 from slserve.serving import Runner
+from slserve.serving.shadows import Comparisons
 from slserve.settings import ServeSettings
 from slserve.snapshot import ArtifactStore
 from slserve.spec import version_order
@@ -192,6 +193,7 @@ class Gateway:
         if model is not None and model not in self.router.table.models:
             raise ModelNotFound(f"unknown model {model!r}; models: {sorted(self.router.table.models)}")
         versions = [d.to_dict() for d in monitor.report(model)]
+        await self.platform.catch_up()
         shadows = self.runner.shadows.describe(model)
         return json_response({"window_s": monitor.window_s, "versions": versions, "shadows": shadows})
 
@@ -204,6 +206,7 @@ class Gateway:
         return json_response(monitor.pin(route.model, route.version).to_dict())
 
     async def routes_status(self, request: Request) -> Response:
+        await self.platform.catch_up()  # the shadows' comparisons, where the platform counts them
         return json_response(self.runner.describe_routes())
 
     async def openapi(self, request: Request) -> Response:
@@ -309,19 +312,20 @@ def build_app(
     fleet: FleetState | None = None,
     limits: Limits | None = None,
     timeline: Timelines | None = None,
+    comparisons: Comparisons | None = None,
     record_address: bool = True,
 ) -> Front:
     """Starlette for health, metadata, status and usage; `Front` before it for keys and inference. The stores
     default to SQLite in the state folder (DynamoDB on AWS is handed in: a ledger with its fleet state); keys'
-    rate and concurrency are counted in this process unless `limits` counts them for several, and the dashboard's
-    timeline kept here unless `timeline` keeps it for several (front workers, whose supervisor records the
-    gateway's address: not `record_address`)."""
+    rate and concurrency are counted in this process unless `limits` counts them for several, the dashboard's
+    timeline kept here unless `timeline` keeps it for several, and shadows' comparisons unless `comparisons` does
+    (front workers, whose supervisor records the gateway's address: not `record_address`)."""
     store = ArtifactStore(settings.artifacts)
     pipelines = pipelines or PipelineCatalog(store, settings.functions)
     features = CachedFeatures(SQLiteFeatureStore(settings.state / "features.sqlite"))
     monitor = drift_monitor(platform, store, settings) if settings.drift else None
     router = Router(platform.functions(), settings.routes, pipelines)
-    runner = Runner(router, monitor, features)
+    runner = Runner(router, monitor, features, comparisons)
     keys = keys or SQLiteKeyStore(settings.state)
     if ledger is None and settings.metering:
         ledger = SQLiteLedger(settings.state / "ledger.sqlite", settings.idempotency_retention_s)

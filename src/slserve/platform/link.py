@@ -1,17 +1,20 @@
 """The messages between a front worker and the platform process of a multi-worker gateway (`slserve serve
 --workers N`), in the instances' wire format (`platform.wire`): a request and its answer, an error with what a
 caller needs from it (Retry-After, whether it may have run), and the platform's state, which every front reads
-locally between broadcasts (`Routing`) or asks for when it must be exact (`PlatformState`)."""
+locally between broadcasts (`Routing`) or asks for when it must be exact (`PlatformState`), and what fronts
+count for the platform to add up (shadows' comparisons)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from slserve.drift.comparison import OutputComparison
 from slserve.errors import InstanceFailed, RetryLater, SlserveError, error_from_wire
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult, InstanceStatus
 from slserve.platform.wire import Kind, Message
 
+ShadowKey = tuple[str, str, str]  # (model, alias, shadow version)
 _RESULT_FACTS = [f.name for f in fields(InferResult) if f.name != "outputs"]
 
 
@@ -93,12 +96,17 @@ class PlatformState:
     routing: Routing
     host: dict[str, Any] | None
     functions: dict[str, FunctionStatus]
+    shadows: dict[ShadowKey, OutputComparison] = field(default_factory=dict)  # every front's comparisons
 
     def message(self, number: int = 0) -> Message:
         """The state on connecting (0), or the answer to a front's ask for it (`number`)."""
-        routing = self.routing.message().meta
-        functions = [s.to_dict() for s in self.functions.values()]
-        return Message(Kind.STATE, number, {"routing": routing, "host": self.host, "functions": functions})
+        meta = {
+            "routing": self.routing.message().meta,
+            "host": self.host,
+            "functions": [s.to_dict() for s in self.functions.values()],
+            "shadows": [[*key, asdict(c)] for key, c in self.shadows.items()],
+        }
+        return Message(Kind.STATE, number, meta)
 
     @classmethod
     def of(cls, msg: Message) -> PlatformState:
@@ -107,4 +115,5 @@ class PlatformState:
         for doc in meta["functions"]:
             instances = [InstanceStatus(**i) for i in doc.pop("instances")]
             functions[doc["name"]] = FunctionStatus(**doc, instances=instances)
-        return cls(Routing.of(meta["routing"]), meta["host"], functions)
+        shadows = {(m, a, v): OutputComparison(**c) for m, a, v, c in meta["shadows"]}
+        return cls(Routing.of(meta["routing"]), meta["host"], functions, shadows)

@@ -1,6 +1,6 @@
 """A front worker's end of the platform process (`platform.local.service`): the executor of every target, the
-keys' rate and concurrency limits and the dashboard's timeline, over one unix socket, which is reconnected when
-the platform restarts.
+keys' rate and concurrency limits, the dashboard's timeline and shadows' comparisons, over one unix socket,
+which is reconnected when the platform restarts.
 
 Calls in flight when the platform goes away fail with a 503 that says to retry (the tier's fallback applies).
 Routing reads warm capacity from the platform's last broadcast, never waiting; status endpoints catch up first.
@@ -19,10 +19,11 @@ from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import KeyLimits
+from slserve.drift.comparison import OutputComparison
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult, Platform
 from slserve.platform.channel import FrameChannel
-from slserve.platform.link import PlatformState, Routing, error_of, request_message, result_of
+from slserve.platform.link import PlatformState, Routing, ShadowKey, error_of, request_message, result_of
 from slserve.platform.wire import Kind, Message
 
 RECONNECT_S = 0.1
@@ -266,3 +267,19 @@ class LinkedTimeline:
         finally:
             self.link.forget(number)
         return msg.meta
+
+
+class LinkedComparisons:
+    """Shadows' comparisons, added up in the platform process for every front: each comparison this front makes
+    is sent there; the totals are the platform's, as of the last `catch_up` (status endpoints ask it first)."""
+
+    def __init__(self, link: PlatformLink) -> None:
+        self.link = link
+
+    def record(self, key: ShadowKey, comparison: OutputComparison) -> None:
+        with contextlib.suppress(RuntimeUnavailable):  # restarting: this one is not counted
+            self.link.send(Message(Kind.SHADOW, 0, {"key": list(key), "comparison": dataclasses.asdict(comparison)}))
+
+    def totals(self) -> dict[ShadowKey, OutputComparison]:
+        state = self.link.state
+        return {} if state is None else state.shadows

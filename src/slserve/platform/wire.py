@@ -57,6 +57,7 @@ class Kind(IntEnum):
     TIMELINE = 12  # front -> platform: the requests it answered (meta "answered"); platform -> front: the
     # dashboard's view of the whole timeline, the answer to a numbered TIMELINE without them
     ROUTING = 13  # platform -> front: readiness, warm capacity and GPU per function, when they changed (meta)
+    SHADOW = 14  # front -> platform: one shadow request's comparison with its primary (meta)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from slserve.router.live import Resolve, Router
 from slserve.router.table import Route
 from slserve.serving.pipeline import serve_pipeline
 from slserve.serving.served import Served
-from slserve.serving.shadows import Shadows
+from slserve.serving.shadows import Comparisons, Shadows
 from slserve.spec import Pricing, Signature
 
 # What makes a tier "unable to serve" and lets the next candidate try: saturated, failing, no capacity.
@@ -27,12 +27,16 @@ CANNOT_SERVE = (Overloaded, RuntimeUnavailable, InstanceFailed)
 
 class Runner:
     def __init__(
-        self, router: Router, monitor: DriftMonitor | None = None, features: FeatureStore | None = None
+        self,
+        router: Router,
+        monitor: DriftMonitor | None = None,
+        features: FeatureStore | None = None,
+        comparisons: Comparisons | None = None,
     ) -> None:
         self.router = router
         self.monitor = monitor  # every answer of every model version (steps and shadows too) is profiled
         self.features = features  # the tables pipelines' lookups read
-        self.shadows = Shadows()
+        self.shadows = Shadows(comparisons)  # counted here unless `comparisons` counts them for several
 
     def describe_routes(self) -> dict[str, Any]:
         """The routes in force, with how their shadows compare."""

@@ -1,7 +1,7 @@
 """The platform process of a gateway with several front workers (`slserve serve --workers N`): every target's
 executor once for the host (locally: templates, pools, exact batching, the autoscaler, the memory budget;
-Lambda's and Modal's clients), the keys' rate and concurrency limits and the dashboard's timeline, for every
-front worker over one unix socket (`platform.link`'s messages).
+Lambda's and Modal's clients), the keys' rate and concurrency limits, the dashboard's timeline and shadows'
+comparisons, for every front worker over one unix socket (`platform.link`'s messages).
 
 Pools and batches stay whole: requests from every worker queue in one pool and batch together in one instance.
 Each front holds the platform's state as last broadcast (every `BROADCAST_S`), so routing never waits on a
@@ -17,10 +17,11 @@ import logging
 from pathlib import Path
 
 from slserve.accounts.limits import Admission, KeyLimits, Limiter
+from slserve.drift.comparison import OutputComparison
 from slserve.errors import InferenceFailed, SlserveError
 from slserve.platform.base import Cancellation, InferRequest
 from slserve.platform.channel import FrameChannel
-from slserve.platform.link import PlatformState, Routing, error_message, request_of, result_message
+from slserve.platform.link import PlatformState, Routing, ShadowKey, error_message, request_of, result_message
 from slserve.platform.targets import Targets
 from slserve.platform.timeline import Timeline
 from slserve.platform.wire import Kind, Message
@@ -54,6 +55,7 @@ class PlatformService:
         self.socket_path = socket_path
         self.limiter = limiter or Limiter()
         self.timeline = Timeline()
+        self.shadows: dict[ShadowKey, OutputComparison] = {}
         self.fronts: set[FrontConnection] = set()
         self._calls: set[asyncio.Task[None]] = set()
 
@@ -112,6 +114,10 @@ class PlatformService:
                 admission.release()
         elif msg.kind is Kind.STATE:
             front.send(self.state().message(msg.request_id))
+        elif msg.kind is Kind.SHADOW:
+            model, alias, version = msg.meta["key"]
+            comparison = OutputComparison(**msg.meta["comparison"])
+            self.shadows.setdefault((model, alias, version), OutputComparison()).merge(comparison)
         elif msg.kind is Kind.TIMELINE:
             if "answered" in msg.meta:
                 for function, status, seconds, cold_start_ms in msg.meta["answered"]:
@@ -150,7 +156,7 @@ class PlatformService:
 
     def state(self) -> PlatformState:
         statuses = {s.name: s for s in self.targets.status()}
-        return PlatformState(self.routing(), self.targets.host(), statuses)
+        return PlatformState(self.routing(), self.targets.host(), statuses, self.shadows)
 
     async def _broadcast(self) -> None:
         """The routing, whenever it changed: nothing while the host is idle."""
