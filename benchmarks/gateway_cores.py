@@ -34,29 +34,21 @@ from pathlib import Path
 
 from harness import OUT, Gateway, free_port, gateway, machine, make_functions, save, wait_ready
 from metering import BODIES
+from slserve.platform.local.memory import descendants
 from throughput import LUA, wrk
 
 FUNCTIONS = {name: (name, {"scaling": {"max_instances": 2, "target_concurrency": 16}}) for name in BODIES}
 
 
 def _tree(root: int) -> dict[int, str]:
-    parents, titles = {}, {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-                title = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[0].decode()
-            except OSError:
-                continue
-            parents[int(entry)], titles[int(entry)] = int(stat[1]), title
-    found, frontier = {root: titles.get(root, "")}, [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, pp in parents.items():
-            if pp == parent and pid not in found:
-                found[pid] = titles[pid]
-                frontier.append(pid)
-    return found
+    """`root` and its descendants, with their titles (as `ps` shows them)."""
+    out = {}
+    for pid in {root, *descendants(root)}:
+        try:
+            out[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue  # ended meanwhile
+    return out
 
 
 def _cpu_s(pid: int) -> float:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from slserve.accounts.keys import SQLiteKeyStore, new_key
+from slserve.platform.local.memory import descendants
 
 
 def free_port() -> int:
@@ -51,26 +52,16 @@ class Server:
         return next(f for f in doc["functions"] if f["name"] == function)
 
     def tree(self) -> dict[int, str]:
-        """Every process under the server (not itself), by pid, with its title (`slserve template torch`, ...)."""
-        parents: dict[int, int] = {}
-        titles: dict[int, str] = {}
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_bytes()
-                    title = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
-                except OSError:
-                    continue
-                fields = stat.rsplit(b")", 1)[1].split()
-                if fields[0] != b"Z":
-                    parents[int(entry)], titles[int(entry)] = int(fields[1]), title
-        found, frontier = {}, [self.proc.pid]
-        while frontier:
-            parent = frontier.pop()
-            for pid, pp in parents.items():
-                if pp == parent and pid not in found:
-                    found[pid] = titles[pid]
-                    frontier.append(pid)
+        """Every live process under the server (not itself), by pid, with its title (`slserve template torch`)."""
+        found = {}
+        for pid in descendants(self.proc.pid):
+            try:
+                state = Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0]
+                title = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+            except OSError:
+                continue  # ended meanwhile
+            if state != b"Z":
+                found[pid] = title
         return found
 
     def fronts(self) -> list[int]:
