@@ -34,17 +34,15 @@ log = logging.getLogger("slserve.gateway")
 
 def make_server(settings: ServeSettings) -> uvicorn.Server:
     """The gateway and the embedded platform in this one process."""
-    catalog = _begin(settings)
-    local = local_executor(settings, catalog.store)
-    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    targets = hosted_targets(settings)
     from slserve.gateway.app import build_app
 
-    return _uvicorn(build_app(Targets(*executors(settings, catalog, local)), settings), settings)
+    return _uvicorn(build_app(targets, settings), settings)
 
 
 def make_front(settings: ServeSettings, platform_socket: Path) -> uvicorn.Server:
     """One front worker of several: the gateway, its functions (of every target) run by the platform process
-    (`platform`), keys' limits counted and the dashboard's timeline kept there."""
+    (`platform`), keys' limits, the dashboard's timeline and shadows' comparisons counted there."""
     catalog = _begin(settings)
     from slserve.gateway.app import build_app
     from slserve.platform.linked import LinkedComparisons, LinkedExecutor, LinkedLimits, LinkedTimeline, PlatformLink
@@ -59,7 +57,7 @@ def make_front(settings: ServeSettings, platform_socket: Path) -> uvicorn.Server
 
 def platform(settings: ServeSettings, platform_socket: Path) -> None:
     """The platform process of several front workers: every target's executor (the local functions' templates,
-    pools and instances; Lambda's and Modal's clients), keys' limits and the dashboard's timeline, until SIGTERM
+    pools and instances; Lambda's and Modal's clients), keys' limits, the timeline and shadows, until SIGTERM
     (Ctrl-C reaches the supervisor, which stops the fronts first)."""
     import signal
 
@@ -68,10 +66,7 @@ def platform(settings: ServeSettings, platform_socket: Path) -> None:
     from slserve.platform.local.service import PlatformService
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    catalog = _begin(settings)
-    local = local_executor(settings, catalog.store)
-    local.launch([f for f in catalog.functions().values() if f.target == "local"])
-    service = PlatformService(Targets(*executors(settings, catalog, local)), platform_socket)
+    service = PlatformService(hosted_targets(settings), platform_socket)
 
     async def run() -> None:
         stop = asyncio.Event()
@@ -79,6 +74,15 @@ def platform(settings: ServeSettings, platform_socket: Path) -> None:
         await service.serve(stop, settings.drain_seconds)
 
     uvloop.run(run())
+
+
+def hosted_targets(settings: ServeSettings) -> Targets:
+    """Every target's executor in this process (the gateway's, or the platform process's of several fronts),
+    the local functions' templates launched."""
+    catalog = _begin(settings)
+    local = local_executor(settings, catalog.store)
+    local.launch([f for f in catalog.functions().values() if f.target == "local"])
+    return Targets(catalog, *executors(settings, catalog, local))
 
 
 def _begin(settings: ServeSettings) -> FolderCatalog:
@@ -129,9 +133,9 @@ def _mb(mb: float | None) -> int | None:
 
 def executors(
     settings: ServeSettings, catalog: FolderCatalog, local: Executor
-) -> tuple[FolderCatalog, dict[str, Executor], dict[str, str]]:
-    """The catalog; the local executor, and the `aws` and `modal` ones where a function targets them; and for
-    each target named but not runnable here, what would make it runnable."""
+) -> tuple[dict[str, Executor], dict[str, str]]:
+    """The local executor, and the `aws` and `modal` ones where a function targets them; and for each target
+    named but not runnable here, what would make it runnable."""
     out: dict[str, Executor] = {"local": local}
     missing: dict[str, str] = {}
     targets = {f.target for f in catalog.functions().values()}
@@ -145,7 +149,7 @@ def executors(
             log.warning("functions target %s, but %s", target, made)
         else:
             out[target] = made
-    return catalog, out, missing
+    return out, missing
 
 
 def _aws_executor(settings: ServeSettings) -> Executor | str:

@@ -152,6 +152,18 @@ async def _until(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no
         await asyncio.sleep(0.01)
 
 
+async def _admitted_in_time(link: PlatformLink, key: KeyRecord, timeout_s: float = 10.0) -> None:
+    """The key is let in again within `timeout_s` (what held it was given back)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            await LinkedLimits(link).take(key)
+            return
+        except TooManyRequests:
+            assert time.monotonic() < deadline, f"key {key.key_id} was never let in again"
+            await asyncio.sleep(0.01)
+
+
 def test_a_keys_concurrency_is_counted_once_for_every_front(tmp_path: Path) -> None:
     async def run() -> None:
         async with _platform(tmp_path) as sock:
@@ -183,17 +195,7 @@ def test_what_a_front_held_goes_back_when_it_goes_away(tmp_path: Path) -> None:
             with pytest.raises(TooManyRequests):
                 await LinkedLimits(other).take(key)
             await crashing.close()  # its socket closes, as a killed front's does
-            admitted: list[object] = []
-
-            async def try_take() -> bool:
-                with contextlib.suppress(TooManyRequests):
-                    admitted.append(await LinkedLimits(other).take(key))
-                return bool(admitted)
-
-            deadline = time.monotonic() + 10
-            while not await try_take():
-                assert time.monotonic() < deadline, "the gone front's admission was never given back"
-                await asyncio.sleep(0.01)
+            await _admitted_in_time(other, key)  # the gone front's admission was given back
             await other.close()
 
     asyncio.run(run())
@@ -234,17 +236,8 @@ def test_an_asker_that_leaves_gives_back_what_the_platform_granted(tmp_path: Pat
             asking.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await asking
-            taken: list[object] = []
-
-            async def try_take() -> bool:
-                with contextlib.suppress(TooManyRequests):
-                    taken.append(await LinkedLimits(link).take(key))
-                return bool(taken)
-
-            deadline = time.monotonic() + 10
-            while not await try_take():
-                assert time.monotonic() < deadline, "a cancelled ask kept its admission"
-                await asyncio.sleep(0.01)
+            assert not link._waiting  # the ask given up on is no longer waited for
+            await _admitted_in_time(link, key)  # a cancelled ask kept no admission
             await link.close()
 
     asyncio.run(run())
@@ -267,12 +260,11 @@ def test_calls_in_flight_fail_with_retry_when_the_platform_goes_away(tmp_path: P
     async def run() -> None:
         async with _platform(tmp_path) as sock:
             link = await _link(sock)
-            number, answer = link.ask(lambda n: Message(Kind.RESULT, n))  # a kind the platform never answers
+            _, answer = link.ask(lambda n: Message(Kind.RESULT, n))  # a kind the platform never answers
             assert link._channel is not None and link._channel.transport is not None
             link._channel.transport.abort()  # the connection breaks under the call
             with pytest.raises(RuntimeUnavailable, match="retry"):
                 await answer
-            link.forget(number)
             await _until(lambda: link.state is not None)  # and it connects again
             await link.close()
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+ShadowKey = tuple[str, str, str]  # (model, alias, shadow version): one comparison each
+
 
 @dataclass
 class OutputComparison:

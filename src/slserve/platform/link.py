@@ -9,12 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from slserve.drift.comparison import OutputComparison
+from slserve.drift.comparison import OutputComparison, ShadowKey
 from slserve.errors import InstanceFailed, RetryLater, SlserveError, error_from_wire
 from slserve.platform.base import FunctionStatus, InferRequest, InferResult, InstanceStatus
 from slserve.platform.wire import Kind, Message
 
-ShadowKey = tuple[str, str, str]  # (model, alias, shadow version)
 _RESULT_FACTS = [f.name for f in fields(InferResult) if f.name != "outputs"]
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 from slserve.accounts.keys import KeyRecord
 from slserve.accounts.limits import KeyLimits
-from slserve.drift.comparison import OutputComparison
+from slserve.drift.comparison import OutputComparison, ShadowKey
 from slserve.errors import RuntimeUnavailable
 from slserve.platform.base import Deployed, FunctionStatus, InferRequest, InferResult, Platform
 from slserve.platform.channel import FrameChannel
-from slserve.platform.link import PlatformState, Routing, ShadowKey, error_of, request_message, result_of
+from slserve.platform.link import PlatformState, Routing, error_of, request_message, result_of
 from slserve.platform.wire import Kind, Message
 
 RECONNECT_S = 0.1
@@ -102,14 +102,12 @@ class PlatformLink:
         channel.send(msg)
 
     def ask(self, build: Any) -> tuple[int, asyncio.Future[Message]]:
-        """Send the message `build(number)` makes; the future of its answer."""
+        """Send the message `build(number)` makes; the future of its answer (given up on when cancelled)."""
         number = next(self._numbers)
         self.send(build(number))
         future = self._waiting[number] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(lambda _: self._waiting.pop(number, None))
         return number, future
-
-    def forget(self, number: int) -> None:
-        self._waiting.pop(number, None)
 
 
 class LinkedExecutor:
@@ -152,7 +150,6 @@ class LinkedExecutor:
             cancel()
             raise
         finally:
-            self.link.forget(number)
             if cancellation is not None:
                 cancellation.remove_callback(cancel)
         if msg.kind is Kind.RESULT:
@@ -162,11 +159,7 @@ class LinkedExecutor:
     async def catch_up(self) -> None:
         """Every function's status and the host's as they are now (status endpoints read them after this)."""
         with contextlib.suppress(RuntimeUnavailable):  # not up: status says it is starting
-            number, answer = self.link.ask(lambda n: Message(Kind.STATE, n))
-            try:
-                await answer
-            finally:
-                self.link.forget(number)
+            await self.link.ask(lambda n: Message(Kind.STATE, n))[1]
 
     def warm_capacity(self, function: str) -> int:
         routing = self.link.routing
@@ -232,8 +225,6 @@ class LinkedLimits:
         except asyncio.CancelledError:  # the caller left while asking: what the platform may grant goes back
             _LinkedAdmission(self.link, number).release()
             raise
-        finally:
-            self.link.forget(number)
         if msg.meta:
             raise error_of(msg.meta)
         return _LinkedAdmission(self.link, number)
@@ -261,12 +252,7 @@ class LinkedTimeline:
         """Nothing to do here: the platform samples its instances and queues itself."""
 
     async def view(self) -> dict[str, Any]:
-        number, answer = self.link.ask(lambda n: Message(Kind.TIMELINE, n))
-        try:
-            msg = await answer
-        finally:
-            self.link.forget(number)
-        return msg.meta
+        return (await self.link.ask(lambda n: Message(Kind.TIMELINE, n))[1]).meta
 
 
 class LinkedComparisons:

@@ -31,6 +31,10 @@ class Targets:
     def functions(self) -> Mapping[str, Deployed]:
         return self.catalog.functions()
 
+    def _distinct(self) -> list[Executor]:
+        """Each executor once: a front worker's serves every target."""
+        return list({id(e): e for e in self.executors.values()}.values())
+
     def _executor(self, function: Deployed) -> Executor | None:
         return self.executors.get(function.target)
 
@@ -44,18 +48,14 @@ class Targets:
 
     async def start(self) -> None:
         functions = list(self.functions().values())
-        started: set[int] = set()
-        for executor in self.executors.values():
-            if id(executor) not in started:  # one executor may serve several targets (a front worker's)
-                started.add(id(executor))
-                await executor.start([f for f in functions if self.executors.get(f.target) is executor])
+        for executor in self._distinct():
+            await executor.start([f for f in functions if self.executors.get(f.target) is executor])
         for function in functions:
             if self._executor(function) is None:
                 log.warning("%s", self._unrunnable(function))
 
     async def stop(self, drain_seconds: float) -> None:
-        distinct = {id(e): e for e in self.executors.values()}
-        await asyncio.gather(*(e.stop(drain_seconds) for e in distinct.values()))
+        await asyncio.gather(*(e.stop(drain_seconds) for e in self._distinct()))
 
     def refresh(self) -> bool:
         """Take in what the catalog says changed; returns whether the functions the router sees changed."""
@@ -106,8 +106,7 @@ class Targets:
         return all(e.ready() for e in self.executors.values())
 
     async def catch_up(self) -> None:
-        distinct = {id(e): e for e in self.executors.values()}  # a front's targets may share one
-        await asyncio.gather(*(e.catch_up() for e in distinct.values()))
+        await asyncio.gather(*(e.catch_up() for e in self._distinct()))
 
     def host(self) -> dict[str, Any] | None:
         local = self.executors.get("local")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -32,9 +33,6 @@ class Second:
     cold_starts_ms: list[float] = field(default_factory=list)
 
 
-Seconds = dict[int, dict[str, Second]]  # unix second -> function -> its second
-
-
 class Timelines(Protocol):
     """What the gateway needs of a timeline: requests answered in, the dashboard's view out."""
 
@@ -48,18 +46,19 @@ class Timelines(Protocol):
 class Timeline:
     def __init__(self, window_s: int = WINDOW_S) -> None:
         self.window_s = window_s
-        self._seconds: Seconds = {}
+        self._seconds: deque[tuple[int, dict[str, Second]]] = deque(maxlen=window_s)
 
     def _now(self, at: float | None = None) -> dict[str, Second]:
         now = int(time.time() if at is None else at)
-        current = self._seconds.get(now)
-        if current is None:
-            current = self._seconds[now] = {}
-            for old in [t for t in self._seconds if t <= now - self.window_s]:
-                del self._seconds[old]
-        return current
+        if not self._seconds or self._seconds[-1][0] != now:
+            self._seconds.append((now, {}))
+        return self._seconds[-1][1]
 
     async def view(self) -> dict[str, Any]:
+        return self.snapshot()
+
+    def snapshot(self) -> dict[str, Any]:
+        """The dashboard's view: the last minute per function, and the whole window in steps."""
         return {"recent": self.recent(60), "timeline": self.series()}
 
     def answered(self, function: str, status: int, seconds: float, cold_start_ms: float | None) -> None:
@@ -94,11 +93,11 @@ class Timeline:
         start = first - first % step_s
         steps = list(range(start, last + 1, step_s))
         index = {t: i for i, t in enumerate(steps)}
-        names = sorted({name for functions in self._seconds.values() for name in functions})
+        names = sorted({name for _, functions in self._seconds for name in functions})
         out: dict[str, dict[str, list[Any]]] = {}
         for name in names:
             buckets = [Second() for _ in steps]
-            for t, functions in self._seconds.items():
+            for t, functions in self._seconds:
                 s = functions.get(name)
                 if s is None or t < start:
                     continue
@@ -124,7 +123,7 @@ class Timeline:
         """Per function over the last `seconds`: requests per second, errors, p50/p99, cold starts."""
         since = int(time.time()) - seconds
         merged: dict[str, Second] = {}
-        for t, functions in self._seconds.items():
+        for t, functions in self._seconds:
             if t <= since:
                 continue
             for name, s in functions.items():

@@ -11,12 +11,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from slserve.drift.comparison import OutputComparison
+from slserve.drift.comparison import OutputComparison, ShadowKey
 from slserve.errors import SlserveError
 from slserve.platform.base import InferRequest, InferResult
 from slserve.router.table import Route
-
-ShadowKey = tuple[str, str, str]  # (model, alias, shadow version)
 
 
 class Comparisons(Protocol):

@@ -17,11 +17,11 @@ import logging
 from pathlib import Path
 
 from slserve.accounts.limits import Admission, KeyLimits, Limiter
-from slserve.drift.comparison import OutputComparison
+from slserve.drift.comparison import OutputComparison, ShadowKey
 from slserve.errors import InferenceFailed, SlserveError
 from slserve.platform.base import Cancellation, InferRequest
 from slserve.platform.channel import FrameChannel
-from slserve.platform.link import PlatformState, Routing, ShadowKey, error_message, request_of, result_message
+from slserve.platform.link import PlatformState, Routing, error_message, request_of, result_message
 from slserve.platform.targets import Targets
 from slserve.platform.timeline import Timeline
 from slserve.platform.wire import Kind, Message
@@ -123,10 +123,7 @@ class PlatformService:
                 for function, status, seconds, cold_start_ms in msg.meta["answered"]:
                     self.timeline.answered(function, status, seconds, cold_start_ms)
             else:
-                loop = asyncio.get_running_loop()
-                task = loop.create_task(self._view(front, msg.request_id))
-                self._calls.add(task)
-                task.add_done_callback(self._calls.discard)
+                front.send(Message(Kind.TIMELINE, msg.request_id, self.timeline.snapshot()))
         else:
             log.warning("a front worker sent a %s message, which the platform does not take", msg.kind.name)
 
@@ -140,9 +137,6 @@ class PlatformService:
             front.send(error_message(Kind.ERROR, number, InferenceFailed(f"platform error ({type(e).__name__})")))
         finally:
             front.calls.pop(number, None)
-
-    async def _view(self, front: FrontConnection, number: int) -> None:
-        front.send(Message(Kind.TIMELINE, number, await self.timeline.view()))
 
     # --- the state every front reads -------------------------------------------------------------------------
 
